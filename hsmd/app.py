@@ -1,0 +1,279 @@
+"""The composition root and the `hsmd` command.
+
+`hsmd serve --config FILE` builds every object from one validated Settings and runs the daemon;
+`hsmd init --dir DIR` makes a complete development set-up (PKI, token directory, master secret,
+config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator;
+`hsmd pki issue ...` issues development client certificates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hsmd import config, devpki
+from hsmd.backend.pins import PinDeriver
+from hsmd.backend.pkcs11_backend import Pkcs11Backend
+from hsmd.domain import SystemClock
+from hsmd.errors import ConfigError, HsmdError
+from hsmd.keystore.sqlite_store import SqliteKeyStore
+from hsmd.ops.crypto import CryptoOps
+from hsmd.ops.datakeys import DataKeyOps
+from hsmd.ops.keys import KeyOps
+from hsmd.ops.tenants import TenantOps
+from hsmd.transport import server as grpc_server
+from hsmd.transport.guard import RequestGuard
+from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
+
+log = logging.getLogger("hsmd")
+
+DEV_TRUST_DOMAIN = "hsmd.local"
+DEV_LISTEN = "127.0.0.1:7443"
+DEV_TENANT = "demo"
+DEV_PRINCIPAL = "admin"
+DEV_OPERATOR = "ops"
+MASTER_SECRET_SIZE = 32
+
+
+@dataclass
+class Daemon:
+    """Everything the daemon is made of, wired once."""
+
+    settings: config.Settings
+    store: SqliteKeyStore
+    backend: Pkcs11Backend
+    tenants: TenantOps
+    keys: KeyOps
+    crypto: CryptoOps
+    datakeys: DataKeyOps
+
+    @classmethod
+    def build(cls, settings: config.Settings) -> Daemon:
+        clock = SystemClock()
+        store = SqliteKeyStore(settings.storage.database)
+        backend = Pkcs11Backend(
+            settings.pkcs11.library,
+            PinDeriver(config.read_master_secret(settings)),
+            settings.pkcs11.softhsm2_conf,
+        )
+        crypto = CryptoOps(store, backend)
+        return cls(
+            settings=settings,
+            store=store,
+            backend=backend,
+            tenants=TenantOps(store, backend, clock),
+            keys=KeyOps(store, backend, clock),
+            crypto=crypto,
+            datakeys=DataKeyOps(store, backend, crypto),
+        )
+
+    def start(self) -> None:
+        """Attaches every tenant's token and repairs what an earlier crash left."""
+        for tenant in self.tenants.start():
+            report = self.keys.reconcile(tenant.name)
+            log.info(
+                "tenant %s ready (rolled back %d, orphans destroyed %d, unavailable %d)",
+                tenant.name,
+                report.rolled_back,
+                report.orphans_destroyed,
+                report.unavailable,
+            )
+
+    def close(self) -> None:
+        self.backend.close()
+        self.store.close()
+
+
+def serve(settings: config.Settings, client_env: Path | None) -> int:
+    daemon = Daemon.build(settings)
+    daemon.start()
+    guard = RequestGuard(settings.tls.trust_domain, daemon.tenants.is_served)
+    running = grpc_server.start(
+        settings,
+        guard,
+        KeyManagementServicer(daemon.keys, daemon.crypto, daemon.datakeys),
+        AdminServicer(daemon.tenants),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("listening on %s:%d (mutual TLS)", settings.server.host, running.port)
+    if client_env is not None:
+        print(
+            f"\nhsmd is ready. In another shell:\n"
+            f"  source {client_env}\n"
+            f"  hsm create-key --description 'my first key'\n"
+            f'  hsm encrypt --key-id <KeyId> --plaintext "$(printf hello | base64)"\n'
+            f"Stop with Ctrl-C.\n",
+            flush=True,
+        )
+    stop.wait()
+    log.info(
+        "stopping: letting in-flight requests finish (up to %ss)", settings.server.grace_seconds
+    )
+    running.stop(settings.server.grace_seconds)
+    daemon.close()
+    log.info("stopped")
+    return 0
+
+
+def init_dev(directory: Path) -> Path:
+    """Creates (or reuses) a complete development set-up in directory; returns the config path."""
+    directory = directory.resolve()
+    pki = directory / "pki"
+    now = datetime.now(UTC)
+    ca_paths = (pki / "ca.pem", pki / "ca-key.pem")
+    if not ca_paths[0].exists():
+        devpki.create_ca("hsmd development CA", now).write(*ca_paths)
+    ca = devpki.load(*ca_paths)
+    if not (pki / "server.pem").exists():
+        devpki.issue(ca, "localhost", hosts=["localhost", "127.0.0.1", "::1"], server=True).write(
+            pki / "server.pem", pki / "server-key.pem"
+        )
+    if not (pki / "operator.pem").exists():
+        devpki.issue(
+            ca,
+            DEV_OPERATOR,
+            uris=[devpki.operator_uri(DEV_TRUST_DOMAIN, DEV_OPERATOR)],
+        ).write(pki / "operator.pem", pki / "operator-key.pem")
+
+    tokens = directory / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    softhsm_conf = directory / "softhsm2.conf"
+    if not softhsm_conf.exists():
+        softhsm_conf.write_text(
+            f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+            "slots.removable = false\n"
+        )
+    master_secret = directory / "master.secret"
+    if not master_secret.exists():
+        descriptor = os.open(master_secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as secret_file:
+            secret_file.write(secrets.token_bytes(MASTER_SECRET_SIZE))
+    config_path = directory / "hsmd.toml"
+    if not config_path.exists():
+        config_path.write_text(
+            f'[server]\nlisten = "{DEV_LISTEN}"\n\n'
+            f'[tls]\nca_cert = "pki/ca.pem"\nserver_cert = "pki/server.pem"\n'
+            f'server_key = "pki/server-key.pem"\ntrust_domain = "{DEV_TRUST_DOMAIN}"\n\n'
+            f'[pkcs11]\nlibrary = "{config.DEFAULT_PKCS11_LIBRARY}"\n'
+            'softhsm2_conf = "softhsm2.conf"\n\n'
+            '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
+        )
+    settings = config.load(config_path)
+    daemon = Daemon.build(settings)
+    try:
+        if not daemon.tenants.is_served(DEV_TENANT):
+            daemon.tenants.create_tenant(DEV_TENANT)
+    finally:
+        daemon.close()
+    cert, key = issue_client_cert(directory, DEV_TENANT, DEV_PRINCIPAL)
+    _write_env(directory / "client.env", settings, cert, key)
+    _write_env(directory / "operator.env", settings, pki / "operator.pem", pki / "operator-key.pem")
+    return config_path
+
+
+def issue_client_cert(directory: Path, tenant: str, principal: str) -> tuple[Path, Path]:
+    """Issues (once) a development certificate for tenant/principal under directory/pki/clients."""
+    pki = directory / "pki"
+    cert = pki / "clients" / f"{tenant}--{principal}.pem"
+    key = pki / "clients" / f"{tenant}--{principal}-key.pem"
+    if not cert.exists():
+        devpki.issue(
+            devpki.load(pki / "ca.pem", pki / "ca-key.pem"),
+            f"{principal}@{tenant}",
+            uris=[devpki.tenant_uri(DEV_TRUST_DOMAIN, tenant, principal)],
+        ).write(cert, key)
+    return cert, key
+
+
+def _write_env(path: Path, settings: config.Settings, cert: Path, key: Path) -> None:
+    host = "localhost" if settings.server.host in ("127.0.0.1", "::1") else settings.server.host
+    path.write_text(
+        f"export HSM_ENDPOINT={host}:{settings.server.port}\n"
+        f"export HSM_CA_CERT={settings.tls.ca_cert}\n"
+        f"export HSM_CLIENT_CERT={cert}\n"
+        f"export HSM_CLIENT_KEY={key}\n"
+        f"export PATH={Path(sys.executable).parent}:$PATH\n"
+    )
+
+
+def _tenant_command(args: argparse.Namespace) -> int:
+    from hsmclient import AdminClient
+
+    with AdminClient.from_env() as admin:
+        if args.tenant_command == "create":
+            tenant = admin.create_tenant(args.name)
+            print(
+                f"created tenant {tenant.name}"
+                f" (token {tenant.token_label}, serial {tenant.token_serial})"
+            )
+        else:
+            for tenant in admin.list_tenants():
+                print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsmd", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the daemon")
+    run.add_argument("--config", type=Path, required=True, help="the TOML settings file")
+    init = commands.add_parser("init", help="create or reuse a development set-up")
+    init.add_argument("--dir", type=Path, default=Path("var"))
+    tenant = commands.add_parser(
+        "tenant",
+        help="manage tenants of a running daemon (operator credentials from HSM_* variables)",
+    )
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = tenant_commands.add_parser("create", help="create a tenant and its token")
+    create.add_argument("name")
+    tenant_commands.add_parser("list", help="list tenants")
+    pki = commands.add_parser("pki", help="development certificates")
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True)
+    issue = pki_commands.add_parser(
+        "issue", help="issue a client certificate for a tenant principal"
+    )
+    issue.add_argument("--tenant", required=True)
+    issue.add_argument("--principal", required=True)
+    issue.add_argument("--dir", type=Path, default=Path("var"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            settings = config.load(args.config)
+            logging.getLogger().setLevel(settings.log_level)
+            client_env = args.config.parent / "client.env"
+            return serve(settings, client_env if client_env.exists() else None)
+        if args.command == "init":
+            path = init_dev(args.dir)
+            print(f"development set-up ready: {path}")
+            return 0
+        if args.command == "tenant":
+            return _tenant_command(args)
+        cert, key = issue_client_cert(args.dir.resolve(), args.tenant, args.principal)
+        print(f"certificate: {cert}\nprivate key: {key}")
+        return 0
+    except ConfigError as exc:
+        print(f"hsmd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except HsmdError as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""The cryptographic backend: tenant tokens behind a domain-level interface (api.py)."""

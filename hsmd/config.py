@@ -1,0 +1,191 @@
+"""Settings: one frozen, validated object built once from a TOML file.
+
+Relative paths in the file are relative to the file's own directory. Every error names the
+field, so an operator can fix the file without reading code. Secrets are never in the file:
+it names the master-secret file, whose permissions must be 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsmd.errors import ConfigError
+
+DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    workers: int
+    grace_seconds: float
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    trust_domain: str
+
+
+@dataclass(frozen=True)
+class Pkcs11Settings:
+    library: Path
+    softhsm2_conf: Path | None
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    database: Path
+    master_secret_file: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    tls: TlsSettings
+    pkcs11: Pkcs11Settings
+    storage: StorageSettings
+    log_level: str
+
+
+class _Section:
+    """Reads one table of the file, checking types and refusing unknown fields."""
+
+    def __init__(self, doc: Mapping[str, Any], name: str, base: Path) -> None:
+        table = doc.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        self._table: dict[str, Any] = table
+        self._name = name
+        self._base = base
+        self._read: set[str] = set()
+
+    def _get(self, field: str, kind: type, default: Any) -> Any:
+        self._read.add(field)
+        value = self._table.get(field, default)
+        if value is None:
+            raise ConfigError(f"{self._name}.{field} is required")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise ConfigError(f"{self._name}.{field} must be a {kind.__name__}")
+        return value
+
+    def string(self, field: str, default: str | None = None) -> str:
+        value: str = self._get(field, str, default)
+        if not value:
+            raise ConfigError(f"{self._name}.{field} must not be empty")
+        return value
+
+    def integer(self, field: str, default: int, low: int, high: int) -> int:
+        value: int = self._get(field, int, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{self._name}.{field} must be between {low} and {high}")
+        return value
+
+    def number(self, field: str, default: float, low: float, high: float) -> float:
+        value: float = self._get(field, float, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{self._name}.{field} must be between {low} and {high}")
+        return value
+
+    def path(self, field: str, default: str | None = None, *, must_exist: bool = True) -> Path:
+        path = self._base / self.string(field, default)
+        if must_exist and not path.exists():
+            raise ConfigError(f"{self._name}.{field}: {path} does not exist")
+        return path
+
+    def optional_path(self, field: str) -> Path | None:
+        if field not in self._table:
+            self._read.add(field)
+            return None
+        return self.path(field)
+
+    def done(self) -> None:
+        unknown = sorted(set(self._table) - self._read)
+        if unknown:
+            raise ConfigError(f"[{self._name}] has unknown field(s): {', '.join(unknown)}")
+
+
+def load(path: Path) -> Settings:
+    """Reads and validates the settings file. Raises ConfigError naming the bad field."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse(doc, path.parent.resolve())
+
+
+def parse(doc: Mapping[str, Any], base: Path) -> Settings:
+    unknown = sorted(set(doc) - {"server", "tls", "pkcs11", "storage", "log"})
+    if unknown:
+        raise ConfigError(f"unknown table(s): {', '.join(unknown)}")
+
+    server = _Section(doc, "server", base)
+    host, _, port = server.string("listen", "127.0.0.1:8443").rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("server.listen must be HOST:PORT with a port from 0 to 65535")
+    server_settings = ServerSettings(
+        host=host.strip("[]"),
+        port=int(port),
+        workers=server.integer("workers", 16, 1, 256),
+        grace_seconds=server.number("grace_seconds", 10.0, 0.0, 600.0),
+    )
+    server.done()
+
+    tls = _Section(doc, "tls", base)
+    tls_settings = TlsSettings(
+        ca_cert=tls.path("ca_cert"),
+        server_cert=tls.path("server_cert"),
+        server_key=tls.path("server_key"),
+        trust_domain=tls.string("trust_domain", "hsmd.local"),
+    )
+    tls.done()
+
+    pkcs11 = _Section(doc, "pkcs11", base)
+    pkcs11_settings = Pkcs11Settings(
+        library=pkcs11.path("library", DEFAULT_PKCS11_LIBRARY),
+        softhsm2_conf=pkcs11.optional_path("softhsm2_conf"),
+    )
+    pkcs11.done()
+
+    storage = _Section(doc, "storage", base)
+    storage_settings = StorageSettings(
+        database=storage.path("database", "hsmd.db", must_exist=False),
+        master_secret_file=storage.path("master_secret_file"),
+    )
+    storage.done()
+    _check_private(storage_settings.master_secret_file, "storage.master_secret_file")
+
+    log = _Section(doc, "log", base)
+    level = log.string("level", "INFO").upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(_LOG_LEVELS)}")
+    log.done()
+
+    return Settings(server_settings, tls_settings, pkcs11_settings, storage_settings, level)
+
+
+def _check_private(path: Path, field: str) -> None:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{field}: {path} must not be readable by others (chmod 600)")
+
+
+def read_master_secret(settings: Settings) -> bytes:
+    secret = settings.storage.master_secret_file.read_bytes()
+    if len(secret) < 32:
+        raise ConfigError("storage.master_secret_file must hold at least 32 bytes")
+    return secret

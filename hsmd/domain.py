@@ -1,0 +1,115 @@
+"""Plain types every layer shares: identities, request context, keys, tenants, the clock.
+
+Frozen dataclasses and string enums only; nothing here talks to a token, a database or gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class KeySpec(enum.StrEnum):
+    AES_256 = "AES_256"
+
+
+class KeyUsage(enum.StrEnum):
+    ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+
+
+class KeyState(enum.StrEnum):
+    CREATING = "CREATING"
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class KeyOrigin(enum.StrEnum):
+    GENERATED = "GENERATED"
+
+
+class TenantState(enum.StrEnum):
+    CREATING = "CREATING"
+    ACTIVE = "ACTIVE"
+
+
+class PrincipalKind(enum.StrEnum):
+    TENANT = "tenant"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, as the certificate's SPIFFE URI says: a tenant principal or an operator."""
+
+    kind: PrincipalKind
+    name: str
+    tenant: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind is PrincipalKind.OPERATOR:
+            return f"operator/{self.name}"
+        return f"tenant/{self.tenant}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the layers below transport know of one request; passed down, never stored."""
+
+    request_id: str
+    principal: Principal
+
+    @property
+    def tenant(self) -> str:
+        """The caller's tenant. Only tenant principals reach code that asks for it."""
+        if self.principal.tenant is None:
+            raise AssertionError("an operator request reached a tenant operation")
+        return self.principal.tenant
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    token_label: str
+    token_serial: str
+    state: TenantState
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Key:
+    """A customer key's metadata; its material is in the tenant's token, one object a version."""
+
+    tenant: str
+    key_id: str
+    description: str
+    spec: KeySpec
+    usage: KeyUsage
+    origin: KeyOrigin
+    state: KeyState
+    created_at: datetime
+    primary_version: int
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One version of a key; object_id is the CKA_ID of its token object."""
+
+    tenant: str
+    key_id: str
+    version: int
+    object_id: bytes
+    created_at: datetime
+
+
+class Clock(Protocol):
+    """Where time comes from, so windows and periods can be tested without sleeping."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)

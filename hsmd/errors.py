@@ -1,0 +1,71 @@
+"""The one domain error hierarchy of hsmd.
+
+User errors say what the caller did wrong and may be shown to the caller. Internal errors are
+never shown: the transport answers "internal error" with the request id and logs the rest.
+This module imports nothing; `hsmd.transport.status` is the only place that maps these to gRPC.
+"""
+
+
+class HsmdError(Exception):
+    """Base of every error hsmd raises on purpose."""
+
+
+class UserError(HsmdError):
+    """The request cannot be served as asked; the message is safe to show the caller."""
+
+
+class InvalidArgument(UserError):
+    """A field is missing, malformed or out of range."""
+
+
+class NotFound(UserError):
+    """No such resource for this caller (also: it belongs to another tenant)."""
+
+
+class AlreadyExists(UserError):
+    """A resource with that name exists already."""
+
+
+class FailedPrecondition(UserError):
+    """The resource's state or usage does not allow the operation."""
+
+
+class PermissionDenied(UserError):
+    """The caller is known but may not do this."""
+
+
+class Unauthenticated(UserError):
+    """The caller's certificate names no identity hsmd accepts."""
+
+
+class Unimplemented(UserError):
+    """The backend cannot do what was asked (a key spec or mechanism it lacks)."""
+
+
+class DecryptionFailed(UserError):
+    """One opaque answer for every decryption failure: tamper, wrong context, key or tenant."""
+
+    MESSAGE = "ciphertext is invalid, or does not match the key and encryption context"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+class InternalError(HsmdError):
+    """Something hsmd or its dependencies got wrong; details go to the log only."""
+
+
+class BackendError(InternalError):
+    """The PKCS#11 backend failed in an unexpected way."""
+
+
+class BackendUnavailable(InternalError):
+    """The token or its session is gone; the caller may retry."""
+
+
+class StoreError(InternalError):
+    """The metadata store failed."""
+
+
+class ConfigError(HsmdError):
+    """The settings file is invalid; the message names the field."""

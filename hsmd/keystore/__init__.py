@@ -1,0 +1,1 @@
+"""Key and tenant metadata: the KeyStore interface (store.py) and its SQLite implementation."""

@@ -1,0 +1,49 @@
+"""Validation and formatting of the names a caller can send: tenants, principals, key ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from hsmd.errors import InvalidArgument, NotFound
+
+# A tenant name becomes part of a 32-byte token label ("hsmd/" + name), so it is short.
+_TENANT_NAME = re.compile(r"[a-z][a-z0-9-]{0,25}")
+_PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+TOKEN_LABEL_PREFIX = "hsmd/"  # noqa: S105 (a label, not a password)
+
+
+def validate_tenant_name(name: str) -> str:
+    """Raises InvalidArgument unless name is 1-26 characters of [a-z0-9-] starting with a letter."""
+    if not _TENANT_NAME.fullmatch(name):
+        raise InvalidArgument(
+            "tenant name must be 1-26 characters of a-z, 0-9 and '-', starting with a letter"
+        )
+    return name
+
+
+def is_valid_principal_name(name: str) -> bool:
+    return _PRINCIPAL_NAME.fullmatch(name) is not None
+
+
+def token_label(tenant: str) -> str:
+    return TOKEN_LABEL_PREFIX + tenant
+
+
+def parse_key_id(key_id: str) -> str:
+    """Returns the canonical form of a key id.
+
+    Raises:
+        InvalidArgument: key_id is empty.
+        NotFound: key_id is not a UUID, so no key can have it.
+    """
+    if not key_id:
+        raise InvalidArgument("key_id is required")
+    try:
+        return str(uuid.UUID(key_id))
+    except ValueError:
+        raise NotFound(f"key {key_id!r} not found") from None
+
+
+def key_resource_name(tenant: str, key_id: str) -> str:
+    return f"tenants/{tenant}/keys/{key_id}"

@@ -1,0 +1,69 @@
+"""Tenants: creation with its own token, listing, and attaching every token at start-up.
+
+Creating a tenant spans a database row and a token, so it is a recoverable protocol: record the
+tenant as CREATING, make sure the token exists (idempotent), then mark it ACTIVE. A crash at any
+step leaves a CREATING row that the next start finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hsmd.backend.api import CryptoBackend
+from hsmd.domain import Clock, Tenant, TenantState
+from hsmd.errors import AlreadyExists, NotFound
+from hsmd.keystore.store import KeyStore
+from hsmd.names import token_label, validate_tenant_name
+
+log = logging.getLogger(__name__)
+
+
+class TenantOps:
+    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+        self._store = store
+        self._backend = backend
+        self._clock = clock
+
+    def create_tenant(self, name: str) -> Tenant:
+        """Creates the tenant and its token, and serves it at once.
+
+        Raises:
+            InvalidArgument: the name is not a valid tenant name.
+            AlreadyExists: a tenant of that name exists.
+        """
+        validate_tenant_name(name)
+        existing = self._store.get_tenant(name)
+        if existing is not None and existing.state is TenantState.ACTIVE:
+            raise AlreadyExists(f"tenant {name!r} exists already")
+        if existing is None:
+            self._store.add_tenant(name, token_label(name), self._clock.now())
+        return self._finish(name)
+
+    def _finish(self, name: str) -> Tenant:
+        serial = self._backend.ensure_token(name)
+        self._store.activate_tenant(name, serial)
+        self._backend.attach_token(name, serial)
+        tenant = self._store.get_tenant(name)
+        if tenant is None:
+            raise NotFound(f"tenant {name!r} vanished while it was being created")
+        log.info("tenant %s is served from token %r", name, tenant.token_label)
+        return tenant
+
+    def list_tenants(self) -> list[Tenant]:
+        return [t for t in self._store.list_tenants() if t.state is TenantState.ACTIVE]
+
+    def is_served(self, name: str) -> bool:
+        tenant = self._store.get_tenant(name)
+        return tenant is not None and tenant.state is TenantState.ACTIVE
+
+    def start(self) -> list[Tenant]:
+        """Finishes interrupted tenant creations and attaches every tenant's token."""
+        served = []
+        for tenant in self._store.list_tenants():
+            if tenant.state is TenantState.CREATING:
+                log.warning("finishing the interrupted creation of tenant %s", tenant.name)
+                served.append(self._finish(tenant.name))
+            else:
+                self._backend.attach_token(tenant.name, tenant.token_serial)
+                served.append(tenant)
+        return served

@@ -1,0 +1,1 @@
+"""gRPC: servicers, the request guard, the one error-to-status table, server start and stop."""

@@ -1,0 +1,77 @@
+"""The gRPC server: mutual TLS with a pinned CA, the guard, health and reflection, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hsmd.config import Settings
+from hsmd.transport.guard import RequestGuard
+from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
+from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 8 * 1024 * 1024
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int
+
+    def stop(self, grace_seconds: float) -> None:
+        """Refuses new calls, lets in-flight ones finish for up to grace_seconds, then stops."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_seconds).wait()
+
+
+def start(
+    settings: Settings,
+    guard: RequestGuard,
+    kms: KeyManagementServicer,
+    admin: AdminServicer,
+) -> RunningServer:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=settings.server.workers, thread_name_prefix="hsmd-rpc"
+        ),
+        interceptors=[guard],
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    service_pb2_grpc.add_KeyManagementServiceServicer_to_server(kms, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [
+        service_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    ]
+    reflection.enable_server_reflection(
+        [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls.server_key.read_bytes(), settings.tls.server_cert.read_bytes())],
+        root_certificates=settings.tls.ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    address = f"{settings.server.host}:{settings.server.port}"
+    if ":" in settings.server.host:
+        address = f"[{settings.server.host}]:{settings.server.port}"
+    port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    for name in ["", *services]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health_servicer, port)
