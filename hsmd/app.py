@@ -126,7 +126,7 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
     return 0
 
 
-def init_dev(directory: Path) -> Path:
+def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
     """Creates (or reuses) a complete development set-up in directory; returns the config path."""
     directory = directory.resolve()
     pki = directory / "pki"
@@ -162,7 +162,7 @@ def init_dev(directory: Path) -> Path:
     config_path = directory / "hsmd.toml"
     if not config_path.exists():
         config_path.write_text(
-            f'[server]\nlisten = "{DEV_LISTEN}"\n\n'
+            f'[server]\nlisten = "{listen}"\n\n'
             f'[tls]\nca_cert = "pki/ca.pem"\nserver_cert = "pki/server.pem"\n'
             f'server_key = "pki/server-key.pem"\ntrust_domain = "{DEV_TRUST_DOMAIN}"\n\n'
             f'[pkcs11]\nlibrary = "{config.DEFAULT_PKCS11_LIBRARY}"\n'
@@ -230,6 +230,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="the TOML settings file")
     init = commands.add_parser("init", help="create or reuse a development set-up")
     init.add_argument("--dir", type=Path, default=Path("var"))
+    init.add_argument(
+        "--listen", default=DEV_LISTEN, help="HOST:PORT for a new set-up (default %(default)s)"
+    )
     tenant = commands.add_parser(
         "tenant",
         help="manage tenants of a running daemon (operator credentials from HSM_* variables)",
@@ -263,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client_env = args.config.parent / "client.env"
             return serve(settings, client_env if client_env.exists() else None)
         if args.command == "init":
-            path = init_dev(args.dir)
+            path = init_dev(args.dir, args.listen)
             print(f"development set-up ready: {path}")
             return 0
         if args.command == "tenant":

@@ -198,8 +198,14 @@ class Pkcs11Backend:
             return True
 
     def object_ids(self, tenant: str) -> set[bytes]:
+        ids = set()
         with self._token(tenant) as token:
-            return {bytes(obj[Attribute.ID]) for obj in token.session.get_objects({})}
+            for obj in token.session.get_objects({}):
+                try:
+                    ids.add(bytes(obj[Attribute.ID]))
+                except p11.PKCS11Error:  # a half-written object (SoftHSM2 does not fsync)
+                    log.error("tenant %s: a token object without a readable CKA_ID", tenant)
+        return ids
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
         with self._token(tenant) as token:

@@ -1,0 +1,179 @@
+"""Test harness: a test PKI, a real daemon in a subprocess, and a probe of its token.
+
+The integration tier proves features against these real parts: SoftHSM2 tokens, the `hsmd`
+process, mutual TLS on 127.0.0.1 with certificates from a CA made for the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hsmclient import AdminClient, HsmClient
+
+from hsmd import devpki
+from hsmd.backend.pins import PinDeriver
+from hsmd.config import DEFAULT_PKCS11_LIBRARY
+
+SOFTHSM_LIB = Path(DEFAULT_PKCS11_LIBRARY)
+TRUST_DOMAIN = "hsmd.test"
+_LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
+_PROBE = Path(__file__).with_name("token_probe.py")
+
+
+class TestPki:
+    """A CA for the run, its server certificate, and client certificates on demand."""
+
+    __test__ = False
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        now = datetime.now(UTC)
+        self.ca = devpki.create_ca("hsmd test CA", now)
+        self.ca_cert = directory / "ca.pem"
+        self.ca_cert.parent.mkdir(parents=True, exist_ok=True)
+        self.ca_cert.write_bytes(self.ca.cert_pem())
+        self.server_cert = directory / "server.pem"
+        self.server_key = directory / "server-key.pem"
+        devpki.issue(self.ca, "localhost", hosts=["localhost", "127.0.0.1"], server=True).write(
+            self.server_cert, self.server_key
+        )
+
+    def client(
+        self,
+        name: str,
+        uris: list[str],
+        *,
+        ca: devpki.Issued | None = None,
+        not_after: datetime | None = None,
+    ) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) for a client with these URI SANs."""
+        not_before = None
+        if not_after is not None:
+            not_before = not_after - timedelta(days=1)
+        issued = devpki.issue(
+            ca or self.ca, name, uris=uris, not_before=not_before, not_after=not_after
+        )
+        return issued.cert_pem(), issued.key_pem()
+
+    def tenant_client(self, tenant: str, principal: str) -> tuple[bytes, bytes]:
+        return self.client(
+            f"{principal}@{tenant}", [devpki.tenant_uri(TRUST_DOMAIN, tenant, principal)]
+        )
+
+    def operator_client(self, name: str = "ops") -> tuple[bytes, bytes]:
+        return self.client(name, [devpki.operator_uri(TRUST_DOMAIN, name)])
+
+
+class DaemonProcess:
+    """A real `hsmd serve` in a subprocess with its own token directory and database."""
+
+    def __init__(self, directory: Path, pki: TestPki, workers: int = 16) -> None:
+        self.directory = directory
+        self.pki = pki
+        self.tokens = directory / "tokens"
+        self.tokens.mkdir(parents=True)
+        self.softhsm_conf = directory / "softhsm2.conf"
+        self.softhsm_conf.write_text(
+            f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
+            "log.level = ERROR\nslots.removable = false\n"
+        )
+        self.master_secret = secrets.token_bytes(32)
+        secret_file = directory / "master.secret"
+        secret_file.write_bytes(self.master_secret)
+        secret_file.chmod(0o600)
+        self.database = directory / "hsmd.db"
+        self.config = directory / "hsmd.toml"
+        self.config.write_text(
+            f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\ngrace_seconds = 5\n\n'
+            f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
+            f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
+            f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\nsofthsm2_conf = "{self.softhsm_conf}"\n\n'
+            f'[storage]\ndatabase = "{self.database}"\nmaster_secret_file = "{secret_file}"\n'
+        )
+        self.log = directory / "hsmd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"localhost:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hsmd", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _LISTENING.search(self.log.read_bytes()[offset:].decode(errors="replace"))
+            if match:
+                self.port = int(match.group(1))
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"hsmd did not start:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def connect(self, cert_and_key: tuple[bytes, bytes], client: type[Any] = HsmClient) -> Any:
+        cert, key = cert_and_key
+        return client.connect(
+            self.endpoint,
+            ca_cert=self.pki.ca_cert.read_bytes(),
+            client_cert=cert,
+            client_key=key,
+            timeout=30.0,
+        )
+
+    def client(self, tenant: str, principal: str = "app") -> HsmClient:
+        client: HsmClient = self.connect(self.pki.tenant_client(tenant, principal))
+        return client
+
+    def admin(self) -> AdminClient:
+        admin: AdminClient = self.connect(self.pki.operator_client(), AdminClient)
+        return admin
+
+    def create_tenant(self, name: str) -> None:
+        with self.admin() as admin:
+            admin.create_tenant(name)
+
+    def token_objects(self, tenant: str, *object_ids: bytes) -> list[dict[str, Any]]:
+        """The tenant token's objects and their attributes, read by a separate process."""
+        env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
+        env["HSMD_TEST_PIN"] = PinDeriver(self.master_secret).user_pin(tenant)
+        result = subprocess.run(
+            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), f"hsmd/{tenant}"]
+            + [object_id.hex() for object_id in object_ids],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        objects: list[dict[str, Any]] = json.loads(result.stdout)
+        return objects
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.database) as db:
+            return db.execute(sql, args).fetchall()

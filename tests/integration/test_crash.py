@@ -1,0 +1,86 @@
+"""Crash safety: kill -9 in the middle of a burst, restart, and nothing acknowledged is lost.
+
+Every key whose CreateKey was answered must work, every answered ciphertext must decrypt, and
+reconciliation must leave no CREATING row and no orphan object in the token.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hsmclient import HsmError
+
+from tests.harness import DaemonProcess
+
+TENANT = "crash"
+
+
+@dataclass
+class Acknowledged:
+    keys: list[str] = field(default_factory=list)
+    ciphertexts: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _burst(daemon: DaemonProcess, seen: Acknowledged, stop: threading.Event) -> None:
+    with daemon.client(TENANT) as client:
+        while not stop.is_set():
+            try:
+                if random.random() < 0.5 or not seen.keys:
+                    key_id = client.create_key().key_id
+                    with seen.lock:
+                        seen.keys.append(key_id)
+                else:
+                    key_id = random.choice(seen.keys)
+                    plaintext = random.randbytes(random.randint(1, 512))
+                    blob = client.encrypt(
+                        key_id, plaintext, {"n": str(len(plaintext))}
+                    ).ciphertext_blob
+                    with seen.lock:
+                        seen.ciphertexts.append((key_id, plaintext, blob))
+            except HsmError:
+                return  # the daemon is gone: nothing after this was acknowledged
+
+
+def _kill_during_burst(daemon: DaemonProcess, seen: Acknowledged, clients: int = 8) -> None:
+    stop = threading.Event()
+    threads = [threading.Thread(target=_burst, args=(daemon, seen, stop)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(random.uniform(1.0, 2.0))
+    daemon.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+
+
+def _assert_everything_acknowledged_survived(daemon: DaemonProcess, seen: Acknowledged) -> None:
+    with daemon.client(TENANT) as client:
+        for key_id in seen.keys:
+            assert client.describe_key(key_id).key_state == "ENABLED"
+            blob = client.encrypt(key_id, b"after the crash").ciphertext_blob
+            assert client.decrypt(blob).plaintext == b"after the crash"
+        for key_id, plaintext, blob in seen.ciphertexts:
+            opened = client.decrypt(blob, {"n": str(len(plaintext))})
+            assert (opened.key_id, opened.plaintext) == (key_id, plaintext)
+    assert daemon.query("SELECT key_id FROM keys WHERE state != 'ENABLED'") == []
+    known = {bytes(row[0]) for row in daemon.query("SELECT object_id FROM key_versions")}
+    in_token = {bytes.fromhex(obj["id"]) for obj in daemon.token_objects(TENANT)}
+    assert in_token == known
+
+
+def test_kill_9_during_a_burst_loses_nothing_acknowledged(
+    new_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = new_daemon()
+    daemon.create_tenant(TENANT)
+    seen = Acknowledged()
+    for _ in range(3):
+        _kill_during_burst(daemon, seen)
+        daemon.start()
+        _assert_everything_acknowledged_survived(daemon, seen)
+    assert len(seen.keys) > 10 and len(seen.ciphertexts) > 10

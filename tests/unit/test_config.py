@@ -1,0 +1,78 @@
+"""Settings validation: every error names the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsmd import config
+from hsmd.errors import ConfigError
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    for name in ("ca.pem", "server.pem", "server-key.pem"):
+        (tmp_path / name).write_text("x")
+    secret = tmp_path / "master.secret"
+    secret.write_bytes(b"s" * 32)
+    secret.chmod(0o600)
+    return tmp_path
+
+
+def _doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0"},
+        "tls": {"ca_cert": "ca.pem", "server_cert": "server.pem", "server_key": "server-key.pem"},
+        "pkcs11": {"library": "ca.pem"},
+        "storage": {"master_secret_file": "master.secret"},
+    }
+    for dotted, value in overrides.items():
+        table, field = dotted.split("__")
+        doc.setdefault(table, {})[field] = value
+    return doc
+
+
+def test_a_minimal_file_gets_defaults(files: Path) -> None:
+    settings = config.parse(_doc(), files)
+    assert (settings.server.host, settings.server.port, settings.server.workers) == (
+        "127.0.0.1",
+        0,
+        16,
+    )
+    assert settings.storage.database == files / "hsmd.db"
+    assert settings.tls.trust_domain == "hsmd.local"
+    assert settings.pkcs11.softhsm2_conf is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"server__listen": "nope"}, "server.listen"),
+        ({"server__listen": "127.0.0.1:99999"}, "server.listen"),
+        ({"server__workers": 0}, "server.workers"),
+        ({"server__workers": "many"}, "server.workers"),
+        ({"server__colour": "blue"}, "colour"),
+        ({"tls__ca_cert": "missing.pem"}, "tls.ca_cert"),
+        ({"storage__master_secret_file": "nope"}, "storage.master_secret_file"),
+        ({"log__level": "LOUD"}, "log.level"),
+        ({"bogus__x": 1}, "bogus"),
+    ],
+)
+def test_errors_name_the_field(files: Path, overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        config.parse(_doc(**overrides), files)
+
+
+def test_a_master_secret_readable_by_others_is_refused(files: Path) -> None:
+    (files / "master.secret").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        config.parse(_doc(), files)
+
+
+def test_load_reports_bad_toml(tmp_path: Path) -> None:
+    path = tmp_path / "hsmd.toml"
+    path.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(path)
