@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/hsmd/v1/*.proto)
 GEN    := hsmd/v1/__init__.py
 SOFTHSM_LIB := /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: run test lint proto softhsm dev bench clean
+.PHONY: run test lint proto softhsm dev clean
 
 run: dev
 	$(BIN)/hsmd init --dir var
@@ -47,9 +47,6 @@ $(GEN): $(PROTOS) $(VENV)/.installed
 		--python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTOS)
 	touch $@
-
-bench: dev
-	$(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) hsmd/v1 .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,130 @@
+"""The client's exceptions: one class per gRPC status the daemon answers with.
+
+Callers catch the class that says what went wrong instead of comparing status codes, and the
+server's message is kept verbatim. `from_rpc_error` is the one place a `grpc.RpcError` becomes
+one of these.
+"""
+
+import grpc
+
+
+class ConfigurationError(ValueError):
+    """A connection setting is missing or unreadable; `variable` names the setting."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class HsmError(Exception):
+    """Base of every error a call to the daemon can raise; `code` is the gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgumentError(HsmError):
+    """A field is missing, malformed or out of range; also every decryption failure."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(HsmError):
+    """No such key for this caller (a key of another tenant looks the same)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(HsmError):
+    """A resource with that name exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPreconditionError(HsmError):
+    """The key's state or usage does not allow the operation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDeniedError(HsmError):
+    """The caller is known but may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(HsmError):
+    """The client certificate names no identity the daemon accepts."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhaustedError(HsmError):
+    """The tenant's quota is used up for now; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(HsmError):
+    """The daemon, or its HSM, cannot be reached; the call may be retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class UnimplementedError(HsmError):
+    """The daemon does not offer this operation or key spec."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class DeadlineExceededError(HsmError):
+    """No answer within the call's timeout; the operation may still have happened."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InternalError(HsmError):
+    """The daemon failed; its logs hold the details under the request id in the message."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class ChecksumMismatchError(HsmError):
+    """A CRC32C check by the client failed: the payload was corrupted between us and the HSM."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+_ERROR_BY_CODE: dict[grpc.StatusCode, type[HsmError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        FailedPreconditionError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+        ResourceExhaustedError,
+        UnavailableError,
+        UnimplementedError,
+        DeadlineExceededError,
+        InternalError,
+    )
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> HsmError:
+    """Translate a failed call into the client's exception for its status.
+
+    A status without a class of its own (CANCELLED, UNKNOWN, ...) becomes a plain HsmError that
+    still carries the code.
+    """
+    code = error.code()
+    message = error.details() or code.name
+    cls = _ERROR_BY_CODE.get(code)
+    return cls(message) if cls is not None else HsmError(message, code)
