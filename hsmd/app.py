@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hsmclient import AdminClient, ConfigurationError, HsmError
+
 from hsmd import config, devpki
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
 from hsmd.domain import SystemClock
-from hsmd.errors import ConfigError, HsmdError
+from hsmd.errors import ConfigError, HsmdError, InvalidArgument
 from hsmd.keystore.sqlite_store import SqliteKeyStore
+from hsmd.names import is_valid_principal_name, validate_tenant_name
 from hsmd.ops.crypto import CryptoOps
 from hsmd.ops.datakeys import DataKeyOps
 from hsmd.ops.keys import KeyOps
@@ -208,18 +211,21 @@ def _write_env(path: Path, settings: config.Settings, cert: Path, key: Path) -> 
 
 
 def _tenant_command(args: argparse.Namespace) -> int:
-    from hsmclient import AdminClient
-
-    with AdminClient.from_env() as admin:
-        if args.tenant_command == "create":
-            tenant = admin.create_tenant(args.name)
-            print(
-                f"created tenant {tenant.name}"
-                f" (token {tenant.token_label}, serial {tenant.token_serial})"
-            )
-        else:
-            for tenant in admin.list_tenants():
-                print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+    """Operator commands go through the running daemon: only it may create tokens it serves."""
+    try:
+        with AdminClient.from_env() as admin:
+            if args.tenant_command == "create":
+                tenant = admin.create_tenant(args.name)
+                print(
+                    f"created tenant {tenant.name}"
+                    f" (token {tenant.token_label}, serial {tenant.token_serial})"
+                )
+            else:
+                for tenant in admin.list_tenants():
+                    print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+    except (HsmError, ConfigurationError) as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -271,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tenant":
             return _tenant_command(args)
+        validate_tenant_name(args.tenant)
+        if not is_valid_principal_name(args.principal):
+            raise InvalidArgument("principal must be 1-128 characters of A-Z a-z 0-9 . _ @ -")
         cert, key = issue_client_cert(args.dir.resolve(), args.tenant, args.principal)
         print(f"certificate: {cert}\nprivate key: {key}")
         return 0
