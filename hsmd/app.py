@@ -9,9 +9,11 @@ config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator;
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -47,6 +49,25 @@ DEV_OPERATOR = "ops"
 MASTER_SECRET_SIZE = 32
 
 
+class StateInUse(HsmdError):
+    """Another hsmd process is using the same database and token directory."""
+
+
+def _lock_state(database: Path) -> int:
+    """An exclusive lock beside the database, held until its descriptor is closed.
+
+    Two daemons on one state would each repair the other's unfinished work away, and SoftHSM2
+    does not see tokens another process creates.
+    """
+    descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise StateInUse(f"another hsmd process is using {database}") from None
+    return descriptor
+
+
 @dataclass
 class Daemon:
     """Everything the daemon is made of, wired once."""
@@ -58,9 +79,16 @@ class Daemon:
     keys: KeyOps
     crypto: CryptoOps
     datakeys: DataKeyOps
+    state_lock: int
 
     @classmethod
     def build(cls, settings: config.Settings) -> Daemon:
+        """Wires the objects; takes the state lock so no two processes share a token directory.
+
+        Raises:
+            StateInUse: another hsmd process holds this database and its tokens.
+        """
+        state_lock = _lock_state(settings.storage.database)
         clock = SystemClock()
         store = SqliteKeyStore(settings.storage.database)
         backend = Pkcs11Backend(
@@ -77,6 +105,7 @@ class Daemon:
             keys=KeyOps(store, backend, clock),
             crypto=crypto,
             datakeys=DataKeyOps(store, backend, crypto),
+            state_lock=state_lock,
         )
 
     def start(self) -> None:
@@ -94,18 +123,20 @@ class Daemon:
     def close(self) -> None:
         self.backend.close()
         self.store.close()
+        os.close(self.state_lock)
 
 
 def serve(settings: config.Settings, client_env: Path | None) -> int:
     daemon = Daemon.build(settings)
-    daemon.start()
     guard = RequestGuard(settings.tls.trust_domain, daemon.tenants.is_served)
-    running = grpc_server.start(
+    running = grpc_server.bind(
         settings,
         guard,
         KeyManagementServicer(daemon.keys, daemon.crypto, daemon.datakeys),
         AdminServicer(daemon.tenants),
     )
+    daemon.start()
+    running.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -179,13 +210,15 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
             daemon.tenants.create_tenant(DEV_TENANT)
     finally:
         daemon.close()
-    cert, key = issue_client_cert(directory, DEV_TENANT, DEV_PRINCIPAL)
+    cert, key = issue_client_cert(directory, settings.tls.trust_domain, DEV_TENANT, DEV_PRINCIPAL)
     _write_env(directory / "client.env", settings, cert, key)
     _write_env(directory / "operator.env", settings, pki / "operator.pem", pki / "operator-key.pem")
     return config_path
 
 
-def issue_client_cert(directory: Path, tenant: str, principal: str) -> tuple[Path, Path]:
+def issue_client_cert(
+    directory: Path, trust_domain: str, tenant: str, principal: str
+) -> tuple[Path, Path]:
     """Issues (once) a development certificate for tenant/principal under directory/pki/clients."""
     pki = directory / "pki"
     cert = pki / "clients" / f"{tenant}--{principal}.pem"
@@ -194,19 +227,21 @@ def issue_client_cert(directory: Path, tenant: str, principal: str) -> tuple[Pat
         devpki.issue(
             devpki.load(pki / "ca.pem", pki / "ca-key.pem"),
             f"{principal}@{tenant}",
-            uris=[devpki.tenant_uri(DEV_TRUST_DOMAIN, tenant, principal)],
+            uris=[devpki.tenant_uri(trust_domain, tenant, principal)],
         ).write(cert, key)
     return cert, key
 
 
 def _write_env(path: Path, settings: config.Settings, cert: Path, key: Path) -> None:
-    host = "localhost" if settings.server.host in ("127.0.0.1", "::1") else settings.server.host
+    """A file to `source` that lets `hsm` (or `hsmd tenant`) act with this certificate."""
+    local = ("127.0.0.1", "::1", "0.0.0.0", "::")  # noqa: S104 (compared, not bound)
+    host = "localhost" if settings.server.host in local else settings.server.host
     path.write_text(
-        f"export HSM_ENDPOINT={host}:{settings.server.port}\n"
-        f"export HSM_CA_CERT={settings.tls.ca_cert}\n"
-        f"export HSM_CLIENT_CERT={cert}\n"
-        f"export HSM_CLIENT_KEY={key}\n"
-        f"export PATH={Path(sys.executable).parent}:$PATH\n"
+        f"export HSM_ENDPOINT={shlex.quote(f'{host}:{settings.server.port}')}\n"
+        f"export HSM_CA_CERT={shlex.quote(str(settings.tls.ca_cert))}\n"
+        f"export HSM_CLIENT_CERT={shlex.quote(str(cert))}\n"
+        f"export HSM_CLIENT_KEY={shlex.quote(str(key))}\n"
+        f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH\n"
     )
 
 
@@ -280,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_tenant_name(args.tenant)
         if not is_valid_principal_name(args.principal):
             raise InvalidArgument("principal must be 1-128 characters of A-Z a-z 0-9 . _ @ -")
-        cert, key = issue_client_cert(args.dir.resolve(), args.tenant, args.principal)
+        directory = args.dir.resolve()
+        trust_domain = config.load(directory / "hsmd.toml").tls.trust_domain
+        cert, key = issue_client_cert(directory, trust_domain, args.tenant, args.principal)
         print(f"certificate: {cert}\nprivate key: {key}")
         return 0
     except ConfigError as exc:

@@ -27,6 +27,8 @@ class ServerSettings:
     port: int
     workers: int
     grace_seconds: float
+    max_concurrent_rpcs: int
+    max_connection_age_seconds: float
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,10 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         port=int(port),
         workers=server.integer("workers", 16, 1, 256),
         grace_seconds=server.number("grace_seconds", 10.0, 0.0, 600.0),
+        max_concurrent_rpcs=server.integer("max_concurrent_rpcs", 1000, 1, 100_000),
+        max_connection_age_seconds=server.number(
+            "max_connection_age_seconds", 3600.0, 1.0, 86400.0
+        ),
     )
     server.done()
 

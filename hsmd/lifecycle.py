@@ -19,11 +19,12 @@ class Operation(enum.StrEnum):
     GENERATE_DATA_KEY = "GenerateDataKey"
 
 
-# Operations that read metadata only are allowed in every state; the rest need an ENABLED key.
+# Operations that read metadata only are allowed in every state (as AWS KMS's DescribeKey);
+# the rest need an ENABLED key.
 _METADATA_OPERATIONS = frozenset({Operation.DESCRIBE})
 
 STATE_ALLOWS: dict[KeyState, frozenset[Operation]] = {
-    KeyState.CREATING: frozenset(),
+    KeyState.CREATING: _METADATA_OPERATIONS,
     KeyState.ENABLED: frozenset(Operation),
     KeyState.DISABLED: _METADATA_OPERATIONS,
     KeyState.UNAVAILABLE: _METADATA_OPERATIONS,

@@ -162,17 +162,21 @@ class DaemonProcess:
 
     def token_objects(self, tenant: str, *object_ids: bytes) -> list[dict[str, Any]]:
         """The tenant token's objects and their attributes, read by a separate process."""
+        objects: list[dict[str, Any]] = json.loads(self.probe(tenant, "list", *object_ids))
+        return objects
+
+    def probe(self, tenant: str, action: str, *object_ids: bytes) -> bytes:
+        """Runs tests/token_probe.py on the tenant's token (stop the daemon first to change it)."""
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
         env["HSMD_TEST_PIN"] = PinDeriver(self.master_secret).user_pin(tenant)
         result = subprocess.run(
-            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), f"hsmd/{tenant}"]
+            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), f"hsmd/{tenant}", action]
             + [object_id.hex() for object_id in object_ids],
             env=env,
             capture_output=True,
             check=True,
         )
-        objects: list[dict[str, Any]] = json.loads(result.stdout)
-        return objects
+        return result.stdout
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:

@@ -1,8 +1,10 @@
-"""Reads a token's objects and their security attributes; run as its own process by the harness.
+"""Reads or changes a stopped daemon's token behind its back; run as its own process.
 
 A separate process sees the token as it is on disk (SoftHSM2 reads tokens at C_Initialize), and
 keeps the test process free of a second PKCS#11 configuration. The PIN comes in HSMD_TEST_PIN.
-Usage: token_probe.py LIBRARY LABEL [OBJECT_ID_HEX ...]  (no ids: every object)
+Usage: token_probe.py LIBRARY LABEL list [OBJECT_ID_HEX ...]   (no ids: every object)
+       token_probe.py LIBRARY LABEL destroy OBJECT_ID_HEX ...
+       token_probe.py LIBRARY LABEL orphan OBJECT_ID_HEX       (a token AES key no row names)
 """
 
 import json
@@ -47,12 +49,20 @@ def describe(obj):
 
 
 def main():
-    library, label, *ids = sys.argv[1:]
+    library, label, action, *ids = sys.argv[1:]
     token = pkcs11.lib(library).get_token(token_label=label)
-    with token.open(user_pin=os.environ["HSMD_TEST_PIN"]) as session:
+    with token.open(rw=True, user_pin=os.environ["HSMD_TEST_PIN"]) as session:
         wanted = [{Attribute.ID: bytes.fromhex(i)} for i in ids] or [{}]
-        found = [describe(obj) for query in wanted for obj in session.get_objects(query)]
-    json.dump(found, sys.stdout)
+        found = [obj for query in wanted for obj in session.get_objects(query)]
+        if action == "list":
+            json.dump([describe(obj) for obj in found], sys.stdout)
+        elif action == "destroy":
+            for obj in found:
+                obj.destroy()
+        elif action == "orphan":
+            session.generate_key(
+                pkcs11.KeyType.AES, 256, store=True, template={Attribute.ID: bytes.fromhex(ids[0])}
+            )
 
 
 main()

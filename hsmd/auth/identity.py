@@ -33,7 +33,8 @@ def principal_from_certificate(pem: bytes, trust_domain: str) -> Principal:
 
 def principal_from_uri(uri: str, trust_domain: str) -> Principal:
     parts = urlsplit(uri)
-    if parts.scheme != "spiffe" or parts.netloc != trust_domain or parts.query or parts.fragment:
+    in_domain = parts.netloc.lower() == trust_domain.lower()
+    if parts.scheme != "spiffe" or not in_domain or parts.query or parts.fragment:
         raise Unauthenticated(f"the certificate's identity is not in trust domain {trust_domain}")
     segments = parts.path.split("/")[1:]
     match segments:

@@ -193,7 +193,8 @@ class Pkcs11Backend:
             try:
                 key = self._key(token, object_id)
                 key[Attribute.KEY_TYPE]
-            except (p11.NoSuchKey, p11.AttributeTypeInvalid):
+            except p11.PKCS11Error:  # absent, or half-written and unreadable
+                token.keys.pop(object_id, None)
                 return False
             return True
 

@@ -57,6 +57,8 @@ _KEY_COLUMNS = (
 
 class SqliteKeyStore:
     def __init__(self, path: Path) -> None:
+        if not path.exists():
+            path.touch(mode=0o600)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -75,9 +75,9 @@ class CryptoOps:
         """
         ciphertext.validate_context(context)
         parsed = ciphertext.parse(blob)
-        if expected_key_id and parse_key_id(expected_key_id) != parsed.key_id:
-            raise DecryptionFailed()
         try:
+            if expected_key_id and parse_key_id(expected_key_id) != parsed.key_id:
+                raise DecryptionFailed()
             key = usable_key(self._store, ctx, parsed.key_id, Operation.DECRYPT)
             version = self._store.get_version(ctx.tenant, key.key_id, parsed.version)
         except NotFound:

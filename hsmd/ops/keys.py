@@ -117,7 +117,8 @@ class KeyOps:
 
         CREATING keys were never acknowledged, so they are rolled back (object and row).
         Objects whose CKA_ID no version names are destroyed. An ENABLED key whose object is
-        missing or unreadable becomes UNAVAILABLE, loudly.
+        missing or unreadable becomes UNAVAILABLE, loudly, and ENABLED again once it is back
+        (for example after the token directory is restored).
         """
         creating = self._store.keys_in_state(tenant, KeyState.CREATING)
         for key in creating:
@@ -129,12 +130,21 @@ class KeyOps:
             self._backend.destroy(tenant, object_id)
         unavailable = 0
         for key in self._store.keys_in_state(tenant, KeyState.ENABLED):
-            versions = self._store.versions(tenant, key.key_id)
-            if not all(self._backend.has_object(tenant, v.object_id) for v in versions):
+            if not self._objects_present(key):
                 log.error("key %s of tenant %s has lost its token object", key.key_id, tenant)
                 self._store.set_key_state(tenant, key.key_id, KeyState.UNAVAILABLE)
                 unavailable += 1
+        for key in self._store.keys_in_state(tenant, KeyState.UNAVAILABLE):
+            if self._objects_present(key):
+                log.warning("key %s of tenant %s has its token object back", key.key_id, tenant)
+                self._store.set_key_state(tenant, key.key_id, KeyState.ENABLED)
+            else:
+                unavailable += 1
         return ReconcileReport(len(creating), len(orphans), unavailable)
+
+    def _objects_present(self, key: Key) -> bool:
+        versions = self._store.versions(key.tenant, key.key_id)
+        return all(self._backend.has_object(key.tenant, v.object_id) for v in versions)
 
     def _roll_back(self, key: Key, versions: list[KeyVersion]) -> None:
         for version in versions:

@@ -11,7 +11,7 @@ import logging
 
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Tenant, TenantState
-from hsmd.errors import AlreadyExists, NotFound
+from hsmd.errors import AlreadyExists, BackendUnavailable, NotFound
 from hsmd.keystore.store import KeyStore
 from hsmd.names import token_label, validate_tenant_name
 
@@ -57,13 +57,20 @@ class TenantOps:
         return tenant is not None and tenant.state is TenantState.ACTIVE
 
     def start(self) -> list[Tenant]:
-        """Finishes interrupted tenant creations and attaches every tenant's token."""
+        """Finishes interrupted tenant creations and attaches every tenant's token.
+
+        A tenant whose token cannot be reached is logged and left out, so one lost token does
+        not take the others down; its callers get UNAVAILABLE until it is restored.
+        """
         served = []
         for tenant in self._store.list_tenants():
-            if tenant.state is TenantState.CREATING:
-                log.warning("finishing the interrupted creation of tenant %s", tenant.name)
-                served.append(self._finish(tenant.name))
-            else:
-                self._backend.attach_token(tenant.name, tenant.token_serial)
-                served.append(tenant)
+            try:
+                if tenant.state is TenantState.CREATING:
+                    log.warning("finishing the interrupted creation of tenant %s", tenant.name)
+                    served.append(self._finish(tenant.name))
+                else:
+                    self._backend.attach_token(tenant.name, tenant.token_serial)
+                    served.append(tenant)
+            except BackendUnavailable as exc:
+                log.error("tenant %s is not served: %s", tenant.name, exc)
         return served

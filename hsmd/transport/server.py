@@ -1,4 +1,8 @@
-"""The gRPC server: mutual TLS with a pinned CA, the guard, health and reflection, graceful stop."""
+"""The gRPC server: mutual TLS with a pinned CA, the guard, health and reflection, graceful stop.
+
+`bind` takes the port before the daemon repairs its state, so a second daemon on the same
+address fails before it touches anything; `RunningServer.start` then begins serving.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hsmd.config import Settings
+from hsmd.errors import ConfigError
 from hsmd.transport.guard import RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
@@ -24,7 +29,13 @@ _MAX_MESSAGE = 8 * 1024 * 1024
 class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
+    health_names: list[str]
     port: int
+
+    def start(self) -> None:
+        self.server.start()
+        for name in self.health_names:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_seconds: float) -> None:
         """Refuses new calls, lets in-flight ones finish for up to grace_seconds, then stops."""
@@ -32,7 +43,7 @@ class RunningServer:
         self.server.stop(grace_seconds).wait()
 
 
-def start(
+def bind(
     settings: Settings,
     guard: RequestGuard,
     kms: KeyManagementServicer,
@@ -47,7 +58,11 @@ def start(
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            # Certificates are checked at the handshake only: bound how long one stays in use.
+            ("grpc.max_connection_age_ms", int(settings.server.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ],
+        maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
     service_pb2_grpc.add_KeyManagementServiceServicer_to_server(kms, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
@@ -68,10 +83,8 @@ def start(
     address = f"{settings.server.host}:{settings.server.port}"
     if ":" in settings.server.host:
         address = f"[{settings.server.host}]:{settings.server.port}"
-    port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    for name in ["", *services]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port)
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio's only signal that the address is taken or invalid
+        raise ConfigError(f"server.listen: cannot listen on {address}") from exc
+    return RunningServer(server, health_servicer, ["", *services], port)

@@ -120,8 +120,9 @@ def test_a_blob_relabelled_for_another_key_fails_the_same_way(
     _assert_opaque_failure(client, relabelled, CONTEXT)
     unknown = blob[:1] + uuid.uuid4().bytes + blob[17:]
     _assert_opaque_failure(client, unknown, CONTEXT)
-    with pytest.raises(InvalidArgumentError, match=OPAQUE):
-        client.decrypt(blob, CONTEXT, key_id=other)
+    for wrong_key_id in (other, "not-a-key-id"):
+        with pytest.raises(InvalidArgumentError, match=OPAQUE):
+            client.decrypt(blob, CONTEXT, key_id=wrong_key_id)
 
 
 def test_a_blob_naming_another_version_fails_the_same_way(client: HsmClient, blob: bytes) -> None:
