@@ -34,10 +34,12 @@ from hsmd.names import is_valid_principal_name, validate_tenant_name
 from hsmd.ops.crypto import CryptoOps
 from hsmd.ops.datakeys import DataKeyOps
 from hsmd.ops.keys import KeyOps
+from hsmd.ops.mac import MacOps
+from hsmd.ops.signing import SigningOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.transport import server as grpc_server
 from hsmd.transport.guard import RequestGuard
-from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
+from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
 
 log = logging.getLogger("hsmd")
 
@@ -76,9 +78,7 @@ class Daemon:
     store: SqliteKeyStore
     backend: Pkcs11Backend
     tenants: TenantOps
-    keys: KeyOps
-    crypto: CryptoOps
-    datakeys: DataKeyOps
+    operations: Operations
     state_lock: int
 
     @classmethod
@@ -97,21 +97,26 @@ class Daemon:
             settings.pkcs11.softhsm2_conf,
         )
         crypto = CryptoOps(store, backend)
+        operations = Operations(
+            keys=KeyOps(store, backend, clock),
+            crypto=crypto,
+            datakeys=DataKeyOps(store, backend, crypto),
+            signing=SigningOps(store, backend),
+            mac=MacOps(store, backend),
+        )
         return cls(
             settings=settings,
             store=store,
             backend=backend,
             tenants=TenantOps(store, backend, clock),
-            keys=KeyOps(store, backend, clock),
-            crypto=crypto,
-            datakeys=DataKeyOps(store, backend, crypto),
+            operations=operations,
             state_lock=state_lock,
         )
 
     def start(self) -> None:
         """Attaches every tenant's token and repairs what an earlier crash left."""
         for tenant in self.tenants.start():
-            report = self.keys.reconcile(tenant.name)
+            report = self.operations.keys.reconcile(tenant.name)
             log.info(
                 "tenant %s ready (rolled back %d, orphans destroyed %d, unavailable %d)",
                 tenant.name,
@@ -132,7 +137,7 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
     running = grpc_server.bind(
         settings,
         guard,
-        KeyManagementServicer(daemon.keys, daemon.crypto, daemon.datakeys),
+        KeyManagementServicer(daemon.operations),
         AdminServicer(daemon.tenants),
     )
     daemon.start()
@@ -173,13 +178,6 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
         devpki.issue(ca, "localhost", hosts=["localhost", "127.0.0.1", "::1"], server=True).write(
             pki / "server.pem", pki / "server-key.pem"
         )
-    if not (pki / "operator.pem").exists():
-        devpki.issue(
-            ca,
-            DEV_OPERATOR,
-            uris=[devpki.operator_uri(DEV_TRUST_DOMAIN, DEV_OPERATOR)],
-        ).write(pki / "operator.pem", pki / "operator-key.pem")
-
     tokens = directory / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     softhsm_conf = directory / "softhsm2.conf"
@@ -204,6 +202,12 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
         )
     settings = config.load(config_path)
+    if not (pki / "operator.pem").exists():
+        devpki.issue(
+            ca,
+            DEV_OPERATOR,
+            uris=[devpki.operator_uri(settings.tls.trust_domain, DEV_OPERATOR)],
+        ).write(pki / "operator.pem", pki / "operator-key.pem")
     daemon = Daemon.build(settings)
     try:
         if not daemon.tenants.is_served(DEV_TENANT):
@@ -236,6 +240,8 @@ def _write_env(path: Path, settings: config.Settings, cert: Path, key: Path) -> 
     """A file to `source` that lets `hsm` (or `hsmd tenant`) act with this certificate."""
     local = ("127.0.0.1", "::1", "0.0.0.0", "::")  # noqa: S104 (compared, not bound)
     host = "localhost" if settings.server.host in local else settings.server.host
+    if ":" in host:
+        host = f"[{host}]"
     path.write_text(
         f"export HSM_ENDPOINT={shlex.quote(f'{host}:{settings.server.port}')}\n"
         f"export HSM_CA_CERT={shlex.quote(str(settings.tls.ca_cert))}\n"

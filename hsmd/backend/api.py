@@ -1,14 +1,27 @@
 """What the operations need from a token, in domain terms: no PKCS#11 types cross this line.
 
 Every method takes the tenant first, so an operation can only reach its own tenant's token.
-Objects are named by their CKA_ID (object_id), which the keystore links to a key version.
+Objects are named by their CKA_ID (object_id), which the keystore links to a key version; an
+asymmetric key is a pair of objects sharing one CKA_ID.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-from hsmd.domain import KeySpec, KeyUsage
+from hsmd.domain import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the backend was found able to do, and notes on what it cannot."""
+
+    key_specs: frozenset[KeySpec]
+    encryption: frozenset[EncryptionAlgorithm]
+    signing: frozenset[SigningAlgorithm]
+    mac: frozenset[MacAlgorithm]
+    notes: tuple[str, ...]
 
 
 class CryptoBackend(Protocol):
@@ -28,8 +41,12 @@ class CryptoBackend(Protocol):
         """
         ...
 
+    def capabilities(self) -> Capabilities:
+        """The key specs and algorithms the library supports (probed once, then remembered)."""
+        ...
+
     def generate_key(self, tenant: str, object_id: bytes, spec: KeySpec, usage: KeyUsage) -> None:
-        """Generates a sensitive, non-extractable token key limited to its usage."""
+        """Generates a sensitive, non-extractable token key (or pair) limited to its usage."""
         ...
 
     def encrypt(
@@ -44,13 +61,49 @@ class CryptoBackend(Protocol):
         """Raises DecryptionFailed for any authentication failure."""
         ...
 
+    def rsa_encrypt(
+        self, tenant: str, object_id: bytes, algorithm: EncryptionAlgorithm, plaintext: bytes
+    ) -> bytes:
+        """RSAES-OAEP with the key's public half."""
+        ...
+
+    def rsa_decrypt(
+        self, tenant: str, object_id: bytes, algorithm: EncryptionAlgorithm, ciphertext: bytes
+    ) -> bytes:
+        """RSAES-OAEP with the key's private half. Raises DecryptionFailed for any bad input."""
+        ...
+
+    def sign(
+        self, tenant: str, object_id: bytes, spec: KeySpec, algorithm: SigningAlgorithm, data: bytes
+    ) -> bytes:
+        """Signs a digest (for Ed25519: the message); ECDSA signatures come back as DER."""
+        ...
+
+    def verify(
+        self,
+        tenant: str,
+        object_id: bytes,
+        spec: KeySpec,
+        algorithm: SigningAlgorithm,
+        data: bytes,
+        signature: bytes,
+    ) -> bool:
+        """False for any signature that does not verify, including malformed DER."""
+        ...
+
+    def public_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
+        """The DER SubjectPublicKeyInfo of an asymmetric key."""
+        ...
+
+    def mac(self, tenant: str, object_id: bytes, algorithm: MacAlgorithm, message: bytes) -> bytes:
+        """The full-length HMAC of message."""
+        ...
+
     def generate_random(self, tenant: str, size: int) -> bytes: ...
 
     def object_ids(self, tenant: str) -> set[bytes]:
-        """Every CKA_ID in the tenant's token (linear in the number of objects: start-up only)."""
+        """Every readable CKA_ID in the tenant's token (one linear pass: start-up only)."""
         ...
-
-    def has_object(self, tenant: str, object_id: bytes) -> bool: ...
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
         """Destroys every object with this CKA_ID; no error if there is none."""

@@ -8,9 +8,10 @@ same GIL. Each tenant has one read-write session, logged in once, that lives as 
 daemon; object handles stay valid while it is open, so the handle cache below never goes stale
 and a key lookup costs a dictionary access instead of a linear C_FindObjects.
 
-Templates are always explicit (python-pkcs11's defaults are not safe for a KMS): every key is a
-private, sensitive, non-extractable, non-modifiable, non-copyable token object whose capability
-attributes allow its usage and nothing else.
+Templates are always explicit (python-pkcs11's defaults are not safe for a KMS): every secret
+or private key is a private, sensitive, non-extractable, non-modifiable, non-copyable token
+object whose capability attributes allow its usage and nothing else; a public key is a
+non-modifiable token object that can only verify or encrypt.
 
 Only this module (and the library) sees PKCS#11; its exceptions become hsmd.errors here.
 """
@@ -29,23 +30,51 @@ from pathlib import Path
 from typing import Any
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
+from pkcs11.util.ec import encode_named_curve_parameters
 
+from hsmd.backend import encoding
+from hsmd.backend.api import Capabilities
+from hsmd.backend.mechanisms import (
+    KEY_TYPES,
+    MAC_MECHANISMS,
+    oaep_param,
+    required_mechanisms,
+    signing_call,
+)
 from hsmd.backend.pins import PinDeriver
 from hsmd.ciphertext import IV_SIZE
-from hsmd.domain import KeySpec, KeyUsage
-from hsmd.errors import BackendError, BackendUnavailable, DecryptionFailed
+from hsmd.domain import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
+from hsmd.errors import BackendError, BackendUnavailable, DecryptionFailed, Unimplemented
+from hsmd.keyspecs import SIGNING, SPECS, Family, SignatureScheme
 from hsmd.names import token_label
 
 log = logging.getLogger(__name__)
 
 _CKR_OK = 0
 _LABEL_SIZE = 32
+_RSA_PUBLIC_EXPONENT = b"\x01\x00\x01"
 
 # Capability attributes a key may have; each usage turns on only its own.
-_CAPABILITIES = (
+_PRIVATE_CAPABILITIES = (
+    Attribute.ENCRYPT,
+    Attribute.DECRYPT,
+    Attribute.SIGN,
+    Attribute.SIGN_RECOVER,
+    Attribute.UNWRAP,
+    Attribute.DERIVE,
+)
+_PUBLIC_CAPABILITIES = (
+    Attribute.ENCRYPT,
+    Attribute.VERIFY,
+    Attribute.VERIFY_RECOVER,
+    Attribute.WRAP,
+    Attribute.DERIVE,
+)
+_SECRET_CAPABILITIES = (
     Attribute.ENCRYPT,
     Attribute.DECRYPT,
     Attribute.SIGN,
@@ -54,10 +83,17 @@ _CAPABILITIES = (
     Attribute.UNWRAP,
     Attribute.DERIVE,
 )
-_USAGE_CAPABILITIES: dict[KeyUsage, frozenset[Attribute]] = {
-    KeyUsage.ENCRYPT_DECRYPT: frozenset({Attribute.ENCRYPT, Attribute.DECRYPT}),
+_USAGE_CAPABILITIES: dict[tuple[bool, KeyUsage], frozenset[Attribute]] = {
+    # (asymmetric, usage): the rights of the secret or private key
+    (False, KeyUsage.ENCRYPT_DECRYPT): frozenset({Attribute.ENCRYPT, Attribute.DECRYPT}),
+    (False, KeyUsage.GENERATE_VERIFY_MAC): frozenset({Attribute.SIGN, Attribute.VERIFY}),
+    (True, KeyUsage.ENCRYPT_DECRYPT): frozenset({Attribute.DECRYPT}),
+    (True, KeyUsage.SIGN_VERIFY): frozenset({Attribute.SIGN}),
 }
-_SPEC_TYPES: dict[KeySpec, tuple[KeyType, int]] = {KeySpec.AES_256: (KeyType.AES, 256)}
+_PUBLIC_USAGE_CAPABILITIES: dict[KeyUsage, frozenset[Attribute]] = {
+    KeyUsage.ENCRYPT_DECRYPT: frozenset({Attribute.ENCRYPT}),
+    KeyUsage.SIGN_VERIFY: frozenset({Attribute.VERIFY}),
+}
 
 # Library errors that mean the token or session is gone, not that the request was bad.
 _UNAVAILABLE = (
@@ -69,18 +105,23 @@ _UNAVAILABLE = (
     p11.TokenNotRecognised,
     p11.UserNotLoggedIn,
 )
-# What SoftHSM2 answers when a GCM tag does not verify (CKR_GENERAL_ERROR in 2.6.1).
-_AUTHENTICATION_FAILED = (
+# What SoftHSM2 answers when a GCM tag or an OAEP padding does not check (CKR_GENERAL_ERROR in
+# 2.6.1) or the input has the wrong size.
+_DECRYPTION_FAILED = (
     p11.GeneralError,
     p11.EncryptedDataInvalid,
     p11.EncryptedDataLenRange,
+    p11.DataLenRange,
+    p11.DataInvalid,
 )
+_SIGNATURE_INVALID = (p11.SignatureInvalid, p11.SignatureLenRange)
 
 
-def key_template(object_id: bytes, usage: KeyUsage, *, extractable: bool = False) -> dict[Any, Any]:
-    """The full attribute template of a secret key: nothing is left to library defaults."""
-    allowed = _USAGE_CAPABILITIES[usage]
-    template: dict[Any, Any] = {capability: capability in allowed for capability in _CAPABILITIES}
+def key_template(
+    object_id: bytes, rights: frozenset[Attribute], capabilities: tuple[Attribute, ...]
+) -> dict[Any, Any]:
+    """The full template of a secret or private key: nothing is left to library defaults."""
+    template: dict[Any, Any] = {right: right in rights for right in capabilities}
     template.update(
         {
             Attribute.ID: object_id,
@@ -88,7 +129,23 @@ def key_template(object_id: bytes, usage: KeyUsage, *, extractable: bool = False
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: extractable,
+            Attribute.EXTRACTABLE: False,
+            Attribute.MODIFIABLE: False,
+            Attribute.COPYABLE: False,
+        }
+    )
+    return template
+
+
+def public_template(object_id: bytes, usage: KeyUsage) -> dict[Any, Any]:
+    rights = _PUBLIC_USAGE_CAPABILITIES[usage]
+    template: dict[Any, Any] = {right: right in rights for right in _PUBLIC_CAPABILITIES}
+    template.update(
+        {
+            Attribute.ID: object_id,
+            Attribute.LABEL: object_id.hex(),
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
             Attribute.MODIFIABLE: False,
             Attribute.COPYABLE: False,
         }
@@ -99,7 +156,8 @@ def key_template(object_id: bytes, usage: KeyUsage, *, extractable: bool = False
 @dataclass
 class _TenantToken:
     session: Any
-    keys: dict[bytes, Any] = field(default_factory=dict)
+    objects: dict[tuple[bytes, ObjectClass], Any] = field(default_factory=dict)
+    public_keys: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class Pkcs11Backend:
@@ -112,6 +170,7 @@ class Pkcs11Backend:
         self._pins = pins
         self._lock = threading.Lock()
         self._tokens: dict[str, _TenantToken] = {}
+        self._capabilities: Capabilities | None = None
         with self._translate():
             self._lib = pkcs11.lib(str(library))
         # python-pkcs11 has no C_InitToken; the same loaded library provides it directly.
@@ -178,39 +237,127 @@ class Pkcs11Backend:
         log.info("initialised token %r (serial %s)", label, _serial(token))
         return token
 
+    # Capabilities
+
+    def capabilities(self) -> Capabilities:
+        with self._lock, self._translate():
+            if self._capabilities is None:
+                self._capabilities = self._probe()
+                log.info(
+                    "backend supports key specs %s; notes: %s",
+                    ", ".join(sorted(self._capabilities.key_specs)),
+                    "; ".join(self._capabilities.notes) or "none",
+                )
+            return self._capabilities
+
+    def _probe(self) -> Capabilities:
+        """Reads the library's mechanism list, and tries what a list cannot promise."""
+        slots = self._lib.get_slots(token_present=True)
+        offered = set(slots[0].get_mechanisms()) if slots else set()
+        notes = []
+        specs = set()
+        for spec in KeySpec:
+            missing = required_mechanisms(spec) - offered
+            if missing:
+                names = ", ".join(sorted(str(m) for m in missing))
+                notes.append(f"{spec} is not supported: the library lacks {names}")
+            else:
+                specs.add(spec)
+        encryption = {a for s in specs for a in SPECS[s].encryption}
+        if Mechanism.RSA_PKCS_OAEP not in offered:
+            encryption -= {
+                EncryptionAlgorithm.RSAES_OAEP_SHA_1,
+                EncryptionAlgorithm.RSAES_OAEP_SHA_256,
+            }
+        elif not self._oaep_works(EncryptionAlgorithm.RSAES_OAEP_SHA_256):
+            encryption.discard(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
+            notes.append(
+                "RSAES_OAEP_SHA_256 is not supported: the library refuses OAEP with SHA-256"
+            )
+        return Capabilities(
+            key_specs=frozenset(specs),
+            encryption=frozenset(encryption),
+            signing=frozenset(a for s in specs for a in SPECS[s].signing),
+            mac=frozenset(a for s in specs for a in SPECS[s].mac),
+            notes=tuple(notes),
+        )
+
+    def _oaep_works(self, algorithm: EncryptionAlgorithm) -> bool:
+        """Encrypts one byte under a throwaway session public key; the mechanism list says
+        RSA_PKCS_OAEP whatever hashes the library accepts for it."""
+        if not self._tokens:
+            return False
+        session = next(iter(self._tokens.values())).session
+        numbers = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
+        public = session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                Attribute.KEY_TYPE: KEY_TYPES[Family.RSA],
+                Attribute.TOKEN: False,
+                Attribute.ENCRYPT: True,
+                Attribute.MODULUS: numbers.n.to_bytes(256, "big"),
+                Attribute.PUBLIC_EXPONENT: _RSA_PUBLIC_EXPONENT,
+            }
+        )
+        try:
+            public.encrypt(
+                b"x", mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep_param(algorithm)
+            )
+        except p11.PKCS11Error:
+            return False
+        finally:
+            public.destroy()
+        return True
+
     # Keys
 
     def generate_key(self, tenant: str, object_id: bytes, spec: KeySpec, usage: KeyUsage) -> None:
-        key_type, bits = _SPEC_TYPES[spec]
+        info = SPECS[spec]
+        rights = _USAGE_CAPABILITIES[(info.family.asymmetric, usage)]
         with self._token(tenant) as token:
-            key = token.session.generate_key(
-                key_type, bits, store=True, template=key_template(object_id, usage)
+            session = token.session
+            if not info.family.asymmetric:
+                key = session.generate_key(
+                    KEY_TYPES[info.family],
+                    info.bits,
+                    store=True,
+                    template=key_template(object_id, rights, _SECRET_CAPABILITIES),
+                )
+                token.objects[(object_id, ObjectClass.SECRET_KEY)] = key
+                return
+            public = public_template(object_id, usage)
+            if info.family is Family.RSA:
+                public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
+            else:
+                public[Attribute.EC_PARAMS] = encode_named_curve_parameters(info.curve_oid)
+            public_key, private_key = session.generate_keypair(
+                KEY_TYPES[info.family],
+                info.bits if info.family is Family.RSA else None,
+                store=True,
+                public_template=public,
+                private_template=key_template(object_id, rights, _PRIVATE_CAPABILITIES),
             )
-            token.keys[object_id] = key
-
-    def has_object(self, tenant: str, object_id: bytes) -> bool:
-        with self._token(tenant) as token:
-            try:
-                key = self._key(token, object_id)
-                key[Attribute.KEY_TYPE]
-            except p11.PKCS11Error:  # absent, or half-written and unreadable
-                token.keys.pop(object_id, None)
-                return False
-            return True
+            token.objects[(object_id, ObjectClass.PUBLIC_KEY)] = public_key
+            token.objects[(object_id, ObjectClass.PRIVATE_KEY)] = private_key
 
     def object_ids(self, tenant: str) -> set[bytes]:
         ids = set()
         with self._token(tenant) as token:
             for obj in token.session.get_objects({}):
                 try:
-                    ids.add(bytes(obj[Attribute.ID]))
+                    object_id = bytes(obj[Attribute.ID])
+                    token.objects[(object_id, ObjectClass(obj[Attribute.CLASS]))] = obj
                 except p11.PKCS11Error:  # a half-written object (SoftHSM2 does not fsync)
                     log.error("tenant %s: a token object without a readable CKA_ID", tenant)
+                    continue
+                ids.add(object_id)
         return ids
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
         with self._token(tenant) as token:
-            token.keys.pop(object_id, None)
+            for key in [k for k in token.objects if k[0] == object_id]:
+                del token.objects[key]
+            token.public_keys.pop(object_id, None)
             for obj in list(token.session.get_objects({Attribute.ID: object_id})):
                 obj.destroy()
 
@@ -221,7 +368,7 @@ class Pkcs11Backend:
     ) -> tuple[bytes, bytes]:
         iv = secrets.token_bytes(IV_SIZE)
         with self._token(tenant) as token:
-            key = self._key(token, object_id)
+            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
             ciphertext = key.encrypt(
                 plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, aad)
             )
@@ -233,16 +380,104 @@ class Pkcs11Backend:
         if len(iv) != IV_SIZE:  # SoftHSM2 accepts short IVs; we never do.
             raise DecryptionFailed()
         with self._token(tenant) as token:
-            key = self._key(token, object_id)
+            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
             try:
                 plaintext = key.decrypt(
                     ciphertext_and_tag,
                     mechanism=Mechanism.AES_GCM,
                     mechanism_param=GCMParams(iv, aad),
                 )
-            except _AUTHENTICATION_FAILED:
+            except _DECRYPTION_FAILED:
                 raise DecryptionFailed() from None
         return bytes(plaintext)
+
+    def rsa_encrypt(
+        self, tenant: str, object_id: bytes, algorithm: EncryptionAlgorithm, plaintext: bytes
+    ) -> bytes:
+        self._require_encryption(algorithm)
+        with self._token(tenant) as token:
+            key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+            ciphertext = key.encrypt(
+                plaintext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep_param(algorithm)
+            )
+        return bytes(ciphertext)
+
+    def rsa_decrypt(
+        self, tenant: str, object_id: bytes, algorithm: EncryptionAlgorithm, ciphertext: bytes
+    ) -> bytes:
+        self._require_encryption(algorithm)
+        with self._token(tenant) as token:
+            key = self._object(token, object_id, ObjectClass.PRIVATE_KEY)
+            try:
+                plaintext = key.decrypt(
+                    ciphertext,
+                    mechanism=Mechanism.RSA_PKCS_OAEP,
+                    mechanism_param=oaep_param(algorithm),
+                )
+            except _DECRYPTION_FAILED:
+                raise DecryptionFailed() from None
+        return bytes(plaintext)
+
+    def _require_encryption(self, algorithm: EncryptionAlgorithm) -> None:
+        if algorithm not in self.capabilities().encryption:
+            raise Unimplemented(f"this backend does not support {algorithm} (see GetCapabilities)")
+
+    def sign(
+        self, tenant: str, object_id: bytes, spec: KeySpec, algorithm: SigningAlgorithm, data: bytes
+    ) -> bytes:
+        call = signing_call(algorithm, data)
+        with self._token(tenant) as token:
+            key = self._object(token, object_id, ObjectClass.PRIVATE_KEY)
+            signature = bytes(
+                key.sign(call.data, mechanism=call.mechanism, mechanism_param=call.param)
+            )
+        if SIGNING[algorithm].scheme is SignatureScheme.ECDSA:
+            return encoding.ecdsa_raw_to_der(signature)
+        return signature
+
+    def verify(
+        self,
+        tenant: str,
+        object_id: bytes,
+        spec: KeySpec,
+        algorithm: SigningAlgorithm,
+        data: bytes,
+        signature: bytes,
+    ) -> bool:
+        if SIGNING[algorithm].scheme is SignatureScheme.ECDSA:
+            raw = encoding.ecdsa_der_to_raw(signature, encoding.field_size(spec))
+            if raw is None:
+                return False
+            signature = raw
+        call = signing_call(algorithm, data)
+        with self._token(tenant) as token:
+            key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+            try:
+                key.verify(
+                    call.data, signature, mechanism=call.mechanism, mechanism_param=call.param
+                )
+            except _SIGNATURE_INVALID:
+                return False
+        return True
+
+    def public_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
+        with self._token(tenant) as token:
+            cached = token.public_keys.get(object_id)
+            if cached is None:
+                key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+                if SPECS[spec].family is Family.RSA:
+                    cached = encoding.rsa_spki(
+                        key[Attribute.MODULUS], key[Attribute.PUBLIC_EXPONENT]
+                    )
+                else:
+                    cached = encoding.ec_spki(spec, key[Attribute.EC_POINT])
+                token.public_keys[object_id] = cached
+            return cached
+
+    def mac(self, tenant: str, object_id: bytes, algorithm: MacAlgorithm, message: bytes) -> bytes:
+        with self._token(tenant) as token:
+            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
+            return bytes(key.sign(message, mechanism=MAC_MECHANISMS[algorithm]))
 
     def generate_random(self, tenant: str, size: int) -> bytes:
         with self._token(tenant) as token:
@@ -268,12 +503,13 @@ class Pkcs11Backend:
             yield token
 
     @staticmethod
-    def _key(token: _TenantToken, object_id: bytes) -> Any:
-        key = token.keys.get(object_id)
-        if key is None:
-            key = token.session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
-            token.keys[object_id] = key
-        return key
+    def _object(token: _TenantToken, object_id: bytes, object_class: ObjectClass) -> Any:
+        """The object from the handle cache; a token search only on the first use."""
+        obj = token.objects.get((object_id, object_class))
+        if obj is None:
+            obj = token.session.get_key(object_class=object_class, id=object_id)
+            token.objects[(object_id, object_class)] = obj
+        return obj
 
     @staticmethod
     @contextmanager

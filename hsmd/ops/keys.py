@@ -14,7 +14,8 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from hsmd.backend.api import CryptoBackend
+from hsmd import keyspecs
+from hsmd.backend.api import Capabilities, CryptoBackend
 from hsmd.domain import (
     Clock,
     Key,
@@ -25,7 +26,7 @@ from hsmd.domain import (
     KeyVersion,
     RequestContext,
 )
-from hsmd.errors import InvalidArgument
+from hsmd.errors import InvalidArgument, Unimplemented
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops.resolve import usable_key
@@ -36,10 +37,6 @@ MAX_DESCRIPTION = 8192
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 OBJECT_ID_SIZE = 16
-
-_SPEC_USAGES: dict[KeySpec, frozenset[KeyUsage]] = {
-    KeySpec.AES_256: frozenset({KeyUsage.ENCRYPT_DECRYPT}),
-}
 
 
 @dataclass(frozen=True)
@@ -62,15 +59,18 @@ class KeyOps:
         self._clock = clock
 
     def create_key(
-        self, ctx: RequestContext, spec: KeySpec, usage: KeyUsage, description: str
+        self, ctx: RequestContext, spec: KeySpec, usage: KeyUsage | None, description: str
     ) -> Key:
         """Creates a key with one version, generated in the tenant's token.
 
         Raises:
             InvalidArgument: the usage does not fit the spec, or the description is too long.
+            Unimplemented: the backend cannot make keys of this spec.
         """
-        if usage not in _SPEC_USAGES[spec]:
-            raise InvalidArgument(f"key spec {spec} cannot have usage {usage}")
+        usage = usage or keyspecs.default_usage(spec)
+        keyspecs.check_usage(spec, usage)
+        if spec not in self._backend.capabilities().key_specs:
+            raise Unimplemented(f"this backend cannot make {spec} keys (see GetCapabilities)")
         if len(description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
         now = self._clock.now()
@@ -95,6 +95,9 @@ class KeyOps:
         self._store.set_key_state(ctx.tenant, key.key_id, KeyState.ENABLED)
         log.info("created key %s (%s, %s)", key.key_id, spec, usage)
         return self._store.get_key(ctx.tenant, key.key_id)
+
+    def capabilities(self) -> Capabilities:
+        return self._backend.capabilities()
 
     def describe_key(self, ctx: RequestContext, key_id: str) -> Key:
         return usable_key(self._store, ctx, key_id, Operation.DESCRIBE)
@@ -123,28 +126,25 @@ class KeyOps:
         creating = self._store.keys_in_state(tenant, KeyState.CREATING)
         for key in creating:
             self._roll_back(key, self._store.versions(tenant, key.key_id))
-        known = self._store.object_ids(tenant)
-        orphans = self._backend.object_ids(tenant) - known
+        present = self._backend.object_ids(tenant)
+        orphans = present - self._store.object_ids(tenant)
         for object_id in orphans:
             log.warning("destroying orphan object %s in tenant %s", object_id.hex(), tenant)
             self._backend.destroy(tenant, object_id)
-        unavailable = 0
         for key in self._store.keys_in_state(tenant, KeyState.ENABLED):
-            if not self._objects_present(key):
+            if not self._objects_present(key, present):
                 log.error("key %s of tenant %s has lost its token object", key.key_id, tenant)
                 self._store.set_key_state(tenant, key.key_id, KeyState.UNAVAILABLE)
-                unavailable += 1
         for key in self._store.keys_in_state(tenant, KeyState.UNAVAILABLE):
-            if self._objects_present(key):
+            if self._objects_present(key, present):
                 log.warning("key %s of tenant %s has its token object back", key.key_id, tenant)
                 self._store.set_key_state(tenant, key.key_id, KeyState.ENABLED)
-            else:
-                unavailable += 1
+        unavailable = len(self._store.keys_in_state(tenant, KeyState.UNAVAILABLE))
         return ReconcileReport(len(creating), len(orphans), unavailable)
 
-    def _objects_present(self, key: Key) -> bool:
+    def _objects_present(self, key: Key, present: set[bytes]) -> bool:
         versions = self._store.versions(key.tenant, key.key_id)
-        return all(self._backend.has_object(key.tenant, v.object_id) for v in versions)
+        return all(version.object_id in present for version in versions)
 
     def _roll_back(self, key: Key, versions: list[KeyVersion]) -> None:
         for version in versions:

@@ -1,17 +1,27 @@
-"""hsmd.v1 messages to and from domain types, and CRC32C (Castagnoli, not zlib.crc32)."""
+"""hsmd.v1 messages to and from domain types, and CRC32C (Castagnoli, not zlib.crc32).
+
+Proto enum value names equal the domain enums' values, so one pair of functions converts all
+of them; UNSPECIFIED (0) becomes None for the caller to default.
+"""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any, TypeVar
 
 import google_crc32c
 from google.protobuf import timestamp_pb2
 
-from hsmd.domain import Key, KeySpec, KeyUsage, Tenant
+from hsmd import keyspecs
+from hsmd.domain import Key, Tenant
 from hsmd.errors import InvalidArgument
 from hsmd.names import key_resource_name
 from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
 from hsmd.v1 import admin_pb2, resources_pb2
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 
 def crc32c(data: bytes) -> int:
@@ -33,24 +43,33 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def key_spec(value: int) -> KeySpec:
-    """The requested spec; UNSPECIFIED means the symmetric default."""
-    if value == resources_pb2.KEY_SPEC_UNSPECIFIED:
-        return KeySpec.AES_256
+def from_proto(domain: type[E], proto_enum: Any, value: int, field: str) -> E | None:
+    """The domain value of a proto enum number; None for UNSPECIFIED.
+
+    Raises:
+        InvalidArgument: the number is not a value of the enum.
+    """
+    if value == 0:
+        return None
     try:
-        return KeySpec(resources_pb2.KeySpec.Name(value))  # type: ignore[arg-type]
+        return domain(proto_enum.Name(value))
     except ValueError:
-        raise InvalidArgument(f"key_spec {value} is not a known key spec") from None
+        raise InvalidArgument(f"{field} {value} is not a known value") from None
 
 
-def key_usage(value: int) -> KeyUsage:
-    """The requested usage; UNSPECIFIED means ENCRYPT_DECRYPT."""
-    if value == resources_pb2.KEY_USAGE_UNSPECIFIED:
-        return KeyUsage.ENCRYPT_DECRYPT
-    try:
-        return KeyUsage(resources_pb2.KeyUsage.Name(value))  # type: ignore[arg-type]
-    except ValueError:
-        raise InvalidArgument(f"key_usage {value} is not a known key usage") from None
+def required(value: E | None, field: str) -> E:
+    if value is None:
+        raise InvalidArgument(f"{field} is required")
+    return value
+
+
+def to_proto(proto_enum: Any, value: enum.StrEnum) -> Any:
+    """The proto enum number (typed Any: each mypy-protobuf enum has its own ValueType)."""
+    return proto_enum.Value(value.value)
+
+
+def to_proto_list(proto_enum: Any, values: Iterable[enum.StrEnum]) -> list[Any]:
+    return [to_proto(proto_enum, value) for value in sorted(values)]
 
 
 def data_key_size(spec: int, number_of_bytes: int) -> int:
@@ -65,17 +84,23 @@ def data_key_size(spec: int, number_of_bytes: int) -> int:
 
 
 def key_metadata(key: Key) -> resources_pb2.KeyMetadata:
+    algorithms = keyspecs.algorithms(key.spec, key.usage)
     return resources_pb2.KeyMetadata(
         key_id=key.key_id,
         tenant=key.tenant,
         name=key_resource_name(key.tenant, key.key_id),
         description=key.description,
-        key_spec=resources_pb2.KeySpec.Value(key.spec.value),
-        key_usage=resources_pb2.KeyUsage.Value(key.usage.value),
-        origin=resources_pb2.KeyOrigin.Value(key.origin.value),
-        key_state=resources_pb2.KeyState.Value(key.state.value),
+        key_spec=to_proto(resources_pb2.KeySpec, key.spec),
+        key_usage=to_proto(resources_pb2.KeyUsage, key.usage),
+        origin=to_proto(resources_pb2.KeyOrigin, key.origin),
+        key_state=to_proto(resources_pb2.KeyState, key.state),
         creation_time=timestamp(key.created_at),
         primary_version=key.primary_version,
+        encryption_algorithms=to_proto_list(
+            resources_pb2.EncryptionAlgorithm, algorithms.encryption
+        ),
+        signing_algorithms=to_proto_list(resources_pb2.SigningAlgorithm, algorithms.signing),
+        mac_algorithms=to_proto_list(resources_pb2.MacAlgorithm, algorithms.mac),
     )
 
 

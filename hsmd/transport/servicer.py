@@ -5,30 +5,80 @@ No business logic here; the caller's identity comes from the guard (current_requ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
+from hsmd import keyspecs
+from hsmd.domain import (
+    EncryptionAlgorithm,
+    KeySpec,
+    KeyUsage,
+    MacAlgorithm,
+    MessageType,
+    SigningAlgorithm,
+)
 from hsmd.ops.crypto import CryptoOps, Sealed
-from hsmd.ops.datakeys import DataKeyOps
+from hsmd.ops.datakeys import DataKeyOps, DataKeyPair
 from hsmd.ops.keys import KeyOps
+from hsmd.ops.mac import MacOps
+from hsmd.ops.signing import SigningOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.transport import convert
+from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
 from hsmd.transport.guard import current_request
-from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
+from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
+
+_ENCRYPTION = resources_pb2.EncryptionAlgorithm
+_SIGNING = resources_pb2.SigningAlgorithm
+_MAC = resources_pb2.MacAlgorithm
+
+
+def _encryption_algorithm(value: int, field: str) -> EncryptionAlgorithm | None:
+    return from_proto(EncryptionAlgorithm, _ENCRYPTION, value, field)
+
+
+def _signing_algorithm(value: int) -> SigningAlgorithm:
+    field = "signing_algorithm"
+    return required(from_proto(SigningAlgorithm, _SIGNING, value, field), field)
+
+
+def _mac_algorithm(value: int) -> MacAlgorithm:
+    return required(from_proto(MacAlgorithm, _MAC, value, "mac_algorithm"), "mac_algorithm")
+
+
+def _message_type(value: int) -> MessageType:
+    message_type = from_proto(MessageType, resources_pb2.MessageType, value, "message_type")
+    return message_type or MessageType.RAW
+
+
+@dataclass(frozen=True)
+class Operations:
+    """The operation families the key-management service calls."""
+
+    keys: KeyOps
+    crypto: CryptoOps
+    datakeys: DataKeyOps
+    signing: SigningOps
+    mac: MacOps
 
 
 class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
-    def __init__(self, keys: KeyOps, crypto: CryptoOps, datakeys: DataKeyOps) -> None:
-        self._keys = keys
-        self._crypto = crypto
-        self._datakeys = datakeys
+    def __init__(self, ops: Operations) -> None:
+        self._keys = ops.keys
+        self._crypto = ops.crypto
+        self._datakeys = ops.datakeys
+        self._signing = ops.signing
+        self._mac = ops.mac
 
     def CreateKey(
         self, request: service_pb2.CreateKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.CreateKeyResponse:
         key = self._keys.create_key(
             current_request(),
-            convert.key_spec(request.key_spec),
-            convert.key_usage(request.key_usage),
+            from_proto(KeySpec, resources_pb2.KeySpec, request.key_spec, "key_spec")
+            or KeySpec.AES_256,
+            from_proto(KeyUsage, resources_pb2.KeyUsage, request.key_usage, "key_usage"),
             request.description,
         )
         return service_pb2.CreateKeyResponse(key_metadata=convert.key_metadata(key))
@@ -57,7 +107,11 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             "plaintext",
         )
         sealed = self._crypto.encrypt(
-            current_request(), request.key_id, request.plaintext, request.encryption_context
+            current_request(),
+            request.key_id,
+            request.plaintext,
+            request.encryption_context,
+            _encryption_algorithm(request.encryption_algorithm, "encryption_algorithm"),
         )
         return service_pb2.EncryptResponse(
             ciphertext_blob=sealed.ciphertext_blob,
@@ -65,6 +119,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             key_version=sealed.key_version,
             verified_plaintext_crc32c=verified,
             ciphertext_crc32c=convert.crc32c(sealed.ciphertext_blob),
+            encryption_algorithm=to_proto(_ENCRYPTION, sealed.algorithm),
         )
 
     def Decrypt(
@@ -76,7 +131,11 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             "ciphertext_blob",
         )
         opened = self._crypto.decrypt(
-            current_request(), request.ciphertext_blob, request.encryption_context, request.key_id
+            current_request(),
+            request.ciphertext_blob,
+            request.encryption_context,
+            request.key_id,
+            _encryption_algorithm(request.encryption_algorithm, "encryption_algorithm"),
         )
         return service_pb2.DecryptResponse(
             plaintext=opened.plaintext,
@@ -84,6 +143,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             key_version=opened.key_version,
             plaintext_crc32c=convert.crc32c(opened.plaintext),
             verified_ciphertext_crc32c=verified,
+            encryption_algorithm=to_proto(_ENCRYPTION, opened.algorithm),
         )
 
     def GenerateDataKey(
@@ -125,6 +185,171 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
     ) -> service_pb2.GenerateRandomResponse:
         plaintext = self._datakeys.generate_random(current_request(), request.number_of_bytes)
         return service_pb2.GenerateRandomResponse(plaintext=plaintext)
+
+    def ReEncrypt(
+        self, request: service_pb2.ReEncryptRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ReEncryptResponse:
+        resealed = self._crypto.re_encrypt(
+            current_request(),
+            request.ciphertext_blob,
+            request.source_encryption_context,
+            request.source_key_id,
+            _encryption_algorithm(
+                request.source_encryption_algorithm, "source_encryption_algorithm"
+            ),
+            request.destination_key_id,
+            request.destination_encryption_context,
+            _encryption_algorithm(
+                request.destination_encryption_algorithm, "destination_encryption_algorithm"
+            ),
+        )
+        source, destination = resealed.source, resealed.destination
+        return service_pb2.ReEncryptResponse(
+            ciphertext_blob=destination.ciphertext_blob,
+            source_key_id=source.key_id,
+            source_key_version=source.key_version,
+            key_id=destination.key_id,
+            key_version=destination.key_version,
+            source_encryption_algorithm=to_proto(_ENCRYPTION, source.algorithm),
+            destination_encryption_algorithm=to_proto(_ENCRYPTION, destination.algorithm),
+        )
+
+    def _data_key_pair(
+        self,
+        request: service_pb2.GenerateDataKeyPairRequest
+        | service_pb2.GenerateDataKeyPairWithoutPlaintextRequest,
+    ) -> DataKeyPair:
+        spec = from_proto(KeySpec, resources_pb2.KeySpec, request.key_pair_spec, "key_pair_spec")
+        return self._datakeys.generate_data_key_pair(
+            current_request(),
+            request.key_id,
+            required(spec, "key_pair_spec"),
+            request.encryption_context,
+        )
+
+    def GenerateDataKeyPair(
+        self, request: service_pb2.GenerateDataKeyPairRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GenerateDataKeyPairResponse:
+        pair = self._data_key_pair(request)
+        return service_pb2.GenerateDataKeyPairResponse(
+            public_key=pair.public_key,
+            private_key_plaintext=pair.private_key,
+            private_key_ciphertext_blob=pair.sealed_private_key.ciphertext_blob,
+            key_id=pair.sealed_private_key.key_id,
+            key_version=pair.sealed_private_key.key_version,
+            key_pair_spec=to_proto(resources_pb2.KeySpec, pair.spec),
+        )
+
+    def GenerateDataKeyPairWithoutPlaintext(
+        self,
+        request: service_pb2.GenerateDataKeyPairWithoutPlaintextRequest,
+        context: grpc.ServicerContext,
+    ) -> service_pb2.GenerateDataKeyPairWithoutPlaintextResponse:
+        pair = self._data_key_pair(request)
+        return service_pb2.GenerateDataKeyPairWithoutPlaintextResponse(
+            public_key=pair.public_key,
+            private_key_ciphertext_blob=pair.sealed_private_key.ciphertext_blob,
+            key_id=pair.sealed_private_key.key_id,
+            key_version=pair.sealed_private_key.key_version,
+            key_pair_spec=to_proto(resources_pb2.KeySpec, pair.spec),
+        )
+
+    def Sign(
+        self, request: service_pb2.SignRequest, context: grpc.ServicerContext
+    ) -> service_pb2.SignResponse:
+        signed = self._signing.sign(
+            current_request(),
+            request.key_id,
+            request.message,
+            _message_type(request.message_type),
+            _signing_algorithm(request.signing_algorithm),
+        )
+        return service_pb2.SignResponse(
+            signature=signed.signature,
+            key_id=signed.key_id,
+            key_version=signed.key_version,
+            signing_algorithm=to_proto(_SIGNING, signed.algorithm),
+        )
+
+    def Verify(
+        self, request: service_pb2.VerifyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.VerifyResponse:
+        verified = self._signing.verify(
+            current_request(),
+            request.key_id,
+            request.message,
+            _message_type(request.message_type),
+            _signing_algorithm(request.signing_algorithm),
+            request.signature,
+        )
+        return service_pb2.VerifyResponse(
+            signature_valid=verified.valid,
+            key_id=verified.key_id,
+            key_version=verified.key_version,
+            signing_algorithm=to_proto(_SIGNING, verified.algorithm),
+        )
+
+    def GetPublicKey(
+        self, request: service_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetPublicKeyResponse:
+        public = self._signing.get_public_key(current_request(), request.key_id)
+        algorithms = keyspecs.algorithms(public.key.spec, public.key.usage)
+        return service_pb2.GetPublicKeyResponse(
+            public_key=public.der,
+            key_id=public.key.key_id,
+            key_version=public.key_version,
+            key_spec=to_proto(resources_pb2.KeySpec, public.key.spec),
+            key_usage=to_proto(resources_pb2.KeyUsage, public.key.usage),
+            encryption_algorithms=to_proto_list(_ENCRYPTION, algorithms.encryption),
+            signing_algorithms=to_proto_list(_SIGNING, algorithms.signing),
+        )
+
+    def GenerateMac(
+        self, request: service_pb2.GenerateMacRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GenerateMacResponse:
+        mac = self._mac.generate_mac(
+            current_request(),
+            request.key_id,
+            request.message,
+            _mac_algorithm(request.mac_algorithm),
+        )
+        return service_pb2.GenerateMacResponse(
+            mac=mac.mac,
+            key_id=mac.key_id,
+            key_version=mac.key_version,
+            mac_algorithm=to_proto(_MAC, mac.algorithm),
+        )
+
+    def VerifyMac(
+        self, request: service_pb2.VerifyMacRequest, context: grpc.ServicerContext
+    ) -> service_pb2.VerifyMacResponse:
+        verified = self._mac.verify_mac(
+            current_request(),
+            request.key_id,
+            request.message,
+            _mac_algorithm(request.mac_algorithm),
+            request.mac,
+        )
+        return service_pb2.VerifyMacResponse(
+            mac_valid=verified.valid,
+            key_id=verified.key_id,
+            key_version=verified.key_version,
+            mac_algorithm=to_proto(_MAC, verified.algorithm),
+        )
+
+    def GetCapabilities(
+        self, request: service_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetCapabilitiesResponse:
+        capabilities = self._keys.capabilities()
+        return service_pb2.GetCapabilitiesResponse(
+            key_specs=to_proto_list(resources_pb2.KeySpec, tuple(sorted(capabilities.key_specs))),
+            encryption_algorithms=to_proto_list(
+                _ENCRYPTION, tuple(sorted(capabilities.encryption))
+            ),
+            signing_algorithms=to_proto_list(_SIGNING, tuple(sorted(capabilities.signing))),
+            mac_algorithms=to_proto_list(_MAC, tuple(sorted(capabilities.mac))),
+            notes=capabilities.notes,
+        )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
