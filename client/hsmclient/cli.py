@@ -54,12 +54,11 @@ _CONNECTION_OPTIONS = (
 )
 _OPTION_BY_VARIABLE = {ConnectionSettings.VARIABLES[f]: o for o, f, _, _ in _CONNECTION_OPTIONS}
 
-# What AWS reports as EncryptionAlgorithms for each key spec.
-_ENCRYPTION_ALGORITHMS = {"AES_256": ["SYMMETRIC_DEFAULT"]}
-_SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
-
 _Result = dict[str, object]
 _Handler = Callable[[HsmClient, argparse.Namespace], _Result]
+# The handler of the one command that can print PEM (`--output pem`), as plain text.
+_PemHandler = Callable[[HsmClient, argparse.Namespace], str]
+_PEM_COMMAND = "get-public-key"
 
 
 class _ParserExit(Exception):
@@ -118,9 +117,8 @@ def _context_pairs(value: str) -> dict[str, str]:
     return pairs
 
 
-def _encryption_context(args: argparse.Namespace) -> dict[str, str] | None:
-    """All --encryption-context words merged into one map; None if the option was not given."""
-    words: list[dict[str, str]] | None = args.encryption_context
+def _context(words: list[dict[str, str]] | None) -> dict[str, str] | None:
+    """All words of one *-encryption-context option merged into one map; None if not given."""
     if words is None:
         return None
     return {key: val for pairs in words for key, val in pairs.items()}
@@ -202,19 +200,43 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def _aws(result: object, *names: str) -> _Result:
+    """The AWS output fields `names`, each the `result` attribute of the same name in snake case
+    (KeyId: key_id), blobs in base64 and tuples as lists. A name ending in "?" is left out when
+    empty, as AWS leaves out the *Algorithms lists of the operations a key cannot do."""
+    output: _Result = {}
+    for name in names:
+        field = name.removesuffix("?")
+        value = getattr(result, _WORD_START.sub("_", field).lower())
+        if name.endswith("?") and not value:
+            continue
+        if isinstance(value, bytes):
+            value = _b64(value)
+        output[field] = list(value) if isinstance(value, tuple) else value
+    return output
+
+
 def _key_metadata(key: KeyMetadata) -> _Result:
     return {
-        "KeyId": key.key_id,
+        **_aws(key, "KeyId"),
         "Arn": key.name,
         "CreationDate": key.creation_time.isoformat(),
         "Enabled": key.key_state == "ENABLED",
-        "Description": key.description,
-        "KeyUsage": key.key_usage,
-        "KeyState": key.key_state,
-        "Origin": key.origin,
-        "KeySpec": key.key_spec,
-        "EncryptionAlgorithms": _ENCRYPTION_ALGORITHMS.get(key.key_spec, []),
-        "PrimaryVersion": key.primary_version,
+        **_aws(
+            key,
+            "Description",
+            "KeyUsage",
+            "KeyState",
+            "Origin",
+            "KeySpec",
+            "EncryptionAlgorithms?",
+            "SigningAlgorithms?",
+            "MacAlgorithms?",
+            "PrimaryVersion",
+        ),
     }
 
 
@@ -240,46 +262,125 @@ def _list_keys(client: HsmClient, args: argparse.Namespace) -> _Result:
 
 
 def _encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
-    result = client.encrypt(args.key_id, args.plaintext, _encryption_context(args))
-    return {
-        "CiphertextBlob": _b64(result.ciphertext_blob),
-        "KeyId": result.key_id,
-        "EncryptionAlgorithm": _SYMMETRIC_DEFAULT,
-        "KeyVersion": result.key_version,
-    }
+    context = _context(args.encryption_context)
+    result = client.encrypt(args.key_id, args.plaintext, context, args.encryption_algorithm)
+    return _aws(result, "CiphertextBlob", "KeyId", "EncryptionAlgorithm", "KeyVersion")
 
 
 def _decrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
-    result = client.decrypt(args.ciphertext_blob, _encryption_context(args), args.key_id)
-    return {
-        "KeyId": result.key_id,
-        "Plaintext": _b64(result.plaintext),
-        "EncryptionAlgorithm": _SYMMETRIC_DEFAULT,
-        "KeyVersion": result.key_version,
-    }
+    context = _context(args.encryption_context)
+    result = client.decrypt(args.ciphertext_blob, context, args.key_id, args.encryption_algorithm)
+    return _aws(result, "KeyId", "Plaintext", "EncryptionAlgorithm", "KeyVersion")
+
+
+def _re_encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
+    result = client.re_encrypt(
+        args.ciphertext_blob,
+        args.destination_key_id,
+        source_encryption_context=_context(args.source_encryption_context),
+        destination_encryption_context=_context(args.destination_encryption_context),
+        source_key_id=args.source_key_id,
+        source_encryption_algorithm=args.source_encryption_algorithm,
+        destination_encryption_algorithm=args.destination_encryption_algorithm,
+    )
+    return _aws(
+        result,
+        "CiphertextBlob",
+        "SourceKeyId",
+        "KeyId",
+        "SourceEncryptionAlgorithm",
+        "DestinationEncryptionAlgorithm",
+        "SourceKeyVersion",
+        "KeyVersion",
+    )
 
 
 def _generate_data_key(client: HsmClient, args: argparse.Namespace) -> _Result:
     key = client.generate_data_key(
-        args.key_id, args.key_spec, args.number_of_bytes, _encryption_context(args)
+        args.key_id, args.key_spec, args.number_of_bytes, _context(args.encryption_context)
     )
-    return {
-        "CiphertextBlob": _b64(key.ciphertext_blob),
-        "Plaintext": _b64(key.plaintext),
-        "KeyId": key.key_id,
-        "KeyVersion": key.key_version,
-    }
+    return _aws(key, "CiphertextBlob", "Plaintext", "KeyId", "KeyVersion")
 
 
 def _generate_data_key_without_plaintext(client: HsmClient, args: argparse.Namespace) -> _Result:
     key = client.generate_data_key_without_plaintext(
-        args.key_id, args.key_spec, args.number_of_bytes, _encryption_context(args)
+        args.key_id, args.key_spec, args.number_of_bytes, _context(args.encryption_context)
     )
-    return {
-        "CiphertextBlob": _b64(key.ciphertext_blob),
-        "KeyId": key.key_id,
-        "KeyVersion": key.key_version,
-    }
+    return _aws(key, "CiphertextBlob", "KeyId", "KeyVersion")
+
+
+def _generate_data_key_pair(client: HsmClient, args: argparse.Namespace) -> _Result:
+    context = _context(args.encryption_context)
+    pair = client.generate_data_key_pair(args.key_id, args.key_pair_spec, context)
+    return _aws(
+        pair,
+        "PrivateKeyCiphertextBlob",
+        "PrivateKeyPlaintext",
+        "PublicKey",
+        "KeyId",
+        "KeyPairSpec",
+        "KeyVersion",
+    )
+
+
+def _generate_data_key_pair_without_plaintext(
+    client: HsmClient, args: argparse.Namespace
+) -> _Result:
+    context = _context(args.encryption_context)
+    pair = client.generate_data_key_pair_without_plaintext(args.key_id, args.key_pair_spec, context)
+    return _aws(pair, "PrivateKeyCiphertextBlob", "PublicKey", "KeyId", "KeyPairSpec", "KeyVersion")
+
+
+def _sign(client: HsmClient, args: argparse.Namespace) -> _Result:
+    result = client.sign(args.key_id, args.message, args.signing_algorithm, args.message_type)
+    return _aws(result, "KeyId", "Signature", "SigningAlgorithm", "KeyVersion")
+
+
+def _verify(client: HsmClient, args: argparse.Namespace) -> _Result:
+    """An invalid signature is output (SignatureValid false), not an error: exit 0 either way."""
+    result = client.verify(
+        args.key_id, args.message, args.signature, args.signing_algorithm, args.message_type
+    )
+    return _aws(result, "KeyId", "SignatureValid", "SigningAlgorithm", "KeyVersion")
+
+
+def _get_public_key(client: HsmClient, args: argparse.Namespace) -> _Result:
+    return _aws(
+        client.get_public_key(args.key_id),
+        "KeyId",
+        "PublicKey",
+        "KeySpec",
+        "KeyUsage",
+        "EncryptionAlgorithms?",
+        "SigningAlgorithms?",
+        "KeyVersion",
+    )
+
+
+def _public_key_pem(client: HsmClient, args: argparse.Namespace) -> str:
+    return client.get_public_key(args.key_id).pem().decode("ascii")
+
+
+def _generate_mac(client: HsmClient, args: argparse.Namespace) -> _Result:
+    result = client.generate_mac(args.key_id, args.message, args.mac_algorithm)
+    return _aws(result, "Mac", "MacAlgorithm", "KeyId", "KeyVersion")
+
+
+def _verify_mac(client: HsmClient, args: argparse.Namespace) -> _Result:
+    """As verify: a wrong MAC is output (MacValid false) and exits 0."""
+    result = client.verify_mac(args.key_id, args.message, args.mac, args.mac_algorithm)
+    return _aws(result, "KeyId", "MacValid", "MacAlgorithm", "KeyVersion")
+
+
+def _get_capabilities(client: HsmClient, args: argparse.Namespace) -> _Result:
+    return _aws(
+        client.get_capabilities(),
+        "KeySpecs",
+        "EncryptionAlgorithms",
+        "SigningAlgorithms",
+        "MacAlgorithms",
+        "Notes",
+    )
 
 
 def _generate_random(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -295,7 +396,11 @@ def _build_parser() -> _Parser:
         common.add_argument(
             option, dest=field, metavar=metavar, help=f"{help_text} (default: ${variable})"
         )
-    common.add_argument("--output", choices=["json", "text"], help="output format (json)")
+    common.add_argument(
+        "--output",
+        choices=["json", "text", "pem"],
+        help=f"output format (json); pem only for {_PEM_COMMAND}",
+    )
     common.add_argument(
         "--query",
         type=_query_path,
@@ -318,12 +423,22 @@ def _build_parser() -> _Parser:
         sub.set_defaults(handler=handler)
         return sub
 
-    def key_id(sub: _Parser, required: bool = True) -> None:
-        sub.add_argument("--key-id", required=required, help="the key's id")
+    def key_id(
+        sub: _Parser, required: bool = True, option: str = "--key-id", help_text: str = "the key"
+    ) -> None:
+        sub.add_argument(option, required=required, metavar="KEY_ID", help=help_text)
 
-    def context(sub: _Parser) -> None:
+    def blob(sub: _Parser, option: str) -> None:
         sub.add_argument(
-            "--encryption-context",
+            option,
+            type=_blob,
+            required=True,
+            help="base64, or fileb://PATH for raw bytes (fileb://- reads stdin)",
+        )
+
+    def context(sub: _Parser, option: str = "--encryption-context") -> None:
+        sub.add_argument(
+            option,
             nargs="+",
             action="extend",
             type=_context_pairs,
@@ -331,16 +446,40 @@ def _build_parser() -> _Parser:
             help="k=v pairs (several, comma-separated or repeated) or a JSON object",
         )
 
+    def algorithm(sub: _Parser, option: str, help_text: str, default: str | None = None) -> None:
+        sub.add_argument(option, default=default, help=help_text)
+
+    def keyed_message(
+        name: str, handler: _Handler, help_text: str, algorithm_option: str, algorithm_help: str
+    ) -> _Parser:
+        """A command over --key-id, a --message blob and a required algorithm."""
+        sub = command(name, handler, help_text)
+        key_id(sub)
+        blob(sub, "--message")
+        sub.add_argument(algorithm_option, required=True, help=algorithm_help)
+        return sub
+
+    def signing(name: str, handler: _Handler, help_text: str) -> _Parser:
+        sub = keyed_message(
+            name, handler, help_text, "--signing-algorithm", "one of the key's SigningAlgorithms"
+        )
+        algorithm(sub, "--message-type", "RAW (the default) or DIGEST", default="RAW")
+        return sub
+
     def data_key_size(sub: _Parser) -> None:
         size = sub.add_mutually_exclusive_group()
         size.add_argument("--key-spec", help="AES_256 (the default)")
         size.add_argument("--number-of-bytes", type=int, help="1 to 1,024")
 
-    blob_help = "base64, or fileb://PATH for raw bytes (fileb://- reads stdin)"
-
     sub = command("create-key", _create_key, "Create a key in your tenant's token.")
-    sub.add_argument("--key-spec", default="AES_256")
-    sub.add_argument("--key-usage", default="ENCRYPT_DECRYPT")
+    sub.add_argument(
+        "--key-spec", default="AES_256", help="AES_256 (the default); see get-capabilities"
+    )
+    sub.add_argument(
+        "--key-usage",
+        help="ENCRYPT_DECRYPT, SIGN_VERIFY or GENERATE_VERIFY_MAC (default: the spec's only one,"
+        " else ENCRYPT_DECRYPT)",
+    )
     sub.add_argument("--description", default="")
 
     key_id(command("describe-key", _describe_key, "Show a key's metadata."))
@@ -351,13 +490,29 @@ def _build_parser() -> _Parser:
 
     sub = command("encrypt", _encrypt, "Encrypt up to 4,096 bytes under a key.")
     key_id(sub)
-    sub.add_argument("--plaintext", type=_blob, required=True, help=blob_help)
+    blob(sub, "--plaintext")
     context(sub)
+    algorithm(
+        sub,
+        "--encryption-algorithm",
+        "SYMMETRIC_DEFAULT (the default), or RSAES_OAEP_* for an RSA key",
+        default="SYMMETRIC_DEFAULT",
+    )
 
     sub = command("decrypt", _decrypt, "Decrypt a ciphertext blob.")
-    sub.add_argument("--ciphertext-blob", type=_blob, required=True, help=blob_help)
+    blob(sub, "--ciphertext-blob")
     context(sub)
     key_id(sub, required=False)
+    algorithm(sub, "--encryption-algorithm", "as given to encrypt; RSA needs --key-id too")
+
+    sub = command("re-encrypt", _re_encrypt, "Decrypt and encrypt again, inside the daemon.")
+    blob(sub, "--ciphertext-blob")
+    key_id(sub, option="--destination-key-id", help_text="the key to encrypt under")
+    context(sub, "--source-encryption-context")
+    context(sub, "--destination-encryption-context")
+    key_id(sub, False, "--source-key-id", "the key that made the blob (needed for RSA)")
+    algorithm(sub, "--source-encryption-algorithm", "as for decrypt")
+    algorithm(sub, "--destination-encryption-algorithm", "as for encrypt")
 
     for name, handler, help_text in (
         ("generate-data-key", _generate_data_key, "A data key, in plaintext and encrypted."),
@@ -371,6 +526,42 @@ def _build_parser() -> _Parser:
         key_id(sub)
         data_key_size(sub)
         context(sub)
+
+    for name, handler, help_text in (
+        (
+            "generate-data-key-pair",
+            _generate_data_key_pair,
+            "A key pair: the public key, and the private key in plaintext and encrypted.",
+        ),
+        (
+            "generate-data-key-pair-without-plaintext",
+            _generate_data_key_pair_without_plaintext,
+            "A key pair: the public key, and the private key encrypted only.",
+        ),
+    ):
+        sub = command(name, handler, help_text)
+        key_id(sub)
+        sub.add_argument("--key-pair-spec", required=True, help="RSA_* or EC_*")
+        context(sub)
+
+    signing("sign", _sign, "Sign a message, or its digest, with an asymmetric key.")
+    verify_help = "Verify a signature; SignatureValid tells, the exit code does not."
+    blob(signing("verify", _verify, verify_help), "--signature")
+
+    sub = command(_PEM_COMMAND, _get_public_key, "The public key of an asymmetric key.")
+    key_id(sub)
+    sub.set_defaults(pem_handler=_public_key_pem)
+
+    mac_help = "the key's MacAlgorithm, e.g. HMAC_SHA_256"
+    keyed_message(
+        "generate-mac", _generate_mac, "An HMAC of a message.", "--mac-algorithm", mac_help
+    )
+    verify_help = "Verify an HMAC; MacValid tells, the exit code does not."
+    blob(
+        keyed_message("verify-mac", _verify_mac, verify_help, "--mac-algorithm", mac_help), "--mac"
+    )
+
+    command("get-capabilities", _get_capabilities, "The key specs and algorithms on offer.")
 
     sub = command("generate-random", _generate_random, "Random bytes from the HSM.")
     sub.add_argument("--number-of-bytes", type=int, required=True, help="1 to 1,024")
@@ -387,8 +578,27 @@ def _connection_settings(args: argparse.Namespace) -> ConnectionSettings:
     return ConnectionSettings.from_env({**os.environ, **overrides})
 
 
+def _handler(parser: _Parser, args: argparse.Namespace) -> _Handler | _PemHandler:
+    """The command's handler for the --output asked for; only get-public-key can print PEM.
+
+    Raises:
+        _ParserExit: --output pem for another command, or with --query.
+    """
+    if getattr(args, "output", None) != "pem":
+        handler: _Handler = args.handler
+        return handler
+    pem_handler: _PemHandler | None = getattr(args, "pem_handler", None)
+    if pem_handler is None:
+        parser.error(f"argument --output: pem is only for {_PEM_COMMAND}, not {args.command}")
+    if getattr(args, "query", None) is not None:
+        parser.error("argument --query: not allowed with --output pem")
+    return pem_handler
+
+
 def _print_result(result: object, output: str) -> None:
-    if output == "json":
+    if output == "pem":
+        print(result, end="")
+    elif output == "json":
         print(json.dumps(result, indent=4, ensure_ascii=False))
     else:
         for line in _text_lines(result):
@@ -400,12 +610,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
+        handler = _handler(parser, args)
     except _ParserExit as exit_:
         return exit_.status
     operation = "".join(word.capitalize() for word in args.command.split("-"))
     try:
         with HsmClient(_connection_settings(args).open_channel()) as client:
-            result = args.handler(client, args)
+            result = handler(client, args)
     except ConfigurationError as error:
         print(f"hsm: {error} (option {_OPTION_BY_VARIABLE[error.variable]})", file=sys.stderr)
         return EXIT_CONNECTION_ERROR

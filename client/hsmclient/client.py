@@ -5,25 +5,33 @@ proto names ("AES_256", "ENABLED"). Encrypt and Decrypt check CRC32C checksums e
 KMS clients do, and every failed call raises an `hsmclient.errors` exception.
 """
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import google_crc32c
 import grpc
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from hsmclient.channel import ConnectionSettings, secure_channel
 from hsmclient.errors import ChecksumMismatchError, from_rpc_error
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds each call may take before it fails with DeadlineExceededError."""
 
 _T = TypeVar("_T")
 _V = TypeVar("_V", bound=int)
+_D = TypeVar("_D", bound="DataclassInstance")
 
 
 class _ProtoEnum(Protocol[_V]):
@@ -36,12 +44,15 @@ class _ProtoEnum(Protocol[_V]):
     def keys(self) -> list[str]: ...
 
 
-def _enum_value(enum: _ProtoEnum[_V], name: str, prefix: str = "") -> _V:
-    """The enum value called `prefix + name`; refuses unknown names before any call is made.
+def _enum_value(enum: _ProtoEnum[_V], name: str | None, prefix: str = "") -> _V:
+    """The enum value called `prefix + name` (None: the zero value, "not set"); refuses unknown
+    names before any call is made.
 
     Raises:
         ValueError: `name` is not a value of the enum (the *_UNSPECIFIED value is none either).
     """
+    if name is None:
+        return enum.Value(enum.DESCRIPTOR.values[0].name)
     names = [key.removeprefix(prefix) for key in enum.keys() if not key.endswith("_UNSPECIFIED")]
     if name not in names:
         raise ValueError(
@@ -50,12 +61,42 @@ def _enum_value(enum: _ProtoEnum[_V], name: str, prefix: str = "") -> _V:
     return enum.Value(prefix + name)
 
 
-def _enum_name(enum: _ProtoEnum[_V], value: _V) -> str:
-    """The name of `value`, or its number if a newer daemon sent one these stubs do not know."""
-    try:
-        return enum.Name(value)
-    except ValueError:
-        return str(value)
+class _Named(Protocol):
+    """An enum value's descriptor, of either protobuf implementation."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def _python_value(enum_values: Mapping[int, _Named] | None, value: object) -> object:
+    """An enum number as its name (as the number itself if a newer daemon sent one these stubs
+    lack), a timestamp as an aware datetime, anything else as it is."""
+    if enum_values is not None and isinstance(value, int):
+        known = enum_values.get(value)
+        return known.name if known is not None else str(value)
+    if isinstance(value, Timestamp):
+        return value.ToDatetime(tzinfo=UTC)
+    return value
+
+
+def _from_message(cls: type[_D], message: Message) -> _D:
+    """`cls` built from the message fields of the same names as its own.
+
+    Each result class mirrors its response, so this one function does every conversion: enum
+    numbers become names, repeated fields tuples, timestamps aware datetimes. No method can
+    forget one, and a field the message lacks fails every test that builds the class.
+    """
+    by_name = message.DESCRIPTOR.fields_by_name
+    values: dict[str, object] = {}
+    for name in (f.name for f in dataclasses.fields(cls)):
+        descriptor, value = by_name[name], getattr(message, name)
+        enum = descriptor.enum_type.values_by_number if descriptor.enum_type else None
+        values[name] = (
+            tuple(_python_value(enum, item) for item in value)
+            if descriptor.is_repeated
+            else _python_value(enum, value)
+        )
+    return cls(**values)
 
 
 def _crc32c(data: bytes) -> int:
@@ -76,10 +117,27 @@ def _verify_checksums(
         raise ChecksumMismatchError("the response does not match its CRC32C checksum")
 
 
-def _data_key_size(
-    key_spec: str | None, number_of_bytes: int | None
-) -> tuple[resources_pb2.DataKeySpec.ValueType, int]:
-    """The (key_spec, number_of_bytes) request fields; exactly one is set, AES_256 by default.
+_DataKeyRequest = TypeVar(
+    "_DataKeyRequest",
+    service_pb2.GenerateDataKeyRequest,
+    service_pb2.GenerateDataKeyWithoutPlaintextRequest,
+)
+_KeyPairRequest = TypeVar(
+    "_KeyPairRequest",
+    service_pb2.GenerateDataKeyPairRequest,
+    service_pb2.GenerateDataKeyPairWithoutPlaintextRequest,
+)
+
+
+def _data_key_request(
+    request_type: type[_DataKeyRequest],
+    key_id: str,
+    key_spec: str | None,
+    number_of_bytes: int | None,
+    encryption_context: Mapping[str, str] | None,
+) -> _DataKeyRequest:
+    """Either GenerateDataKey request; exactly one of key_spec and number_of_bytes is set, the
+    spec AES_256 if neither is given.
 
     Raises:
         ValueError: both are given, the spec is unknown, or the length is not positive (0 would
@@ -87,17 +145,37 @@ def _data_key_size(
     """
     if number_of_bytes is None:
         spec = _enum_value(resources_pb2.DataKeySpec, key_spec or "AES_256", prefix="DATA_KEY_")
-        return spec, 0
+        return request_type(key_id=key_id, key_spec=spec, encryption_context=encryption_context)
     if key_spec is not None:
         raise ValueError("pass key_spec or number_of_bytes, not both")
     if number_of_bytes < 1:
         raise ValueError(f"number_of_bytes must be positive, not {number_of_bytes}")
-    return resources_pb2.DATA_KEY_SPEC_UNSPECIFIED, number_of_bytes
+    return request_type(
+        key_id=key_id, number_of_bytes=number_of_bytes, encryption_context=encryption_context
+    )
+
+
+def _key_pair_request(
+    request_type: type[_KeyPairRequest],
+    key_id: str,
+    key_pair_spec: str,
+    encryption_context: Mapping[str, str] | None,
+) -> _KeyPairRequest:
+    """Either GenerateDataKeyPair request."""
+    return request_type(
+        key_id=key_id,
+        key_pair_spec=_enum_value(resources_pb2.KeySpec, key_pair_spec),
+        encryption_context=encryption_context,
+    )
+
+
+# Each result class mirrors the response message it comes from, field for field by name (see
+# _from_message); enum fields hold proto names such as "AES_256", repeated fields tuples.
 
 
 @dataclass(frozen=True)
 class KeyMetadata:
-    """A key's metadata; enum fields hold proto names such as "AES_256" and "ENABLED"."""
+    """A key's metadata; the *_algorithms tuples say what the key accepts, empty for the others."""
 
     key_id: str
     tenant: str
@@ -109,21 +187,9 @@ class KeyMetadata:
     key_state: str
     creation_time: datetime
     primary_version: int
-
-    @classmethod
-    def from_proto(cls, message: resources_pb2.KeyMetadata) -> Self:
-        return cls(
-            key_id=message.key_id,
-            tenant=message.tenant,
-            name=message.name,
-            description=message.description,
-            key_spec=_enum_name(resources_pb2.KeySpec, message.key_spec),
-            key_usage=_enum_name(resources_pb2.KeyUsage, message.key_usage),
-            origin=_enum_name(resources_pb2.KeyOrigin, message.origin),
-            key_state=_enum_name(resources_pb2.KeyState, message.key_state),
-            creation_time=message.creation_time.ToDatetime(tzinfo=UTC),
-            primary_version=message.primary_version,
-        )
+    encryption_algorithms: tuple[str, ...]
+    signing_algorithms: tuple[str, ...]
+    mac_algorithms: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -131,6 +197,7 @@ class EncryptResult:
     ciphertext_blob: bytes
     key_id: str
     key_version: int
+    encryption_algorithm: str
 
 
 @dataclass(frozen=True)
@@ -140,6 +207,20 @@ class DecryptResult:
     plaintext: bytes = field(repr=False)
     key_id: str
     key_version: int
+    encryption_algorithm: str
+
+
+@dataclass(frozen=True)
+class ReEncryptResult:
+    """Where the blob came from and where it went: key, version and algorithm of each side."""
+
+    ciphertext_blob: bytes
+    source_key_id: str
+    source_key_version: int
+    key_id: str
+    key_version: int
+    source_encryption_algorithm: str
+    destination_encryption_algorithm: str
 
 
 @dataclass(frozen=True)
@@ -160,20 +241,104 @@ class EncryptedDataKey:
 
 
 @dataclass(frozen=True)
+class DataKeyPair:
+    """A key pair: DER public key, DER PKCS#8 private key in plaintext (hidden from repr()) and
+    encrypted under `key_id` (Decrypt returns the plaintext)."""
+
+    public_key: bytes
+    private_key_plaintext: bytes = field(repr=False)
+    private_key_ciphertext_blob: bytes
+    key_id: str
+    key_version: int
+    key_pair_spec: str
+
+
+@dataclass(frozen=True)
+class EncryptedDataKeyPair:
+    public_key: bytes
+    private_key_ciphertext_blob: bytes
+    key_id: str
+    key_version: int
+    key_pair_spec: str
+
+
+@dataclass(frozen=True)
+class SignResult:
+    signature: bytes
+    key_id: str
+    key_version: int
+    signing_algorithm: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A bad signature is an answer, not an error: check `signature_valid`."""
+
+    signature_valid: bool
+    key_id: str
+    key_version: int
+    signing_algorithm: str
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """The public half of an asymmetric key; `public_key` is DER SubjectPublicKeyInfo."""
+
+    public_key: bytes
+    key_id: str
+    key_version: int
+    key_spec: str
+    key_usage: str
+    encryption_algorithms: tuple[str, ...]
+    signing_algorithms: tuple[str, ...]
+
+    def pem(self) -> bytes:
+        """The key as PEM, the form openssl and most libraries read.
+
+        Raises:
+            ValueError: `public_key` is not a DER SubjectPublicKeyInfo that cryptography reads.
+        """
+        key = serialization.load_der_public_key(self.public_key)
+        return key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+@dataclass(frozen=True)
+class MacResult:
+    mac: bytes
+    key_id: str
+    key_version: int
+    mac_algorithm: str
+
+
+@dataclass(frozen=True)
+class VerifyMacResult:
+    """A wrong MAC is an answer, not an error: check `mac_valid`."""
+
+    mac_valid: bool
+    key_id: str
+    key_version: int
+    mac_algorithm: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this daemon's backend supports; `notes` say what is missing and why."""
+
+    key_specs: tuple[str, ...]
+    encryption_algorithms: tuple[str, ...]
+    signing_algorithms: tuple[str, ...]
+    mac_algorithms: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Tenant:
     name: str
     token_label: str
     token_serial: str
     creation_time: datetime
-
-    @classmethod
-    def from_proto(cls, message: admin_pb2.Tenant) -> Self:
-        return cls(
-            name=message.name,
-            token_label=message.token_label,
-            token_serial=message.token_serial,
-            creation_time=message.creation_time.ToDatetime(tzinfo=UTC),
-        )
 
 
 class _Client:
@@ -224,6 +389,10 @@ class _Client:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
 
+    def _result(self, method: Callable[..., Message], request: object, cls: type[_D]) -> _D:
+        """Call `method` and return its response as `cls`, for calls with nothing to check."""
+        return _from_message(cls, self._call(method, request))
+
 
 class HsmClient(_Client):
     """Keys and cryptography in the tenant that the client certificate names.
@@ -237,26 +406,29 @@ class HsmClient(_Client):
         self._stub = service_pb2_grpc.KeyManagementServiceStub(channel)
 
     def create_key(
-        self, key_spec: str = "AES_256", key_usage: str = "ENCRYPT_DECRYPT", description: str = ""
+        self, key_spec: str = "AES_256", key_usage: str | None = None, description: str = ""
     ) -> KeyMetadata:
+        """A new key. Without `key_usage` the daemon gives the spec's only usage (HMAC_256:
+        GENERATE_VERIFY_MAC), else ENCRYPT_DECRYPT; it refuses a usage the spec cannot have."""
         request = service_pb2.CreateKeyRequest(
             key_spec=_enum_value(resources_pb2.KeySpec, key_spec),
             key_usage=_enum_value(resources_pb2.KeyUsage, key_usage),
             description=description,
         )
         response: service_pb2.CreateKeyResponse = self._call(self._stub.CreateKey, request)
-        return KeyMetadata.from_proto(response.key_metadata)
+        return _from_message(KeyMetadata, response.key_metadata)
 
     def describe_key(self, key_id: str) -> KeyMetadata:
         request = service_pb2.DescribeKeyRequest(key_id=key_id)
         response: service_pb2.DescribeKeyResponse = self._call(self._stub.DescribeKey, request)
-        return KeyMetadata.from_proto(response.key_metadata)
+        return _from_message(KeyMetadata, response.key_metadata)
 
     def list_keys(self, page_size: int = 0, page_token: str = "") -> tuple[list[KeyMetadata], str]:
         """One page of keys, oldest first, and the token of the next page ("" after the last)."""
         request = service_pb2.ListKeysRequest(page_size=page_size, page_token=page_token)
         response: service_pb2.ListKeysResponse = self._call(self._stub.ListKeys, request)
-        return [KeyMetadata.from_proto(key) for key in response.keys], response.next_page_token
+        keys = [_from_message(KeyMetadata, key) for key in response.keys]
+        return keys, response.next_page_token
 
     def iter_keys(self, page_size: int = 0, page_token: str = "") -> Iterator[KeyMetadata]:
         """Every key from `page_token` on, fetching pages as the iteration reaches them."""
@@ -267,9 +439,13 @@ class HsmClient(_Client):
                 return
 
     def encrypt(
-        self, key_id: str, plaintext: bytes, encryption_context: Mapping[str, str] | None = None
+        self,
+        key_id: str,
+        plaintext: bytes,
+        encryption_context: Mapping[str, str] | None = None,
+        encryption_algorithm: str = "SYMMETRIC_DEFAULT",
     ) -> EncryptResult:
-        """Encrypt up to 4,096 bytes; Decrypt needs the same encryption context.
+        """Encrypt up to 4,096 bytes; Decrypt needs the same encryption context and algorithm.
 
         Raises:
             ChecksumMismatchError: the plaintext or the ciphertext was corrupted in transit.
@@ -279,6 +455,9 @@ class HsmClient(_Client):
             plaintext=plaintext,
             encryption_context=encryption_context,
             plaintext_crc32c=_crc32c(plaintext),
+            encryption_algorithm=_enum_value(
+                resources_pb2.EncryptionAlgorithm, encryption_algorithm
+            ),
         )
         response: service_pb2.EncryptResponse = self._call(self._stub.Encrypt, request)
         _verify_checksums(
@@ -287,15 +466,18 @@ class HsmClient(_Client):
             response.ciphertext_blob,
             response.ciphertext_crc32c,
         )
-        return EncryptResult(response.ciphertext_blob, response.key_id, response.key_version)
+        return _from_message(EncryptResult, response)
 
     def decrypt(
         self,
         ciphertext_blob: bytes,
         encryption_context: Mapping[str, str] | None = None,
         key_id: str | None = None,
+        encryption_algorithm: str | None = None,
     ) -> DecryptResult:
         """Decrypt a blob of Encrypt or GenerateDataKey; `key_id`, if given, must have made it.
+
+        An RSA ciphertext names no key: pass `key_id` and the RSAES_OAEP_* it was made with.
 
         Raises:
             ChecksumMismatchError: the ciphertext or the plaintext was corrupted in transit.
@@ -305,6 +487,9 @@ class HsmClient(_Client):
             encryption_context=encryption_context,
             key_id=key_id or "",
             ciphertext_crc32c=_crc32c(ciphertext_blob),
+            encryption_algorithm=_enum_value(
+                resources_pb2.EncryptionAlgorithm, encryption_algorithm
+            ),
         )
         response: service_pb2.DecryptResponse = self._call(self._stub.Decrypt, request)
         _verify_checksums(
@@ -313,7 +498,35 @@ class HsmClient(_Client):
             response.plaintext,
             response.plaintext_crc32c,
         )
-        return DecryptResult(response.plaintext, response.key_id, response.key_version)
+        return _from_message(DecryptResult, response)
+
+    def re_encrypt(
+        self,
+        ciphertext_blob: bytes,
+        destination_key_id: str,
+        source_encryption_context: Mapping[str, str] | None = None,
+        destination_encryption_context: Mapping[str, str] | None = None,
+        source_key_id: str | None = None,
+        source_encryption_algorithm: str | None = None,
+        destination_encryption_algorithm: str | None = None,
+    ) -> ReEncryptResult:
+        """Move a blob under another key (or context) without its plaintext leaving the daemon.
+
+        An RSA ciphertext names no key: pass `source_key_id` and its algorithm.
+        """
+        algorithm = resources_pb2.EncryptionAlgorithm
+        request = service_pb2.ReEncryptRequest(
+            ciphertext_blob=ciphertext_blob,
+            source_encryption_context=source_encryption_context,
+            source_key_id=source_key_id or "",
+            source_encryption_algorithm=_enum_value(algorithm, source_encryption_algorithm),
+            destination_key_id=destination_key_id,
+            destination_encryption_context=destination_encryption_context,
+            destination_encryption_algorithm=_enum_value(
+                algorithm, destination_encryption_algorithm
+            ),
+        )
+        return self._result(self._stub.ReEncrypt, request, ReEncryptResult)
 
     def generate_data_key(
         self,
@@ -323,19 +536,14 @@ class HsmClient(_Client):
         encryption_context: Mapping[str, str] | None = None,
     ) -> DataKey:
         """A fresh data key, sized by `key_spec` or `number_of_bytes` (AES_256 if neither)."""
-        spec, length = _data_key_size(key_spec, number_of_bytes)
-        request = service_pb2.GenerateDataKeyRequest(
-            key_id=key_id,
-            key_spec=spec,
-            number_of_bytes=length,
-            encryption_context=encryption_context,
+        request = _data_key_request(
+            service_pb2.GenerateDataKeyRequest,
+            key_id,
+            key_spec,
+            number_of_bytes,
+            encryption_context,
         )
-        response: service_pb2.GenerateDataKeyResponse = self._call(
-            self._stub.GenerateDataKey, request
-        )
-        return DataKey(
-            response.plaintext, response.ciphertext_blob, response.key_id, response.key_version
-        )
+        return self._result(self._stub.GenerateDataKey, request, DataKey)
 
     def generate_data_key_without_plaintext(
         self,
@@ -345,17 +553,103 @@ class HsmClient(_Client):
         encryption_context: Mapping[str, str] | None = None,
     ) -> EncryptedDataKey:
         """As generate_data_key, for a party that stores the key now and decrypts it later."""
-        spec, length = _data_key_size(key_spec, number_of_bytes)
-        request = service_pb2.GenerateDataKeyWithoutPlaintextRequest(
+        request = _data_key_request(
+            service_pb2.GenerateDataKeyWithoutPlaintextRequest,
+            key_id,
+            key_spec,
+            number_of_bytes,
+            encryption_context,
+        )
+        return self._result(self._stub.GenerateDataKeyWithoutPlaintext, request, EncryptedDataKey)
+
+    def generate_data_key_pair(
+        self,
+        key_id: str,
+        key_pair_spec: str,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> DataKeyPair:
+        """A fresh key pair (RSA_* or EC_*), its private key also encrypted under `key_id`."""
+        request = _key_pair_request(
+            service_pb2.GenerateDataKeyPairRequest, key_id, key_pair_spec, encryption_context
+        )
+        return self._result(self._stub.GenerateDataKeyPair, request, DataKeyPair)
+
+    def generate_data_key_pair_without_plaintext(
+        self,
+        key_id: str,
+        key_pair_spec: str,
+        encryption_context: Mapping[str, str] | None = None,
+    ) -> EncryptedDataKeyPair:
+        """As generate_data_key_pair, for a party that only needs the public key now."""
+        request = _key_pair_request(
+            service_pb2.GenerateDataKeyPairWithoutPlaintextRequest,
+            key_id,
+            key_pair_spec,
+            encryption_context,
+        )
+        return self._result(
+            self._stub.GenerateDataKeyPairWithoutPlaintext, request, EncryptedDataKeyPair
+        )
+
+    def sign(
+        self, key_id: str, message: bytes, signing_algorithm: str, message_type: str = "RAW"
+    ) -> SignResult:
+        """Sign a message (at most 4,096 bytes), or a digest with message_type="DIGEST"."""
+        request = service_pb2.SignRequest(
             key_id=key_id,
-            key_spec=spec,
-            number_of_bytes=length,
-            encryption_context=encryption_context,
+            message=message,
+            message_type=_enum_value(resources_pb2.MessageType, message_type),
+            signing_algorithm=_enum_value(resources_pb2.SigningAlgorithm, signing_algorithm),
         )
-        response: service_pb2.GenerateDataKeyWithoutPlaintextResponse = self._call(
-            self._stub.GenerateDataKeyWithoutPlaintext, request
+        return self._result(self._stub.Sign, request, SignResult)
+
+    def verify(
+        self,
+        key_id: str,
+        message: bytes,
+        signature: bytes,
+        signing_algorithm: str,
+        message_type: str = "RAW",
+    ) -> VerifyResult:
+        """Check a signature; an invalid one gives signature_valid=False, not an exception."""
+        request = service_pb2.VerifyRequest(
+            key_id=key_id,
+            message=message,
+            message_type=_enum_value(resources_pb2.MessageType, message_type),
+            signing_algorithm=_enum_value(resources_pb2.SigningAlgorithm, signing_algorithm),
+            signature=signature,
         )
-        return EncryptedDataKey(response.ciphertext_blob, response.key_id, response.key_version)
+        return self._result(self._stub.Verify, request, VerifyResult)
+
+    def get_public_key(self, key_id: str) -> PublicKey:
+        """The public half of an asymmetric key, to verify or encrypt without the daemon."""
+        request = service_pb2.GetPublicKeyRequest(key_id=key_id)
+        return self._result(self._stub.GetPublicKey, request, PublicKey)
+
+    def generate_mac(self, key_id: str, message: bytes, mac_algorithm: str) -> MacResult:
+        request = service_pb2.GenerateMacRequest(
+            key_id=key_id,
+            message=message,
+            mac_algorithm=_enum_value(resources_pb2.MacAlgorithm, mac_algorithm),
+        )
+        return self._result(self._stub.GenerateMac, request, MacResult)
+
+    def verify_mac(
+        self, key_id: str, message: bytes, mac: bytes, mac_algorithm: str
+    ) -> VerifyMacResult:
+        """Check a MAC in the daemon (in constant time); a wrong one gives mac_valid=False."""
+        request = service_pb2.VerifyMacRequest(
+            key_id=key_id,
+            message=message,
+            mac_algorithm=_enum_value(resources_pb2.MacAlgorithm, mac_algorithm),
+            mac=mac,
+        )
+        return self._result(self._stub.VerifyMac, request, VerifyMacResult)
+
+    def get_capabilities(self) -> Capabilities:
+        """What the backend supports: a spec or algorithm missing here will be refused."""
+        request = service_pb2.GetCapabilitiesRequest()
+        return self._result(self._stub.GetCapabilities, request, Capabilities)
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         """1 to 1,024 random bytes from the tenant's token."""
@@ -377,9 +671,9 @@ class AdminClient(_Client):
         """Create a tenant and its token; the daemon serves it at once."""
         request = admin_pb2.CreateTenantRequest(name=name)
         response: admin_pb2.CreateTenantResponse = self._call(self._stub.CreateTenant, request)
-        return Tenant.from_proto(response.tenant)
+        return _from_message(Tenant, response.tenant)
 
     def list_tenants(self) -> list[Tenant]:
         request = admin_pb2.ListTenantsRequest()
         response: admin_pb2.ListTenantsResponse = self._call(self._stub.ListTenants, request)
-        return [Tenant.from_proto(tenant) for tenant in response.tenants]
+        return [_from_message(Tenant, tenant) for tenant in response.tenants]

@@ -60,7 +60,6 @@ _RSA_PUBLIC_EXPONENT = b"\x01\x00\x01"
 
 # Capability attributes a key may have; each usage turns on only its own.
 _PRIVATE_CAPABILITIES = (
-    Attribute.ENCRYPT,
     Attribute.DECRYPT,
     Attribute.SIGN,
     Attribute.SIGN_RECOVER,
@@ -240,15 +239,19 @@ class Pkcs11Backend:
     # Capabilities
 
     def capabilities(self) -> Capabilities:
+        """Probed once a token is attached (trying OAEP needs a session), then remembered."""
         with self._lock, self._translate():
-            if self._capabilities is None:
-                self._capabilities = self._probe()
+            if self._capabilities is not None:
+                return self._capabilities
+            probed = self._probe()
+            if self._tokens:
+                self._capabilities = probed
                 log.info(
                     "backend supports key specs %s; notes: %s",
-                    ", ".join(sorted(self._capabilities.key_specs)),
-                    "; ".join(self._capabilities.notes) or "none",
+                    ", ".join(sorted(probed.key_specs)),
+                    "; ".join(probed.notes) or "none",
                 )
-            return self._capabilities
+            return probed
 
     def _probe(self) -> Capabilities:
         """Reads the library's mechanism list, and tries what a list cannot promise."""
@@ -269,6 +272,9 @@ class Pkcs11Backend:
                 EncryptionAlgorithm.RSAES_OAEP_SHA_1,
                 EncryptionAlgorithm.RSAES_OAEP_SHA_256,
             }
+        elif not self._tokens:
+            encryption.discard(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
+            notes.append("RSAES_OAEP_SHA_256 is not yet probed: no token is attached")
         elif not self._oaep_works(EncryptionAlgorithm.RSAES_OAEP_SHA_256):
             encryption.discard(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
             notes.append(
@@ -285,8 +291,6 @@ class Pkcs11Backend:
     def _oaep_works(self, algorithm: EncryptionAlgorithm) -> bool:
         """Encrypts one byte under a throwaway session public key; the mechanism list says
         RSA_PKCS_OAEP whatever hashes the library accepts for it."""
-        if not self._tokens:
-            return False
         session = next(iter(self._tokens.values())).session
         numbers = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
         public = session.create_object(
@@ -452,13 +456,16 @@ class Pkcs11Backend:
         call = signing_call(algorithm, data)
         with self._token(tenant) as token:
             key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+            # python-pkcs11 answers CKR_SIGNATURE_INVALID with False; other refusals of a
+            # malformed signature arrive as exceptions.
             try:
-                key.verify(
-                    call.data, signature, mechanism=call.mechanism, mechanism_param=call.param
+                return bool(
+                    key.verify(
+                        call.data, signature, mechanism=call.mechanism, mechanism_param=call.param
+                    )
                 )
             except _SIGNATURE_INVALID:
                 return False
-        return True
 
     def public_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
         with self._token(tenant) as token:

@@ -167,3 +167,36 @@ def test_a_tenant_created_at_runtime_is_served_at_once(daemon: DaemonProcess) ->
         assert client.decrypt(blob).plaintext == b"new tenant"
     with daemon.admin() as admin:
         assert "delta" in {tenant.name for tenant in admin.list_tenants()}
+
+
+def test_another_tenants_asymmetric_and_mac_keys_look_missing(
+    alice: HsmClient, bob: HsmClient
+) -> None:
+    signing = alice.create_key(key_spec="EC_P256").key_id
+    mac = alice.create_key(key_spec="HMAC_256").key_id
+    aes = alice.create_key().key_id
+    own = bob.create_key().key_id
+    signature = alice.sign(signing, b"m", "ECDSA_SHA_256").signature
+    tag = alice.generate_mac(mac, b"m", "HMAC_SHA_256").mac
+    blob = alice.encrypt(aes, b"alpha").ciphertext_blob
+    missing = str(uuid.uuid4())
+    for use in (
+        lambda k: bob.sign(k, b"m", "ECDSA_SHA_256"),
+        lambda k: bob.verify(k, b"m", signature, "ECDSA_SHA_256"),
+        bob.get_public_key,
+        lambda k: bob.generate_mac(k, b"m", "HMAC_SHA_256"),
+        lambda k: bob.verify_mac(k, b"m", tag, "HMAC_SHA_256"),
+        lambda k: bob.generate_data_key_pair(k, "EC_P256"),
+        lambda k: bob.generate_data_key_pair_without_plaintext(k, "EC_P256"),
+        lambda k: bob.re_encrypt(blob, k),
+    ):
+        for key_id in (signing, mac, aes):
+            foreign, absent = _error(partial(use, key_id)), _error(partial(use, missing))
+            assert type(foreign) is type(absent)
+            if isinstance(foreign, NotFoundError):
+                assert foreign.message.replace(key_id, "K") == absent.message.replace(missing, "K")
+    # ReEncrypt can neither read alpha's blob nor write under alpha's key.
+    opaque = _error(lambda: bob.decrypt(blob))
+    assert isinstance(_error(lambda: bob.re_encrypt(blob, own)), type(opaque))
+    own_blob = bob.encrypt(own, b"beta").ciphertext_blob
+    assert isinstance(_error(lambda: bob.re_encrypt(own_blob, aes)), NotFoundError)

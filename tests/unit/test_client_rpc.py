@@ -6,11 +6,13 @@ mutual-TLS channel that the CLI opens.
 """
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +20,9 @@ from pathlib import Path
 import google_crc32c
 import grpc
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from hsmclient import (
     AdminClient,
     ChecksumMismatchError,
@@ -26,6 +31,7 @@ from hsmclient import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    PublicKey,
     UnavailableError,
     cli,
 )
@@ -40,11 +46,35 @@ def crc32c(data: bytes) -> int:
     return google_crc32c.value(data)
 
 
+# What the fake's keys of each usage accept, as the daemon lists them in KeyMetadata.
+ALGORITHMS = {
+    resources_pb2.ENCRYPT_DECRYPT: {"encryption_algorithms": [resources_pb2.SYMMETRIC_DEFAULT]},
+    resources_pb2.SIGN_VERIFY: {"signing_algorithms": [resources_pb2.ECDSA_SHA_256]},
+    resources_pb2.GENERATE_VERIFY_MAC: {"mac_algorithms": [resources_pb2.HMAC_SHA_256]},
+}
+
+
+# As the daemon: without a usage, a key gets its spec's only one, else ENCRYPT_DECRYPT.
+DEFAULT_USAGE = {
+    resources_pb2.EC_P256: resources_pb2.SIGN_VERIFY,
+    resources_pb2.ED25519: resources_pb2.SIGN_VERIFY,
+    resources_pb2.HMAC_256: resources_pb2.GENERATE_VERIFY_MAC,
+}
+
+
+def der_public_key(private_key: ec.EllipticCurvePrivateKey) -> bytes:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
     """A KeyManagementService that keeps everything in memory, with knobs to misbehave."""
 
     def __init__(self) -> None:
         self.keys: dict[str, resources_pb2.KeyMetadata] = {}
+        self.signing_keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        self.mac_keys: dict[str, bytes] = {}
         self.blobs: dict[bytes, tuple[str, bytes, dict[str, str]]] = {}
         self.requests: list[object] = []
         self.corrupt_response_crc32c = False
@@ -75,19 +105,25 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
     def CreateKey(self, request, context):
         self.requests.append(request)
         key_id = str(uuid.uuid4())
+        usage = request.key_usage or DEFAULT_USAGE.get(
+            request.key_spec, resources_pb2.ENCRYPT_DECRYPT
+        )
         key = resources_pb2.KeyMetadata(
             key_id=key_id,
             tenant="acme",
             name=f"tenants/acme/keys/{key_id}",
             description=request.description,
             key_spec=request.key_spec,
-            key_usage=request.key_usage,
+            key_usage=usage,
             origin=resources_pb2.GENERATED,
             key_state=resources_pb2.ENABLED,
             primary_version=1,
+            **ALGORITHMS[usage],
         )
         key.creation_time.FromDatetime(CREATED)
         self.keys[key_id] = key
+        self.signing_keys[key_id] = ec.generate_private_key(ec.SECP256R1())
+        self.mac_keys[key_id] = os.urandom(32)
         return service_pb2.CreateKeyResponse(key_metadata=key)
 
     def DescribeKey(self, request, context):
@@ -114,24 +150,49 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
             key_version=key.primary_version,
             verified_plaintext_crc32c=verified,
             ciphertext_crc32c=self._response_crc32c(blob),
+            encryption_algorithm=request.encryption_algorithm,
         )
+
+    def _open(self, blob: bytes, encryption_context, key_id: str, context) -> tuple[str, bytes]:
+        """As the daemon: one opaque error for an unknown blob, context or key."""
+        owner, plaintext, bound = self.blobs.get(blob, ("", b"", {}))
+        if not owner or bound != dict(encryption_context) or key_id not in ("", owner):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ciphertext is invalid")
+        return owner, plaintext
 
     def Decrypt(self, request, context):
         self.requests.append(request)
         verified = self._checked(request, "ciphertext_crc32c", request.ciphertext_blob, context)
-        key_id, plaintext, bound = self.blobs.get(request.ciphertext_blob, ("", b"", {}))
-        if (
-            not key_id
-            or bound != dict(request.encryption_context)
-            or request.key_id not in ("", key_id)
-        ):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ciphertext is invalid")
+        key_id, plaintext = self._open(
+            request.ciphertext_blob, request.encryption_context, request.key_id, context
+        )
         return service_pb2.DecryptResponse(
             plaintext=plaintext,
             key_id=key_id,
             key_version=1,
             plaintext_crc32c=self._response_crc32c(plaintext),
             verified_ciphertext_crc32c=verified,
+            encryption_algorithm=request.encryption_algorithm or resources_pb2.SYMMETRIC_DEFAULT,
+        )
+
+    def ReEncrypt(self, request, context):
+        self.requests.append(request)
+        source, plaintext = self._open(
+            request.ciphertext_blob,
+            request.source_encryption_context,
+            request.source_key_id,
+            context,
+        )
+        destination = self._key(request.destination_key_id, context)
+        blob = self._seal(destination.key_id, plaintext, request.destination_encryption_context)
+        return service_pb2.ReEncryptResponse(
+            ciphertext_blob=blob,
+            source_key_id=source,
+            source_key_version=1,
+            key_id=destination.key_id,
+            key_version=2,
+            source_encryption_algorithm=resources_pb2.SYMMETRIC_DEFAULT,
+            destination_encryption_algorithm=resources_pb2.SYMMETRIC_DEFAULT,
         )
 
     def _data_key(self, request, context) -> tuple[bytes, bytes, resources_pb2.KeyMetadata]:
@@ -151,6 +212,116 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         _, blob, key = self._data_key(request, context)
         return service_pb2.GenerateDataKeyWithoutPlaintextResponse(
             ciphertext_blob=blob, key_id=key.key_id, key_version=1
+        )
+
+    def _key_pair(self, request, context) -> dict[str, object]:
+        """The fields both GenerateDataKeyPair responses share; any spec gets a P-256 pair."""
+        key = self._key(request.key_id, context)
+        private_key = ec.generate_private_key(ec.SECP256R1())
+        pkcs8 = private_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return {
+            "public_key": der_public_key(private_key),
+            "private_key_ciphertext_blob": self._seal(
+                key.key_id, pkcs8, request.encryption_context
+            ),
+            "key_id": key.key_id,
+            "key_version": 1,
+            "key_pair_spec": request.key_pair_spec,
+            "pkcs8": pkcs8,
+        }
+
+    def GenerateDataKeyPair(self, request, context):
+        self.requests.append(request)
+        fields = self._key_pair(request, context)
+        return service_pb2.GenerateDataKeyPairResponse(
+            private_key_plaintext=fields.pop("pkcs8"), **fields
+        )
+
+    def GenerateDataKeyPairWithoutPlaintext(self, request, context):
+        self.requests.append(request)
+        fields = self._key_pair(request, context)
+        del fields["pkcs8"]
+        return service_pb2.GenerateDataKeyPairWithoutPlaintextResponse(**fields)
+
+    def _signing_key(self, request, context) -> ec.EllipticCurvePrivateKey:
+        if request.signing_algorithm != resources_pb2.ECDSA_SHA_256:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the fake signs ECDSA_SHA_256 only")
+        self._key(request.key_id, context)
+        return self.signing_keys[request.key_id]
+
+    @staticmethod
+    def _ecdsa(request) -> ec.ECDSA:
+        if request.message_type == resources_pb2.DIGEST:
+            return ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+        return ec.ECDSA(hashes.SHA256())
+
+    @staticmethod
+    def _echo(request, algorithm: str) -> dict[str, object]:
+        """The fields that the Sign, Verify and MAC responses take from the request."""
+        return {"key_id": request.key_id, "key_version": 1, algorithm: getattr(request, algorithm)}
+
+    def Sign(self, request, context):
+        self.requests.append(request)
+        private_key = self._signing_key(request, context)
+        return service_pb2.SignResponse(
+            signature=private_key.sign(request.message, self._ecdsa(request)),
+            **self._echo(request, "signing_algorithm"),
+        )
+
+    def Verify(self, request, context):
+        self.requests.append(request)
+        public_key = self._signing_key(request, context).public_key()
+        try:
+            public_key.verify(request.signature, request.message, self._ecdsa(request))
+            valid = True
+        except InvalidSignature:
+            valid = False
+        return service_pb2.VerifyResponse(
+            signature_valid=valid, **self._echo(request, "signing_algorithm")
+        )
+
+    def GetPublicKey(self, request, context):
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        return service_pb2.GetPublicKeyResponse(
+            public_key=der_public_key(self.signing_keys[key.key_id]),
+            key_id=key.key_id,
+            key_version=1,
+            key_spec=key.key_spec,
+            key_usage=key.key_usage,
+            encryption_algorithms=key.encryption_algorithms,
+            signing_algorithms=key.signing_algorithms,
+        )
+
+    def _mac(self, request, context) -> bytes:
+        self._key(request.key_id, context)
+        return hmac.digest(self.mac_keys[request.key_id], request.message, hashlib.sha256)
+
+    def GenerateMac(self, request, context):
+        self.requests.append(request)
+        return service_pb2.GenerateMacResponse(
+            mac=self._mac(request, context), **self._echo(request, "mac_algorithm")
+        )
+
+    def VerifyMac(self, request, context):
+        self.requests.append(request)
+        valid = hmac.compare_digest(self._mac(request, context), request.mac)
+        return service_pb2.VerifyMacResponse(
+            mac_valid=valid, **self._echo(request, "mac_algorithm")
+        )
+
+    def GetCapabilities(self, request, context):
+        self.requests.append(request)
+        return service_pb2.GetCapabilitiesResponse(
+            key_specs=[resources_pb2.AES_256, resources_pb2.EC_P256, resources_pb2.HMAC_256],
+            encryption_algorithms=[resources_pb2.SYMMETRIC_DEFAULT],
+            signing_algorithms=[resources_pb2.ECDSA_SHA_256, 99],  # 99: one newer than us
+            mac_algorithms=[resources_pb2.HMAC_SHA_256],
+            notes=["RSAES_OAEP_SHA_256: the token lacks CKM_RSA_PKCS_OAEP with SHA-256"],
         )
 
     def GenerateRandom(self, request, context):
@@ -213,10 +384,8 @@ def client(endpoint: str) -> Iterator[HsmClient]:
 def test_create_and_describe_key_return_python_values(client: HsmClient, kms: FakeKms) -> None:
     created = client.create_key(description="payroll")
     assert kms.requests[0] == service_pb2.CreateKeyRequest(
-        key_spec=resources_pb2.AES_256,
-        key_usage=resources_pb2.ENCRYPT_DECRYPT,
-        description="payroll",
-    )
+        key_spec=resources_pb2.AES_256, description="payroll"
+    )  # no usage: the daemon picks it from the spec
     described = client.describe_key(created.key_id)
     assert described == created
     assert (described.key_spec, described.key_usage) == ("AES_256", "ENCRYPT_DECRYPT")
@@ -225,6 +394,35 @@ def test_create_and_describe_key_return_python_values(client: HsmClient, kms: Fa
     assert described.creation_time.tzinfo is not None
     assert described.name == f"tenants/acme/keys/{created.key_id}"
     assert (described.tenant, described.primary_version) == ("acme", 1)
+    assert described.encryption_algorithms == ("SYMMETRIC_DEFAULT",)
+    assert (described.signing_algorithms, described.mac_algorithms) == ((), ())
+
+
+@pytest.mark.parametrize(
+    ("key_spec", "key_usage", "lists"),
+    [
+        ("EC_P256", "SIGN_VERIFY", ((), ("ECDSA_SHA_256",), ())),
+        ("HMAC_256", "GENERATE_VERIFY_MAC", ((), (), ("HMAC_SHA_256",))),
+        ("RSA_2048", "ENCRYPT_DECRYPT", (("SYMMETRIC_DEFAULT",), (), ())),
+        ("ED25519", "SIGN_VERIFY", ((), ("ECDSA_SHA_256",), ())),
+    ],
+)
+def test_create_key_takes_the_new_specs_and_usages(
+    client: HsmClient, kms: FakeKms, key_spec: str, key_usage: str, lists: tuple
+) -> None:
+    key = client.create_key(key_spec, key_usage)
+    assert kms.requests[-1].key_spec == resources_pb2.KeySpec.Value(key_spec)
+    assert kms.requests[-1].key_usage == resources_pb2.KeyUsage.Value(key_usage)
+    assert (key.key_spec, key.key_usage) == (key_spec, key_usage)
+    assert (key.encryption_algorithms, key.signing_algorithms, key.mac_algorithms) == lists
+
+
+def test_create_key_without_a_usage_leaves_it_to_the_daemon(
+    client: HsmClient, kms: FakeKms
+) -> None:
+    key = client.create_key("HMAC_256")
+    assert kms.requests[-1].key_usage == resources_pb2.KEY_USAGE_UNSPECIFIED
+    assert key.key_usage == "GENERATE_VERIFY_MAC"
 
 
 @pytest.mark.parametrize(
@@ -355,6 +553,216 @@ def test_generate_random(client: HsmClient) -> None:
     assert len(client.generate_random(17)) == 17
 
 
+# --- encryption algorithms and ReEncrypt -------------------------------------------------------
+
+
+def test_encrypt_and_decrypt_pass_the_encryption_algorithm(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    result = client.encrypt(key_id, b"x")
+    assert kms.requests[-1].encryption_algorithm == resources_pb2.SYMMETRIC_DEFAULT
+    assert result.encryption_algorithm == "SYMMETRIC_DEFAULT"
+    decrypted = client.decrypt(result.ciphertext_blob)
+    assert kms.requests[-1].encryption_algorithm == resources_pb2.ENCRYPTION_ALGORITHM_UNSPECIFIED
+    assert decrypted.encryption_algorithm == "SYMMETRIC_DEFAULT"
+    oaep = client.encrypt(key_id, b"x", encryption_algorithm="RSAES_OAEP_SHA_256")
+    assert kms.requests[-1].encryption_algorithm == resources_pb2.RSAES_OAEP_SHA_256
+    assert oaep.encryption_algorithm == "RSAES_OAEP_SHA_256"
+    client.decrypt(oaep.ciphertext_blob, key_id=key_id, encryption_algorithm="RSAES_OAEP_SHA_1")
+    assert kms.requests[-1].encryption_algorithm == resources_pb2.RSAES_OAEP_SHA_1
+
+
+def test_re_encrypt_moves_a_blob_to_another_key_and_context(
+    client: HsmClient, kms: FakeKms
+) -> None:
+    source, destination = client.create_key().key_id, client.create_key().key_id
+    blob = client.encrypt(source, b"moved", {"from": "a"}).ciphertext_blob
+    result = client.re_encrypt(
+        blob,
+        destination,
+        source_encryption_context={"from": "a"},
+        destination_encryption_context={"to": "b"},
+        source_encryption_algorithm="SYMMETRIC_DEFAULT",
+        destination_encryption_algorithm="SYMMETRIC_DEFAULT",
+    )
+    assert kms.requests[-1] == service_pb2.ReEncryptRequest(
+        ciphertext_blob=blob,
+        source_encryption_context={"from": "a"},
+        source_encryption_algorithm=resources_pb2.SYMMETRIC_DEFAULT,
+        destination_key_id=destination,
+        destination_encryption_context={"to": "b"},
+        destination_encryption_algorithm=resources_pb2.SYMMETRIC_DEFAULT,
+    )
+    assert (result.source_key_id, result.source_key_version) == (source, 1)
+    assert (result.key_id, result.key_version) == (destination, 2)
+    assert result.source_encryption_algorithm == "SYMMETRIC_DEFAULT"
+    assert result.destination_encryption_algorithm == "SYMMETRIC_DEFAULT"
+    assert client.decrypt(result.ciphertext_blob, {"to": "b"}, destination).plaintext == b"moved"
+
+
+def test_re_encrypt_leaves_unset_options_unset(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    blob = client.encrypt(key_id, b"x").ciphertext_blob
+    client.re_encrypt(blob, key_id)
+    assert kms.requests[-1] == service_pb2.ReEncryptRequest(
+        ciphertext_blob=blob, destination_key_id=key_id
+    )
+
+
+# --- data key pairs -----------------------------------------------------------------------------
+
+
+def test_generate_data_key_pair(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    pair = client.generate_data_key_pair(key_id, "EC_P256", {"owner": "app"})
+    assert kms.requests[-1] == service_pb2.GenerateDataKeyPairRequest(
+        key_id=key_id, key_pair_spec=resources_pb2.EC_P256, encryption_context={"owner": "app"}
+    )
+    assert (pair.key_id, pair.key_version, pair.key_pair_spec) == (key_id, 1, "EC_P256")
+    private_key = serialization.load_der_private_key(pair.private_key_plaintext, None)
+    assert der_public_key(private_key) == pair.public_key
+    decrypted = client.decrypt(pair.private_key_ciphertext_blob, {"owner": "app"})
+    assert decrypted.plaintext == pair.private_key_plaintext
+
+
+def test_a_data_key_pair_hides_its_private_key_from_repr(client: HsmClient) -> None:
+    pair = client.generate_data_key_pair(client.create_key().key_id, "EC_P256")
+    assert "private_key_plaintext" not in repr(pair)
+    assert repr(pair.private_key_plaintext) not in repr(pair)
+    assert repr(pair.public_key) in repr(pair)
+
+
+def test_generate_data_key_pair_without_plaintext(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    pair = client.generate_data_key_pair_without_plaintext(key_id, "RSA_2048")
+    assert kms.requests[-1].key_pair_spec == resources_pb2.RSA_2048
+    assert not hasattr(pair, "private_key_plaintext")
+    pkcs8 = client.decrypt(pair.private_key_ciphertext_blob).plaintext
+    assert der_public_key(serialization.load_der_private_key(pkcs8, None)) == pair.public_key
+    assert pair.key_pair_spec == "RSA_2048"
+
+
+# --- signatures and public keys -----------------------------------------------------------------
+
+
+@pytest.fixture
+def signing_key(client: HsmClient) -> str:
+    return client.create_key("EC_P256", "SIGN_VERIFY").key_id
+
+
+def test_sign_and_verify(client: HsmClient, kms: FakeKms, signing_key: str) -> None:
+    signed = client.sign(signing_key, b"message", "ECDSA_SHA_256")
+    assert kms.requests[-1] == service_pb2.SignRequest(
+        key_id=signing_key,
+        message=b"message",
+        message_type=resources_pb2.RAW,
+        signing_algorithm=resources_pb2.ECDSA_SHA_256,
+    )
+    assert (signed.key_id, signed.key_version, signed.signing_algorithm) == (
+        signing_key,
+        1,
+        "ECDSA_SHA_256",
+    )
+    verified = client.verify(signing_key, b"message", signed.signature, "ECDSA_SHA_256")
+    assert kms.requests[-1].signature == signed.signature
+    assert verified.signature_valid is True
+    assert (verified.key_id, verified.signing_algorithm) == (signing_key, "ECDSA_SHA_256")
+
+
+def test_a_bad_signature_is_an_answer_not_an_error(client: HsmClient, signing_key: str) -> None:
+    signature = client.sign(signing_key, b"message", "ECDSA_SHA_256").signature
+    result = client.verify(signing_key, b"another message", signature, "ECDSA_SHA_256")
+    assert result.signature_valid is False
+    assert (result.key_id, result.key_version) == (signing_key, 1)
+
+
+def test_a_digest_is_signed_as_a_digest(client: HsmClient, kms: FakeKms, signing_key: str) -> None:
+    digest = hashlib.sha256(b"message").digest()
+    signature = client.sign(signing_key, digest, "ECDSA_SHA_256", message_type="DIGEST").signature
+    assert kms.requests[-1].message_type == resources_pb2.DIGEST
+    assert client.verify(signing_key, b"message", signature, "ECDSA_SHA_256").signature_valid
+    result = client.verify(signing_key, digest, signature, "ECDSA_SHA_256", "DIGEST")
+    assert result.signature_valid
+
+
+def test_get_public_key_and_its_pem(client: HsmClient, kms: FakeKms, signing_key: str) -> None:
+    key = client.get_public_key(signing_key)
+    assert kms.requests[-1] == service_pb2.GetPublicKeyRequest(key_id=signing_key)
+    assert key.public_key == der_public_key(kms.signing_keys[signing_key])
+    assert (key.key_spec, key.key_usage, key.key_version) == ("EC_P256", "SIGN_VERIFY", 1)
+    assert (key.encryption_algorithms, key.signing_algorithms) == ((), ("ECDSA_SHA_256",))
+    pem = key.pem()
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----\n")
+    assert pem.endswith(b"-----END PUBLIC KEY-----\n")
+    public_key = serialization.load_pem_public_key(pem)
+    assert public_key == kms.signing_keys[signing_key].public_key()
+    signature = client.sign(signing_key, b"m", "ECDSA_SHA_256").signature
+    public_key.verify(signature, b"m", ec.ECDSA(hashes.SHA256()))
+
+
+def test_pem_of_a_key_that_is_not_der_fails() -> None:
+    key = PublicKey(b"not DER", "k", 1, "EC_P256", "SIGN_VERIFY", (), ())
+    with pytest.raises(ValueError):
+        key.pem()
+
+
+# --- MACs and capabilities ----------------------------------------------------------------------
+
+
+def test_generate_and_verify_mac(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key("HMAC_256", "GENERATE_VERIFY_MAC").key_id
+    result = client.generate_mac(key_id, b"message", "HMAC_SHA_256")
+    assert kms.requests[-1] == service_pb2.GenerateMacRequest(
+        key_id=key_id, message=b"message", mac_algorithm=resources_pb2.HMAC_SHA_256
+    )
+    assert result.mac == hmac.digest(kms.mac_keys[key_id], b"message", hashlib.sha256)
+    assert (result.key_id, result.key_version, result.mac_algorithm) == (
+        key_id,
+        1,
+        "HMAC_SHA_256",
+    )
+    verified = client.verify_mac(key_id, b"message", result.mac, "HMAC_SHA_256")
+    assert kms.requests[-1].mac == result.mac
+    assert (verified.mac_valid, verified.mac_algorithm) == (True, "HMAC_SHA_256")
+    wrong = client.verify_mac(key_id, b"message", bytes(32), "HMAC_SHA_256")
+    assert (wrong.mac_valid, wrong.key_id) == (False, key_id)
+
+
+def test_get_capabilities(client: HsmClient, kms: FakeKms) -> None:
+    capabilities = client.get_capabilities()
+    assert kms.requests == [service_pb2.GetCapabilitiesRequest()]
+    assert capabilities.key_specs == ("AES_256", "EC_P256", "HMAC_256")
+    assert capabilities.encryption_algorithms == ("SYMMETRIC_DEFAULT",)
+    assert capabilities.signing_algorithms == ("ECDSA_SHA_256", "99")
+    assert capabilities.mac_algorithms == ("HMAC_SHA_256",)
+    assert capabilities.notes == (
+        "RSAES_OAEP_SHA_256: the token lacks CKM_RSA_PKCS_OAEP with SHA-256",
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "arguments"),
+    [
+        ("encrypt", ("k", b"x", None, "RSAES_OAEP_SHA_999")),
+        ("decrypt", (b"blob", None, "k", "SIGNING")),
+        ("re_encrypt", (b"blob", "k", None, None, None, None, "AES_GCM")),
+        ("generate_data_key_pair", ("k", "EC_P192")),
+        ("generate_data_key_pair_without_plaintext", ("k", "rsa_2048")),
+        ("sign", ("k", b"m", "ECDSA_SHA_1")),
+        ("sign", ("k", b"m", "ECDSA_SHA_256", "HASHED")),
+        ("verify", ("k", b"m", b"s", "ED25519")),
+        ("verify", ("k", b"m", b"s", "ECDSA_SHA_256", "MESSAGE_TYPE_UNSPECIFIED")),
+        ("generate_mac", ("k", b"m", "HMAC_SHA_1")),
+        ("verify_mac", ("k", b"m", b"mac", "HMAC_MD5")),
+    ],
+)
+def test_unknown_algorithm_names_fail_before_any_call(
+    client: HsmClient, kms: FakeKms, method: str, arguments: tuple
+) -> None:
+    with pytest.raises(ValueError, match="expected one of"):
+        getattr(client, method)(*arguments)
+    assert kms.requests == []
+
+
 # --- errors and timeouts ------------------------------------------------------------------------
 
 
@@ -446,16 +854,22 @@ def test_a_server_name_the_certificate_lacks_fails_the_handshake(tls: dict[str, 
             client.generate_random(8)
 
 
-def test_cli_end_to_end(tls: dict[str, str], monkeypatch, capsys, tmp_path) -> None:
+@pytest.fixture
+def hsm(tls: dict[str, str], monkeypatch, capsys) -> Callable[..., str]:
+    """`hsm` against the fake daemon over mTLS: checks that it succeeds, returns its output."""
     for name, value in tls.items():
         monkeypatch.setenv(name, value)
 
-    def hsm(*argv: str) -> str:
+    def run(*argv: str) -> str:
         code = cli.main(list(argv))
         out, err = capsys.readouterr()
         assert (code, err) == (0, "")
         return out
 
+    return run
+
+
+def test_cli_end_to_end(hsm: Callable[..., str], tmp_path) -> None:
     key_id = hsm("create-key", "--query", "KeyMetadata.KeyId", "--output", "text").strip()
     (tmp_path / "secret").write_bytes(b"\x00secret\xff")
     encrypted = json.loads(
@@ -474,6 +888,24 @@ def test_cli_end_to_end(tls: dict[str, str], monkeypatch, capsys, tmp_path) -> N
     assert base64.b64decode(plaintext) == b"\x00secret\xff"
     listed = json.loads(hsm("list-keys"))
     assert listed == {"Keys": [{"KeyId": key_id, "KeyArn": f"tenants/acme/keys/{key_id}"}]}
+
+
+def test_cli_signs_verifies_and_prints_pem_end_to_end(
+    hsm: Callable[..., str], kms: FakeKms
+) -> None:
+    key_id = json.loads(hsm("create-key", "--key-spec", "EC_P256", "--key-usage", "SIGN_VERIFY"))[
+        "KeyMetadata"
+    ]["KeyId"]
+    message = ["--key-id", key_id, "--message", base64.b64encode(b"hi").decode()]
+    algorithm = ["--signing-algorithm", "ECDSA_SHA_256"]
+    signature = json.loads(hsm("sign", *message, *algorithm))["Signature"]
+    for signed, valid in ((signature, True), (base64.b64encode(b"forged").decode(), False)):
+        verified = json.loads(hsm("verify", *message, *algorithm, "--signature", signed))
+        assert verified["SignatureValid"] is valid
+    pem = hsm("get-public-key", "--key-id", key_id, "--output", "pem")
+    public_key = serialization.load_pem_public_key(pem.encode())
+    assert public_key == kms.signing_keys[key_id].public_key()
+    public_key.verify(base64.b64decode(signature), b"hi", ec.ECDSA(hashes.SHA256()))
 
 
 def test_cli_reports_a_refusal_with_254(tls: dict[str, str], monkeypatch, capsys) -> None:
