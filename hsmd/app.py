@@ -25,17 +25,24 @@ from pathlib import Path
 from hsmclient import AdminClient, ConfigurationError, HsmError
 
 from hsmd import config, devpki
+from hsmd.audit.log import AuditLog
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
-from hsmd.domain import SystemClock
+from hsmd.clock import OffsetClock
+from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument
 from hsmd.keystore.sqlite_store import SqliteKeyStore
 from hsmd.names import is_valid_principal_name, validate_tenant_name
+from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps
 from hsmd.ops.datakeys import DataKeyOps
 from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
+from hsmd.ops.maintenance import Maintenance
+from hsmd.ops.policies import PolicyOps
+from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
+from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.transport import server as grpc_server
 from hsmd.transport.guard import RequestGuard
@@ -80,6 +87,8 @@ class Daemon:
     tenants: TenantOps
     operations: Operations
     state_lock: int
+    clock: Clock
+    maintenance: Maintenance
 
     @classmethod
     def build(cls, settings: config.Settings) -> Daemon:
@@ -89,8 +98,10 @@ class Daemon:
             StateInUse: another hsmd process holds this database and its tokens.
         """
         state_lock = _lock_state(settings.storage.database)
-        clock = SystemClock()
+        offset_file = settings.lifecycle.clock_offset_file
+        clock: Clock = OffsetClock(offset_file) if offset_file else SystemClock()
         store = SqliteKeyStore(settings.storage.database)
+        audit = AuditLog(settings.storage.audit_log)
         backend = Pkcs11Backend(
             settings.pkcs11.library,
             PinDeriver(config.read_master_secret(settings)),
@@ -103,6 +114,11 @@ class Daemon:
             datakeys=DataKeyOps(store, backend, crypto),
             signing=SigningOps(store, backend),
             mac=MacOps(store, backend),
+            states=StateOps(store, backend, clock),
+            rotation=RotationOps(store, backend, clock),
+            aliases=AliasOps(store, clock),
+            policies=PolicyOps(store),
+            audit=audit,
         )
         return cls(
             settings=settings,
@@ -111,6 +127,8 @@ class Daemon:
             tenants=TenantOps(store, backend, clock),
             operations=operations,
             state_lock=state_lock,
+            clock=clock,
+            maintenance=Maintenance(operations.rotation, operations.states),
         )
 
     def start(self) -> None:
@@ -126,23 +144,37 @@ class Daemon:
             )
 
     def close(self) -> None:
+        self.operations.audit.close()
         self.backend.close()
         self.store.close()
         os.close(self.state_lock)
 
 
+def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        maintenance.run_once()
+
+
 def serve(settings: config.Settings, client_env: Path | None) -> int:
     daemon = Daemon.build(settings)
-    guard = RequestGuard(settings.tls.trust_domain, daemon.tenants.is_served)
+    audit = daemon.operations.audit
+    guard = RequestGuard(settings.tls.trust_domain, daemon.tenants.is_served, audit, daemon.clock)
     running = grpc_server.bind(
         settings,
         guard,
         KeyManagementServicer(daemon.operations),
-        AdminServicer(daemon.tenants),
+        AdminServicer(daemon.tenants, audit),
     )
     daemon.start()
+    daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
     running.start()
     stop = threading.Event()
+    threading.Thread(
+        target=_maintain,
+        args=(daemon.maintenance, settings.lifecycle.check_interval_seconds, stop),
+        name="hsmd-maintenance",
+        daemon=True,
+    ).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("listening on %s:%d (mutual TLS)", settings.server.host, running.port)

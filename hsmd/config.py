@@ -49,6 +49,13 @@ class Pkcs11Settings:
 class StorageSettings:
     database: Path
     master_secret_file: Path
+    audit_log: Path
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    check_interval_seconds: float
+    clock_offset_file: Path | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Settings:
     tls: TlsSettings
     pkcs11: Pkcs11Settings
     storage: StorageSettings
+    lifecycle: LifecycleSettings
     log_level: str
 
 
@@ -107,11 +115,11 @@ class _Section:
             raise ConfigError(f"{self._name}.{field}: {path} does not exist")
         return path
 
-    def optional_path(self, field: str) -> Path | None:
+    def optional_path(self, field: str, *, must_exist: bool = True) -> Path | None:
         if field not in self._table:
             self._read.add(field)
             return None
-        return self.path(field)
+        return self.path(field, must_exist=must_exist)
 
     def done(self) -> None:
         unknown = sorted(set(self._table) - self._read)
@@ -131,7 +139,7 @@ def load(path: Path) -> Settings:
 
 
 def parse(doc: Mapping[str, Any], base: Path) -> Settings:
-    unknown = sorted(set(doc) - {"server", "tls", "pkcs11", "storage", "log"})
+    unknown = sorted(set(doc) - {"server", "tls", "pkcs11", "storage", "lifecycle", "log"})
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(unknown)}")
 
@@ -171,9 +179,17 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     storage_settings = StorageSettings(
         database=storage.path("database", "hsmd.db", must_exist=False),
         master_secret_file=storage.path("master_secret_file"),
+        audit_log=storage.path("audit_log", "audit.jsonl", must_exist=False),
     )
     storage.done()
     _check_private(storage_settings.master_secret_file, "storage.master_secret_file")
+
+    lifecycle = _Section(doc, "lifecycle", base)
+    lifecycle_settings = LifecycleSettings(
+        check_interval_seconds=lifecycle.number("check_interval_seconds", 60.0, 0.05, 86400.0),
+        clock_offset_file=lifecycle.optional_path("clock_offset_file", must_exist=False),
+    )
+    lifecycle.done()
 
     log = _Section(doc, "log", base)
     level = log.string("level", "INFO").upper()
@@ -181,7 +197,14 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         raise ConfigError(f"log.level must be one of {', '.join(_LOG_LEVELS)}")
     log.done()
 
-    return Settings(server_settings, tls_settings, pkcs11_settings, storage_settings, level)
+    return Settings(
+        server_settings,
+        tls_settings,
+        pkcs11_settings,
+        storage_settings,
+        lifecycle_settings,
+        level,
+    )
 
 
 def _check_private(path: Path, field: str) -> None:

@@ -68,7 +68,20 @@ class KeyState(enum.StrEnum):
     CREATING = "CREATING"
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"
+    PENDING_DELETION = "PENDING_DELETION"
+    DESTROYED = "DESTROYED"
     UNAVAILABLE = "UNAVAILABLE"
+
+
+class VersionState(enum.StrEnum):
+    CREATING = "CREATING"
+    ENABLED = "ENABLED"
+    DESTROYED = "DESTROYED"
+
+
+class RotationType(enum.StrEnum):
+    AUTOMATIC = "AUTOMATIC"
+    ON_DEMAND = "ON_DEMAND"
 
 
 class KeyOrigin(enum.StrEnum):
@@ -121,11 +134,24 @@ class Tenant:
     token_serial: str
     state: TenantState
     created_at: datetime
+    admin_principals: tuple[str, ...] = ("admin",)
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """Principal-name patterns (globs) of the key's tenant: who manages, who uses the key."""
+
+    administrators: tuple[str, ...]
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Key:
-    """A customer key's metadata; its material is in the tenant's token, one object a version."""
+    """A customer key's metadata; its material is in the tenant's token, one object a version.
+
+    rotation_period_days and next_rotation_at are set while automatic rotation is on;
+    deletion_at while the key is PENDING_DELETION.
+    """
 
     tenant: str
     key_id: str
@@ -136,6 +162,11 @@ class Key:
     state: KeyState
     created_at: datetime
     primary_version: int
+    policy: KeyPolicy = KeyPolicy((), ())
+    tags: tuple[tuple[str, str], ...] = ()
+    rotation_period_days: int | None = None
+    next_rotation_at: datetime | None = None
+    deletion_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +178,17 @@ class KeyVersion:
     version: int
     object_id: bytes
     created_at: datetime
+    state: VersionState = VersionState.ENABLED
+    rotation_type: RotationType | None = None
+
+
+@dataclass(frozen=True)
+class Alias:
+    tenant: str
+    name: str
+    key_id: str
+    created_at: datetime
+    updated_at: datetime
 
 
 class Clock(Protocol):

@@ -1,8 +1,8 @@
-"""The pure rules of a key's life: which state, usage and spec allow which operation.
+"""The pure rules of a key's life: which state, usage and kind allow which operation, and
+where each state-changing operation leads.
 
-One table for states and one for usages, read by every operation before it touches the
-backend, and published in docs/api.md. No I/O here, so every combination is tested without a
-token.
+Read by every operation before it touches the backend, published in docs/algorithms.md, and
+tested over every combination without a token.
 """
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ import enum
 
 from hsmd.domain import Key, KeyState, KeyUsage
 from hsmd.errors import FailedPrecondition
-from hsmd.keyspecs import SPECS
+from hsmd.keyspecs import SPECS, Family
 
 
 class Operation(enum.StrEnum):
+    # Metadata reads
     DESCRIBE = "DescribeKey"
+    GET_ROTATION_STATUS = "GetKeyRotationStatus"
+    LIST_ROTATIONS = "ListKeyRotations"
+    GET_KEY_POLICY = "GetKeyPolicy"
+    # Use
     ENCRYPT = "Encrypt"
     DECRYPT = "Decrypt"
     GENERATE_DATA_KEY = "GenerateDataKey"
@@ -25,47 +30,105 @@ class Operation(enum.StrEnum):
     GET_PUBLIC_KEY = "GetPublicKey"
     GENERATE_MAC = "GenerateMac"
     VERIFY_MAC = "VerifyMac"
+    # Management
+    ENABLE = "EnableKey"
+    DISABLE = "DisableKey"
+    SCHEDULE_DELETION = "ScheduleKeyDeletion"
+    CANCEL_DELETION = "CancelKeyDeletion"
+    UPDATE_DESCRIPTION = "UpdateKeyDescription"
+    TAG = "TagKey"
+    UNTAG = "UntagKey"
+    PUT_KEY_POLICY = "PutKeyPolicy"
+    ENABLE_ROTATION = "EnableKeyRotation"
+    DISABLE_ROTATION = "DisableKeyRotation"
+    ROTATE = "RotateKeyOnDemand"
+    CREATE_ALIAS = "CreateAlias"
+    UPDATE_ALIAS = "UpdateAlias"
+    DELETE_ALIAS = "DeleteAlias"
 
 
-# Operations that read metadata only are allowed in every state (as AWS KMS's DescribeKey);
-# the rest need an ENABLED key.
-_METADATA_OPERATIONS = frozenset({Operation.DESCRIBE})
+Op = Operation
+_READS = frozenset({Op.DESCRIBE, Op.GET_ROTATION_STATUS, Op.LIST_ROTATIONS, Op.GET_KEY_POLICY})
+# What can be changed about a key that is not in use, short of using it.
+_UPKEEP = frozenset(
+    {
+        Op.UPDATE_DESCRIPTION,
+        Op.TAG,
+        Op.UNTAG,
+        Op.PUT_KEY_POLICY,
+        Op.DELETE_ALIAS,
+    }
+)
 
 STATE_ALLOWS: dict[KeyState, frozenset[Operation]] = {
-    KeyState.CREATING: _METADATA_OPERATIONS,
-    KeyState.ENABLED: frozenset(Operation),
-    KeyState.DISABLED: _METADATA_OPERATIONS,
-    KeyState.UNAVAILABLE: _METADATA_OPERATIONS,
+    KeyState.CREATING: frozenset({Op.DESCRIBE}),
+    KeyState.ENABLED: frozenset(Operation) - {Op.CANCEL_DELETION},
+    KeyState.DISABLED: _READS
+    | _UPKEEP
+    | {
+        Op.ENABLE,
+        Op.DISABLE,
+        Op.SCHEDULE_DELETION,
+        Op.ENABLE_ROTATION,
+        Op.DISABLE_ROTATION,
+        Op.CREATE_ALIAS,
+        Op.UPDATE_ALIAS,
+    },
+    KeyState.PENDING_DELETION: _READS | {Op.CANCEL_DELETION, Op.DELETE_ALIAS},
+    KeyState.DESTROYED: _READS,
+    KeyState.UNAVAILABLE: _READS | _UPKEEP | {Op.SCHEDULE_DELETION},
 }
 
+# Where the state-changing operations lead (DESTROYED is reached by the daemon, not an RPC).
+TRANSITIONS: dict[Operation, KeyState] = {
+    Op.ENABLE: KeyState.ENABLED,
+    Op.DISABLE: KeyState.DISABLED,
+    Op.SCHEDULE_DELETION: KeyState.PENDING_DELETION,
+    Op.CANCEL_DELETION: KeyState.DISABLED,
+}
+
+_KEY_MANAGEMENT = frozenset(Operation) - {
+    Op.ENCRYPT,
+    Op.DECRYPT,
+    Op.GENERATE_DATA_KEY,
+    Op.GENERATE_DATA_KEY_PAIR,
+    Op.SIGN,
+    Op.VERIFY,
+    Op.GET_PUBLIC_KEY,
+    Op.GENERATE_MAC,
+    Op.VERIFY_MAC,
+}
 USAGE_ALLOWS: dict[KeyUsage, frozenset[Operation]] = {
-    KeyUsage.ENCRYPT_DECRYPT: frozenset(
-        {
-            Operation.DESCRIBE,
-            Operation.ENCRYPT,
-            Operation.DECRYPT,
-            Operation.GENERATE_DATA_KEY,
-            Operation.GENERATE_DATA_KEY_PAIR,
-            Operation.GET_PUBLIC_KEY,
-        }
-    ),
-    KeyUsage.SIGN_VERIFY: frozenset(
-        {Operation.DESCRIBE, Operation.SIGN, Operation.VERIFY, Operation.GET_PUBLIC_KEY}
-    ),
-    KeyUsage.GENERATE_VERIFY_MAC: frozenset(
-        {Operation.DESCRIBE, Operation.GENERATE_MAC, Operation.VERIFY_MAC}
-    ),
+    KeyUsage.ENCRYPT_DECRYPT: _KEY_MANAGEMENT
+    | {
+        Op.ENCRYPT,
+        Op.DECRYPT,
+        Op.GENERATE_DATA_KEY,
+        Op.GENERATE_DATA_KEY_PAIR,
+        Op.GET_PUBLIC_KEY,
+    },
+    KeyUsage.SIGN_VERIFY: _KEY_MANAGEMENT | {Op.SIGN, Op.VERIFY, Op.GET_PUBLIC_KEY},
+    KeyUsage.GENERATE_VERIFY_MAC: _KEY_MANAGEMENT | {Op.GENERATE_MAC, Op.VERIFY_MAC},
 }
 
-# Within a usage, what only one kind of key can do: a public key needs an asymmetric key,
-# and data keys are sealed in the symmetric blob format.
-SYMMETRIC_ONLY = frozenset({Operation.GENERATE_DATA_KEY, Operation.GENERATE_DATA_KEY_PAIR})
-ASYMMETRIC_ONLY = frozenset({Operation.GET_PUBLIC_KEY})
+# Within a usage, what only one kind of key can do: a public key needs an asymmetric key, and
+# data keys are sealed in the symmetric blob format.
+SYMMETRIC_ONLY = frozenset({Op.GENERATE_DATA_KEY, Op.GENERATE_DATA_KEY_PAIR})
+ASYMMETRIC_ONLY = frozenset({Op.GET_PUBLIC_KEY})
+# Only AES keys rotate, as in AWS KMS: their blobs name the version that made them, while a
+# signature, a MAC or an RSA ciphertext does not.
+ROTATION = frozenset({Op.ENABLE_ROTATION, Op.ROTATE})
 
 
 def _fits(key: Key, operation: Operation) -> bool:
-    excluded = SYMMETRIC_ONLY if SPECS[key.spec].family.asymmetric else ASYMMETRIC_ONLY
-    return operation in USAGE_ALLOWS[key.usage] and operation not in excluded
+    family = SPECS[key.spec].family
+    if operation not in USAGE_ALLOWS[key.usage]:
+        return False
+    if operation in SYMMETRIC_ONLY and family.asymmetric:
+        return False
+    if operation in ASYMMETRIC_ONLY and not family.asymmetric:
+        return False
+    return operation not in ROTATION or family is Family.AES
 
 
 def check_allowed(key: Key, operation: Operation) -> None:

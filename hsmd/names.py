@@ -45,5 +45,26 @@ def parse_key_id(key_id: str) -> str:
         raise NotFound(f"key {key_id!r} not found") from None
 
 
+ALIAS_PREFIX = "alias/"
+_ALIAS_NAME = re.compile(r"alias/[A-Za-z0-9/_-]{1,250}")
+RESERVED_ALIAS_PREFIX = "alias/hsmd/"
+
+
+def parse_alias_name(name: str) -> str:
+    """Returns the alias name if it is well formed.
+
+    Raises:
+        InvalidArgument: not `alias/<name>` with 1-250 characters of [A-Za-z0-9/_-], or in the
+            reserved `alias/hsmd/` namespace.
+    """
+    if not _ALIAS_NAME.fullmatch(name):
+        raise InvalidArgument(
+            "alias names are alias/<name>, with 1-250 characters of A-Z a-z 0-9 / _ -"
+        )
+    if name.startswith(RESERVED_ALIAS_PREFIX):
+        raise InvalidArgument(f"alias names under {RESERVED_ALIAS_PREFIX} are reserved")
+    return name
+
+
 def key_resource_name(tenant: str, key_id: str) -> str:
     return f"tenants/{tenant}/keys/{key_id}"

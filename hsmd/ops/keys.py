@@ -1,42 +1,47 @@
-"""Key management: create, describe, list, and the start-up reconciliation of keys and objects.
+"""Key management: create, describe, list, description and tags, and the start-up
+reconciliation of keys and token objects.
 
 Creation spans a metadata row and a token object and no transaction can hold both, so it is a
 recoverable protocol (DESIGN §7): commit a CREATING row naming the object's CKA_ID, generate the
-object, then mark the row ENABLED. `reconcile` repairs whatever a crash left between the steps.
+object, then mark the row ENABLED. `reconcile` repairs whatever a crash left between the steps;
+rotations (hsmd.ops.rotation) follow the same protocol with CREATING versions.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
+import re
 import secrets
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from hsmd import keyspecs
+from hsmd import keyspecs, policy
 from hsmd.backend.api import Capabilities, CryptoBackend
 from hsmd.domain import (
     Clock,
     Key,
     KeyOrigin,
+    KeyPolicy,
     KeySpec,
     KeyState,
     KeyUsage,
     KeyVersion,
     RequestContext,
+    VersionState,
 )
 from hsmd.errors import InvalidArgument, Unimplemented
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
+from hsmd.ops import paging
 from hsmd.ops.resolve import usable_key
 
 log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION = 8192
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 OBJECT_ID_SIZE = 16
+MAX_TAGS = 50
+_TAG_KEY = re.compile(r".{1,128}", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -52,27 +57,47 @@ class ReconcileReport:
     unavailable: int
 
 
+def new_object_id() -> bytes:
+    """A random CKA_ID: nothing about the key can be read from its token object's name."""
+    return secrets.token_bytes(OBJECT_ID_SIZE)
+
+
 class KeyOps:
     def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
         self._store = store
         self._backend = backend
         self._clock = clock
 
+    def capabilities(self) -> Capabilities:
+        return self._backend.capabilities()
+
     def create_key(
-        self, ctx: RequestContext, spec: KeySpec, usage: KeyUsage | None, description: str
+        self,
+        ctx: RequestContext,
+        spec: KeySpec,
+        usage: KeyUsage | None,
+        description: str,
+        key_policy: KeyPolicy | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Key:
         """Creates a key with one version, generated in the tenant's token.
 
         Raises:
-            InvalidArgument: the usage does not fit the spec, or the description is too long.
+            InvalidArgument: the usage does not fit the spec, or a field is out of range.
+            FailedPrecondition: the policy would leave no administrator or lock the caller out.
             Unimplemented: the backend cannot make keys of this spec.
         """
         usage = usage or keyspecs.default_usage(spec)
         keyspecs.check_usage(spec, usage)
         if spec not in self._backend.capabilities().key_specs:
             raise Unimplemented(f"this backend cannot make {spec} keys (see GetCapabilities)")
-        if len(description) > MAX_DESCRIPTION:
-            raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
+        _check_description(description)
+        _check_tags(tags or {}, ())
+        if key_policy is None:
+            tenant = self._store.get_tenant(ctx.tenant)
+            administrators = tenant.admin_principals if tenant else ()
+            key_policy = policy.default_policy(ctx.principal, administrators)
+        policy.validate(key_policy, ctx.principal)
         now = self._clock.now()
         key = Key(
             tenant=ctx.tenant,
@@ -84,48 +109,78 @@ class KeyOps:
             state=KeyState.CREATING,
             created_at=now,
             primary_version=1,
+            policy=key_policy,
+            tags=tuple(sorted((tags or {}).items())),
         )
-        version = KeyVersion(ctx.tenant, key.key_id, 1, secrets.token_bytes(OBJECT_ID_SIZE), now)
+        version = KeyVersion(ctx.tenant, key.key_id, 1, new_object_id(), now)
         self._store.add_key(key, version)
         try:
             self._backend.generate_key(ctx.tenant, version.object_id, spec, usage)
         except Exception:
             self._roll_back(key, [version])
             raise
-        self._store.set_key_state(ctx.tenant, key.key_id, KeyState.ENABLED)
         log.info("created key %s (%s, %s)", key.key_id, spec, usage)
-        return self._store.get_key(ctx.tenant, key.key_id)
-
-    def capabilities(self) -> Capabilities:
-        return self._backend.capabilities()
+        return self._store.update_key(ctx.tenant, key.key_id, state=KeyState.ENABLED)
 
     def describe_key(self, ctx: RequestContext, key_id: str) -> Key:
         return usable_key(self._store, ctx, key_id, Operation.DESCRIBE)
 
-    def list_keys(self, ctx: RequestContext, page_size: int, page_token: str) -> KeyPage:
-        """One page of the caller's keys, oldest first.
+    def list_keys(
+        self,
+        ctx: RequestContext,
+        page_size: int,
+        page_token: str,
+        tag_filter: Mapping[str, str] | None = None,
+    ) -> KeyPage:
+        """One page of the caller's keys, oldest first, optionally only those with given tags.
 
         Raises:
             InvalidArgument: page_size is out of range or page_token is not one we issued.
         """
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be between 0 and {MAX_PAGE_SIZE}")
         keys, cursor = self._store.list_keys(
-            ctx.tenant, _decode_page_token(page_token), page_size or DEFAULT_PAGE_SIZE
+            ctx.tenant,
+            paging.decode_token(page_token),
+            paging.page_size(page_size),
+            tag_filter,
         )
-        return KeyPage(keys, _encode_page_token(cursor) if cursor is not None else "")
+        return KeyPage(keys, paging.encode_token(cursor))
+
+    def update_description(self, ctx: RequestContext, key_id: str, description: str) -> Key:
+        _check_description(description)
+        key = usable_key(self._store, ctx, key_id, Operation.UPDATE_DESCRIPTION)
+        return self._store.update_key(key.tenant, key.key_id, description=description)
+
+    def tag_key(self, ctx: RequestContext, key_id: str, tags: Mapping[str, str]) -> Key:
+        if not tags:
+            raise InvalidArgument("tags must name at least one tag")
+        key = usable_key(self._store, ctx, key_id, Operation.TAG)
+        _check_tags(tags, key.tags)
+        return self._store.tag_key(key.tenant, key.key_id, tags, ())
+
+    def untag_key(self, ctx: RequestContext, key_id: str, tag_keys: Iterable[str]) -> Key:
+        tag_keys = list(tag_keys)
+        if not tag_keys:
+            raise InvalidArgument("tag_keys must name at least one tag")
+        key = usable_key(self._store, ctx, key_id, Operation.UNTAG)
+        return self._store.tag_key(key.tenant, key.key_id, {}, tag_keys)
 
     def reconcile(self, tenant: str) -> ReconcileReport:
-        """Repairs what a crash left: unfinished creations, orphan objects, lost objects.
+        """Repairs what a crash left: unfinished creations and rotations, orphan objects, lost
+        objects.
 
-        CREATING keys were never acknowledged, so they are rolled back (object and row).
-        Objects whose CKA_ID no version names are destroyed. An ENABLED key whose object is
-        missing or unreadable becomes UNAVAILABLE, loudly, and ENABLED again once it is back
-        (for example after the token directory is restored).
+        CREATING keys and versions were never acknowledged, so they are rolled back (objects
+        and rows). Objects whose CKA_ID no live version names are destroyed. An ENABLED key
+        whose object is missing or unreadable becomes UNAVAILABLE, loudly, and ENABLED again
+        once it is back (for example after the token directory is restored).
         """
         creating = self._store.keys_in_state(tenant, KeyState.CREATING)
         for key in creating:
             self._roll_back(key, self._store.versions(tenant, key.key_id))
+        unfinished = self._store.versions_in_state(tenant, VersionState.CREATING)
+        for version in unfinished:
+            self._backend.destroy(tenant, version.object_id)
+            self._store.remove_version(version)
+            log.warning("rolled back the unfinished rotation of key %s", version.key_id)
         present = self._backend.object_ids(tenant)
         orphans = present - self._store.object_ids(tenant)
         for object_id in orphans:
@@ -140,11 +195,15 @@ class KeyOps:
                 log.warning("key %s of tenant %s has its token object back", key.key_id, tenant)
                 self._store.set_key_state(tenant, key.key_id, KeyState.ENABLED)
         unavailable = len(self._store.keys_in_state(tenant, KeyState.UNAVAILABLE))
-        return ReconcileReport(len(creating), len(orphans), unavailable)
+        return ReconcileReport(len(creating) + len(unfinished), len(orphans), unavailable)
 
     def _objects_present(self, key: Key, present: set[bytes]) -> bool:
         versions = self._store.versions(key.tenant, key.key_id)
-        return all(version.object_id in present for version in versions)
+        return all(
+            version.object_id in present
+            for version in versions
+            if version.state is VersionState.ENABLED
+        )
 
     def _roll_back(self, key: Key, versions: list[KeyVersion]) -> None:
         for version in versions:
@@ -153,14 +212,14 @@ class KeyOps:
         log.warning("rolled back the unfinished creation of key %s", key.key_id)
 
 
-def _encode_page_token(cursor: int) -> str:
-    return base64.urlsafe_b64encode(str(cursor).encode()).decode()
+def _check_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
 
 
-def _decode_page_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        return int(base64.urlsafe_b64decode(token.encode()).decode())
-    except (ValueError, binascii.Error):
-        raise InvalidArgument("page_token is not a token from a previous ListKeys") from None
+def _check_tags(add: Mapping[str, str], existing: Iterable[tuple[str, str]]) -> None:
+    for name, value in add.items():
+        if not _TAG_KEY.fullmatch(name) or len(value) > 256:
+            raise InvalidArgument("tag keys are 1-128 characters and tag values 0-256")
+    if len(set(add) | {name for name, _ in existing}) > MAX_TAGS:
+        raise InvalidArgument(f"a key has at most {MAX_TAGS} tags")

@@ -1,20 +1,37 @@
-"""Finding a caller's key and checking that its state and usage allow an operation."""
+"""Finding a caller's key (by id or alias) and checking that its policy, spec, usage and state
+allow an operation, in that order: another tenant's key is NOT_FOUND before anything else, a
+principal without the right learns nothing about the key's state."""
 
 from __future__ import annotations
 
+from hsmd import policy
 from hsmd.domain import Key, RequestContext
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation, check_allowed
-from hsmd.names import parse_key_id
+from hsmd.names import ALIAS_PREFIX, parse_alias_name, parse_key_id
+
+
+def resolve_key_id(store: KeyStore, tenant: str, key_id: str) -> str:
+    """The key id an id or `alias/<name>` names in the tenant.
+
+    Raises:
+        InvalidArgument: empty or malformed.
+        NotFound: no such key or alias in the tenant.
+    """
+    if key_id.startswith(ALIAS_PREFIX):
+        return store.get_alias(tenant, parse_alias_name(key_id)).key_id
+    return parse_key_id(key_id)
 
 
 def usable_key(store: KeyStore, ctx: RequestContext, key_id: str, operation: Operation) -> Key:
-    """The caller's key, if its state and usage allow the operation.
+    """The caller's key, if its policy, spec, usage and state allow the operation.
 
     Raises:
-        NotFound: no such key in the caller's tenant (another tenant's key included).
-        FailedPrecondition: the key's state or usage does not allow the operation.
+        NotFound: no such key or alias in the caller's tenant (another tenant's included).
+        PermissionDenied: the key's policy does not give the caller the operation's role.
+        FailedPrecondition: the key's spec, usage or state does not allow the operation.
     """
-    key = store.get_key(ctx.tenant, parse_key_id(key_id))
+    key = store.get_key(ctx.tenant, resolve_key_id(store, ctx.tenant, key_id))
+    policy.check_permitted(key.policy, ctx.principal, operation)
     check_allowed(key, operation)
     return key

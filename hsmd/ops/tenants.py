@@ -8,14 +8,19 @@ step leaves a CREATING row that the next start finishes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
+from hsmd import policy
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Tenant, TenantState
-from hsmd.errors import AlreadyExists, BackendUnavailable, NotFound
+from hsmd.errors import AlreadyExists, BackendUnavailable, InvalidArgument, NotFound
 from hsmd.keystore.store import KeyStore
 from hsmd.names import token_label, validate_tenant_name
 
 log = logging.getLogger(__name__)
+
+# Who administers every new key of a tenant unless its creation says otherwise.
+DEFAULT_ADMIN_PRINCIPALS = ("admin",)
 
 
 class TenantOps:
@@ -24,7 +29,7 @@ class TenantOps:
         self._backend = backend
         self._clock = clock
 
-    def create_tenant(self, name: str) -> Tenant:
+    def create_tenant(self, name: str, admin_principals: Sequence[str] = ()) -> Tenant:
         """Creates the tenant and its token, and serves it at once.
 
         Raises:
@@ -36,7 +41,11 @@ class TenantOps:
         if existing is not None and existing.state is TenantState.ACTIVE:
             raise AlreadyExists(f"tenant {name!r} exists already")
         if existing is None:
-            self._store.add_tenant(name, token_label(name), self._clock.now())
+            administrators = tuple(admin_principals) or DEFAULT_ADMIN_PRINCIPALS
+            for pattern in administrators:
+                if not policy.is_valid_pattern(pattern):
+                    raise InvalidArgument(f"admin principal pattern {pattern!r} is malformed")
+            self._store.add_tenant(name, token_label(name), self._clock.now(), administrators)
         return self._finish(name)
 
     def _finish(self, name: str) -> Tenant:

@@ -15,13 +15,18 @@ import google_crc32c
 from google.protobuf import timestamp_pb2
 
 from hsmd import keyspecs
-from hsmd.domain import Key, Tenant
+from hsmd.audit.events import RecordedEvent
+from hsmd.domain import Alias, Key, KeyPolicy, KeyVersion, Tenant
 from hsmd.errors import InvalidArgument
 from hsmd.names import key_resource_name
 from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
 from hsmd.v1 import admin_pb2, resources_pb2
 
 E = TypeVar("E", bound=enum.StrEnum)
+
+_ENCRYPTION = resources_pb2.EncryptionAlgorithm
+_SIGNING = resources_pb2.SigningAlgorithm
+_MAC = resources_pb2.MacAlgorithm
 
 
 def crc32c(data: bytes) -> int:
@@ -85,7 +90,7 @@ def data_key_size(spec: int, number_of_bytes: int) -> int:
 
 def key_metadata(key: Key) -> resources_pb2.KeyMetadata:
     algorithms = keyspecs.algorithms(key.spec, key.usage)
-    return resources_pb2.KeyMetadata(
+    metadata = resources_pb2.KeyMetadata(
         key_id=key.key_id,
         tenant=key.tenant,
         name=key_resource_name(key.tenant, key.key_id),
@@ -96,11 +101,42 @@ def key_metadata(key: Key) -> resources_pb2.KeyMetadata:
         key_state=to_proto(resources_pb2.KeyState, key.state),
         creation_time=timestamp(key.created_at),
         primary_version=key.primary_version,
-        encryption_algorithms=to_proto_list(
-            resources_pb2.EncryptionAlgorithm, algorithms.encryption
-        ),
-        signing_algorithms=to_proto_list(resources_pb2.SigningAlgorithm, algorithms.signing),
-        mac_algorithms=to_proto_list(resources_pb2.MacAlgorithm, algorithms.mac),
+        encryption_algorithms=to_proto_list(_ENCRYPTION, algorithms.encryption),
+        signing_algorithms=to_proto_list(_SIGNING, algorithms.signing),
+        mac_algorithms=to_proto_list(_MAC, algorithms.mac),
+        tags=dict(key.tags),
+    )
+    if key.deletion_at is not None:
+        metadata.deletion_date.CopyFrom(timestamp(key.deletion_at))
+    return metadata
+
+
+def key_policy(policy: KeyPolicy) -> resources_pb2.KeyPolicy:
+    return resources_pb2.KeyPolicy(
+        administrators=list(policy.administrators), users=list(policy.users)
+    )
+
+
+def key_policy_from(message: resources_pb2.KeyPolicy) -> KeyPolicy:
+    return KeyPolicy(tuple(message.administrators), tuple(message.users))
+
+
+def alias(value: Alias) -> resources_pb2.Alias:
+    return resources_pb2.Alias(
+        alias_name=value.name,
+        target_key_id=value.key_id,
+        creation_time=timestamp(value.created_at),
+        last_updated_time=timestamp(value.updated_at),
+    )
+
+
+def key_rotation(version: KeyVersion) -> resources_pb2.KeyRotation:
+    assert version.rotation_type is not None
+    return resources_pb2.KeyRotation(
+        key_id=version.key_id,
+        key_version=version.version,
+        rotation_date=timestamp(version.created_at),
+        rotation_type=to_proto(resources_pb2.RotationType, version.rotation_type),
     )
 
 
@@ -110,4 +146,24 @@ def tenant(value: Tenant) -> admin_pb2.Tenant:
         token_label=value.token_label,
         token_serial=value.token_serial,
         creation_time=timestamp(value.created_at),
+        admin_principals=list(value.admin_principals),
+    )
+
+
+def audit_event(record: RecordedEvent) -> resources_pb2.AuditEvent:
+    event = record.event
+    return resources_pb2.AuditEvent(
+        sequence=record.sequence,
+        time=timestamp(event.time),
+        request_id=event.request_id,
+        tenant=event.tenant,
+        principal=event.principal,
+        operation=event.operation,
+        key_id=event.key_id,
+        key_version=event.key_version,
+        encryption_context_keys=list(event.encryption_context_keys),
+        outcome=event.outcome,
+        peer=event.peer,
+        previous_hash=record.previous_hash,
+        hash=record.hash,
     )

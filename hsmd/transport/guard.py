@@ -1,10 +1,15 @@
-"""The request guard: every RPC goes through it, so a new RPC is protected by default.
+"""The request guard: every RPC goes through it, so a new RPC is protected and audited by
+default.
 
 gRPC server interceptors do not see the TLS auth context, so the guard wraps each handler
 instead: it gives the request an id, takes the identity from the peer certificate (never from
-metadata), checks the principal kind the service is for, hands the RequestContext to the
-servicer through a context variable, turns every exception into a status through the one
-table, and logs one access line with the request id.
+metadata), checks the principal kind the service is for, checks that the audit log can be
+written before anything happens (fail closed), hands the RequestContext to the servicer
+through a context variable, turns every exception into a status through the one table, records
+one audit event of the outcome (durably, before the reply), and logs one access line.
+
+The audit event is built here from the request and response messages: only their key id,
+key version and encryption-context keys are read, never a plaintext, key or context value.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Any, cast
 
 import grpc
 
+from hsmd.audit.events import AuditEvent
+from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.identity import principal_from_certificate
-from hsmd.domain import Principal, PrincipalKind, RequestContext
+from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
 from hsmd.errors import PermissionDenied, Unauthenticated
 from hsmd.transport.status import is_internal, to_status
 
@@ -43,9 +50,17 @@ def current_request() -> RequestContext:
 
 
 class RequestGuard(grpc.ServerInterceptor):
-    def __init__(self, trust_domain: str, is_tenant_served: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        trust_domain: str,
+        is_tenant_served: Callable[[str], bool],
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
         self._trust_domain = trust_domain
         self._is_tenant_served = is_tenant_served
+        self._audit = audit
+        self._clock = clock
 
     def intercept_service(
         self,
@@ -69,41 +84,74 @@ class RequestGuard(grpc.ServerInterceptor):
     def _guarded(
         self, method: str, required: PrincipalKind, behaviour: Callable[[Any, Any], Any]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        operation = method.rsplit("/", 1)[-1]
+
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
             context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
             started = time.perf_counter()
             principal: Principal | None = None
+            response: Any = None
+            failure: Exception | None = None
             try:
                 principal = self._authenticate(context, required)
+                self._audit.ensure_writable()
                 token = _current.set(RequestContext(request_id, principal))
                 try:
                     response = behaviour(request, context)
                 finally:
                     _current.reset(token)
             except Exception as exc:
-                code, message = to_status(exc, request_id)
-                log.log(
-                    logging.ERROR if is_internal(exc) else logging.INFO,
-                    "%s %s %s %s %.1fms",
-                    request_id,
-                    method,
-                    principal or context.peer(),
-                    code.name,
-                    (time.perf_counter() - started) * 1000,
-                    exc_info=is_internal(exc),
-                )
-                context.abort(code, message)
-            log.info(
-                "%s %s %s OK %.1fms",
+                failure = exc
+            code, message = to_status(failure, request_id) if failure else (grpc.StatusCode.OK, "")
+            try:
+                self._record(request_id, operation, principal, context, request, response, code)
+            except AuditUnavailable as exc:
+                failure, (code, message) = exc, to_status(exc, request_id)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if failure is None:
+                log.info("%s %s %s OK %.1fms", request_id, method, principal, elapsed_ms)
+                return response
+            log.log(
+                logging.ERROR if is_internal(failure) else logging.INFO,
+                "%s %s %s %s %.1fms",
                 request_id,
                 method,
-                principal,
-                (time.perf_counter() - started) * 1000,
+                principal or context.peer(),
+                code.name,
+                elapsed_ms,
+                exc_info=failure if is_internal(failure) else None,
             )
-            return response
+            context.abort(code, message)
 
         return guarded
+
+    def _record(
+        self,
+        request_id: str,
+        operation: str,
+        principal: Principal | None,
+        context: grpc.ServicerContext,
+        request: Any,
+        response: Any,
+        code: grpc.StatusCode,
+    ) -> None:
+        """Appends the outcome to the audit log, durably; raises AuditUnavailable if it cannot."""
+        key_id = _field(response, "key_id") or _request_key(request)
+        self._audit.append(
+            AuditEvent(
+                time=self._clock.now(),
+                request_id=request_id,
+                tenant=(principal.tenant or "") if principal else "",
+                principal=str(principal) if principal else "",
+                operation=operation,
+                key_id=key_id,
+                key_version=int(_field(response, "key_version") or 0),
+                encryption_context_keys=tuple(_context_keys(request)),
+                outcome=code.name,
+                peer=context.peer(),
+            )
+        )
 
     def _authenticate(self, context: grpc.ServicerContext, required: PrincipalKind) -> Principal:
         # grpc-stubs types each value as bytes; at run time it is a list of bytes.
@@ -115,3 +163,36 @@ class RequestGuard(grpc.ServerInterceptor):
         if principal.tenant is not None and not self._is_tenant_served(principal.tenant):
             raise PermissionDenied(f"tenant {principal.tenant!r} is not served by this daemon")
         return principal
+
+
+_KEY_FIELDS = ("key_id", "target_key_id", "destination_key_id", "source_key_id")
+_CONTEXT_FIELDS = (
+    "encryption_context",
+    "source_encryption_context",
+    "destination_encryption_context",
+)
+
+
+def _field(message: Any, name: str) -> Any:
+    """A field of a message if the message type has it (None otherwise)."""
+    if message is None or name not in message.DESCRIPTOR.fields_by_name:
+        return None
+    return getattr(message, name)
+
+
+def _request_key(request: Any) -> str:
+    """The key a request names, as the caller wrote it (an id or an alias)."""
+    for name in _KEY_FIELDS:
+        value = _field(request, name)
+        if value:
+            return str(value)
+    alias = _field(request, "alias_name")
+    return str(alias) if alias else ""
+
+
+def _context_keys(request: Any) -> set[str]:
+    """The encryption-context keys of a request; the values are never read."""
+    keys: set[str] = set()
+    for name in _CONTEXT_FIELDS:
+        keys |= set(_field(request, name) or ())
+    return keys

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from hsmd import keyspecs
+from hsmd.audit.log import AuditLog
 from hsmd.domain import (
     EncryptionAlgorithm,
     KeySpec,
@@ -18,11 +19,17 @@ from hsmd.domain import (
     MessageType,
     SigningAlgorithm,
 )
+from hsmd.errors import InvalidArgument
+from hsmd.ops import paging
+from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps, Sealed
 from hsmd.ops.datakeys import DataKeyOps, DataKeyPair
 from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
+from hsmd.ops.policies import PolicyOps
+from hsmd.ops.rotation import RotationOps, RotationStatus
 from hsmd.ops.signing import SigningOps
+from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.transport import convert
 from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
@@ -61,6 +68,11 @@ class Operations:
     datakeys: DataKeyOps
     signing: SigningOps
     mac: MacOps
+    states: StateOps
+    rotation: RotationOps
+    aliases: AliasOps
+    policies: PolicyOps
+    audit: AuditLog
 
 
 class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
@@ -70,6 +82,11 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         self._datakeys = ops.datakeys
         self._signing = ops.signing
         self._mac = ops.mac
+        self._states = ops.states
+        self._rotation = ops.rotation
+        self._aliases = ops.aliases
+        self._policies = ops.policies
+        self._audit = ops.audit
 
     def CreateKey(
         self, request: service_pb2.CreateKeyRequest, context: grpc.ServicerContext
@@ -80,6 +97,8 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             or KeySpec.AES_256,
             from_proto(KeyUsage, resources_pb2.KeyUsage, request.key_usage, "key_usage"),
             request.description,
+            convert.key_policy_from(request.policy) if request.HasField("policy") else None,
+            request.tags,
         )
         return service_pb2.CreateKeyResponse(key_metadata=convert.key_metadata(key))
 
@@ -92,7 +111,9 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
     def ListKeys(
         self, request: service_pb2.ListKeysRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListKeysResponse:
-        page = self._keys.list_keys(current_request(), request.page_size, request.page_token)
+        page = self._keys.list_keys(
+            current_request(), request.page_size, request.page_token, request.tag_filter
+        )
         return service_pb2.ListKeysResponse(
             keys=[convert.key_metadata(key) for key in page.keys],
             next_page_token=page.next_page_token,
@@ -351,15 +372,202 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             notes=capabilities.notes,
         )
 
+    def ListAuditEvents(
+        self, request: service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListAuditEventsResponse:
+        """A tenant sees only its own events; `tenant` is for operators (AdminService)."""
+        if request.tenant:
+            raise InvalidArgument("tenant is for operators; a tenant sees only its own events")
+        return _audit_page(self._audit, request, current_request().tenant)
+
+    # Key states
+
+    def EnableKey(
+        self, request: service_pb2.EnableKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.EnableKeyResponse:
+        key = self._states.enable(current_request(), request.key_id)
+        return service_pb2.EnableKeyResponse(key_metadata=convert.key_metadata(key))
+
+    def DisableKey(
+        self, request: service_pb2.DisableKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.DisableKeyResponse:
+        key = self._states.disable(current_request(), request.key_id)
+        return service_pb2.DisableKeyResponse(key_metadata=convert.key_metadata(key))
+
+    def ScheduleKeyDeletion(
+        self, request: service_pb2.ScheduleKeyDeletionRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ScheduleKeyDeletionResponse:
+        key = self._states.schedule_deletion(
+            current_request(), request.key_id, request.pending_window_in_days
+        )
+        return service_pb2.ScheduleKeyDeletionResponse(key_metadata=convert.key_metadata(key))
+
+    def CancelKeyDeletion(
+        self, request: service_pb2.CancelKeyDeletionRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CancelKeyDeletionResponse:
+        key = self._states.cancel_deletion(current_request(), request.key_id)
+        return service_pb2.CancelKeyDeletionResponse(key_metadata=convert.key_metadata(key))
+
+    # Description, tags, policy
+
+    def UpdateKeyDescription(
+        self, request: service_pb2.UpdateKeyDescriptionRequest, context: grpc.ServicerContext
+    ) -> service_pb2.UpdateKeyDescriptionResponse:
+        key = self._keys.update_description(current_request(), request.key_id, request.description)
+        return service_pb2.UpdateKeyDescriptionResponse(key_metadata=convert.key_metadata(key))
+
+    def TagKey(
+        self, request: service_pb2.TagKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.TagKeyResponse:
+        key = self._keys.tag_key(current_request(), request.key_id, request.tags)
+        return service_pb2.TagKeyResponse(key_metadata=convert.key_metadata(key))
+
+    def UntagKey(
+        self, request: service_pb2.UntagKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.UntagKeyResponse:
+        key = self._keys.untag_key(current_request(), request.key_id, request.tag_keys)
+        return service_pb2.UntagKeyResponse(key_metadata=convert.key_metadata(key))
+
+    def GetKeyPolicy(
+        self, request: service_pb2.GetKeyPolicyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetKeyPolicyResponse:
+        key_policy = self._policies.get(current_request(), request.key_id)
+        return service_pb2.GetKeyPolicyResponse(policy=convert.key_policy(key_policy))
+
+    def PutKeyPolicy(
+        self, request: service_pb2.PutKeyPolicyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.PutKeyPolicyResponse:
+        key_policy = self._policies.put(
+            current_request(), request.key_id, convert.key_policy_from(request.policy)
+        )
+        return service_pb2.PutKeyPolicyResponse(policy=convert.key_policy(key_policy))
+
+    # Rotation
+
+    def EnableKeyRotation(
+        self, request: service_pb2.EnableKeyRotationRequest, context: grpc.ServicerContext
+    ) -> service_pb2.EnableKeyRotationResponse:
+        status = self._rotation.enable(
+            current_request(), request.key_id, request.rotation_period_in_days
+        )
+        return service_pb2.EnableKeyRotationResponse(status=_rotation_status(status))
+
+    def DisableKeyRotation(
+        self, request: service_pb2.DisableKeyRotationRequest, context: grpc.ServicerContext
+    ) -> service_pb2.DisableKeyRotationResponse:
+        status = self._rotation.disable(current_request(), request.key_id)
+        return service_pb2.DisableKeyRotationResponse(status=_rotation_status(status))
+
+    def GetKeyRotationStatus(
+        self, request: service_pb2.GetKeyRotationStatusRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetKeyRotationStatusResponse:
+        return _rotation_status(self._rotation.status(current_request(), request.key_id))
+
+    def RotateKeyOnDemand(
+        self, request: service_pb2.RotateKeyOnDemandRequest, context: grpc.ServicerContext
+    ) -> service_pb2.RotateKeyOnDemandResponse:
+        version = self._rotation.rotate_on_demand(current_request(), request.key_id)
+        return service_pb2.RotateKeyOnDemandResponse(
+            key_id=version.key_id, key_version=version.version
+        )
+
+    def ListKeyRotations(
+        self, request: service_pb2.ListKeyRotationsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListKeyRotationsResponse:
+        page = self._rotation.list_rotations(
+            current_request(), request.key_id, request.page_size, request.page_token
+        )
+        return service_pb2.ListKeyRotationsResponse(
+            rotations=[convert.key_rotation(version) for version in page.rotations],
+            next_page_token=page.next_page_token,
+        )
+
+    # Aliases
+
+    def CreateAlias(
+        self, request: service_pb2.CreateAliasRequest, context: grpc.ServicerContext
+    ) -> service_pb2.CreateAliasResponse:
+        alias = self._aliases.create(current_request(), request.alias_name, request.target_key_id)
+        return service_pb2.CreateAliasResponse(alias=convert.alias(alias))
+
+    def UpdateAlias(
+        self, request: service_pb2.UpdateAliasRequest, context: grpc.ServicerContext
+    ) -> service_pb2.UpdateAliasResponse:
+        alias = self._aliases.update(current_request(), request.alias_name, request.target_key_id)
+        return service_pb2.UpdateAliasResponse(alias=convert.alias(alias))
+
+    def DeleteAlias(
+        self, request: service_pb2.DeleteAliasRequest, context: grpc.ServicerContext
+    ) -> service_pb2.DeleteAliasResponse:
+        self._aliases.delete(current_request(), request.alias_name)
+        return service_pb2.DeleteAliasResponse()
+
+    def ListAliases(
+        self, request: service_pb2.ListAliasesRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListAliasesResponse:
+        page = self._aliases.list(
+            current_request(), request.key_id, request.page_size, request.page_token
+        )
+        return service_pb2.ListAliasesResponse(
+            aliases=[convert.alias(alias) for alias in page.aliases],
+            next_page_token=page.next_page_token,
+        )
+
+
+def _audit_page(
+    audit: AuditLog, request: service_pb2.ListAuditEventsRequest, tenant: str | None
+) -> service_pb2.ListAuditEventsResponse:
+    records, cursor = audit.read(
+        paging.decode_token(request.page_token),
+        paging.page_size(request.page_size),
+        tenant,
+        request.key_id or None,
+    )
+    return service_pb2.ListAuditEventsResponse(
+        events=[convert.audit_event(record) for record in records],
+        next_page_token=paging.encode_token(cursor),
+    )
+
+
+def _rotation_status(status: RotationStatus) -> service_pb2.GetKeyRotationStatusResponse:
+    key = status.key
+    response = service_pb2.GetKeyRotationStatusResponse(
+        key_id=key.key_id,
+        key_rotation_enabled=key.rotation_period_days is not None,
+        rotation_period_in_days=key.rotation_period_days or 0,
+    )
+    if key.next_rotation_at is not None:
+        response.next_rotation_date.CopyFrom(convert.timestamp(key.next_rotation_at))
+    if status.last_on_demand is not None:
+        response.on_demand_rotation_start_date.CopyFrom(convert.timestamp(status.last_on_demand))
+    return response
+
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, tenants: TenantOps) -> None:
+    def __init__(self, tenants: TenantOps, audit: AuditLog) -> None:
         self._tenants = tenants
+        self._audit = audit
+
+    def ListAuditEvents(
+        self, request: service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ListAuditEventsResponse:
+        return _audit_page(self._audit, request, request.tenant or None)
+
+    def VerifyAuditLog(
+        self, request: admin_pb2.VerifyAuditLogRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.VerifyAuditLogResponse:
+        result = self._audit.verify()
+        return admin_pb2.VerifyAuditLogResponse(
+            valid=result.valid,
+            events_checked=result.events_checked,
+            first_broken_position=result.first_broken_position,
+            problem=result.problem,
+        )
 
     def CreateTenant(
         self, request: admin_pb2.CreateTenantRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateTenantResponse:
-        created = self._tenants.create_tenant(request.name)
+        created = self._tenants.create_tenant(request.name, request.admin_principals)
         return admin_pb2.CreateTenantResponse(tenant=convert.tenant(created))
 
     def ListTenants(

@@ -12,26 +12,50 @@ from hsmd.errors import FailedPrecondition
 from hsmd.keyspecs import SPECS
 from hsmd.lifecycle import STATE_ALLOWS, USAGE_ALLOWS, Operation, check_allowed
 
-# The published tables (docs/api.md), written out independently of the module's own.
+# The published tables (docs/algorithms.md), written out independently of the module's own.
+READS = {"DescribeKey", "GetKeyRotationStatus", "ListKeyRotations", "GetKeyPolicy"}
+UPKEEP = {"UpdateKeyDescription", "TagKey", "UntagKey", "PutKeyPolicy", "DeleteAlias"}
 STATES = {
     KeyState.CREATING: {"DescribeKey"},
-    KeyState.ENABLED: {op.value for op in Operation},
-    KeyState.DISABLED: {"DescribeKey"},
-    KeyState.UNAVAILABLE: {"DescribeKey"},
-}
-KINDS = {
-    ("AES", KeyUsage.ENCRYPT_DECRYPT): {
-        "DescribeKey",
-        "Encrypt",
-        "Decrypt",
-        "GenerateDataKey",
-        "GenerateDataKeyPair",
+    KeyState.ENABLED: {op.value for op in Operation} - {"CancelKeyDeletion"},
+    KeyState.DISABLED: READS
+    | UPKEEP
+    | {
+        "EnableKey",
+        "DisableKey",
+        "ScheduleKeyDeletion",
+        "EnableKeyRotation",
+        "DisableKeyRotation",
+        "CreateAlias",
+        "UpdateAlias",
     },
-    ("RSA", KeyUsage.ENCRYPT_DECRYPT): {"DescribeKey", "Encrypt", "Decrypt", "GetPublicKey"},
-    ("RSA", KeyUsage.SIGN_VERIFY): {"DescribeKey", "Sign", "Verify", "GetPublicKey"},
-    ("EC", KeyUsage.SIGN_VERIFY): {"DescribeKey", "Sign", "Verify", "GetPublicKey"},
-    ("EDWARDS", KeyUsage.SIGN_VERIFY): {"DescribeKey", "Sign", "Verify", "GetPublicKey"},
-    ("HMAC", KeyUsage.GENERATE_VERIFY_MAC): {"DescribeKey", "GenerateMac", "VerifyMac"},
+    KeyState.PENDING_DELETION: READS | {"CancelKeyDeletion", "DeleteAlias"},
+    KeyState.DESTROYED: READS,
+    KeyState.UNAVAILABLE: READS | UPKEEP | {"ScheduleKeyDeletion"},
+}
+MANAGE = (
+    READS
+    | UPKEEP
+    | {
+        "EnableKey",
+        "DisableKey",
+        "ScheduleKeyDeletion",
+        "CancelKeyDeletion",
+        "DisableKeyRotation",
+        "CreateAlias",
+        "UpdateAlias",
+    }
+)
+ROTATE = {"EnableKeyRotation", "RotateKeyOnDemand"}
+KINDS = {
+    ("AES", KeyUsage.ENCRYPT_DECRYPT): MANAGE
+    | ROTATE
+    | {"Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyPair"},
+    ("RSA", KeyUsage.ENCRYPT_DECRYPT): MANAGE | {"Encrypt", "Decrypt", "GetPublicKey"},
+    ("RSA", KeyUsage.SIGN_VERIFY): MANAGE | {"Sign", "Verify", "GetPublicKey"},
+    ("EC", KeyUsage.SIGN_VERIFY): MANAGE | {"Sign", "Verify", "GetPublicKey"},
+    ("EDWARDS", KeyUsage.SIGN_VERIFY): MANAGE | {"Sign", "Verify", "GetPublicKey"},
+    ("HMAC", KeyUsage.GENERATE_VERIFY_MAC): MANAGE | {"GenerateMac", "VerifyMac"},
 }
 COMBINATIONS = [
     (state, spec, usage, operation)

@@ -1,0 +1,74 @@
+"""Enable, disable, schedule and cancel deletion, and destroy keys whose window has passed.
+
+Destruction spans the token and the metadata, so it is ordered to be repeatable: destroy every
+version's objects first, then mark the row DESTROYED. A crash between the two leaves a
+PENDING_DELETION key past its date, which the next pass destroys again (destroying an absent
+object is not an error).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from hsmd.backend.api import CryptoBackend
+from hsmd.domain import Clock, Key, KeyState, RequestContext
+from hsmd.errors import InvalidArgument
+from hsmd.keystore.store import KeyStore
+from hsmd.lifecycle import TRANSITIONS, Operation
+from hsmd.ops.resolve import usable_key
+
+log = logging.getLogger(__name__)
+
+MIN_WINDOW_DAYS = 7
+MAX_WINDOW_DAYS = 30
+DEFAULT_WINDOW_DAYS = 30
+
+
+class StateOps:
+    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+        self._store = store
+        self._backend = backend
+        self._clock = clock
+
+    def enable(self, ctx: RequestContext, key_id: str) -> Key:
+        return self._move(ctx, key_id, Operation.ENABLE)
+
+    def disable(self, ctx: RequestContext, key_id: str) -> Key:
+        return self._move(ctx, key_id, Operation.DISABLE)
+
+    def cancel_deletion(self, ctx: RequestContext, key_id: str) -> Key:
+        """Back to DISABLED, as in AWS KMS: the caller enables it when ready."""
+        return self._move(ctx, key_id, Operation.CANCEL_DELETION, deletion_at=None)
+
+    def schedule_deletion(self, ctx: RequestContext, key_id: str, window_days: int) -> Key:
+        """Raises InvalidArgument unless the window is 7-30 days (0 means 30)."""
+        window_days = window_days or DEFAULT_WINDOW_DAYS
+        if not MIN_WINDOW_DAYS <= window_days <= MAX_WINDOW_DAYS:
+            raise InvalidArgument(
+                f"pending_window_in_days must be {MIN_WINDOW_DAYS} to {MAX_WINDOW_DAYS}"
+            )
+        deletion_at = self._clock.now() + timedelta(days=window_days)
+        return self._move(
+            ctx,
+            key_id,
+            Operation.SCHEDULE_DELETION,
+            deletion_at=deletion_at,
+            next_rotation_at=None,
+        )
+
+    def _move(self, ctx: RequestContext, key_id: str, operation: Operation, **also: object) -> Key:
+        key = usable_key(self._store, ctx, key_id, operation)
+        moved = self._store.update_key(key.tenant, key.key_id, state=TRANSITIONS[operation], **also)
+        log.info("key %s: %s -> %s", key.key_id, key.state, moved.state)
+        return moved
+
+    def destroy_due(self) -> int:
+        """Destroys the token objects of every key whose deletion date has come."""
+        due = self._store.keys_due("deletion_at", KeyState.PENDING_DELETION, self._clock.now())
+        for key in due:
+            for version in self._store.versions(key.tenant, key.key_id):
+                self._backend.destroy(key.tenant, version.object_id)
+            self._store.mark_destroyed(key.tenant, key.key_id)
+            log.warning("destroyed key %s of tenant %s", key.key_id, key.tenant)
+        return len(due)

@@ -1,0 +1,107 @@
+"""Key policies: who may manage a key and who may use it. Pure, like the lifecycle.
+
+A policy names principal-name patterns of the key's own tenant (a name, or a glob with `*` and
+`?`); a principal of another tenant never reaches this check, because its key lookup already
+answered NOT_FOUND. Administrators manage the key, users use it, and metadata reads are open
+to both. A policy must keep at least one administrator, and a principal may not put a policy
+that takes away its own right to manage the key (the lock-out guard).
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from collections.abc import Iterable
+
+from hsmd.domain import KeyPolicy, Principal
+from hsmd.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from hsmd.lifecycle import Operation
+
+_PATTERN = re.compile(r"[A-Za-z0-9._@*?-]{1,128}")
+MAX_PATTERNS = 64
+
+
+class Role(enum.StrEnum):
+    ADMINISTRATOR = "administrator"
+    USER = "user"
+
+
+Op = Operation
+USER_OPERATIONS = frozenset(
+    {
+        Op.ENCRYPT,
+        Op.DECRYPT,
+        Op.GENERATE_DATA_KEY,
+        Op.GENERATE_DATA_KEY_PAIR,
+        Op.SIGN,
+        Op.VERIFY,
+        Op.GET_PUBLIC_KEY,
+        Op.GENERATE_MAC,
+        Op.VERIFY_MAC,
+    }
+)
+READ_OPERATIONS = frozenset({Op.DESCRIBE, Op.GET_ROTATION_STATUS, Op.LIST_ROTATIONS})
+# Everything else manages the key.
+ADMINISTRATOR_OPERATIONS = frozenset(Operation) - USER_OPERATIONS - READ_OPERATIONS
+
+
+def default_policy(creator: Principal, tenant_administrators: Iterable[str]) -> KeyPolicy:
+    """The creator manages and uses the key; the tenant's administrators manage it too."""
+    administrators = dict.fromkeys([creator.name, *tenant_administrators])
+    return KeyPolicy(tuple(administrators), (creator.name,))
+
+
+def roles(policy: KeyPolicy, principal: Principal) -> set[Role]:
+    held = set()
+    if _matches(principal.name, policy.administrators):
+        held.add(Role.ADMINISTRATOR)
+    if _matches(principal.name, policy.users):
+        held.add(Role.USER)
+    return held
+
+
+def check_permitted(policy: KeyPolicy, principal: Principal, operation: Operation) -> None:
+    """Raises PermissionDenied unless the policy gives the principal the operation's role."""
+    held = roles(policy, principal)
+    if operation in READ_OPERATIONS and held:
+        return
+    if operation in USER_OPERATIONS and Role.USER in held:
+        return
+    if operation in ADMINISTRATOR_OPERATIONS and Role.ADMINISTRATOR in held:
+        return
+    needed = "user" if operation in USER_OPERATIONS else "administrator"
+    raise PermissionDenied(
+        f"{principal} is not a {needed} of this key in its policy, so it may not {operation}"
+    )
+
+
+def validate(policy: KeyPolicy, author: Principal) -> None:
+    """Checks a policy someone wants to put.
+
+    Raises:
+        InvalidArgument: a pattern is malformed, or there are too many.
+        FailedPrecondition: no administrator would be left, or the author would lose the right
+            to manage the key (the lock-out guard).
+    """
+    for pattern in (*policy.administrators, *policy.users):
+        if not is_valid_pattern(pattern):
+            raise InvalidArgument(
+                f"policy pattern {pattern!r} must be 1-128 characters of A-Z a-z 0-9 . _ @ - * ?"
+            )
+    if len(policy.administrators) + len(policy.users) > MAX_PATTERNS:
+        raise InvalidArgument(f"a policy holds at most {MAX_PATTERNS} patterns")
+    if not policy.administrators:
+        raise FailedPrecondition("the policy would leave the key without an administrator")
+    if Role.ADMINISTRATOR not in roles(policy, author):
+        raise FailedPrecondition(
+            f"the policy would lock {author} out of managing the key; include it in administrators"
+        )
+
+
+def is_valid_pattern(pattern: str) -> bool:
+    return _PATTERN.fullmatch(pattern) is not None
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
