@@ -93,6 +93,9 @@ class DaemonProcess:
         secret_file.write_bytes(self.master_secret)
         secret_file.chmod(0o600)
         self.database = directory / "hsmd.db"
+        self.audit_log = directory / "audit.jsonl"
+        self.clock_file = directory / "clock.offset"
+        self.clock_offset = timedelta()
         self.config = directory / "hsmd.toml"
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\ngrace_seconds = 5\n\n'
@@ -100,6 +103,8 @@ class DaemonProcess:
             f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\nsofthsm2_conf = "{self.softhsm_conf}"\n\n'
             f'[storage]\ndatabase = "{self.database}"\nmaster_secret_file = "{secret_file}"\n'
+            f'audit_log = "{self.audit_log}"\n\n'
+            f'[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "{self.clock_file}"\n'
         )
         self.log = directory / "hsmd.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -177,6 +182,19 @@ class DaemonProcess:
             check=True,
         )
         return result.stdout
+
+    def advance_clock(self, by: timedelta) -> None:
+        """Moves the daemon's clock forward (hsmd.clock.OffsetClock reads the file)."""
+        self.clock_offset += by
+        self.clock_file.write_text(str(self.clock_offset.total_seconds()))
+
+    def wait_for(self, condition: Any, timeout: float = 30.0) -> None:
+        """Polls until condition() is true, for what the daemon does on its own schedule."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {condition}")
+            time.sleep(0.1)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:
