@@ -38,7 +38,7 @@ KEY_TYPES: dict[Family, KeyType] = {
     Family.EDWARDS: KeyType.EC_EDWARDS,
 }
 
-_GENERATION: dict[Family, Mechanism] = {
+GENERATION: dict[Family, Mechanism] = {
     Family.AES: Mechanism.AES_KEY_GEN,
     Family.HMAC: Mechanism.GENERIC_SECRET_KEY_GEN,
     Family.RSA: Mechanism.RSA_PKCS_KEY_PAIR_GEN,
@@ -90,7 +90,7 @@ def oaep_param(algorithm: EncryptionAlgorithm) -> tuple[Mechanism, MGF, None]:
 def required_mechanisms(spec: KeySpec) -> set[Mechanism]:
     """What the library must offer for a spec to be usable at all."""
     info = SPECS[spec]
-    needed = {_GENERATION[info.family]}
+    needed = {GENERATION[info.family]}
     if info.family is Family.AES:
         needed.add(Mechanism.AES_GCM)
     needed |= {_SCHEME_MECHANISMS[SIGNING[a].scheme] for a in info.signing}

@@ -39,6 +39,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 from hsmd.backend import encoding
 from hsmd.backend.api import Capabilities
 from hsmd.backend.mechanisms import (
+    GENERATION,
     KEY_TYPES,
     MAC_MECHANISMS,
     oaep_param,
@@ -325,6 +326,7 @@ class Pkcs11Backend:
                     KEY_TYPES[info.family],
                     info.bits,
                     store=True,
+                    mechanism=GENERATION[info.family],
                     template=key_template(object_id, rights, _SECRET_CAPABILITIES),
                 )
                 token.objects[(object_id, ObjectClass.SECRET_KEY)] = key
@@ -338,6 +340,7 @@ class Pkcs11Backend:
                 KEY_TYPES[info.family],
                 info.bits if info.family is Family.RSA else None,
                 store=True,
+                mechanism=GENERATION[info.family],
                 public_template=public,
                 private_template=key_template(object_id, rights, _PRIVATE_CAPABILITIES),
             )

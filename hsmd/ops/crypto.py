@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from hsmd import ciphertext, keyspecs
 from hsmd.backend.api import CryptoBackend
-from hsmd.domain import EncryptionAlgorithm, Key, RequestContext
+from hsmd.domain import EncryptionAlgorithm, Key, KeySpec, RequestContext
 from hsmd.errors import DecryptionFailed, InvalidArgument, NotFound
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
-from hsmd.names import parse_key_id
-from hsmd.ops.resolve import usable_key
+from hsmd.ops.resolve import resolve_key_id, usable_key
 
 SYMMETRIC = EncryptionAlgorithm.SYMMETRIC_DEFAULT
 
@@ -109,13 +108,15 @@ class CryptoOps:
         ciphertext.validate_context(context)
         parsed = ciphertext.parse(blob)
         try:
-            if expected_key_id and parse_key_id(expected_key_id) != parsed.key_id:
+            expected = expected_key_id and resolve_key_id(self._store, ctx.tenant, expected_key_id)
+            if expected and expected != parsed.key_id:
                 raise DecryptionFailed()
+            if self._store.get_key(ctx.tenant, parsed.key_id).spec is not KeySpec.AES_256:
+                raise DecryptionFailed()  # a blob naming a key that never makes blobs
             key = usable_key(self._store, ctx, parsed.key_id, Operation.DECRYPT)
             version = self._store.get_version(ctx.tenant, key.key_id, parsed.version)
         except NotFound:
             raise DecryptionFailed() from None
-        keyspecs.check_encryption_algorithm(key, algorithm)
         aad = ciphertext.aad(ctx.tenant, parsed.header, context)
         plaintext = self._backend.decrypt(
             ctx.tenant, version.object_id, parsed.iv, parsed.ciphertext_and_tag, aad
