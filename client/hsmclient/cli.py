@@ -2,7 +2,10 @@
 
 Subcommand and option names, JSON field names, blob arguments (base64 or fileb://), --output,
 --query and exit codes follow AWS CLI v2: 252 for a bad command line, 254 when the daemon refuses
-the request, 255 when it cannot be reached or the connection settings are wrong.
+the request, 255 when it cannot be reached or the connection settings are wrong. Commands for which
+aws prints nothing (enable-key, tag-resource, create-alias, ...) print nothing. Enum values are
+hsmd's proto names (KeyState "PENDING_DELETION", not "PendingDeletion"). `hsm audit verify` exits
+1 when the audit log's hash chain is broken, so that scripts can test it.
 """
 
 import argparse
@@ -13,15 +16,18 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from hsmclient.channel import ConnectionSettings
-from hsmclient.client import HsmClient, KeyMetadata
+from hsmclient.client import AdminClient, HsmClient, KeyMetadata, KeyPolicy
 from hsmclient.errors import ConfigurationError, HsmError
 
+EXIT_AUDIT_CHAIN_BROKEN = 1
 EXIT_USAGE = 252
 EXIT_SERVICE_ERROR = 254
 EXIT_CONNECTION_ERROR = 255
@@ -55,10 +61,17 @@ _CONNECTION_OPTIONS = (
 _OPTION_BY_VARIABLE = {ConnectionSettings.VARIABLES[f]: o for o, f, _, _ in _CONNECTION_OPTIONS}
 
 _Result = dict[str, object]
-_Handler = Callable[[HsmClient, argparse.Namespace], _Result]
+# A command's handler over the KeyManagementService; None: print nothing, as aws does.
+_Handler = Callable[[HsmClient, argparse.Namespace], _Result | None]
+# A command's handler over the AdminService (operator certificates).
+_AdminHandler = Callable[[AdminClient, argparse.Namespace], _Result]
 # The handler of the one command that can print PEM (`--output pem`), as plain text.
 _PemHandler = Callable[[HsmClient, argparse.Namespace], str]
 _PEM_COMMAND = "get-public-key"
+
+_T = TypeVar("_T")
+_Client = TypeVar("_Client", HsmClient, AdminClient)
+_Output = TypeVar("_Output")
 
 
 class _ParserExit(Exception):
@@ -82,14 +95,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _file(path: str) -> bytes:
+    """The bytes of the file of a file:// or fileb:// argument; - reads stdin."""
+    try:
+        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from error
+
+
 def _blob(value: str) -> bytes:
     """A blob argument as AWS CLI v2 reads it: fileb://PATH (raw bytes, - for stdin) or base64."""
     if value.startswith("fileb://"):
-        path = value.removeprefix("fileb://")
-        try:
-            return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-        except OSError as error:
-            raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from error
+        return _file(value.removeprefix("fileb://"))
     try:
         return base64.b64decode("".join(value.split()), validate=True)
     except binascii.Error as error:
@@ -98,13 +115,23 @@ def _blob(value: str) -> bytes:
         ) from error
 
 
+def _json(value: str) -> object:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"invalid JSON: {error}") from error
+
+
+def _strings(value: object) -> bool:
+    """Whether `value` is a JSON list of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _context_pairs(value: str) -> dict[str, str]:
-    """One --encryption-context word: a JSON object, or AWS shorthand k=v[,k=v...]."""
+    """One --encryption-context (or --tag-filter) word: a JSON object, or AWS shorthand
+    k=v[,k=v...]."""
     if value.lstrip().startswith("{"):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise argparse.ArgumentTypeError(f"invalid JSON: {error}") from error
+        parsed = _json(value)
         if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
             raise argparse.ArgumentTypeError("the JSON must map strings to strings")
         return {key: str(val) for key, val in parsed.items()}
@@ -117,11 +144,67 @@ def _context_pairs(value: str) -> dict[str, str]:
     return pairs
 
 
-def _context(words: list[dict[str, str]] | None) -> dict[str, str] | None:
-    """All words of one *-encryption-context option merged into one map; None if not given."""
-    if words is None:
-        return None
-    return {key: val for pairs in words for key, val in pairs.items()}
+class _MergeMaps(argparse.Action):
+    """A map option (*-encryption-context, --tags, --tag-filter) whose words, each parsed into a
+    dict, and repetitions merge into one dict; None if the option is not given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        merged: dict[str, str] = dict(getattr(namespace, self.dest) or {})
+        for pairs in values if isinstance(values, list) else []:  # nargs="+": always a list
+            merged.update(pairs)
+        setattr(namespace, self.dest, merged)
+
+
+_TAG_SHORTHAND = re.compile(r"TagKey=(.+?),TagValue=(.*)", re.DOTALL)
+
+
+def _tags(value: str) -> dict[str, str]:
+    """One --tags word: AWS shorthand TagKey=KEY,TagValue=VALUE (the value may hold commas), or
+    a JSON list of {"TagKey": KEY, "TagValue": VALUE}."""
+    if not value.lstrip().startswith("["):
+        match = _TAG_SHORTHAND.fullmatch(value)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"expected TagKey=KEY,TagValue=VALUE, not {value!r}")
+        return {match[1]: match[2]}
+    tags = _json(value)
+    if not isinstance(tags, list) or not all(
+        isinstance(tag, dict)
+        and set(tag) == {"TagKey", "TagValue"}
+        and _strings(list(tag.values()))
+        for tag in tags
+    ):
+        raise argparse.ArgumentTypeError('expected [{"TagKey": "KEY", "TagValue": "VALUE"}, ...]')
+    return {tag["TagKey"]: tag["TagValue"] for tag in tags}
+
+
+_POLICY_FIELDS = ("Administrators", "Users")
+
+
+def _policy(value: str) -> KeyPolicy:
+    """--policy: the JSON document {"Administrators": [...], "Users": [...]} (Users optional),
+    inline or as file://PATH, as get-key-policy prints it."""
+    if value.startswith("file://"):
+        try:
+            value = _file(value.removeprefix("file://")).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise argparse.ArgumentTypeError(f"the policy is not UTF-8: {error}") from error
+    document = _json(value)
+    if (
+        not isinstance(document, dict)
+        or "Administrators" not in document
+        or not set(document) <= set(_POLICY_FIELDS)
+        or not all(_strings(names) for names in document.values())
+    ):
+        raise argparse.ArgumentTypeError(
+            'expected {"Administrators": ["NAME", ...], "Users": ["NAME", ...]}'
+        )
+    return KeyPolicy(tuple(document["Administrators"]), tuple(document.get("Users", [])))
 
 
 _QUERY_STEP = re.compile(r"([A-Za-z_]\w*)((?:\[-?\d+\])*)")
@@ -202,28 +285,38 @@ def _b64(data: bytes) -> str:
 
 _WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
 
+# The AWS output names whose result attribute is not the name in snake case.
+_AWS_ATTRIBUTES = {
+    "Arn": "name",
+    "KeyArn": "name",
+    "CreationDate": "creation_time",
+    "LastUpdatedDate": "last_updated_time",
+}
+
 
 def _aws(result: object, *names: str) -> _Result:
     """The AWS output fields `names`, each the `result` attribute of the same name in snake case
-    (KeyId: key_id), blobs in base64 and tuples as lists. A name ending in "?" is left out when
-    empty, as AWS leaves out the *Algorithms lists of the operations a key cannot do."""
+    (KeyId: key_id) unless _AWS_ATTRIBUTES says otherwise; blobs in base64, times in ISO 8601,
+    tuples as lists. A name ending in "?" is left out when empty, as AWS leaves out the
+    *Algorithms lists of the operations a key cannot do, or a DeletionDate not set."""
     output: _Result = {}
     for name in names:
         field = name.removesuffix("?")
-        value = getattr(result, _WORD_START.sub("_", field).lower())
+        attribute = _AWS_ATTRIBUTES.get(field) or _WORD_START.sub("_", field).lower()
+        value = getattr(result, attribute)
         if name.endswith("?") and not value:
             continue
         if isinstance(value, bytes):
             value = _b64(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
         output[field] = list(value) if isinstance(value, tuple) else value
     return output
 
 
 def _key_metadata(key: KeyMetadata) -> _Result:
     return {
-        **_aws(key, "KeyId"),
-        "Arn": key.name,
-        "CreationDate": key.creation_time.isoformat(),
+        **_aws(key, "KeyId", "Arn", "CreationDate"),
         "Enabled": key.key_state == "ENABLED",
         **_aws(
             key,
@@ -236,12 +329,49 @@ def _key_metadata(key: KeyMetadata) -> _Result:
             "SigningAlgorithms?",
             "MacAlgorithms?",
             "PrimaryVersion",
+            "DeletionDate?",
         ),
     }
 
 
+def _listing(
+    args: argparse.Namespace,
+    field: str,
+    item_fields: Sequence[str],
+    list_page: Callable[..., tuple[list[Any], str]],
+    iterate: Callable[..., Iterator[Any]],
+    *arguments: object,
+    **filters: object,
+) -> _Result:
+    """Like an `aws kms list-*` command: the items (each with the AWS fields `item_fields`) of
+    every page unless --limit asks for one, and then the NextMarker to pass as --starting-token
+    for the next. `list_page` and `iterate` are a client's list_* and iter_* methods, called with
+    `arguments` and `filters`."""
+    if args.limit is None:
+        pages = iterate(*arguments, page_token=args.starting_token, **filters)
+        items, next_token = list(pages), ""
+    else:
+        items, next_token = list_page(
+            *arguments, page_size=args.limit, page_token=args.starting_token, **filters
+        )
+    result: _Result = {field: [_aws(item, *item_fields) for item in items]}
+    if next_token:
+        result["NextMarker"] = next_token
+    return result
+
+
+def _silent(method: str, *options: str) -> _Handler:
+    """A handler that calls the client method `method` with the values of `options` (argparse
+    dests) and, as aws for these commands, prints nothing."""
+
+    def handler(client: HsmClient, args: argparse.Namespace) -> None:
+        getattr(client, method)(*(getattr(args, option) for option in options))
+
+    return handler
+
+
 def _create_key(client: HsmClient, args: argparse.Namespace) -> _Result:
-    key = client.create_key(args.key_spec, args.key_usage, args.description)
+    key = client.create_key(args.key_spec, args.key_usage, args.description, args.policy, args.tags)
     return {"KeyMetadata": _key_metadata(key)}
 
 
@@ -250,26 +380,112 @@ def _describe_key(client: HsmClient, args: argparse.Namespace) -> _Result:
 
 
 def _list_keys(client: HsmClient, args: argparse.Namespace) -> _Result:
-    """Like `aws kms list-keys`: every page unless --limit asks for one."""
-    if args.limit is None:
-        keys, next_token = list(client.iter_keys(page_token=args.starting_token)), ""
-    else:
-        keys, next_token = client.list_keys(args.limit, args.starting_token)
-    result: _Result = {"Keys": [{"KeyId": key.key_id, "KeyArn": key.name} for key in keys]}
-    if next_token:
-        result["NextMarker"] = next_token
-    return result
+    fields = ("KeyId", "KeyArn")
+    return _listing(
+        args, "Keys", fields, client.list_keys, client.iter_keys, tag_filter=args.tag_filter
+    )
+
+
+# ScheduleKeyDeletionRequest: "0 means 30"; AWS prints the window in force.
+_DEFAULT_PENDING_WINDOW_IN_DAYS = 30
+
+
+def _schedule_key_deletion(client: HsmClient, args: argparse.Namespace) -> _Result:
+    key = client.schedule_key_deletion(args.key_id, args.pending_window_in_days)
+    return {
+        **_aws(key, "KeyId", "DeletionDate", "KeyState"),
+        "PendingWindowInDays": args.pending_window_in_days or _DEFAULT_PENDING_WINDOW_IN_DAYS,
+    }
+
+
+def _cancel_key_deletion(client: HsmClient, args: argparse.Namespace) -> _Result:
+    return _aws(client.cancel_key_deletion(args.key_id), "KeyId")
+
+
+def _list_resource_tags(client: HsmClient, args: argparse.Namespace) -> _Result:
+    """AWS's ListResourceTags, from the tags in the key's metadata: all of them in one page."""
+    tags = sorted(client.describe_key(args.key_id).tags.items())
+    return {"Tags": [{"TagKey": key, "TagValue": value} for key, value in tags], "Truncated": False}
+
+
+def _get_key_policy(client: HsmClient, args: argparse.Namespace) -> _Result:
+    """As aws: the policy document as a JSON string, which put-key-policy --policy takes back."""
+    document = _aws(client.get_key_policy(args.key_id), *_POLICY_FIELDS)
+    return {"Policy": json.dumps(document)}
+
+
+def _get_key_rotation_status(client: HsmClient, args: argparse.Namespace) -> _Result:
+    return _aws(
+        client.get_key_rotation_status(args.key_id),
+        "KeyId",
+        "KeyRotationEnabled",
+        "RotationPeriodInDays?",
+        "NextRotationDate?",
+        "OnDemandRotationStartDate?",
+    )
+
+
+def _rotate_key_on_demand(client: HsmClient, args: argparse.Namespace) -> _Result:
+    return _aws(client.rotate_key_on_demand(args.key_id), "KeyId", "KeyVersion")
+
+
+def _list_key_rotations(client: HsmClient, args: argparse.Namespace) -> _Result:
+    fields = ("KeyId", "RotationDate", "RotationType", "KeyVersion")
+    methods = (client.list_key_rotations, client.iter_key_rotations)
+    return _listing(args, "Rotations", fields, *methods, args.key_id)
+
+
+def _list_aliases(client: HsmClient, args: argparse.Namespace) -> _Result:
+    fields = ("AliasName", "TargetKeyId", "CreationDate", "LastUpdatedDate")
+    return _listing(args, "Aliases", fields, client.list_aliases, client.iter_aliases, args.key_id)
+
+
+_AUDIT_EVENT_FIELDS = (
+    "Sequence",
+    "Time",
+    "RequestId",
+    "Tenant",
+    "Principal",
+    "Operation",
+    "KeyId",
+    "KeyVersion",
+    "EncryptionContextKeys",
+    "Outcome",
+    "Peer",
+    "PreviousHash",
+    "Hash",
+)
+
+
+def _list_audit_events(client: HsmClient | AdminClient, args: argparse.Namespace) -> _Result:
+    """Either service's ListAuditEvents; only the AdminService's takes --tenant (which selects
+    it, see _wants_admin)."""
+    filters = {"key_id": args.key_id, **({"tenant": args.tenant} if args.tenant else {})}
+    methods = (client.list_audit_events, client.iter_audit_events)
+    return _listing(args, "Events", _AUDIT_EVENT_FIELDS, *methods, **filters)
+
+
+def _verify_audit_log(client: AdminClient, args: argparse.Namespace) -> _Result:
+    return _aws(
+        client.verify_audit_log(), "Valid", "EventsChecked", "FirstBrokenPosition", "Problem"
+    )
+
+
+def _verification_status(result: _Result) -> int:
+    return 0 if result["Valid"] else EXIT_AUDIT_CHAIN_BROKEN
 
 
 def _encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
-    context = _context(args.encryption_context)
-    result = client.encrypt(args.key_id, args.plaintext, context, args.encryption_algorithm)
+    result = client.encrypt(
+        args.key_id, args.plaintext, args.encryption_context, args.encryption_algorithm
+    )
     return _aws(result, "CiphertextBlob", "KeyId", "EncryptionAlgorithm", "KeyVersion")
 
 
 def _decrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
-    context = _context(args.encryption_context)
-    result = client.decrypt(args.ciphertext_blob, context, args.key_id, args.encryption_algorithm)
+    result = client.decrypt(
+        args.ciphertext_blob, args.encryption_context, args.key_id, args.encryption_algorithm
+    )
     return _aws(result, "KeyId", "Plaintext", "EncryptionAlgorithm", "KeyVersion")
 
 
@@ -277,8 +493,8 @@ def _re_encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
     result = client.re_encrypt(
         args.ciphertext_blob,
         args.destination_key_id,
-        source_encryption_context=_context(args.source_encryption_context),
-        destination_encryption_context=_context(args.destination_encryption_context),
+        source_encryption_context=args.source_encryption_context,
+        destination_encryption_context=args.destination_encryption_context,
         source_key_id=args.source_key_id,
         source_encryption_algorithm=args.source_encryption_algorithm,
         destination_encryption_algorithm=args.destination_encryption_algorithm,
@@ -297,21 +513,20 @@ def _re_encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
 
 def _generate_data_key(client: HsmClient, args: argparse.Namespace) -> _Result:
     key = client.generate_data_key(
-        args.key_id, args.key_spec, args.number_of_bytes, _context(args.encryption_context)
+        args.key_id, args.key_spec, args.number_of_bytes, args.encryption_context
     )
     return _aws(key, "CiphertextBlob", "Plaintext", "KeyId", "KeyVersion")
 
 
 def _generate_data_key_without_plaintext(client: HsmClient, args: argparse.Namespace) -> _Result:
     key = client.generate_data_key_without_plaintext(
-        args.key_id, args.key_spec, args.number_of_bytes, _context(args.encryption_context)
+        args.key_id, args.key_spec, args.number_of_bytes, args.encryption_context
     )
     return _aws(key, "CiphertextBlob", "KeyId", "KeyVersion")
 
 
 def _generate_data_key_pair(client: HsmClient, args: argparse.Namespace) -> _Result:
-    context = _context(args.encryption_context)
-    pair = client.generate_data_key_pair(args.key_id, args.key_pair_spec, context)
+    pair = client.generate_data_key_pair(args.key_id, args.key_pair_spec, args.encryption_context)
     return _aws(
         pair,
         "PrivateKeyCiphertextBlob",
@@ -326,8 +541,9 @@ def _generate_data_key_pair(client: HsmClient, args: argparse.Namespace) -> _Res
 def _generate_data_key_pair_without_plaintext(
     client: HsmClient, args: argparse.Namespace
 ) -> _Result:
-    context = _context(args.encryption_context)
-    pair = client.generate_data_key_pair_without_plaintext(args.key_id, args.key_pair_spec, context)
+    pair = client.generate_data_key_pair_without_plaintext(
+        args.key_id, args.key_pair_spec, args.encryption_context
+    )
     return _aws(pair, "PrivateKeyCiphertextBlob", "PublicKey", "KeyId", "KeyPairSpec", "KeyVersion")
 
 
@@ -416,17 +632,33 @@ def _build_parser() -> _Parser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: _Handler, help_text: str) -> _Parser:
-        sub: _Parser = commands.add_parser(
+    def command(
+        name: str,
+        handler: _Handler | None,
+        help_text: str,
+        group: "argparse._SubParsersAction[_Parser] | None" = None,
+    ) -> _Parser:
+        """A subcommand (of `group`, by default the top level) that `handler` serves; without a
+        handler, set an admin_handler."""
+        sub: _Parser = (group or commands).add_parser(
             name, help=help_text, description=help_text, parents=[common], allow_abbrev=False
         )
         sub.set_defaults(handler=handler)
         return sub
 
     def key_id(
-        sub: _Parser, required: bool = True, option: str = "--key-id", help_text: str = "the key"
+        sub: _Parser,
+        required: bool = True,
+        option: str = "--key-id",
+        help_text: str = "the key: its id, or alias/NAME",
     ) -> None:
         sub.add_argument(option, required=required, metavar="KEY_ID", help=help_text)
+
+    def keyed(name: str, handler: _Handler, help_text: str) -> _Parser:
+        """A command on one key, named by --key-id."""
+        sub = command(name, handler, help_text)
+        key_id(sub)
+        return sub
 
     def blob(sub: _Parser, option: str) -> None:
         sub.add_argument(
@@ -440,7 +672,7 @@ def _build_parser() -> _Parser:
         sub.add_argument(
             option,
             nargs="+",
-            action="extend",
+            action=_MergeMaps,
             type=_context_pairs,
             metavar="KEY=VALUE",
             help="k=v pairs (several, comma-separated or repeated) or a JSON object",
@@ -453,8 +685,7 @@ def _build_parser() -> _Parser:
         name: str, handler: _Handler, help_text: str, algorithm_option: str, algorithm_help: str
     ) -> _Parser:
         """A command over --key-id, a --message blob and a required algorithm."""
-        sub = command(name, handler, help_text)
-        key_id(sub)
+        sub = keyed(name, handler, help_text)
         blob(sub, "--message")
         sub.add_argument(algorithm_option, required=True, help=algorithm_help)
         return sub
@@ -471,6 +702,40 @@ def _build_parser() -> _Parser:
         size.add_argument("--key-spec", help="AES_256 (the default)")
         size.add_argument("--number-of-bytes", type=int, help="1 to 1,024")
 
+    def paging(sub: _Parser, items: str) -> None:
+        sub.add_argument("--limit", type=_positive_int, help=f"at most this many {items} (1-1,000)")
+        sub.add_argument("--starting-token", default="", help="the NextMarker of a previous call")
+
+    def tags(sub: _Parser, required: bool = False) -> None:
+        sub.add_argument(
+            "--tags",
+            nargs="+",
+            action=_MergeMaps,
+            type=_tags,
+            required=required,
+            metavar="TagKey=KEY,TagValue=VALUE",
+            help='tags, several or repeated, or a JSON list [{"TagKey": ..., "TagValue": ...}]',
+        )
+
+    def policy(sub: _Parser, required: bool = False) -> None:
+        sub.add_argument(
+            "--policy",
+            type=_policy,
+            required=required,
+            metavar="JSON",
+            help='{"Administrators": [...], "Users": [...]}: principal names or globs of them,'
+            " inline or as file://PATH",
+        )
+
+    def policy_name(sub: _Parser) -> None:
+        sub.add_argument("--policy-name", choices=["default"], default="default")
+
+    def alias(name: str, handler: _Handler, help_text: str, target: bool = True) -> None:
+        sub = command(name, handler, help_text)
+        sub.add_argument("--alias-name", required=True, help="alias/NAME")
+        if target:
+            key_id(sub, option="--target-key-id", help_text="a key id (not an alias)")
+
     sub = command("create-key", _create_key, "Create a key in your tenant's token.")
     sub.add_argument(
         "--key-spec", default="AES_256", help="AES_256 (the default); see get-capabilities"
@@ -481,15 +746,16 @@ def _build_parser() -> _Parser:
         " else ENCRYPT_DECRYPT)",
     )
     sub.add_argument("--description", default="")
+    tags(sub)
+    policy(sub)
 
-    key_id(command("describe-key", _describe_key, "Show a key's metadata."))
+    keyed("describe-key", _describe_key, "Show a key's metadata.")
 
     sub = command("list-keys", _list_keys, "List your keys (all pages unless --limit).")
-    sub.add_argument("--limit", type=_positive_int, help="at most this many keys (1 to 1,000)")
-    sub.add_argument("--starting-token", default="", help="the NextMarker of a previous call")
+    paging(sub, "keys")
+    context(sub, "--tag-filter")
 
-    sub = command("encrypt", _encrypt, "Encrypt up to 4,096 bytes under a key.")
-    key_id(sub)
+    sub = keyed("encrypt", _encrypt, "Encrypt up to 4,096 bytes under a key.")
     blob(sub, "--plaintext")
     context(sub)
     algorithm(
@@ -522,8 +788,7 @@ def _build_parser() -> _Parser:
             "A data key, encrypted only.",
         ),
     ):
-        sub = command(name, handler, help_text)
-        key_id(sub)
+        sub = keyed(name, handler, help_text)
         data_key_size(sub)
         context(sub)
 
@@ -539,8 +804,7 @@ def _build_parser() -> _Parser:
             "A key pair: the public key, and the private key encrypted only.",
         ),
     ):
-        sub = command(name, handler, help_text)
-        key_id(sub)
+        sub = keyed(name, handler, help_text)
         sub.add_argument("--key-pair-spec", required=True, help="RSA_* or EC_*")
         context(sub)
 
@@ -548,8 +812,7 @@ def _build_parser() -> _Parser:
     verify_help = "Verify a signature; SignatureValid tells, the exit code does not."
     blob(signing("verify", _verify, verify_help), "--signature")
 
-    sub = command(_PEM_COMMAND, _get_public_key, "The public key of an asymmetric key.")
-    key_id(sub)
+    sub = keyed(_PEM_COMMAND, _get_public_key, "The public key of an asymmetric key.")
     sub.set_defaults(pem_handler=_public_key_pem)
 
     mac_help = "the key's MacAlgorithm, e.g. HMAC_SHA_256"
@@ -565,6 +828,138 @@ def _build_parser() -> _Parser:
 
     sub = command("generate-random", _generate_random, "Random bytes from the HSM.")
     sub.add_argument("--number-of-bytes", type=int, required=True, help="1 to 1,024")
+
+    for name, method, help_text in (
+        ("enable-key", "enable_key", "Make a disabled key usable again."),
+        ("disable-key", "disable_key", "Make a key unusable until enable-key."),
+        ("disable-key-rotation", "disable_key_rotation", "Stop rotating a key automatically."),
+    ):
+        keyed(name, _silent(method, "key_id"), help_text)
+
+    sub = keyed(
+        "schedule-key-deletion",
+        _schedule_key_deletion,
+        "Destroy a key after a waiting period; cancel-key-deletion stops it.",
+    )
+    sub.add_argument("--pending-window-in-days", type=_positive_int, help="7 to 30 (default: 30)")
+
+    keyed("cancel-key-deletion", _cancel_key_deletion, "Keep a key; it becomes DISABLED.")
+
+    sub = keyed(
+        "update-key-description",
+        _silent("update_key_description", "key_id", "description"),
+        "Replace a key's description.",
+    )
+    sub.add_argument("--description", required=True, help='the new description ("" clears it)')
+
+    sub = keyed("tag-resource", _silent("tag_key", "key_id", "tags"), "Add or replace tags.")
+    tags(sub, required=True)
+
+    sub = keyed(
+        "untag-resource", _silent("untag_key", "key_id", "tag_keys"), "Remove tags from a key."
+    )
+    sub.add_argument("--tag-keys", nargs="+", action="extend", required=True, metavar="KEY")
+
+    keyed("list-resource-tags", _list_resource_tags, "A key's tags.")
+
+    sub = keyed("get-key-policy", _get_key_policy, "A key's policy, as a JSON string.")
+    policy_name(sub)
+
+    sub = keyed(
+        "put-key-policy",
+        _silent("put_key_policy", "key_id", "policy"),
+        "Replace a key's policy (who administers it, who uses it).",
+    )
+    policy(sub, required=True)
+    policy_name(sub)
+
+    sub = keyed(
+        "enable-key-rotation",
+        _silent("enable_key_rotation", "key_id", "rotation_period_in_days"),
+        "Rotate an AES_256 key automatically.",
+    )
+    sub.add_argument(
+        "--rotation-period-in-days", type=_positive_int, help="90 to 2,560 (default: 365)"
+    )
+
+    keyed(
+        "get-key-rotation-status",
+        _get_key_rotation_status,
+        "Whether a key rotates automatically, and when next.",
+    )
+    keyed(
+        "rotate-key-on-demand",
+        _rotate_key_on_demand,
+        "Rotate a key now: a new version becomes primary; older ones still decrypt.",
+    )
+
+    sub = keyed("list-key-rotations", _list_key_rotations, "A key's rotations, oldest first.")
+    paging(sub, "rotations")
+
+    alias(
+        "create-alias",
+        _silent("create_alias", "alias_name", "target_key_id"),
+        "Give a key a friendly name, usable wherever a key id is.",
+    )
+    alias(
+        "update-alias",
+        _silent("update_alias", "alias_name", "target_key_id"),
+        "Point an alias at another key of the same spec and usage.",
+    )
+    alias(
+        "delete-alias",
+        _silent("delete_alias", "alias_name"),
+        "Delete an alias; its key is untouched.",
+        target=False,
+    )
+
+    sub = command("list-aliases", _list_aliases, "Your aliases (all pages unless --limit).")
+    key_id(sub, required=False, help_text="only this key's aliases")
+    paging(sub, "aliases")
+
+    audit_help = (
+        "The audit trail. `audit list` calls the KeyManagementService with your tenant"
+        " certificate and lists your tenant's events; with --admin, or --tenant, it calls the"
+        " AdminService, which needs an operator certificate (--cert/--key), and lists every"
+        " tenant's. `audit verify` (AdminService) checks the hash chain and exits 1 if it is"
+        " broken."
+    )
+    audit = commands.add_parser(
+        "audit",
+        help="The audit trail: list its events, verify its hash chain.",
+        description=audit_help,
+        parents=[common],
+        allow_abbrev=False,
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    sub = command(
+        "list",
+        _list_audit_events,
+        "Audit events, oldest first (all pages unless --limit).",
+        audit_commands,
+    )
+    sub.set_defaults(admin_handler=_list_audit_events, operation="ListAuditEvents")
+    key_id(sub, required=False, help_text="only the events about this key")
+    sub.add_argument(
+        "--admin",
+        action="store_true",
+        help="call the AdminService (operator certificate): every tenant's events",
+    )
+    sub.add_argument("--tenant", help="only this tenant's events; implies --admin")
+    paging(sub, "events")
+
+    sub = command(
+        "verify",
+        None,
+        "Check the audit log's hash chain (operator certificate); exit 1 if it is broken.",
+        audit_commands,
+    )
+    sub.set_defaults(
+        admin_handler=_verify_audit_log,
+        operation="VerifyAuditLog",
+        exit_status=_verification_status,
+    )
     return parser
 
 
@@ -578,21 +973,47 @@ def _connection_settings(args: argparse.Namespace) -> ConnectionSettings:
     return ConnectionSettings.from_env({**os.environ, **overrides})
 
 
-def _handler(parser: _Parser, args: argparse.Namespace) -> _Handler | _PemHandler:
-    """The command's handler for the --output asked for; only get-public-key can print PEM.
+def _run(
+    client_class: Callable[[grpc.Channel], _Client],
+    handler: Callable[[_Client, argparse.Namespace], _Output],
+    args: argparse.Namespace,
+    channel: grpc.Channel,
+) -> _Output:
+    with client_class(channel) as client:
+        return handler(client, args)
+
+
+def _wants_admin(args: argparse.Namespace) -> bool:
+    """Whether the command goes to the AdminService: it has no other handler, or --admin or
+    --tenant asks for it."""
+    return (
+        args.handler is None or getattr(args, "admin", False) or bool(getattr(args, "tenant", ""))
+    )
+
+
+def _command(parser: _Parser, args: argparse.Namespace) -> Callable[[grpc.Channel], object]:
+    """The command, bound to the client it needs and the --output asked for, to be run on a
+    channel; only get-public-key can print PEM.
 
     Raises:
         _ParserExit: --output pem for another command, or with --query.
     """
     if getattr(args, "output", None) != "pem":
-        handler: _Handler = args.handler
-        return handler
+        if _wants_admin(args):
+            return partial(_run, AdminClient, args.admin_handler, args)
+        return partial(_run, HsmClient, args.handler, args)
     pem_handler: _PemHandler | None = getattr(args, "pem_handler", None)
     if pem_handler is None:
         parser.error(f"argument --output: pem is only for {_PEM_COMMAND}, not {args.command}")
     if getattr(args, "query", None) is not None:
         parser.error("argument --query: not allowed with --output pem")
-    return pem_handler
+    return partial(_run, HsmClient, pem_handler, args)
+
+
+def _operation(args: argparse.Namespace) -> str:
+    """The operation to name in an error: AWS's name for the command (TagResource)."""
+    default = "".join(word.capitalize() for word in args.command.split("-"))
+    return str(getattr(args, "operation", default))
 
 
 def _print_result(result: object, output: str) -> None:
@@ -610,13 +1031,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-        handler = _handler(parser, args)
+        command = _command(parser, args)
     except _ParserExit as exit_:
         return exit_.status
-    operation = "".join(word.capitalize() for word in args.command.split("-"))
     try:
-        with HsmClient(_connection_settings(args).open_channel()) as client:
-            result = handler(client, args)
+        result = command(_connection_settings(args).open_channel())
     except ConfigurationError as error:
         print(f"hsm: {error} (option {_OPTION_BY_VARIABLE[error.variable]})", file=sys.stderr)
         return EXIT_CONNECTION_ERROR
@@ -626,12 +1045,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HsmError as error:
         name, status = _AWS_ERRORS.get(error.code, _AWS_INTERNAL_ERROR)
         print(
-            f"An error occurred ({name}) when calling the {operation} operation: {error.message}",
+            f"An error occurred ({name}) when calling the {_operation(args)} operation: "
+            f"{error.message}",
             file=sys.stderr,
         )
         return status
     query = getattr(args, "query", None)
-    _print_result(
-        result if query is None else _select(result, query), getattr(args, "output", "json")
-    )
-    return 0
+    if result is not None:  # None: the command prints nothing, as aws for enable-key, ...
+        output = getattr(args, "output", "json")
+        _print_result(result if query is None else _select(result, query), output)
+    exit_status: Callable[[object], int] | None = getattr(args, "exit_status", None)
+    return 0 if exit_status is None else exit_status(result)

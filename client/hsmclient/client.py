@@ -1,15 +1,18 @@
 """Typed clients for hsmd's KeyManagementService and AdminService.
 
 Methods take and return plain Python values, never protobuf messages; enum values travel as their
-proto names ("AES_256", "ENABLED"). Encrypt and Decrypt check CRC32C checksums end to end, as Cloud
-KMS clients do, and every failed call raises an `hsmclient.errors` exception.
+proto names ("AES_256", "ENABLED"), timestamps as aware datetimes (None where the daemon left one
+unset), maps as read-only mappings. Every `key_id` argument also takes an alias, "alias/<name>";
+the daemon resolves it. Encrypt and Decrypt check CRC32C checksums end to end, as Cloud KMS clients
+do, and every failed call raises an `hsmclient.errors` exception.
 """
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import google_crc32c
@@ -83,20 +86,60 @@ def _from_message(cls: type[_D], message: Message) -> _D:
     """`cls` built from the message fields of the same names as its own.
 
     Each result class mirrors its response, so this one function does every conversion: enum
-    numbers become names, repeated fields tuples, timestamps aware datetimes. No method can
-    forget one, and a field the message lacks fails every test that builds the class.
+    numbers become names, repeated fields tuples, maps read-only mappings, timestamps aware
+    datetimes and an unset timestamp None. No method can forget one, and a field the message
+    lacks fails every test that builds the class.
     """
     by_name = message.DESCRIPTOR.fields_by_name
     values: dict[str, object] = {}
     for name in (f.name for f in dataclasses.fields(cls)):
         descriptor, value = by_name[name], getattr(message, name)
         enum = descriptor.enum_type.values_by_number if descriptor.enum_type else None
-        values[name] = (
-            tuple(_python_value(enum, item) for item in value)
-            if descriptor.is_repeated
-            else _python_value(enum, value)
-        )
+        if descriptor.has_presence and not message.HasField(name):
+            values[name] = None
+        elif descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            values[name] = MappingProxyType(dict(value))
+        elif descriptor.is_repeated:
+            values[name] = tuple(_python_value(enum, item) for item in value)
+        else:
+            values[name] = _python_value(enum, value)
     return cls(**values)
+
+
+def _every_page(list_page: Callable[[str], tuple[list[_T], str]], page_token: str) -> Iterator[_T]:
+    """Every item from `page_token` on, calling `list_page(token)` as the iteration reaches the
+    next page; the call is made lazily, so errors surface while iterating."""
+    while True:
+        items, page_token = list_page(page_token)
+        yield from items
+        if not page_token:
+            return
+
+
+def _count(name: str, value: int | None) -> int:
+    """A request count where 0 means "the daemon's default": None gives 0, and 0 or less is
+    refused, so that it cannot silently become the default.
+
+    Raises:
+        ValueError: `value` is not positive.
+    """
+    if value is None:
+        return 0
+    if value < 1:
+        raise ValueError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _strings(name: str, values: Iterable[str]) -> list[str]:
+    """A repeated string argument; a bare string, which would travel as its characters, is
+    refused.
+
+    Raises:
+        ValueError: `values` is a string.
+    """
+    if isinstance(values, str):
+        raise ValueError(f"{name} must be a list of strings, not the string {values!r}")
+    return list(values)
 
 
 def _crc32c(data: bytes) -> int:
@@ -148,10 +191,10 @@ def _data_key_request(
         return request_type(key_id=key_id, key_spec=spec, encryption_context=encryption_context)
     if key_spec is not None:
         raise ValueError("pass key_spec or number_of_bytes, not both")
-    if number_of_bytes < 1:
-        raise ValueError(f"number_of_bytes must be positive, not {number_of_bytes}")
     return request_type(
-        key_id=key_id, number_of_bytes=number_of_bytes, encryption_context=encryption_context
+        key_id=key_id,
+        number_of_bytes=_count("number_of_bytes", number_of_bytes),
+        encryption_context=encryption_context,
     )
 
 
@@ -175,7 +218,13 @@ def _key_pair_request(
 
 @dataclass(frozen=True)
 class KeyMetadata:
-    """A key's metadata; the *_algorithms tuples say what the key accepts, empty for the others."""
+    """A key's metadata; the *_algorithms tuples say what the key accepts, empty for the others.
+
+    `tags` is a read-only mapping (types.MappingProxyType) from tag key to value, so that
+    `key.tags["env"]` and `key.tags == {"env": "prod"}` work; being a mapping, it makes a
+    KeyMetadata unhashable (compare key ids instead). `deletion_date` is set only while the key
+    is PENDING_DELETION.
+    """
 
     key_id: str
     tenant: str
@@ -190,6 +239,88 @@ class KeyMetadata:
     encryption_algorithms: tuple[str, ...]
     signing_algorithms: tuple[str, ...]
     mac_algorithms: tuple[str, ...]
+    tags: Mapping[str, str]
+    deletion_date: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """Who may manage (`administrators`) and who may use (`users`) a key: principal names of the
+    key's tenant, or globs of them with `*` and `?`. Both an argument and a result."""
+
+    administrators: tuple[str, ...]
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyRotationStatus:
+    """Whether a key rotates automatically; the period and next date are set only while it does,
+    `on_demand_rotation_start_date` only once a rotation on demand ran."""
+
+    key_id: str
+    key_rotation_enabled: bool
+    rotation_period_in_days: int
+    next_rotation_date: datetime | None
+    on_demand_rotation_start_date: datetime | None
+
+
+@dataclass(frozen=True)
+class RotateKeyOnDemandResult:
+    """The key rotated and its new primary version."""
+
+    key_id: str
+    key_version: int
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """One rotation of a key: the version it made, when, and AUTOMATIC or ON_DEMAND."""
+
+    key_id: str
+    key_version: int
+    rotation_date: datetime
+    rotation_type: str
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A friendly name, "alias/<name>", for a key of the tenant."""
+
+    alias_name: str
+    target_key_id: str
+    creation_time: datetime
+    last_updated_time: datetime
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One entry of the audit trail: the outcome (a gRPC status name) of one call. It holds the
+    encryption-context keys, never their values, and never plaintext or key material."""
+
+    sequence: int
+    time: datetime
+    request_id: str
+    tenant: str
+    principal: str
+    operation: str
+    key_id: str
+    key_version: int
+    encryption_context_keys: tuple[str, ...]
+    outcome: str
+    peer: str
+    previous_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """The result of walking the audit log's hash chain; when not `valid`, the 1-based position of
+    the first event that breaks it and what is wrong there."""
+
+    valid: bool
+    events_checked: int
+    first_broken_position: int
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -335,10 +466,20 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Tenant:
+    """A tenant; `admin_principals` administer every new key of it by default."""
+
     name: str
     token_label: str
     token_serial: str
     creation_time: datetime
+    admin_principals: tuple[str, ...]
+
+
+def _policy_message(policy: KeyPolicy) -> resources_pb2.KeyPolicy:
+    return resources_pb2.KeyPolicy(
+        administrators=_strings("administrators", policy.administrators),
+        users=_strings("users", policy.users),
+    )
 
 
 class _Client:
@@ -389,9 +530,35 @@ class _Client:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
 
-    def _result(self, method: Callable[..., Message], request: object, cls: type[_D]) -> _D:
-        """Call `method` and return its response as `cls`, for calls with nothing to check."""
-        return _from_message(cls, self._call(method, request))
+    def _result(
+        self, method: Callable[..., Message], request: object, cls: type[_D], part: str = ""
+    ) -> _D:
+        """Call `method` and return its response, or the response's message field `part`, as
+        `cls`; for calls with nothing to check."""
+        response = self._call(method, request)
+        return _from_message(cls, getattr(response, part) if part else response)
+
+    def _page(
+        self, method: Callable[..., Message], request: object, items: str, cls: type[_D]
+    ) -> tuple[list[_D], str]:
+        """Call a List method: its repeated field `items` as `cls`, and the next page's token."""
+        response = self._call(method, request)
+        page = [_from_message(cls, item) for item in getattr(response, items)]
+        return page, getattr(response, "next_page_token")  # noqa: B009 - every List response
+
+    def _audit_page(
+        self,
+        method: Callable[..., Message],
+        page_size: int,
+        page_token: str,
+        key_id: str | None,
+        tenant: str | None = None,
+    ) -> tuple[list[AuditEvent], str]:
+        """One page of either service's ListAuditEvents."""
+        request = service_pb2.ListAuditEventsRequest(
+            page_size=page_size, page_token=page_token, key_id=key_id or "", tenant=tenant or ""
+        )
+        return self._page(method, request, "events", AuditEvent)
 
 
 class HsmClient(_Client):
@@ -405,38 +572,206 @@ class HsmClient(_Client):
         super().__init__(channel, timeout=timeout)
         self._stub = service_pb2_grpc.KeyManagementServiceStub(channel)
 
+    def _metadata(self, method: Callable[..., Message], request: object) -> KeyMetadata:
+        """Call a method whose response holds the key's metadata, and return that."""
+        return self._result(method, request, KeyMetadata, "key_metadata")
+
     def create_key(
-        self, key_spec: str = "AES_256", key_usage: str | None = None, description: str = ""
+        self,
+        key_spec: str = "AES_256",
+        key_usage: str | None = None,
+        description: str = "",
+        policy: KeyPolicy | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> KeyMetadata:
         """A new key. Without `key_usage` the daemon gives the spec's only usage (HMAC_256:
-        GENERATE_VERIFY_MAC), else ENCRYPT_DECRYPT; it refuses a usage the spec cannot have."""
+        GENERATE_VERIFY_MAC), else ENCRYPT_DECRYPT; it refuses a usage the spec cannot have.
+        Without `policy` the caller and the tenant's admin principals administer the key and the
+        caller uses it."""
         request = service_pb2.CreateKeyRequest(
             key_spec=_enum_value(resources_pb2.KeySpec, key_spec),
             key_usage=_enum_value(resources_pb2.KeyUsage, key_usage),
             description=description,
+            policy=None if policy is None else _policy_message(policy),
+            tags=tags,
         )
-        response: service_pb2.CreateKeyResponse = self._call(self._stub.CreateKey, request)
-        return _from_message(KeyMetadata, response.key_metadata)
+        return self._metadata(self._stub.CreateKey, request)
 
     def describe_key(self, key_id: str) -> KeyMetadata:
-        request = service_pb2.DescribeKeyRequest(key_id=key_id)
-        response: service_pb2.DescribeKeyResponse = self._call(self._stub.DescribeKey, request)
-        return _from_message(KeyMetadata, response.key_metadata)
+        return self._metadata(self._stub.DescribeKey, service_pb2.DescribeKeyRequest(key_id=key_id))
 
-    def list_keys(self, page_size: int = 0, page_token: str = "") -> tuple[list[KeyMetadata], str]:
-        """One page of keys, oldest first, and the token of the next page ("" after the last)."""
-        request = service_pb2.ListKeysRequest(page_size=page_size, page_token=page_token)
-        response: service_pb2.ListKeysResponse = self._call(self._stub.ListKeys, request)
-        keys = [_from_message(KeyMetadata, key) for key in response.keys]
-        return keys, response.next_page_token
+    def list_keys(
+        self, page_size: int = 0, page_token: str = "", tag_filter: Mapping[str, str] | None = None
+    ) -> tuple[list[KeyMetadata], str]:
+        """One page of keys, oldest first, and the token of the next page ("" after the last);
+        with `tag_filter`, only the keys that carry all of those tags with those values."""
+        request = service_pb2.ListKeysRequest(
+            page_size=page_size, page_token=page_token, tag_filter=tag_filter
+        )
+        return self._page(self._stub.ListKeys, request, "keys", KeyMetadata)
 
-    def iter_keys(self, page_size: int = 0, page_token: str = "") -> Iterator[KeyMetadata]:
+    def iter_keys(
+        self, page_size: int = 0, page_token: str = "", tag_filter: Mapping[str, str] | None = None
+    ) -> Iterator[KeyMetadata]:
         """Every key from `page_token` on, fetching pages as the iteration reaches them."""
-        while True:
-            keys, page_token = self.list_keys(page_size, page_token)
-            yield from keys
-            if not page_token:
-                return
+        return _every_page(lambda token: self.list_keys(page_size, token, tag_filter), page_token)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def enable_key(self, key_id: str) -> KeyMetadata:
+        """Make a DISABLED key usable again."""
+        return self._metadata(self._stub.EnableKey, service_pb2.EnableKeyRequest(key_id=key_id))
+
+    def disable_key(self, key_id: str) -> KeyMetadata:
+        """Make a key unusable until enable_key; nothing is destroyed."""
+        return self._metadata(self._stub.DisableKey, service_pb2.DisableKeyRequest(key_id=key_id))
+
+    def schedule_key_deletion(
+        self, key_id: str, pending_window_in_days: int | None = None
+    ) -> KeyMetadata:
+        """Schedule the key's destruction after 7-30 days (the daemon's default: 30); the result
+        is PENDING_DELETION and its `deletion_date` says when.
+
+        Raises:
+            ValueError: `pending_window_in_days` is not positive.
+        """
+        request = service_pb2.ScheduleKeyDeletionRequest(
+            key_id=key_id,
+            pending_window_in_days=_count("pending_window_in_days", pending_window_in_days),
+        )
+        return self._metadata(self._stub.ScheduleKeyDeletion, request)
+
+    def cancel_key_deletion(self, key_id: str) -> KeyMetadata:
+        """Cancel a scheduled deletion; the key becomes DISABLED (enable_key it to use it)."""
+        request = service_pb2.CancelKeyDeletionRequest(key_id=key_id)
+        return self._metadata(self._stub.CancelKeyDeletion, request)
+
+    def update_key_description(self, key_id: str, description: str) -> KeyMetadata:
+        """Replace the key's description; "" clears it."""
+        request = service_pb2.UpdateKeyDescriptionRequest(key_id=key_id, description=description)
+        return self._metadata(self._stub.UpdateKeyDescription, request)
+
+    def tag_key(self, key_id: str, tags: Mapping[str, str]) -> KeyMetadata:
+        """Add tags to the key, replacing the values of tag keys it has already."""
+        request = service_pb2.TagKeyRequest(key_id=key_id, tags=tags)
+        return self._metadata(self._stub.TagKey, request)
+
+    def untag_key(self, key_id: str, tag_keys: Iterable[str]) -> KeyMetadata:
+        """Remove the tags of these keys; keys the key lacks are ignored.
+
+        Raises:
+            ValueError: `tag_keys` is a single string.
+        """
+        request = service_pb2.UntagKeyRequest(
+            key_id=key_id, tag_keys=_strings("tag_keys", tag_keys)
+        )
+        return self._metadata(self._stub.UntagKey, request)
+
+    def get_key_policy(self, key_id: str) -> KeyPolicy:
+        request = service_pb2.GetKeyPolicyRequest(key_id=key_id)
+        return self._result(self._stub.GetKeyPolicy, request, KeyPolicy, "policy")
+
+    def put_key_policy(self, key_id: str, policy: KeyPolicy) -> KeyPolicy:
+        """Replace the key's policy; the daemon refuses one that leaves the key without an
+        administrator or locks the caller out of managing it.
+
+        Raises:
+            ValueError: a field of `policy` is a single string.
+        """
+        request = service_pb2.PutKeyPolicyRequest(key_id=key_id, policy=_policy_message(policy))
+        return self._result(self._stub.PutKeyPolicy, request, KeyPolicy, "policy")
+
+    # --- rotation ------------------------------------------------------------------------------
+
+    def enable_key_rotation(
+        self, key_id: str, rotation_period_in_days: int | None = None
+    ) -> KeyRotationStatus:
+        """Rotate an AES_256 key automatically every 90-2,560 days (the daemon's default: 365).
+
+        Raises:
+            ValueError: `rotation_period_in_days` is not positive.
+        """
+        request = service_pb2.EnableKeyRotationRequest(
+            key_id=key_id,
+            rotation_period_in_days=_count("rotation_period_in_days", rotation_period_in_days),
+        )
+        return self._result(self._stub.EnableKeyRotation, request, KeyRotationStatus, "status")
+
+    def disable_key_rotation(self, key_id: str) -> KeyRotationStatus:
+        request = service_pb2.DisableKeyRotationRequest(key_id=key_id)
+        return self._result(self._stub.DisableKeyRotation, request, KeyRotationStatus, "status")
+
+    def get_key_rotation_status(self, key_id: str) -> KeyRotationStatus:
+        request = service_pb2.GetKeyRotationStatusRequest(key_id=key_id)
+        return self._result(self._stub.GetKeyRotationStatus, request, KeyRotationStatus)
+
+    def rotate_key_on_demand(self, key_id: str) -> RotateKeyOnDemandResult:
+        """Rotate now: a new version becomes primary; older versions still decrypt."""
+        request = service_pb2.RotateKeyOnDemandRequest(key_id=key_id)
+        return self._result(self._stub.RotateKeyOnDemand, request, RotateKeyOnDemandResult)
+
+    def list_key_rotations(
+        self, key_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[KeyRotation], str]:
+        """One page of the key's rotations, oldest first, and the next page's token."""
+        request = service_pb2.ListKeyRotationsRequest(
+            key_id=key_id, page_size=page_size, page_token=page_token
+        )
+        return self._page(self._stub.ListKeyRotations, request, "rotations", KeyRotation)
+
+    def iter_key_rotations(
+        self, key_id: str, page_size: int = 0, page_token: str = ""
+    ) -> Iterator[KeyRotation]:
+        return _every_page(
+            lambda token: self.list_key_rotations(key_id, page_size, token), page_token
+        )
+
+    # --- aliases -------------------------------------------------------------------------------
+
+    def create_alias(self, alias_name: str, target_key_id: str) -> Alias:
+        """Name a key "alias/<name>"; `target_key_id` must be a key id, not an alias."""
+        request = service_pb2.CreateAliasRequest(alias_name=alias_name, target_key_id=target_key_id)
+        return self._result(self._stub.CreateAlias, request, Alias, "alias")
+
+    def update_alias(self, alias_name: str, target_key_id: str) -> Alias:
+        """Point an alias at another key of the same spec and usage."""
+        request = service_pb2.UpdateAliasRequest(alias_name=alias_name, target_key_id=target_key_id)
+        return self._result(self._stub.UpdateAlias, request, Alias, "alias")
+
+    def delete_alias(self, alias_name: str) -> None:
+        """Delete an alias; its key is untouched."""
+        self._call(self._stub.DeleteAlias, service_pb2.DeleteAliasRequest(alias_name=alias_name))
+
+    def list_aliases(
+        self, key_id: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Alias], str]:
+        """One page of the tenant's aliases (only `key_id`'s, if given) and the next page's
+        token."""
+        request = service_pb2.ListAliasesRequest(
+            key_id=key_id or "", page_size=page_size, page_token=page_token
+        )
+        return self._page(self._stub.ListAliases, request, "aliases", Alias)
+
+    def iter_aliases(
+        self, key_id: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> Iterator[Alias]:
+        return _every_page(lambda token: self.list_aliases(key_id, page_size, token), page_token)
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    def list_audit_events(
+        self, page_size: int = 0, page_token: str = "", key_id: str | None = None
+    ) -> tuple[list[AuditEvent], str]:
+        """One page of the caller's tenant's audit events (only those about `key_id`, if given),
+        oldest first, and the next page's token."""
+        return self._audit_page(self._stub.ListAuditEvents, page_size, page_token, key_id)
+
+    def iter_audit_events(
+        self, page_size: int = 0, page_token: str = "", key_id: str | None = None
+    ) -> Iterator[AuditEvent]:
+        return _every_page(
+            lambda token: self.list_audit_events(page_size, token, key_id), page_token
+        )
 
     def encrypt(
         self,
@@ -667,13 +1002,46 @@ class AdminClient(_Client):
         super().__init__(channel, timeout=timeout)
         self._stub = admin_pb2_grpc.AdminServiceStub(channel)
 
-    def create_tenant(self, name: str) -> Tenant:
-        """Create a tenant and its token; the daemon serves it at once."""
-        request = admin_pb2.CreateTenantRequest(name=name)
-        response: admin_pb2.CreateTenantResponse = self._call(self._stub.CreateTenant, request)
-        return _from_message(Tenant, response.tenant)
+    def create_tenant(self, name: str, admin_principals: Iterable[str] | None = None) -> Tenant:
+        """Create a tenant and its token; the daemon serves it at once. `admin_principals`
+        (principal names or globs; the daemon's default: ["admin"]) administer every new key.
+
+        Raises:
+            ValueError: `admin_principals` is a single string.
+        """
+        request = admin_pb2.CreateTenantRequest(
+            name=name, admin_principals=_strings("admin_principals", admin_principals or ())
+        )
+        return self._result(self._stub.CreateTenant, request, Tenant, "tenant")
 
     def list_tenants(self) -> list[Tenant]:
         request = admin_pb2.ListTenantsRequest()
         response: admin_pb2.ListTenantsResponse = self._call(self._stub.ListTenants, request)
         return [_from_message(Tenant, tenant) for tenant in response.tenants]
+
+    def list_audit_events(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        key_id: str | None = None,
+        tenant: str | None = None,
+    ) -> tuple[list[AuditEvent], str]:
+        """One page of every tenant's audit events (only `tenant`'s, or `key_id`'s, if given),
+        oldest first, and the next page's token."""
+        return self._audit_page(self._stub.ListAuditEvents, page_size, page_token, key_id, tenant)
+
+    def iter_audit_events(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        key_id: str | None = None,
+        tenant: str | None = None,
+    ) -> Iterator[AuditEvent]:
+        return _every_page(
+            lambda token: self.list_audit_events(page_size, token, key_id, tenant), page_token
+        )
+
+    def verify_audit_log(self) -> AuditVerification:
+        """Walk the whole audit log's hash chain; a broken chain is an answer, not an error."""
+        request = admin_pb2.VerifyAuditLogRequest()
+        return self._result(self._stub.VerifyAuditLog, request, AuditVerification)

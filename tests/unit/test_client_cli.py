@@ -5,11 +5,14 @@ tests/unit/test_client_rpc.py runs the CLI over a real mTLS channel.
 """
 
 import base64
+import inspect
 import io
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 
 import grpc
 import pytest
@@ -18,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hsmclient import cli, errors
 from hsmclient.channel import ConnectionSettings
 from hsmclient.client import (
+    AdminClient,
+    Alias,
+    AuditEvent,
+    AuditVerification,
     Capabilities,
     DataKey,
     DataKeyPair,
@@ -27,14 +34,20 @@ from hsmclient.client import (
     EncryptResult,
     HsmClient,
     KeyMetadata,
+    KeyPolicy,
+    KeyRotation,
+    KeyRotationStatus,
     MacResult,
     PublicKey,
     ReEncryptResult,
+    RotateKeyOnDemandResult,
     SignResult,
     VerifyMacResult,
     VerifyResult,
 )
 
+CREATED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+LATER = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
 KEY = KeyMetadata(
     key_id="0b5e3d4a-1111-4222-8333-944445555666",
     tenant="acme",
@@ -44,12 +57,36 @@ KEY = KeyMetadata(
     key_usage="ENCRYPT_DECRYPT",
     origin="GENERATED",
     key_state="ENABLED",
-    creation_time=datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC),
+    creation_time=CREATED,
     primary_version=2,
     encryption_algorithms=("SYMMETRIC_DEFAULT",),
     signing_algorithms=(),
     mac_algorithms=(),
+    tags={"team": "pay", "env": "prod"},
+    deletion_date=None,
 )
+POLICY = KeyPolicy(("admin", "ops-*"), ("app",))
+ROTATING = KeyRotationStatus(KEY.key_id, True, 365, LATER, None)
+ALIASES = [Alias(f"alias/a{n}", KEY.key_id, CREATED, LATER) for n in range(3)]
+ROTATIONS = [KeyRotation(KEY.key_id, n, LATER, "AUTOMATIC") for n in range(2, 5)]
+EVENTS = [
+    AuditEvent(
+        sequence=n,
+        time=LATER,
+        request_id=f"req-{n}",
+        tenant="acme",
+        principal="tenant/acme/app",
+        operation="Decrypt",
+        key_id=KEY.key_id,
+        key_version=2,
+        encryption_context_keys=("file",),
+        outcome="OK",
+        peer="ipv4:10.0.0.1:4000",
+        previous_hash="00" * 32,
+        hash="11" * 32,
+    )
+    for n in range(1, 4)
+]
 BLOB = b"\x01blob\xff"
 DATA_KEY = b"k" * 32
 SIGNATURE = b"\x30sig\xfe"
@@ -62,6 +99,40 @@ PUBLIC_KEY_DER = _ED25519.public_bytes(
 PUBLIC_KEY_PEM = _ED25519.public_bytes(
     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
 ).decode()
+
+
+def page(items: list, page_size: int, page_token: str) -> tuple[list, str]:
+    """Pages of two items at most; the token is the index of the next item."""
+    start = int(page_token or 0)
+    end = start + min(page_size or 2, 2)
+    return items[start:end], str(end) if end < len(items) else ""
+
+
+class Answers:
+    """A fake of the `cls` method of the name it is assigned to: records the arguments as the
+    real method binds them (defaults filled in; a call its signature refuses fails the test)
+    and returns answer(fake, *arguments)."""
+
+    def __init__(self, cls: type, answer: Callable[..., object]) -> None:
+        self.cls, self.answer = cls, answer
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.signature = inspect.signature(getattr(self.cls, name))
+        self.name = name
+
+    def __get__(self, fake: object, owner: type | None = None) -> Callable[..., object]:
+        return partial(self.call, fake)
+
+    def call(self, fake, *args, **kwargs) -> object:
+        bound = self.signature.bind(fake, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = tuple(bound.arguments.values())[1:]
+        fake._record(self.name, *arguments)
+        return self.answer(fake, *arguments)
+
+
+def returns(cls: type, value: object) -> Answers:
+    return Answers(cls, lambda fake, *arguments: value)
 
 
 class _FakeClient(HsmClient):
@@ -81,20 +152,32 @@ class _FakeClient(HsmClient):
         if self.raises is not None:
             raise self.raises
 
-    def create_key(self, key_spec="AES_256", key_usage=None, description=""):
-        self._record("create_key", key_spec, key_usage, description)
-        return KEY
-
-    def describe_key(self, key_id):
-        self._record("describe_key", key_id)
-        return KEY
-
-    def list_keys(self, page_size=0, page_token=""):
-        """Pages of two keys at most; the token is the index of the next key."""
-        self._record("list_keys", page_size, page_token)
-        start = int(page_token or 0)
-        end = start + min(page_size or 2, 2)
-        return self.keys[start:end], str(end) if end < len(self.keys) else ""
+    create_key = returns(HsmClient, KEY)
+    describe_key = returns(HsmClient, KEY)
+    list_keys = Answers(HsmClient, lambda self, size, token, _: page(self.keys, size, token))
+    enable_key = returns(HsmClient, KEY)
+    disable_key = returns(HsmClient, replace(KEY, key_state="DISABLED"))
+    schedule_key_deletion = returns(
+        HsmClient, replace(KEY, key_state="PENDING_DELETION", deletion_date=LATER)
+    )
+    cancel_key_deletion = returns(HsmClient, replace(KEY, key_state="DISABLED"))
+    update_key_description = returns(HsmClient, KEY)
+    tag_key = returns(HsmClient, KEY)
+    untag_key = returns(HsmClient, KEY)
+    get_key_policy = returns(HsmClient, POLICY)
+    put_key_policy = Answers(HsmClient, lambda self, key_id, policy: policy)
+    enable_key_rotation = returns(HsmClient, ROTATING)
+    disable_key_rotation = returns(HsmClient, KeyRotationStatus(KEY.key_id, False, 0, None, None))
+    get_key_rotation_status = returns(HsmClient, ROTATING)
+    rotate_key_on_demand = Answers(
+        HsmClient, lambda self, key_id: RotateKeyOnDemandResult(key_id, 5)
+    )
+    list_key_rotations = Answers(HsmClient, lambda self, _, *paging: page(ROTATIONS, *paging))
+    create_alias = returns(HsmClient, ALIASES[0])
+    update_alias = returns(HsmClient, ALIASES[0])
+    delete_alias = returns(HsmClient, None)
+    list_aliases = Answers(HsmClient, lambda self, _, *paging: page(ALIASES, *paging))
+    list_audit_events = Answers(HsmClient, lambda self, size, token, _: page(EVENTS, size, token))
 
     def encrypt(
         self, key_id, plaintext, encryption_context=None, encryption_algorithm="SYMMETRIC_DEFAULT"
@@ -173,6 +256,23 @@ class _FakeClient(HsmClient):
         return b"\x00" * number_of_bytes
 
 
+class _FakeAdmin(AdminClient):
+    """An AdminClient that records into the KMS fake's calls, as "admin.<method>"."""
+
+    def __init__(self, kms: _FakeClient) -> None:
+        super().__init__(grpc.insecure_channel("127.0.0.1:1"))
+        self.kms = kms
+        self.verification = AuditVerification(True, 3, 0, "")
+
+    def _record(self, method: str, *args: object) -> None:
+        self.kms._record(f"admin.{method}", *args)
+
+    list_audit_events = Answers(
+        AdminClient, lambda self, size, token, key_id, tenant: page(EVENTS, size, token)
+    )
+    verify_audit_log = Answers(AdminClient, lambda self: self.verification)
+
+
 _ENV = {
     "HSM_ENDPOINT": "env.example:8443",
     "HSM_CA_CERT": "/env/ca.pem",
@@ -194,6 +294,8 @@ def fake(monkeypatch):
 
     monkeypatch.setattr(ConnectionSettings, "open_channel", open_channel)
     monkeypatch.setattr(cli, "HsmClient", lambda channel: client)
+    client.admin = _FakeAdmin(client)
+    monkeypatch.setattr(cli, "AdminClient", lambda channel: client.admin)
     return client
 
 
@@ -218,7 +320,7 @@ def b64(data: bytes) -> str:
 
 def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
     output = run_json(capsys, "create-key", "--description", "payroll")
-    assert fake.calls == [("create_key", ("AES_256", None, "payroll"))]
+    assert fake.calls == [("create_key", ("AES_256", None, "payroll", None, None))]
     assert output == {
         "KeyMetadata": {
             "KeyId": KEY.key_id,
@@ -238,7 +340,7 @@ def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
 
 def test_create_key_passes_spec_and_usage(fake, capsys) -> None:
     run_json(capsys, "create-key", "--key-spec", "RSA_2048", "--key-usage", "SIGN_VERIFY")
-    assert fake.calls == [("create_key", ("RSA_2048", "SIGN_VERIFY", ""))]
+    assert fake.calls == [("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None))]
 
 
 def test_a_disabled_key_is_not_enabled(fake, capsys, monkeypatch) -> None:
@@ -287,14 +389,14 @@ def test_list_keys_pages_through_everything_by_default(fake, capsys) -> None:
     assert [key["KeyId"] for key in output["Keys"]] == [f"key-{n}" for n in range(5)]
     assert output["Keys"][0] == {"KeyId": "key-0", "KeyArn": "tenants/acme/keys/key-0"}
     assert "NextMarker" not in output
-    assert [args for _, args in fake.calls] == [(0, ""), (0, "2"), (0, "4")]
+    assert [args for _, args in fake.calls] == [(0, "", None), (0, "2", None), (0, "4", None)]
 
 
 def test_list_keys_with_limit_returns_one_page_and_the_marker(fake, capsys) -> None:
     output = run_json(capsys, "list-keys", "--limit", "2", "--starting-token", "2")
     assert [key["KeyId"] for key in output["Keys"]] == ["key-2", "key-3"]
     assert output["NextMarker"] == "4"
-    assert fake.calls == [("list_keys", (2, "2"))]
+    assert fake.calls == [("list_keys", (2, "2", None))]
 
 
 def test_list_keys_as_text(fake, capsys) -> None:
@@ -727,26 +829,14 @@ def test_get_capabilities(fake, capsys) -> None:
     assert fake.calls == [("get_capabilities", ())]
 
 
-@pytest.mark.parametrize(
-    ("argv", "option"),
-    [
-        (["sign", "--key-id", "k", "--signing-algorithm", "A"], "--message"),
-        (
-            ["verify", "--key-id", "k", "--message", "eA==", "--signing-algorithm", "A"],
-            "--signature",
-        ),
-        (["verify-mac", "--key-id", "k", "--message", "eA==", "--mac-algorithm", "A"], "--mac"),
-        (["re-encrypt", "--destination-key-id", "k"], "--ciphertext-blob"),
-    ],
-)
-@pytest.mark.parametrize("blob", ["not base64!", "fileb:///no/such/file"])
-def test_a_bad_blob_in_the_new_commands_is_a_usage_error(
-    fake, capsys, argv: list[str], option: str, blob: str
-) -> None:
-    code, out, err = run(capsys, *argv, option, blob)
-    assert code == cli.EXIT_USAGE
-    assert f"argument {option}" in err
-    assert (out, fake.calls) == ("", [])
+# Blob options of the newer commands, each with the rest of its command line; see
+# test_a_bad_argument_is_a_usage_error.
+BLOB_OPTIONS = [
+    (["sign", "--key-id", "k", "--signing-algorithm", "A"], "--message"),
+    (["verify", "--key-id", "k", "--message", "eA==", "--signing-algorithm", "A"], "--signature"),
+    (["verify-mac", "--key-id", "k", "--message", "eA==", "--mac-algorithm", "A"], "--mac"),
+    (["re-encrypt", "--destination-key-id", "k"], "--ciphertext-blob"),
+]
 
 
 @pytest.mark.parametrize(
@@ -763,6 +853,16 @@ def test_a_bad_blob_in_the_new_commands_is_a_usage_error(
         (["generate-data-key-pair-without-plaintext", "--key-pair-spec", "R"], "--key-id"),
         (["re-encrypt", "--ciphertext-blob", "eA=="], "--destination-key-id"),
         (["get-public-key"], "--key-id"),
+        (["schedule-key-deletion"], "--key-id"),
+        (["update-key-description", "--key-id", "k"], "--description"),
+        (["tag-resource", "--key-id", "k"], "--tags"),
+        (["untag-resource", "--key-id", "k"], "--tag-keys"),
+        (["put-key-policy", "--key-id", "k"], "--policy"),
+        (["create-alias", "--alias-name", "alias/a"], "--target-key-id"),
+        (["update-alias", "--target-key-id", "k"], "--alias-name"),
+        (["delete-alias"], "--alias-name"),
+        (["list-key-rotations"], "--key-id"),
+        (["audit"], "COMMAND"),
     ],
 )
 def test_new_commands_need_their_required_options(
@@ -981,3 +1081,401 @@ def test_help_returns_zero(capsys, argv: list[str]) -> None:
     code, out, _ = run(capsys, *argv)
     assert code == 0
     assert out.startswith("usage: hsm")
+
+
+# --- key lifecycle ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [
+        ("enable-key", "enable_key"),
+        ("disable-key", "disable_key"),
+        ("disable-key-rotation", "disable_key_rotation"),
+    ],
+)
+@pytest.mark.parametrize("key_id", ["k", "alias/payroll"])
+def test_commands_aws_answers_silently_print_nothing(
+    fake, capsys, command: str, method: str, key_id: str
+) -> None:
+    assert run(capsys, command, "--key-id", key_id) == (0, "", "")
+    assert run(capsys, command, "--key-id", key_id, "--query", "KeyId") == (0, "", "")
+    assert fake.calls == [(method, (key_id,))] * 2
+
+
+def test_schedule_key_deletion(fake, capsys) -> None:
+    output = run_json(
+        capsys, "schedule-key-deletion", "--key-id", "k", "--pending-window-in-days", "7"
+    )
+    assert fake.calls == [("schedule_key_deletion", ("k", 7))]
+    assert output == {
+        "KeyId": KEY.key_id,
+        "DeletionDate": "2024-07-01T12:00:00+00:00",
+        "KeyState": "PENDING_DELETION",
+        "PendingWindowInDays": 7,
+    }
+
+
+def test_schedule_key_deletion_leaves_the_window_to_the_daemon(fake, capsys) -> None:
+    output = run_json(capsys, "schedule-key-deletion", "--key-id", "alias/old")
+    assert fake.calls == [("schedule_key_deletion", ("alias/old", None))]
+    assert output["PendingWindowInDays"] == 30
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["schedule-key-deletion", "--key-id", "k", "--pending-window-in-days", "0"],
+        ["enable-key-rotation", "--key-id", "k", "--rotation-period-in-days", "-90"],
+        ["list-aliases", "--limit", "0"],
+        ["audit", "list", "--limit", "none"],
+    ],
+)
+def test_day_counts_and_limits_must_be_positive(fake, capsys, argv: list[str]) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == cli.EXIT_USAGE
+    assert "must be at least 1" in err or "invalid" in err
+    assert fake.calls == []
+
+
+def test_cancel_key_deletion(fake, capsys) -> None:
+    assert run_json(capsys, "cancel-key-deletion", "--key-id", "alias/x") == {"KeyId": KEY.key_id}
+    assert fake.calls == [("cancel_key_deletion", ("alias/x",))]
+
+
+def test_describe_key_shows_the_deletion_date_when_there_is_one(fake, capsys, monkeypatch) -> None:
+    pending = replace(KEY, key_state="PENDING_DELETION", deletion_date=LATER)
+    monkeypatch.setattr(fake, "describe_key", lambda key_id: pending)
+    metadata = run_json(capsys, "describe-key", "--key-id", "k")["KeyMetadata"]
+    assert metadata["DeletionDate"] == "2024-07-01T12:00:00+00:00"
+    assert (metadata["KeyState"], metadata["Enabled"]) == ("PENDING_DELETION", False)
+
+
+@pytest.mark.parametrize("description", ["new text", ""])
+def test_update_key_description(fake, capsys, description: str) -> None:
+    argv = ["update-key-description", "--key-id", "k", "--description", description]
+    assert run(capsys, *argv) == (0, "", "")
+    assert fake.calls == [("update_key_description", ("k", description))]
+
+
+# --- tags ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "tags"),
+    [
+        (["--tags", "TagKey=env,TagValue=prod"], {"env": "prod"}),
+        (["--tags", "TagKey=a,TagValue=1", "TagKey=b,TagValue="], {"a": "1", "b": ""}),
+        (["--tags", "TagKey=a,TagValue=1", "--tags", "TagKey=b,TagValue=2"], {"a": "1", "b": "2"}),
+        (["--tags", "TagKey=cc,TagValue=x,y=z"], {"cc": "x,y=z"}),
+        (
+            ["--tags", '[{"TagKey": "a", "TagValue": "1"}, {"TagKey": "b", "TagValue": "2, 3"}]'],
+            {"a": "1", "b": "2, 3"},
+        ),
+        (["--tags", "TagKey=a,TagValue=1", '[{"TagKey": "a", "TagValue": "2"}]'], {"a": "2"}),
+    ],
+)
+def test_tag_resource_takes_aws_shorthand_and_json(
+    fake, capsys, words: list[str], tags: dict[str, str]
+) -> None:
+    assert run(capsys, "tag-resource", "--key-id", "k", *words) == (0, "", "")
+    assert fake.calls == [("tag_key", ("k", tags))]
+
+
+def test_untag_resource(fake, capsys) -> None:
+    argv = ["untag-resource", "--key-id", "k", "--tag-keys", "env", "team", "--tag-keys", "x"]
+    assert run(capsys, *argv) == (0, "", "")
+    assert fake.calls == [("untag_key", ("k", ["env", "team", "x"]))]
+
+
+def test_list_resource_tags_comes_from_the_key_sorted(fake, capsys) -> None:
+    assert run_json(capsys, "list-resource-tags", "--key-id", "alias/p") == {
+        "Tags": [{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "pay"}],
+        "Truncated": False,
+    }
+    assert fake.calls == [("describe_key", ("alias/p",))]
+
+
+def test_create_key_with_tags_and_a_policy(fake, capsys) -> None:
+    policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
+    run_json(capsys, "create-key", "--tags", "TagKey=env,TagValue=prod", "--policy", policy)
+    assert fake.calls == [("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}))]
+
+
+def test_list_keys_by_tag(fake, capsys) -> None:
+    argv = ["list-keys", "--tag-filter", "env=prod", "team=pay", "--limit", "2"]
+    assert len(run_json(capsys, *argv)["Keys"]) == 2
+    assert fake.calls == [("list_keys", (2, "", {"env": "prod", "team": "pay"}))]
+    fake.calls.clear()
+    run_json(capsys, "list-keys", "--tag-filter", '{"env": "prod"}')
+    assert {args[2]["env"] for _, args in fake.calls} == {"prod"}  # on every page
+    assert len(fake.calls) == 3
+
+
+# --- key policies -------------------------------------------------------------------------------
+
+
+def test_get_key_policy_returns_the_policy_as_a_json_string(fake, capsys) -> None:
+    output = run_json(capsys, "get-key-policy", "--key-id", "k", "--policy-name", "default")
+    assert fake.calls == [("get_key_policy", ("k",))]
+    assert isinstance(output["Policy"], str)
+    assert json.loads(output["Policy"]) == {"Administrators": ["admin", "ops-*"], "Users": ["app"]}
+
+
+def test_put_key_policy_takes_what_get_key_policy_gives(fake, capsys) -> None:
+    policy = run_json(capsys, "get-key-policy", "--key-id", "k")["Policy"]
+    assert run(capsys, "put-key-policy", "--key-id", "k", "--policy", policy) == (0, "", "")
+    assert fake.calls[-1] == ("put_key_policy", ("k", POLICY))
+
+
+def test_put_key_policy_reads_file_urls(fake, capsys, tmp_path) -> None:
+    (tmp_path / "policy.json").write_text('{\n  "Administrators": ["ops-*"]\n}\n')
+    argv = ["--key-id", "k", "--policy", f"file://{tmp_path / 'policy.json'}"]
+    assert run(capsys, "put-key-policy", *argv) == (0, "", "")
+    assert fake.calls == [("put_key_policy", ("k", KeyPolicy(("ops-*",), ())))]
+
+
+BAD_TAGS = [
+    "env=prod",
+    "TagKey=,TagValue=x",
+    "TagValue=x,TagKey=y",
+    "TagKey=a",
+    '[{"TagKey": "a"}]',
+    '[{"TagKey": "a", "TagValue": 1}]',
+    '[{"TagKey": "a", "TagValue": "1", "Extra": "x"}]',
+    '{"TagKey": "a", "TagValue": "1"}',
+    "[broken",
+]
+BAD_POLICIES = [
+    '{"Users": ["app"]}',
+    '{"Administrators": "admin"}',
+    '{"Administrators": ["admin"], "Users": [1]}',
+    '{"Administrators": ["admin"], "Statement": []}',
+    '["admin"]',
+    "not json",
+    "file:///no/such/policy.json",
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "word"),
+    [
+        (argv, option, blob)
+        for argv, option in BLOB_OPTIONS
+        for blob in ("not base64!", "fileb:///no/such/file")
+    ]
+    + [(["tag-resource", "--key-id", "k"], "--tags", word) for word in BAD_TAGS]
+    + [(["create-key"], "--tags", BAD_TAGS[0]), (["create-key"], "--policy", BAD_POLICIES[0])]
+    + [(["put-key-policy", "--key-id", "k"], "--policy", policy) for policy in BAD_POLICIES],
+)
+def test_a_bad_argument_is_a_usage_error(
+    fake, capsys, argv: list[str], option: str, word: str
+) -> None:
+    code, out, err = run(capsys, *argv, option, word)
+    assert code == cli.EXIT_USAGE
+    assert f"argument {option}" in err
+    assert (out, fake.calls) == ("", [])
+
+
+def test_a_policy_file_that_is_not_utf8_is_a_usage_error(fake, capsys, tmp_path) -> None:
+    (tmp_path / "policy.json").write_bytes(b"\xff\xfe{}")
+    argv = ["--key-id", "k", "--policy", f"file://{tmp_path / 'policy.json'}"]
+    code, _, err = run(capsys, "put-key-policy", *argv)
+    assert (code, fake.calls) == (cli.EXIT_USAGE, [])
+    assert "not UTF-8" in err
+
+
+def test_only_the_default_policy_name_exists(fake, capsys) -> None:
+    code, _, err = run(capsys, "get-key-policy", "--key-id", "k", "--policy-name", "other")
+    assert code == cli.EXIT_USAGE
+    assert "--policy-name" in err
+
+
+# --- rotation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "period"), [([], None), (["--rotation-period-in-days", "90"], 90)]
+)
+def test_enable_key_rotation(fake, capsys, words: list[str], period: int | None) -> None:
+    assert run(capsys, "enable-key-rotation", "--key-id", "k", *words) == (0, "", "")
+    assert fake.calls == [("enable_key_rotation", ("k", period))]
+
+
+def test_get_key_rotation_status(fake, capsys) -> None:
+    assert run_json(capsys, "get-key-rotation-status", "--key-id", "k") == {
+        "KeyId": KEY.key_id,
+        "KeyRotationEnabled": True,
+        "RotationPeriodInDays": 365,
+        "NextRotationDate": "2024-07-01T12:00:00+00:00",
+    }
+    assert fake.calls == [("get_key_rotation_status", ("k",))]
+
+
+def test_rotation_status_of_a_key_that_rotated_on_demand_only(fake, capsys, monkeypatch) -> None:
+    status = KeyRotationStatus(KEY.key_id, False, 0, None, CREATED)
+    monkeypatch.setattr(fake, "get_key_rotation_status", lambda key_id: status)
+    assert run_json(capsys, "get-key-rotation-status", "--key-id", "k") == {
+        "KeyId": KEY.key_id,
+        "KeyRotationEnabled": False,
+        "OnDemandRotationStartDate": "2024-05-06T07:08:09+00:00",
+    }
+
+
+def test_rotate_key_on_demand(fake, capsys) -> None:
+    output = run_json(capsys, "rotate-key-on-demand", "--key-id", "alias/k")
+    assert output == {"KeyId": "alias/k", "KeyVersion": 5}
+    assert fake.calls == [("rotate_key_on_demand", ("alias/k",))]
+
+
+def test_list_key_rotations_pages_through_everything(fake, capsys) -> None:
+    output = run_json(capsys, "list-key-rotations", "--key-id", "alias/rotated")
+    assert [args for _, args in fake.calls] == [("alias/rotated", 0, ""), ("alias/rotated", 0, "2")]
+    assert output == {
+        "Rotations": [
+            {
+                "KeyId": KEY.key_id,
+                "RotationDate": "2024-07-01T12:00:00+00:00",
+                "RotationType": "AUTOMATIC",
+                "KeyVersion": version,
+            }
+            for version in (2, 3, 4)
+        ]
+    }
+
+
+# --- aliases ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "call"),
+    [
+        (
+            ["create-alias", "--alias-name", "alias/pay", "--target-key-id", "k"],
+            ("create_alias", ("alias/pay", "k")),
+        ),
+        (
+            ["update-alias", "--alias-name", "alias/pay", "--target-key-id", "k2"],
+            ("update_alias", ("alias/pay", "k2")),
+        ),
+        (["delete-alias", "--alias-name", "alias/pay"], ("delete_alias", ("alias/pay",))),
+    ],
+)
+def test_alias_commands_print_nothing(fake, capsys, argv: list[str], call: tuple) -> None:
+    assert run(capsys, *argv) == (0, "", "")
+    assert fake.calls == [call]
+
+
+def test_list_aliases(fake, capsys) -> None:
+    output = run_json(capsys, "list-aliases", "--key-id", "k", "--limit", "2")
+    assert fake.calls == [("list_aliases", ("k", 2, ""))]
+    assert output == {
+        "Aliases": [
+            {
+                "AliasName": f"alias/a{n}",
+                "TargetKeyId": KEY.key_id,
+                "CreationDate": "2024-05-06T07:08:09+00:00",
+                "LastUpdatedDate": "2024-07-01T12:00:00+00:00",
+            }
+            for n in range(2)
+        ],
+        "NextMarker": "2",
+    }
+
+
+def test_list_aliases_of_every_key(fake, capsys) -> None:
+    assert len(run_json(capsys, "list-aliases")["Aliases"]) == 3
+    assert fake.calls == [("list_aliases", (None, 0, "")), ("list_aliases", (None, 0, "2"))]
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+EVENT_JSON = {
+    "Sequence": 1,
+    "Time": "2024-07-01T12:00:00+00:00",
+    "RequestId": "req-1",
+    "Tenant": "acme",
+    "Principal": "tenant/acme/app",
+    "Operation": "Decrypt",
+    "KeyId": KEY.key_id,
+    "KeyVersion": 2,
+    "EncryptionContextKeys": ["file"],
+    "Outcome": "OK",
+    "Peer": "ipv4:10.0.0.1:4000",
+    "PreviousHash": "00" * 32,
+    "Hash": "11" * 32,
+}
+
+
+def test_audit_list_uses_the_tenant_service_by_default(fake, capsys) -> None:
+    output = run_json(capsys, "audit", "list", "--key-id", "alias/k", "--limit", "1")
+    assert fake.calls == [("list_audit_events", (1, "", "alias/k"))]
+    assert output == {"Events": [EVENT_JSON], "NextMarker": "1"}
+
+
+@pytest.mark.parametrize(
+    ("words", "call"),
+    [
+        (["--admin"], (0, "", None, None)),
+        (["--tenant", "acme"], (0, "", None, "acme")),
+        (["--admin", "--tenant", "acme", "--key-id", "k"], (0, "", "k", "acme")),
+    ],
+)
+def test_audit_list_with_admin_or_tenant_uses_the_admin_service(
+    fake, capsys, words: list[str], call: tuple
+) -> None:
+    output = run_json(capsys, "audit", "list", *words)
+    assert [event["Sequence"] for event in output["Events"]] == [1, 2, 3]
+    assert fake.calls[0] == ("admin.list_audit_events", call)
+    assert {method for method, _ in fake.calls} == {"admin.list_audit_events"}
+
+
+def test_audit_verify_exits_zero_when_the_chain_holds(fake, capsys) -> None:
+    assert run_json(capsys, "audit", "verify") == {
+        "Valid": True,
+        "EventsChecked": 3,
+        "FirstBrokenPosition": 0,
+        "Problem": "",
+    }
+    assert fake.calls == [("admin.verify_audit_log", ())]
+
+
+def test_audit_verify_exits_one_when_the_chain_is_broken(fake, capsys) -> None:
+    fake.admin.verification = AuditVerification(False, 7, 7, "previous_hash does not match")
+    code, out, err = run(capsys, "audit", "verify")
+    assert (code, err) == (cli.EXIT_AUDIT_CHAIN_BROKEN, "") and code == 1
+    assert json.loads(out)["FirstBrokenPosition"] == 7
+    argv = ["audit", "verify", "--query", "Problem", "--output", "text"]
+    assert run(capsys, *argv) == (1, "previous_hash does not match\n", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "operation"),
+    [
+        (["audit", "list"], "ListAuditEvents"),
+        (["audit", "list", "--tenant", "acme"], "ListAuditEvents"),
+        (["audit", "verify"], "VerifyAuditLog"),
+        (["tag-resource", "--key-id", "k", "--tags", "TagKey=a,TagValue=b"], "TagResource"),
+        (["list-resource-tags", "--key-id", "k"], "ListResourceTags"),
+        (["schedule-key-deletion", "--key-id", "k"], "ScheduleKeyDeletion"),
+        (["enable-key", "--key-id", "k"], "EnableKey"),
+    ],
+)
+def test_lifecycle_commands_name_their_operation_in_errors(
+    fake, capsys, argv: list[str], operation: str
+) -> None:
+    fake.raises = errors.PermissionDeniedError("not an administrator of the key")
+    assert run(capsys, *argv) == (
+        254,
+        "",
+        f"An error occurred (AccessDeniedException) when calling the {operation} operation: "
+        "not an administrator of the key\n",
+    )
+
+
+@pytest.mark.parametrize("argv", [["audit", "--help"], ["audit", "list", "--help"]])
+def test_audit_help_says_which_service_answers(capsys, argv: list[str]) -> None:
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "AdminService" in " ".join(out.split())
+    assert "operator certificate" in " ".join(out.split())

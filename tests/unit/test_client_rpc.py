@@ -12,9 +12,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import google_crc32c
@@ -25,10 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from hsmclient import (
     AdminClient,
+    Alias,
+    AlreadyExistsError,
+    AuditEvent,
+    AuditVerification,
     ChecksumMismatchError,
     DeadlineExceededError,
+    FailedPreconditionError,
     HsmClient,
     InvalidArgumentError,
+    KeyPolicy,
+    KeyRotation,
     NotFoundError,
     PermissionDeniedError,
     PublicKey,
@@ -40,6 +47,35 @@ from hsmd import devpki
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
 
 CREATED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+# The fake daemon's clock: every time it stamps after creating a key.
+NOW = datetime(2024, 7, 1, 12, 0, tzinfo=UTC)
+
+
+def page(items: Sequence, request) -> tuple[list, str]:
+    """As the daemon pages: at most page_size items (0: 100); the token is the next index."""
+    start = int(request.page_token or 0)
+    end = start + (request.page_size or 100)
+    return list(items[start:end]), str(end) if end < len(items) else ""
+
+
+def audit_event(sequence: int, **fields) -> resources_pb2.AuditEvent:
+    event = resources_pb2.AuditEvent(
+        sequence=sequence,
+        request_id=f"req-{sequence}",
+        tenant="acme",
+        principal="tenant/acme/app",
+        operation="Encrypt",
+        key_id="key-1",
+        key_version=2,
+        encryption_context_keys=["app", "file"],
+        outcome="OK",
+        peer="ipv4:127.0.0.1:5000",
+        previous_hash=f"{sequence - 1:064x}",
+        hash=f"{sequence:064x}",
+    )
+    event.time.FromDatetime(NOW + timedelta(seconds=sequence))
+    event.MergeFrom(resources_pb2.AuditEvent(**fields))
+    return event
 
 
 def crc32c(data: bytes) -> int:
@@ -62,6 +98,40 @@ DEFAULT_USAGE = {
 }
 
 
+def changes_key(response_type, change: Callable) -> Callable:
+    """A FakeKms RPC that applies change(key, request, context) to the key the request names
+    and answers its metadata."""
+
+    def rpc(self: "FakeKms", request, context):
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        change(key, request, context)
+        return response_type(key_metadata=key)
+
+    return rpc
+
+
+def set_state(state: int) -> Callable:
+    return lambda key, request, context: setattr(key, "key_state", state)
+
+
+def schedule_deletion(key, request, context) -> None:
+    key.key_state = resources_pb2.PENDING_DELETION
+    key.deletion_date.FromDatetime(NOW + timedelta(days=request.pending_window_in_days or 30))
+
+
+def cancel_deletion(key, request, context) -> None:
+    if key.key_state != resources_pb2.PENDING_DELETION:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not pending deletion")
+    key.key_state = resources_pb2.DISABLED
+    key.ClearField("deletion_date")
+
+
+def untag(key, request, context) -> None:
+    for tag_key in request.tag_keys:
+        key.tags.pop(tag_key, None)
+
+
 def der_public_key(private_key: ec.EllipticCurvePrivateKey) -> bytes:
     return private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -77,11 +147,19 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.mac_keys: dict[str, bytes] = {}
         self.blobs: dict[bytes, tuple[str, bytes, dict[str, str]]] = {}
         self.requests: list[object] = []
+        self.policies: dict[str, resources_pb2.KeyPolicy] = {}
+        self.rotation: dict[str, service_pb2.GetKeyRotationStatusResponse] = {}
+        self.rotations: dict[str, list[resources_pb2.KeyRotation]] = {}
+        self.aliases: dict[str, resources_pb2.Alias] = {}
+        self.events = [audit_event(n, key_id=f"key-{n % 2}") for n in range(1, 6)]
         self.corrupt_response_crc32c = False
         self.ignore_request_crc32c = False
         self.delay = 0.0
 
     def _key(self, key_id: str, context: grpc.ServicerContext) -> resources_pb2.KeyMetadata:
+        """The key of an id or, as the daemon resolves them, of an alias/NAME."""
+        if key_id in self.aliases:
+            key_id = self.aliases[key_id].target_key_id
         if key_id not in self.keys:
             context.abort(grpc.StatusCode.NOT_FOUND, f"key {key_id} not found")
         return self.keys[key_id]
@@ -118,10 +196,18 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
             origin=resources_pb2.GENERATED,
             key_state=resources_pb2.ENABLED,
             primary_version=1,
+            tags=request.tags,
             **ALGORITHMS[usage],
         )
         key.creation_time.FromDatetime(CREATED)
         self.keys[key_id] = key
+        self.policies[key_id] = (
+            request.policy
+            if request.HasField("policy")
+            else resources_pb2.KeyPolicy(administrators=["admin", "app"], users=["app"])
+        )
+        self.rotation[key_id] = service_pb2.GetKeyRotationStatusResponse(key_id=key_id)
+        self.rotations[key_id] = []
         self.signing_keys[key_id] = ec.generate_private_key(ec.SECP256R1())
         self.mac_keys[key_id] = os.urandom(32)
         return service_pb2.CreateKeyResponse(key_metadata=key)
@@ -133,11 +219,10 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
 
     def ListKeys(self, request, context):
         self.requests.append(request)
-        start = int(request.page_token or 0)
-        end = start + (request.page_size or 100)
-        keys = list(self.keys.values())
-        token = str(end) if end < len(keys) else ""
-        return service_pb2.ListKeysResponse(keys=keys[start:end], next_page_token=token)
+        wanted = request.tag_filter.items()
+        keys = [key for key in self.keys.values() if wanted <= key.tags.items()]
+        keys, token = page(keys, request)
+        return service_pb2.ListKeysResponse(keys=keys, next_page_token=token)
 
     def Encrypt(self, request, context):
         self.requests.append(request)
@@ -328,15 +413,150 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.requests.append(request)
         return service_pb2.GenerateRandomResponse(plaintext=os.urandom(request.number_of_bytes))
 
+    # --- lifecycle: each changes the key and answers its metadata, as the daemon does ---------
+
+    EnableKey = changes_key(service_pb2.EnableKeyResponse, set_state(resources_pb2.ENABLED))
+    DisableKey = changes_key(service_pb2.DisableKeyResponse, set_state(resources_pb2.DISABLED))
+    ScheduleKeyDeletion = changes_key(service_pb2.ScheduleKeyDeletionResponse, schedule_deletion)
+    CancelKeyDeletion = changes_key(service_pb2.CancelKeyDeletionResponse, cancel_deletion)
+    UpdateKeyDescription = changes_key(
+        service_pb2.UpdateKeyDescriptionResponse,
+        lambda key, request, _: setattr(key, "description", request.description),
+    )
+    TagKey = changes_key(
+        service_pb2.TagKeyResponse, lambda key, request, _: key.tags.update(request.tags)
+    )
+    UntagKey = changes_key(service_pb2.UntagKeyResponse, untag)
+
+    def GetKeyPolicy(self, request, context):
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        return service_pb2.GetKeyPolicyResponse(policy=self.policies[key.key_id])
+
+    def PutKeyPolicy(self, request, context):
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        if not request.policy.administrators:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a key needs an administrator")
+        self.policies[key.key_id] = request.policy
+        return service_pb2.PutKeyPolicyResponse(policy=request.policy)
+
+    # --- rotation -------------------------------------------------------------------------------
+
+    def _status(self, request, context) -> service_pb2.GetKeyRotationStatusResponse:
+        self.requests.append(request)
+        return self.rotation[self._key(request.key_id, context).key_id]
+
+    def EnableKeyRotation(self, request, context):
+        status = self._status(request, context)
+        status.key_rotation_enabled = True
+        status.rotation_period_in_days = request.rotation_period_in_days or 365
+        status.next_rotation_date.FromDatetime(NOW + timedelta(days=status.rotation_period_in_days))
+        return service_pb2.EnableKeyRotationResponse(status=status)
+
+    def DisableKeyRotation(self, request, context):
+        status = self._status(request, context)
+        status.key_rotation_enabled = False
+        status.rotation_period_in_days = 0
+        status.ClearField("next_rotation_date")
+        return service_pb2.DisableKeyRotationResponse(status=status)
+
+    def GetKeyRotationStatus(self, request, context):
+        return self._status(request, context)
+
+    def RotateKeyOnDemand(self, request, context):
+        status = self._status(request, context)
+        status.on_demand_rotation_start_date.FromDatetime(NOW)
+        key = self.keys[status.key_id]
+        key.primary_version += 1
+        rotation = resources_pb2.KeyRotation(
+            key_id=key.key_id,
+            key_version=key.primary_version,
+            rotation_type=resources_pb2.ON_DEMAND,
+        )
+        rotation.rotation_date.FromDatetime(NOW)
+        self.rotations[key.key_id].append(rotation)
+        return service_pb2.RotateKeyOnDemandResponse(
+            key_id=key.key_id, key_version=key.primary_version
+        )
+
+    def ListKeyRotations(self, request, context):
+        self.requests.append(request)
+        rotations = self.rotations[self._key(request.key_id, context).key_id]
+        rotations, token = page(rotations, request)
+        return service_pb2.ListKeyRotationsResponse(rotations=rotations, next_page_token=token)
+
+    # --- aliases --------------------------------------------------------------------------------
+
+    def _point(self, request, context, alias: resources_pb2.Alias) -> resources_pb2.Alias:
+        self.requests.append(request)
+        alias.target_key_id = self._key(request.target_key_id, context).key_id
+        alias.last_updated_time.FromDatetime(NOW)
+        self.aliases[alias.alias_name] = alias
+        return alias
+
+    def CreateAlias(self, request, context):
+        if request.alias_name in self.aliases:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{request.alias_name} exists")
+        alias = resources_pb2.Alias(alias_name=request.alias_name)
+        alias.creation_time.FromDatetime(CREATED)
+        return service_pb2.CreateAliasResponse(alias=self._point(request, context, alias))
+
+    def UpdateAlias(self, request, context):
+        alias = self.aliases.get(request.alias_name)
+        if alias is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{request.alias_name} not found")
+        return service_pb2.UpdateAliasResponse(alias=self._point(request, context, alias))
+
+    def DeleteAlias(self, request, context):
+        self.requests.append(request)
+        if self.aliases.pop(request.alias_name, None) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{request.alias_name} not found")
+        return service_pb2.DeleteAliasResponse()
+
+    def ListAliases(self, request, context):
+        self.requests.append(request)
+        key_id = request.key_id and self._key(request.key_id, context).key_id
+        aliases = [a for a in self.aliases.values() if key_id in ("", a.target_key_id)]
+        aliases, token = page(aliases, request)
+        return service_pb2.ListAliasesResponse(aliases=aliases, next_page_token=token)
+
+    def ListAuditEvents(self, request, context):
+        self.requests.append(request)
+        return list_audit_events(self.events, request)
+
+
+def list_audit_events(events, request) -> service_pb2.ListAuditEventsResponse:
+    """As either service answers ListAuditEvents; the tenant filter is the AdminService's."""
+    events = [
+        event
+        for event in events
+        if request.key_id in ("", event.key_id) and request.tenant in ("", event.tenant)
+    ]
+    events, token = page(events, request)
+    return service_pb2.ListAuditEventsResponse(events=events, next_page_token=token)
+
 
 class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self) -> None:
         self.tenants: list[admin_pb2.Tenant] = []
+        self.requests: list[object] = []
+        # Tenants acme, beta, acme, ...; keys key-1, key-2, key-0, key-1, key-2.
+        self.events = [
+            audit_event(n, tenant=("beta", "acme")[n % 2], key_id=f"key-{n % 3}")
+            for n in range(1, 6)
+        ]
+        self.verification = admin_pb2.VerifyAuditLogResponse(valid=True, events_checked=5)
 
     def CreateTenant(self, request, context):
+        self.requests.append(request)
         if request.name == "forbidden":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "operators only")
-        tenant = admin_pb2.Tenant(name=request.name, token_label=f"hsmd-{request.name}")
+        tenant = admin_pb2.Tenant(
+            name=request.name,
+            token_label=f"hsmd-{request.name}",
+            admin_principals=request.admin_principals or ["admin"],
+        )
         tenant.token_serial = "0123456789abcdef"
         tenant.creation_time.FromDatetime(CREATED)
         self.tenants.append(tenant)
@@ -344,6 +564,14 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
 
     def ListTenants(self, request, context):
         return admin_pb2.ListTenantsResponse(tenants=self.tenants)
+
+    def ListAuditEvents(self, request, context):
+        self.requests.append(request)
+        return list_audit_events(self.events, request)
+
+    def VerifyAuditLog(self, request, context):
+        self.requests.append(request)
+        return self.verification
 
 
 @pytest.fixture
@@ -446,8 +674,8 @@ def test_a_state_these_stubs_do_not_know_is_shown_as_its_number(
     client: HsmClient, kms: FakeKms
 ) -> None:
     key = client.create_key()
-    kms.keys[key.key_id].key_state = 4  # a state a newer daemon may add
-    assert client.describe_key(key.key_id).key_state == "4"
+    kms.keys[key.key_id].key_state = 5  # a state a newer daemon may add
+    assert client.describe_key(key.key_id).key_state == "5"
 
 
 def test_iter_keys_follows_every_page(client: HsmClient, kms: FakeKms) -> None:
@@ -753,12 +981,20 @@ def test_get_capabilities(client: HsmClient, kms: FakeKms) -> None:
         ("verify", ("k", b"m", b"s", "ECDSA_SHA_256", "MESSAGE_TYPE_UNSPECIFIED")),
         ("generate_mac", ("k", b"m", "HMAC_SHA_1")),
         ("verify_mac", ("k", b"m", b"mac", "HMAC_MD5")),
+        # 0 would reach the daemon as "the default"; a bare string would go as its characters.
+        ("schedule_key_deletion", ("k", 0)),
+        ("schedule_key_deletion", ("k", -7)),
+        ("enable_key_rotation", ("k", 0)),
+        ("untag_key", ("k", "env")),
+        ("put_key_policy", ("k", KeyPolicy("alice"))),
+        ("put_key_policy", ("k", KeyPolicy(("alice",), "bob"))),
+        ("create_key", ("AES_256", None, "", KeyPolicy("alice"))),
     ],
 )
-def test_unknown_algorithm_names_fail_before_any_call(
+def test_arguments_the_daemon_would_misread_fail_before_any_call(
     client: HsmClient, kms: FakeKms, method: str, arguments: tuple
 ) -> None:
-    with pytest.raises(ValueError, match="expected one of"):
+    with pytest.raises(ValueError, match=r"expected one of|must be"):
         getattr(client, method)(*arguments)
     assert kms.requests == []
 
@@ -797,9 +1033,314 @@ def test_admin_client(endpoint: str) -> None:
             "0123456789abcdef",
         )
         assert tenant.creation_time == CREATED
+        assert tenant.admin_principals == ("admin",)
         assert admin.list_tenants() == [tenant]
         with pytest.raises(PermissionDeniedError, match="operators only"):
             admin.create_tenant("forbidden")
+
+
+# --- key lifecycle ------------------------------------------------------------------------------
+
+
+def test_disable_and_enable_key(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    disabled = client.disable_key(key_id)
+    assert kms.requests[-1] == service_pb2.DisableKeyRequest(key_id=key_id)
+    assert (disabled.key_id, disabled.key_state) == (key_id, "DISABLED")
+    enabled = client.enable_key(key_id)
+    assert kms.requests[-1] == service_pb2.EnableKeyRequest(key_id=key_id)
+    assert enabled.key_state == "ENABLED"
+
+
+def test_a_key_not_pending_deletion_has_no_deletion_date(client: HsmClient) -> None:
+    assert client.create_key().deletion_date is None
+
+
+def test_schedule_and_cancel_key_deletion(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    scheduled = client.schedule_key_deletion(key_id, pending_window_in_days=7)
+    assert kms.requests[-1] == service_pb2.ScheduleKeyDeletionRequest(
+        key_id=key_id, pending_window_in_days=7
+    )
+    assert scheduled.key_state == "PENDING_DELETION"
+    assert scheduled.deletion_date == NOW + timedelta(days=7)
+    assert scheduled.deletion_date.tzinfo is not None
+    assert client.describe_key(key_id).deletion_date == scheduled.deletion_date
+    cancelled = client.cancel_key_deletion(key_id)
+    assert kms.requests[-1] == service_pb2.CancelKeyDeletionRequest(key_id=key_id)
+    assert (cancelled.key_state, cancelled.deletion_date) == ("DISABLED", None)
+    with pytest.raises(FailedPreconditionError, match="not pending deletion"):
+        client.cancel_key_deletion(key_id)
+
+
+def test_schedule_key_deletion_leaves_the_window_to_the_daemon(
+    client: HsmClient, kms: FakeKms
+) -> None:
+    key_id = client.create_key().key_id
+    scheduled = client.schedule_key_deletion(key_id)
+    assert kms.requests[-1].pending_window_in_days == 0
+    assert scheduled.deletion_date == NOW + timedelta(days=30)
+
+
+def test_update_key_description(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key(description="old").key_id
+    assert client.update_key_description(key_id, "new").description == "new"
+    assert kms.requests[-1] == service_pb2.UpdateKeyDescriptionRequest(
+        key_id=key_id, description="new"
+    )
+    assert client.update_key_description(key_id, "").description == ""
+
+
+def test_every_key_id_argument_takes_an_alias_as_it_is(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    client.create_alias("alias/payroll", key_id)
+    for call in (
+        client.describe_key,
+        client.disable_key,
+        client.enable_key,
+        client.get_key_policy,
+        client.get_key_rotation_status,
+        client.rotate_key_on_demand,
+        client.list_key_rotations,
+    ):
+        call("alias/payroll")
+        assert kms.requests[-1].key_id == "alias/payroll"
+    assert client.schedule_key_deletion("alias/payroll").key_id == key_id
+
+
+# --- tags and policies --------------------------------------------------------------------------
+
+
+def test_tags_are_a_read_only_mapping(client: HsmClient, kms: FakeKms) -> None:
+    key = client.create_key(tags={"env": "prod", "team": "pay"})
+    assert kms.requests[-1].tags == {"env": "prod", "team": "pay"}
+    assert key.tags == {"env": "prod", "team": "pay"}
+    assert key.tags["env"] == "prod"
+    with pytest.raises(TypeError):
+        key.tags["env"] = "dev"  # type: ignore[index]
+    assert client.create_key().tags == {}
+
+
+def test_tag_and_untag_key(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key(tags={"env": "dev", "team": "pay"}).key_id
+    tagged = client.tag_key(key_id, {"env": "prod", "cost": "42"})
+    assert kms.requests[-1] == service_pb2.TagKeyRequest(
+        key_id=key_id, tags={"env": "prod", "cost": "42"}
+    )
+    assert tagged.tags == {"env": "prod", "team": "pay", "cost": "42"}
+    untagged = client.untag_key(key_id, ["team", "absent"])
+    assert kms.requests[-1] == service_pb2.UntagKeyRequest(
+        key_id=key_id, tag_keys=["team", "absent"]
+    )
+    assert untagged.tags == {"env": "prod", "cost": "42"}
+    assert client.untag_key(key_id, iter(("env",))).tags == {"cost": "42"}
+
+
+def test_list_keys_by_tag(client: HsmClient, kms: FakeKms) -> None:
+    prod = [client.create_key(tags={"env": "prod", "n": str(n)}).key_id for n in range(3)]
+    client.create_key(tags={"env": "dev"})
+    keys, token = client.list_keys(tag_filter={"env": "prod"})
+    assert kms.requests[-1] == service_pb2.ListKeysRequest(tag_filter={"env": "prod"})
+    assert ([key.key_id for key in keys], token) == (prod, "")
+    found = client.iter_keys(page_size=2, tag_filter={"env": "prod"})
+    assert [key.key_id for key in found] == prod
+    assert kms.requests[-1].tag_filter == {"env": "prod"}  # on the last page too
+    (only,) = client.iter_keys(tag_filter={"env": "prod", "n": "1"})
+    assert only.key_id == prod[1]
+
+
+def test_create_key_with_a_policy(client: HsmClient, kms: FakeKms) -> None:
+    policy = KeyPolicy(("alice", "ops-*"), ("app",))
+    key_id = client.create_key(policy=policy).key_id
+    assert kms.requests[-1].policy == resources_pb2.KeyPolicy(
+        administrators=["alice", "ops-*"], users=["app"]
+    )
+    assert client.get_key_policy(key_id) == policy
+    client.create_key()
+    assert not kms.requests[-1].HasField("policy")  # the daemon's default, not an empty one
+
+
+def test_get_and_put_key_policy(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    assert client.get_key_policy(key_id) == KeyPolicy(("admin", "app"), ("app",))
+    assert kms.requests[-1] == service_pb2.GetKeyPolicyRequest(key_id=key_id)
+    put = client.put_key_policy(key_id, KeyPolicy(["admin"]))  # type: ignore[arg-type]
+    assert kms.requests[-1] == service_pb2.PutKeyPolicyRequest(
+        key_id=key_id, policy=resources_pb2.KeyPolicy(administrators=["admin"])
+    )
+    assert put == KeyPolicy(("admin",), ())
+    assert client.get_key_policy(key_id) == put
+    with pytest.raises(InvalidArgumentError, match="needs an administrator"):
+        client.put_key_policy(key_id, KeyPolicy((), ("app",)))
+
+
+# --- rotation -----------------------------------------------------------------------------------
+
+
+def test_key_rotation_status(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    status = client.get_key_rotation_status(key_id)
+    assert kms.requests[-1] == service_pb2.GetKeyRotationStatusRequest(key_id=key_id)
+    assert (status.key_id, status.key_rotation_enabled, status.rotation_period_in_days) == (
+        key_id,
+        False,
+        0,
+    )
+    assert (status.next_rotation_date, status.on_demand_rotation_start_date) == (None, None)
+
+    enabled = client.enable_key_rotation(key_id)
+    assert kms.requests[-1] == service_pb2.EnableKeyRotationRequest(key_id=key_id)
+    assert (enabled.key_rotation_enabled, enabled.rotation_period_in_days) == (True, 365)
+    assert enabled.next_rotation_date == NOW + timedelta(days=365)
+    assert enabled.on_demand_rotation_start_date is None
+
+    enabled = client.enable_key_rotation(key_id, rotation_period_in_days=90)
+    assert kms.requests[-1].rotation_period_in_days == 90
+    assert enabled.next_rotation_date == NOW + timedelta(days=90)
+    assert client.get_key_rotation_status(key_id) == enabled
+
+    disabled = client.disable_key_rotation(key_id)
+    assert kms.requests[-1] == service_pb2.DisableKeyRotationRequest(key_id=key_id)
+    assert (disabled.key_rotation_enabled, disabled.next_rotation_date) == (False, None)
+
+
+def test_rotate_key_on_demand_and_list_rotations(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    results = [client.rotate_key_on_demand(key_id) for _ in range(3)]
+    assert kms.requests[-1] == service_pb2.RotateKeyOnDemandRequest(key_id=key_id)
+    assert [(r.key_id, r.key_version) for r in results] == [(key_id, v) for v in (2, 3, 4)]
+    started = client.get_key_rotation_status(key_id).on_demand_rotation_start_date
+    assert started == NOW
+    rotations, token = client.list_key_rotations(key_id, page_size=2)
+    assert kms.requests[-1] == service_pb2.ListKeyRotationsRequest(key_id=key_id, page_size=2)
+    assert token == "2"
+    assert rotations[0] == KeyRotation(key_id, 2, NOW, "ON_DEMAND")
+    every = list(client.iter_key_rotations(key_id, page_size=2))
+    assert [rotation.key_version for rotation in every] == [2, 3, 4]
+    assert kms.requests[-1].page_token == "2"
+
+
+# --- aliases ------------------------------------------------------------------------------------
+
+
+def test_create_update_and_delete_an_alias(client: HsmClient, kms: FakeKms) -> None:
+    first, second = client.create_key().key_id, client.create_key().key_id
+    alias = client.create_alias("alias/payroll", first)
+    assert kms.requests[-1] == service_pb2.CreateAliasRequest(
+        alias_name="alias/payroll", target_key_id=first
+    )
+    assert alias == Alias("alias/payroll", first, CREATED, NOW)
+    with pytest.raises(AlreadyExistsError):
+        client.create_alias("alias/payroll", second)
+    assert client.describe_key("alias/payroll").key_id == first
+
+    updated = client.update_alias("alias/payroll", second)
+    assert kms.requests[-1] == service_pb2.UpdateAliasRequest(
+        alias_name="alias/payroll", target_key_id=second
+    )
+    assert (updated.target_key_id, updated.creation_time) == (second, CREATED)
+    assert client.describe_key("alias/payroll").key_id == second
+
+    assert client.delete_alias("alias/payroll") is None
+    assert kms.requests[-1] == service_pb2.DeleteAliasRequest(alias_name="alias/payroll")
+    with pytest.raises(NotFoundError):
+        client.describe_key("alias/payroll")
+
+
+def test_list_aliases(client: HsmClient, kms: FakeKms) -> None:
+    first, second = client.create_key().key_id, client.create_key().key_id
+    for n in range(3):
+        client.create_alias(f"alias/first-{n}", first)
+    client.create_alias("alias/second", second)
+    aliases, token = client.list_aliases()
+    assert kms.requests[-1] == service_pb2.ListAliasesRequest()
+    assert (len(aliases), token) == (4, "")
+    mine, token = client.list_aliases(first, page_size=2)
+    assert kms.requests[-1] == service_pb2.ListAliasesRequest(key_id=first, page_size=2)
+    assert ([alias.alias_name for alias in mine], token) == (
+        ["alias/first-0", "alias/first-1"],
+        "2",
+    )
+    names = [alias.alias_name for alias in client.iter_aliases(first, page_size=2)]
+    assert names == ["alias/first-0", "alias/first-1", "alias/first-2"]
+    assert [alias.target_key_id for alias in client.iter_aliases("alias/second")] == [second]
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+def test_list_audit_events_gives_every_field(client: HsmClient, kms: FakeKms) -> None:
+    events, token = client.list_audit_events(page_size=1)
+    assert kms.requests[-1] == service_pb2.ListAuditEventsRequest(page_size=1)
+    assert token == "1"
+    assert events == [
+        AuditEvent(
+            sequence=1,
+            time=NOW + timedelta(seconds=1),
+            request_id="req-1",
+            tenant="acme",
+            principal="tenant/acme/app",
+            operation="Encrypt",
+            key_id="key-1",
+            key_version=2,
+            encryption_context_keys=("app", "file"),
+            outcome="OK",
+            peer="ipv4:127.0.0.1:5000",
+            previous_hash=f"{0:064x}",
+            hash=f"{1:064x}",
+        )
+    ]
+
+
+def test_iter_audit_events_of_a_key(client: HsmClient, kms: FakeKms) -> None:
+    events = list(client.iter_audit_events(page_size=1, key_id="key-0"))
+    assert [event.sequence for event in events] == [2, 4]
+    assert kms.requests[-1] == service_pb2.ListAuditEventsRequest(
+        page_size=1, page_token="1", key_id="key-0"
+    )
+
+
+@pytest.fixture
+def admin(endpoint: str) -> Iterator[AdminClient]:
+    with AdminClient(grpc.insecure_channel(endpoint), timeout=5) as admin:
+        yield admin
+
+
+def test_create_tenant_with_admin_principals(admin: AdminClient, admin_fake: FakeAdmin) -> None:
+    tenant = admin.create_tenant("acme", admin_principals=["alice", "ops-*"])
+    assert admin_fake.requests[-1] == admin_pb2.CreateTenantRequest(
+        name="acme", admin_principals=["alice", "ops-*"]
+    )
+    assert tenant.admin_principals == ("alice", "ops-*")
+    admin.create_tenant("beta")
+    assert admin_fake.requests[-1] == admin_pb2.CreateTenantRequest(name="beta")
+    with pytest.raises(ValueError, match="must be a list"):
+        admin.create_tenant("gamma", admin_principals="alice")
+
+
+def test_admin_lists_every_tenants_audit_events(admin: AdminClient, admin_fake: FakeAdmin) -> None:
+    events, token = admin.list_audit_events()
+    assert admin_fake.requests[-1] == service_pb2.ListAuditEventsRequest()
+    assert ({event.tenant for event in events}, token) == ({"acme", "beta"}, "")
+    beta = list(admin.iter_audit_events(page_size=1, tenant="beta"))
+    assert admin_fake.requests[-1] == service_pb2.ListAuditEventsRequest(
+        page_size=1, page_token="1", tenant="beta"
+    )
+    assert [event.sequence for event in beta] == [2, 4]
+    events, _ = admin.list_audit_events(key_id="key-1", tenant="acme")
+    assert admin_fake.requests[-1] == service_pb2.ListAuditEventsRequest(
+        key_id="key-1", tenant="acme"
+    )
+    assert [event.sequence for event in events] == [1]
+
+
+def test_verify_audit_log(admin: AdminClient, admin_fake: FakeAdmin) -> None:
+    assert admin.verify_audit_log() == AuditVerification(True, 5, 0, "")
+    assert admin_fake.requests[-1] == admin_pb2.VerifyAuditLogRequest()
+    admin_fake.verification = admin_pb2.VerifyAuditLogResponse(
+        valid=False, events_checked=3, first_broken_position=3, problem="previous_hash differs"
+    )
+    assert admin.verify_audit_log() == AuditVerification(False, 3, 3, "previous_hash differs")
 
 
 # --- mutual TLS, and the CLI over it ------------------------------------------------------------
@@ -934,3 +1475,59 @@ def test_cli_reports_an_unreachable_daemon_with_255(tls: dict[str, str], capsys)
     assert (
         "(ServiceUnavailableException) when calling the GenerateRandom" in capsys.readouterr().err
     )
+
+
+def test_cli_manages_a_key_end_to_end(hsm: Callable[..., str], kms: FakeKms) -> None:
+    tags = ["--tags", "TagKey=env,TagValue=prod", '[{"TagKey": "team", "TagValue": "pay"}]']
+    key_id = hsm("create-key", *tags, "--query", "KeyMetadata.KeyId", "--output", "text").strip()
+    assert hsm("create-alias", "--alias-name", "alias/pay", "--target-key-id", key_id) == ""
+    alias = ["--key-id", "alias/pay"]
+    assert hsm("tag-resource", *alias, "--tags", "TagKey=cost,TagValue=1,2") == ""
+    assert hsm("untag-resource", *alias, "--tag-keys", "team") == ""
+    assert json.loads(hsm("list-resource-tags", *alias))["Tags"] == [
+        {"TagKey": "cost", "TagValue": "1,2"},
+        {"TagKey": "env", "TagValue": "prod"},
+    ]
+    listed = json.loads(hsm("list-keys", "--tag-filter", "env=prod"))
+    assert [key["KeyId"] for key in listed["Keys"]] == [key_id]
+    policy = json.loads(hsm("get-key-policy", *alias))["Policy"]
+    assert hsm("put-key-policy", *alias, "--policy", policy, "--policy-name", "default") == ""
+    assert kms.requests[-1].policy == resources_pb2.KeyPolicy(
+        administrators=["admin", "app"], users=["app"]
+    )
+    assert json.loads(hsm("rotate-key-on-demand", *alias)) == {"KeyId": key_id, "KeyVersion": 2}
+    scheduled = json.loads(hsm("schedule-key-deletion", *alias, "--pending-window-in-days", "7"))
+    assert scheduled == {
+        "KeyId": key_id,
+        "DeletionDate": (NOW + timedelta(days=7)).isoformat(),
+        "KeyState": "PENDING_DELETION",
+        "PendingWindowInDays": 7,
+    }
+    metadata = json.loads(hsm("describe-key", *alias))["KeyMetadata"]
+    assert (metadata["KeyState"], metadata["DeletionDate"]) == (
+        "PENDING_DELETION",
+        scheduled["DeletionDate"],
+    )
+    assert json.loads(hsm("cancel-key-deletion", *alias)) == {"KeyId": key_id}
+    assert "DeletionDate" not in json.loads(hsm("describe-key", *alias))["KeyMetadata"]
+
+
+def test_cli_audit_end_to_end(
+    hsm: Callable[..., str], tls: dict[str, str], admin_fake: FakeAdmin, capsys
+) -> None:
+    events = json.loads(hsm("audit", "list", "--key-id", "key-1"))["Events"]
+    assert [event["Sequence"] for event in events] == [1, 3, 5]  # the KMS fake's
+    assert events[0]["Time"] == (NOW + timedelta(seconds=1)).isoformat()
+    beta = json.loads(hsm("audit", "list", "--tenant", "beta"))["Events"]
+    assert [(event["Sequence"], event["Tenant"]) for event in beta] == [(2, "beta"), (4, "beta")]
+    assert json.loads(hsm("audit", "verify")) == {
+        "Valid": True,
+        "EventsChecked": 5,
+        "FirstBrokenPosition": 0,
+        "Problem": "",
+    }
+    admin_fake.verification = admin_pb2.VerifyAuditLogResponse(
+        valid=False, events_checked=2, first_broken_position=2, problem="hash differs"
+    )
+    assert cli.main(["audit", "verify", "--query", "Problem", "--output", "text"]) == 1
+    assert capsys.readouterr() == ("hash differs\n", "")
