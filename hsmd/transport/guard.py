@@ -94,7 +94,8 @@ class RequestGuard(grpc.ServerInterceptor):
             response: Any = None
             failure: Exception | None = None
             try:
-                principal = self._authenticate(context, required)
+                principal = self._identify(context)
+                self._authorize(principal, required)
                 self._audit.ensure_writable()
                 token = _current.set(RequestContext(request_id, principal))
                 try:
@@ -137,7 +138,10 @@ class RequestGuard(grpc.ServerInterceptor):
         code: grpc.StatusCode,
     ) -> None:
         """Appends the outcome to the audit log, durably; raises AuditUnavailable if it cannot."""
-        key_id = _field(response, "key_id") or _request_key(request)
+        metadata = _field(response, "key_metadata")
+        key_id = (
+            _field(response, "key_id") or (metadata.key_id if metadata else "")
+        ) or _request_key(request)
         self._audit.append(
             AuditEvent(
                 time=self._clock.now(),
@@ -153,16 +157,18 @@ class RequestGuard(grpc.ServerInterceptor):
             )
         )
 
-    def _authenticate(self, context: grpc.ServicerContext, required: PrincipalKind) -> Principal:
+    def _identify(self, context: grpc.ServicerContext) -> Principal:
+        """Who the certificate names; separate from _authorize so refusals are attributed."""
         # grpc-stubs types each value as bytes; at run time it is a list of bytes.
         certificates = cast(Sequence[bytes], context.auth_context().get("x509_pem_cert", ()))
         if not certificates:
             raise Unauthenticated("a client certificate is required")
-        principal = principal_from_certificate(certificates[0], self._trust_domain)
+        return principal_from_certificate(certificates[0], self._trust_domain)
+
+    def _authorize(self, principal: Principal, required: PrincipalKind) -> None:
         require_kind(principal, required)
         if principal.tenant is not None and not self._is_tenant_served(principal.tenant):
             raise PermissionDenied(f"tenant {principal.tenant!r} is not served by this daemon")
-        return principal
 
 
 _KEY_FIELDS = ("key_id", "target_key_id", "destination_key_id", "source_key_id")
