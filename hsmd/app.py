@@ -36,6 +36,7 @@ from hsmd.names import is_valid_principal_name, validate_tenant_name
 from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps
 from hsmd.ops.datakeys import DataKeyOps
+from hsmd.ops.imports import ImportOps
 from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.maintenance import Maintenance
@@ -44,6 +45,7 @@ from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
+from hsmd.ops.wrapping import WrappingOps
 from hsmd.transport import server as grpc_server
 from hsmd.transport.guard import RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
@@ -118,6 +120,8 @@ class Daemon:
             rotation=RotationOps(store, backend, clock),
             aliases=AliasOps(store, clock),
             policies=PolicyOps(store),
+            wrapping=WrappingOps(store, backend, clock),
+            imports=ImportOps(store, backend, clock),
             audit=audit,
         )
         return cls(
@@ -128,7 +132,7 @@ class Daemon:
             operations=operations,
             state_lock=state_lock,
             clock=clock,
-            maintenance=Maintenance(operations.rotation, operations.states),
+            maintenance=Maintenance(operations.rotation, operations.states, operations.imports),
         )
 
     def start(self) -> None:
@@ -169,12 +173,13 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
     running.start()
     stop = threading.Event()
-    threading.Thread(
+    maintainer = threading.Thread(
         target=_maintain,
         args=(daemon.maintenance, settings.lifecycle.check_interval_seconds, stop),
         name="hsmd-maintenance",
         daemon=True,
-    ).start()
+    )
+    maintainer.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("listening on %s:%d (mutual TLS)", settings.server.host, running.port)
@@ -192,6 +197,7 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
         "stopping: letting in-flight requests finish (up to %ss)", settings.server.grace_seconds
     )
     running.stop(settings.server.grace_seconds)
+    maintainer.join(timeout=60)  # a pass in progress finishes before the store closes
     daemon.close()
     log.info("stopped")
     return 0

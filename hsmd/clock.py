@@ -8,11 +8,14 @@ production.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from hsmd.domain import SystemClock
+
+log = logging.getLogger(__name__)
 
 
 class OffsetClock:
@@ -32,5 +35,12 @@ class OffsetClock:
             return 0.0
         if changed != self._seen[0]:
             text = self._path.read_text().strip()
-            self._seen = (changed, float(text) if text else 0.0)
+            try:
+                offset = float(text) if text else 0.0
+            except ValueError:
+                log.error(
+                    "clock offset file %s holds %r, not seconds; ignoring it", self._path, text
+                )
+                offset = 0.0
+            self._seen = (changed, offset)
         return self._seen[1]

@@ -31,6 +31,16 @@ class KeyUsage(enum.StrEnum):
     ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
     SIGN_VERIFY = "SIGN_VERIFY"
     GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+    WRAP_UNWRAP = "WRAP_UNWRAP"
+
+
+class WrappingAlgorithm(enum.StrEnum):
+    """How imported key material is wrapped under an import RSA key (AWS KMS's names)."""
+
+    RSAES_OAEP_SHA_1 = "RSAES_OAEP_SHA_1"
+    RSAES_OAEP_SHA_256 = "RSAES_OAEP_SHA_256"
+    RSA_AES_KEY_WRAP_SHA_1 = "RSA_AES_KEY_WRAP_SHA_1"
+    RSA_AES_KEY_WRAP_SHA_256 = "RSA_AES_KEY_WRAP_SHA_256"
 
 
 class EncryptionAlgorithm(enum.StrEnum):
@@ -69,6 +79,7 @@ class KeyState(enum.StrEnum):
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"
     PENDING_DELETION = "PENDING_DELETION"
+    PENDING_IMPORT = "PENDING_IMPORT"
     DESTROYED = "DESTROYED"
     UNAVAILABLE = "UNAVAILABLE"
 
@@ -86,6 +97,8 @@ class RotationType(enum.StrEnum):
 
 class KeyOrigin(enum.StrEnum):
     GENERATED = "GENERATED"
+    EXTERNAL = "EXTERNAL"
+    UNWRAPPED = "UNWRAPPED"
 
 
 class TenantState(enum.StrEnum):
@@ -167,6 +180,22 @@ class Key:
     rotation_period_days: int | None = None
     next_rotation_at: datetime | None = None
     deletion_at: datetime | None = None
+    exportable: bool = False
+    valid_to: datetime | None = None
+    material_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class ImportParameters:
+    """An import token's row: which key it is for, its RSA wrapping key, until when."""
+
+    token: str
+    tenant: str
+    key_id: str
+    object_id: bytes
+    algorithm: WrappingAlgorithm
+    wrapping_spec: KeySpec
+    expires_at: datetime
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,16 @@ class DecryptionFailed(UserError):
         super().__init__(self.MESSAGE)
 
 
+class UnwrapFailed(InvalidArgument):
+    """One answer for every wrapped key or key material that does not unwrap: wrong wrapping
+    key, truncated, flipped, or of the wrong size for its key spec."""
+
+    MESSAGE = "the wrapped key material does not unwrap under this wrapping key into this key"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
 class InternalError(HsmdError):
     """Something hsmd or its dependencies got wrong; details go to the log only."""
 

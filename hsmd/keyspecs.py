@@ -105,7 +105,10 @@ def _hmac(bits: int, algorithm: MacAlgorithm) -> Spec:
 # EC specs take the ECDSA hash that matches their size, as AWS KMS does.
 SPECS: dict[KeySpec, Spec] = {
     KeySpec.AES_256: Spec(
-        Family.AES, 256, frozenset({KeyUsage.ENCRYPT_DECRYPT}), (E.SYMMETRIC_DEFAULT,)
+        Family.AES,
+        256,
+        frozenset({KeyUsage.ENCRYPT_DECRYPT, KeyUsage.WRAP_UNWRAP}),
+        (E.SYMMETRIC_DEFAULT,),
     ),
     KeySpec.RSA_2048: _rsa(2048),
     KeySpec.RSA_3072: _rsa(3072),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from hsmd.domain import Key, KeyState, KeyUsage
+from hsmd.domain import Key, KeyOrigin, KeyState, KeyUsage
 from hsmd.errors import FailedPrecondition
 from hsmd.keyspecs import SPECS, Family
 
@@ -45,6 +45,13 @@ class Operation(enum.StrEnum):
     CREATE_ALIAS = "CreateAlias"
     UPDATE_ALIAS = "UpdateAlias"
     DELETE_ALIAS = "DeleteAlias"
+    # Wrapping and import
+    EXPORT = "WrapKey"  # the key being wrapped
+    WRAP = "WrapKey (wrapping key)"
+    UNWRAP = "UnwrapKey (wrapping key)"
+    GET_IMPORT_PARAMETERS = "GetParametersForImport"
+    IMPORT_MATERIAL = "ImportKeyMaterial"
+    DELETE_MATERIAL = "DeleteImportedKeyMaterial"
 
 
 Op = Operation
@@ -60,9 +67,11 @@ _UPKEEP = frozenset(
     }
 )
 
+_IMPORT = frozenset({Op.GET_IMPORT_PARAMETERS, Op.IMPORT_MATERIAL})
+
 STATE_ALLOWS: dict[KeyState, frozenset[Operation]] = {
     KeyState.CREATING: frozenset({Op.DESCRIBE}),
-    KeyState.ENABLED: frozenset(Operation) - {Op.CANCEL_DELETION},
+    KeyState.ENABLED: frozenset(Operation) - {Op.CANCEL_DELETION} - _IMPORT,
     KeyState.DISABLED: _READS
     | _UPKEEP
     | {
@@ -73,7 +82,9 @@ STATE_ALLOWS: dict[KeyState, frozenset[Operation]] = {
         Op.DISABLE_ROTATION,
         Op.CREATE_ALIAS,
         Op.UPDATE_ALIAS,
+        Op.DELETE_MATERIAL,
     },
+    KeyState.PENDING_IMPORT: _READS | _UPKEEP | _IMPORT | {Op.SCHEDULE_DELETION, Op.CREATE_ALIAS},
     KeyState.PENDING_DELETION: _READS | {Op.CANCEL_DELETION, Op.DELETE_ALIAS},
     KeyState.DESTROYED: _READS,
     KeyState.UNAVAILABLE: _READS | _UPKEEP | {Op.SCHEDULE_DELETION},
@@ -88,6 +99,8 @@ TRANSITIONS: dict[Operation, KeyState] = {
 }
 
 _KEY_MANAGEMENT = frozenset(Operation) - {
+    Op.WRAP,
+    Op.UNWRAP,
     Op.ENCRYPT,
     Op.DECRYPT,
     Op.GENERATE_DATA_KEY,
@@ -109,15 +122,19 @@ USAGE_ALLOWS: dict[KeyUsage, frozenset[Operation]] = {
     },
     KeyUsage.SIGN_VERIFY: _KEY_MANAGEMENT | {Op.SIGN, Op.VERIFY, Op.GET_PUBLIC_KEY},
     KeyUsage.GENERATE_VERIFY_MAC: _KEY_MANAGEMENT | {Op.GENERATE_MAC, Op.VERIFY_MAC},
+    KeyUsage.WRAP_UNWRAP: _KEY_MANAGEMENT | {Op.WRAP, Op.UNWRAP},
 }
 
 # Within a usage, what only one kind of key can do: a public key needs an asymmetric key, and
 # data keys are sealed in the symmetric blob format.
 SYMMETRIC_ONLY = frozenset({Op.GENERATE_DATA_KEY, Op.GENERATE_DATA_KEY_PAIR})
 ASYMMETRIC_ONLY = frozenset({Op.GET_PUBLIC_KEY})
-# Only AES keys rotate, as in AWS KMS: their blobs name the version that made them, while a
-# signature, a MAC or an RSA ciphertext does not.
+# Only generated AES encryption keys rotate, as in AWS KMS: their blobs name the version that
+# made them, while a signature, a MAC, an RSA ciphertext or a wrapped key does not, and
+# imported material cannot be made anew by the daemon.
 ROTATION = frozenset({Op.ENABLE_ROTATION, Op.ROTATE})
+# Only keys of origin EXTERNAL take imported material.
+IMPORT_ONLY = frozenset({Op.GET_IMPORT_PARAMETERS, Op.IMPORT_MATERIAL, Op.DELETE_MATERIAL})
 
 
 def _fits(key: Key, operation: Operation) -> bool:
@@ -128,7 +145,15 @@ def _fits(key: Key, operation: Operation) -> bool:
         return False
     if operation in ASYMMETRIC_ONLY and not family.asymmetric:
         return False
-    return operation not in ROTATION or family is Family.AES
+    if operation in IMPORT_ONLY and key.origin is not KeyOrigin.EXTERNAL:
+        return False
+    if operation in ROTATION:
+        return (family, key.usage, key.origin) == (
+            Family.AES,
+            KeyUsage.ENCRYPT_DECRYPT,
+            KeyOrigin.GENERATED,
+        )
+    return True
 
 
 def check_allowed(key: Key, operation: Operation) -> None:

@@ -39,6 +39,8 @@ USER_OPERATIONS = frozenset(
         Op.GET_PUBLIC_KEY,
         Op.GENERATE_MAC,
         Op.VERIFY_MAC,
+        Op.WRAP,
+        Op.UNWRAP,
     }
 )
 READ_OPERATIONS = frozenset({Op.DESCRIBE, Op.GET_ROTATION_STATUS, Op.LIST_ROTATIONS})
@@ -70,9 +72,14 @@ def check_permitted(policy: KeyPolicy, principal: Principal, operation: Operatio
         return
     if operation in ADMINISTRATOR_OPERATIONS and Role.ADMINISTRATOR in held:
         return
-    needed = "user" if operation in USER_OPERATIONS else "administrator"
+    needed = {
+        True: "a user",
+        False: "an administrator",
+    }[operation in USER_OPERATIONS]
+    if operation in READ_OPERATIONS:
+        needed = "a user or an administrator"
     raise PermissionDenied(
-        f"{principal} is not a {needed} of this key in its policy, so it may not {operation}"
+        f"{principal} is not {needed} of this key in its policy, so it may not {operation}"
     )
 
 

@@ -19,6 +19,7 @@ from hsmclient.client import (
     EncryptedDataKeyPair,
     EncryptResult,
     HsmClient,
+    ImportParameters,
     KeyMetadata,
     KeyPolicy,
     KeyRotation,
@@ -31,6 +32,7 @@ from hsmclient.client import (
     Tenant,
     VerifyMacResult,
     VerifyResult,
+    WrappedKey,
 )
 from hsmclient.errors import (
     AlreadyExistsError,
@@ -71,6 +73,7 @@ __all__ = [
     "FailedPreconditionError",
     "HsmClient",
     "HsmError",
+    "ImportParameters",
     "InternalError",
     "InvalidArgumentError",
     "KeyMetadata",
@@ -91,6 +94,7 @@ __all__ = [
     "UnimplementedError",
     "VerifyMacResult",
     "VerifyResult",
+    "WrappedKey",
     "from_rpc_error",
     "secure_channel",
 ]

@@ -5,7 +5,9 @@ Subcommand and option names, JSON field names, blob arguments (base64 or fileb:/
 the request, 255 when it cannot be reached or the connection settings are wrong. Commands for which
 aws prints nothing (enable-key, tag-resource, create-alias, ...) print nothing. Enum values are
 hsmd's proto names (KeyState "PENDING_DELETION", not "PendingDeletion"). `hsm audit verify` exits
-1 when the audit log's hash chain is broken, so that scripts can test it.
+1 when the audit log's hash chain is broken, so that scripts can test it. Beyond aws: `hsm
+import-key` does the whole import flow from a local key file, `hsm wrap-key` and `hsm unwrap-key`
+move exportable keys.
 """
 
 import argparse
@@ -16,13 +18,14 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from hsmclient import keyimport
 from hsmclient.channel import ConnectionSettings
 from hsmclient.client import AdminClient, HsmClient, KeyMetadata, KeyPolicy
 from hsmclient.errors import ConfigurationError, HsmError
@@ -236,6 +239,17 @@ def _select(data: object, path: list[str | int]) -> object:
     return data
 
 
+def _time(value: str) -> datetime:
+    """An ISO 8601 time such as 2030-01-31T12:00:00Z; one without an offset is UTC."""
+    try:
+        time = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time such as 2030-01-31T12:00:00Z, not {value!r}"
+        ) from error
+    return time if time.tzinfo is not None else time.replace(tzinfo=UTC)
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -324,12 +338,14 @@ def _key_metadata(key: KeyMetadata) -> _Result:
             "KeyUsage",
             "KeyState",
             "Origin",
+            "Exportable",
             "KeySpec",
             "EncryptionAlgorithms?",
             "SigningAlgorithms?",
             "MacAlgorithms?",
             "PrimaryVersion",
             "DeletionDate?",
+            "ValidTo?",
         ),
     }
 
@@ -370,8 +386,18 @@ def _silent(method: str, *options: str) -> _Handler:
     return handler
 
 
+def _new_key(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that create-key and unwrap-key share: what the new key starts with."""
+    return {
+        "description": args.description,
+        "policy": args.policy,
+        "tags": args.tags,
+        "exportable": args.exportable,
+    }
+
+
 def _create_key(client: HsmClient, args: argparse.Namespace) -> _Result:
-    key = client.create_key(args.key_spec, args.key_usage, args.description, args.policy, args.tags)
+    key = client.create_key(args.key_spec, args.key_usage, origin=args.origin, **_new_key(args))
     return {"KeyMetadata": _key_metadata(key)}
 
 
@@ -473,6 +499,64 @@ def _verify_audit_log(client: AdminClient, args: argparse.Namespace) -> _Result:
 
 def _verification_status(result: _Result) -> int:
     return 0 if result["Valid"] else EXIT_AUDIT_CHAIN_BROKEN
+
+
+def _wrap_key(client: HsmClient, args: argparse.Namespace) -> _Result:
+    wrapped = client.wrap_key(args.key_id, args.wrapping_key_id)
+    return _aws(wrapped, "WrappedKey", "KeyId", "KeyVersion", "WrappingKeyId")
+
+
+def _unwrap_key(client: HsmClient, args: argparse.Namespace) -> _Result:
+    key = client.unwrap_key(args.wrapped_key, args.wrapping_key_id, **_new_key(args))
+    return {"KeyMetadata": _key_metadata(key)}
+
+
+def _get_parameters_for_import(client: HsmClient, args: argparse.Namespace) -> _Result:
+    parameters = client.get_parameters_for_import(
+        args.key_id, args.wrapping_algorithm, args.wrapping_key_spec
+    )
+    return _aws(parameters, "KeyId", "ImportToken", "PublicKey", "ParametersValidTo")
+
+
+def _valid_to(args: argparse.Namespace) -> datetime | None:
+    """--valid-to, checked against --expiration-model as aws checks them: KEY_MATERIAL_EXPIRES
+    needs a --valid-to, KEY_MATERIAL_DOES_NOT_EXPIRE refuses one. Without a model (aws's
+    default is KEY_MATERIAL_EXPIRES) the material expires if --valid-to is given.
+
+    Raises:
+        ValueError: the two disagree.
+    """
+    valid_to: datetime | None = args.valid_to
+    if args.expiration_model == "KEY_MATERIAL_EXPIRES" and valid_to is None:
+        raise ValueError("--expiration-model KEY_MATERIAL_EXPIRES needs --valid-to")
+    if args.expiration_model == "KEY_MATERIAL_DOES_NOT_EXPIRE" and valid_to is not None:
+        raise ValueError("--expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE refuses --valid-to")
+    return valid_to
+
+
+def _import_key_material(client: HsmClient, args: argparse.Namespace) -> _Result:
+    """As aws today, the key's id (hsmd has no KeyMaterialId)."""
+    key = client.import_key_material(
+        args.key_id,
+        args.import_token,
+        args.encrypted_key_material,
+        _valid_to(args),
+        args.public_key,
+    )
+    return _aws(key, "KeyId")
+
+
+def _delete_imported_key_material(client: HsmClient, args: argparse.Namespace) -> _Result:
+    return _aws(client.delete_imported_key_material(args.key_id), "KeyId")
+
+
+def _import_key(client: HsmClient, args: argparse.Namespace) -> _Result:
+    """The whole import flow; the key's spec, which the key file must fit, from describe-key."""
+    key = client.describe_key(args.key_id)
+    imported = client.import_key(
+        key.key_id, args.key_file, key.key_spec, args.wrapping_algorithm, args.valid_to
+    )
+    return {"KeyMetadata": _key_metadata(imported)}
 
 
 def _encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -660,12 +744,12 @@ def _build_parser() -> _Parser:
         key_id(sub)
         return sub
 
-    def blob(sub: _Parser, option: str) -> None:
+    def blob(sub: _Parser, option: str, required: bool = True, what: str = "") -> None:
         sub.add_argument(
             option,
             type=_blob,
-            required=True,
-            help="base64, or fileb://PATH for raw bytes (fileb://- reads stdin)",
+            required=required,
+            help=f"{what}base64, or fileb://PATH for raw bytes (fileb://- reads stdin)",
         )
 
     def context(sub: _Parser, option: str = "--encryption-context") -> None:
@@ -727,6 +811,33 @@ def _build_parser() -> _Parser:
             " inline or as file://PATH",
         )
 
+    def new_key(sub: _Parser) -> None:
+        """The options of what a new key starts with (see _new_key)."""
+        sub.add_argument("--description", default="")
+        tags(sub)
+        policy(sub)
+        sub.add_argument(
+            "--exportable",
+            action="store_true",
+            help="let wrap-key export the key, wrapped; this cannot change later",
+        )
+
+    def valid_to(sub: _Parser) -> None:
+        sub.add_argument(
+            "--valid-to",
+            type=_time,
+            metavar="TIME",
+            help="when the imported material expires, ISO 8601 (UTC without an offset);"
+            " default: never",
+        )
+
+    def wrapping_algorithm(sub: _Parser, required: bool = False) -> None:
+        sub.add_argument(
+            "--wrapping-algorithm",
+            required=required,
+            help=f"one of {', '.join(keyimport.WRAPPING_ALGORITHMS)}",
+        )
+
     def policy_name(sub: _Parser) -> None:
         sub.add_argument("--policy-name", choices=["default"], default="default")
 
@@ -745,9 +856,13 @@ def _build_parser() -> _Parser:
         help="ENCRYPT_DECRYPT, SIGN_VERIFY or GENERATE_VERIFY_MAC (default: the spec's only one,"
         " else ENCRYPT_DECRYPT)",
     )
-    sub.add_argument("--description", default="")
-    tags(sub)
-    policy(sub)
+    new_key(sub)
+    sub.add_argument(
+        "--origin",
+        default="GENERATED",
+        help="GENERATED (the default), or EXTERNAL for a key whose material you import: it"
+        " starts PENDING_IMPORT (see import-key)",
+    )
 
     keyed("describe-key", _describe_key, "Show a key's metadata.")
 
@@ -916,6 +1031,67 @@ def _build_parser() -> _Parser:
     sub = command("list-aliases", _list_aliases, "Your aliases (all pages unless --limit).")
     key_id(sub, required=False, help_text="only this key's aliases")
     paging(sub, "aliases")
+
+    sub = keyed(
+        "get-parameters-for-import",
+        _get_parameters_for_import,
+        "A public key to wrap key material under, and an import token (valid 24 hours).",
+    )
+    wrapping_algorithm(sub, required=True)
+    sub.add_argument(
+        "--wrapping-key-spec", default="RSA_2048", help="RSA_2048 (the default), RSA_3072, RSA_4096"
+    )
+
+    sub = keyed(
+        "import-key-material",
+        _import_key_material,
+        "Import key material wrapped under get-parameters-for-import's public key.",
+    )
+    blob(sub, "--import-token")
+    blob(sub, "--encrypted-key-material")
+    valid_to(sub)
+    sub.add_argument(
+        "--expiration-model",
+        choices=["KEY_MATERIAL_EXPIRES", "KEY_MATERIAL_DOES_NOT_EXPIRE"],
+        help="as aws: KEY_MATERIAL_EXPIRES needs --valid-to; default: as --valid-to says",
+    )
+    blob(
+        sub,
+        "--public-key",
+        required=False,
+        what="an imported private key's DER SubjectPublicKeyInfo, required for EC keys: ",
+    )
+
+    keyed(
+        "delete-imported-key-material",
+        _delete_imported_key_material,
+        "Delete a key's imported material; the key returns to PENDING_IMPORT.",
+    )
+
+    sub = keyed(
+        "import-key",
+        _import_key,
+        "Import a local key file into a key of origin EXTERNAL: get parameters, wrap the"
+        " material here, import it.",
+    )
+    sub.add_argument(
+        "--key-file",
+        type=_file,
+        required=True,
+        metavar="PATH",
+        help="AES/HMAC: the raw key bytes; RSA/EC: an unencrypted PEM or DER private key"
+        " (- reads stdin)",
+    )
+    wrapping_algorithm(sub)
+    valid_to(sub)
+
+    sub = keyed("wrap-key", _wrap_key, "Export an exportable key, wrapped under a WRAP_UNWRAP key.")
+    key_id(sub, option="--wrapping-key-id", help_text="a WRAP_UNWRAP key")
+
+    sub = command("unwrap-key", _unwrap_key, "Make a new key from a blob of wrap-key.")
+    blob(sub, "--wrapped-key")
+    key_id(sub, option="--wrapping-key-id", help_text="the WRAP_UNWRAP key that wrapped it")
+    new_key(sub)
 
     audit_help = (
         "The audit trail. `audit list` calls the KeyManagementService with your tenant"

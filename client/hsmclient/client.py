@@ -22,6 +22,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from hsmclient import keyimport
 from hsmclient.channel import ConnectionSettings, secure_channel
 from hsmclient.errors import ChecksumMismatchError, from_rpc_error
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
@@ -142,6 +143,31 @@ def _strings(name: str, values: Iterable[str]) -> list[str]:
     return list(values)
 
 
+def _wrapping_algorithm(name: str) -> resources_pb2.WrappingAlgorithm.ValueType:
+    """The one mapping of the client's wrapping algorithm names, AWS's ("RSAES_OAEP_SHA_1"), to
+    the proto's, which carry a WRAP_ prefix.
+
+    Raises:
+        ValueError: `name` is no wrapping algorithm (a WRAP_ name is none either).
+    """
+    return _enum_value(resources_pb2.WrappingAlgorithm, name, prefix="WRAP_")
+
+
+def _timestamp(name: str, value: datetime | None) -> Timestamp | None:
+    """An optional request time; a naive datetime is refused, since its zone is a guess.
+
+    Raises:
+        ValueError: `value` has no time zone.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be an aware datetime (with tzinfo), not {value!r}")
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp
+
+
 def _crc32c(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
@@ -223,7 +249,9 @@ class KeyMetadata:
     `tags` is a read-only mapping (types.MappingProxyType) from tag key to value, so that
     `key.tags["env"]` and `key.tags == {"env": "prod"}` work; being a mapping, it makes a
     KeyMetadata unhashable (compare key ids instead). `deletion_date` is set only while the key
-    is PENDING_DELETION.
+    is PENDING_DELETION. `exportable` says whether wrap_key may export the key (wrapped);
+    `valid_to`, set only for imported material that expires, when the key returns to
+    PENDING_IMPORT.
     """
 
     key_id: str
@@ -241,6 +269,31 @@ class KeyMetadata:
     mac_algorithms: tuple[str, ...]
     tags: Mapping[str, str]
     deletion_date: datetime | None
+    exportable: bool
+    valid_to: datetime | None
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A key exported by wrap_key: `wrapped_key` is the blob of docs/formats.md, which only
+    unwrap_key with the same wrapping key opens; `key_version` is the version wrapped."""
+
+    wrapped_key: bytes
+    key_id: str
+    key_version: int
+    wrapping_key_id: str
+
+
+@dataclass(frozen=True)
+class ImportParameters:
+    """What import_key_material needs: `public_key` (DER SubjectPublicKeyInfo, RSA) to wrap the
+    material under, and `import_token`, which names these parameters and expires at
+    `parameters_valid_to`."""
+
+    key_id: str
+    import_token: bytes
+    public_key: bytes
+    parameters_valid_to: datetime
 
 
 @dataclass(frozen=True)
@@ -583,17 +636,23 @@ class HsmClient(_Client):
         description: str = "",
         policy: KeyPolicy | None = None,
         tags: Mapping[str, str] | None = None,
+        exportable: bool = False,
+        origin: str = "GENERATED",
     ) -> KeyMetadata:
         """A new key. Without `key_usage` the daemon gives the spec's only usage (HMAC_256:
         GENERATE_VERIFY_MAC), else ENCRYPT_DECRYPT; it refuses a usage the spec cannot have.
         Without `policy` the caller and the tenant's admin principals administer the key and the
-        caller uses it."""
+        caller uses it. An `exportable` key can be exported, wrapped, by wrap_key; that cannot
+        change later. Origin EXTERNAL makes a key without material, PENDING_IMPORT until
+        import_key (or import_key_material) gives it some."""
         request = service_pb2.CreateKeyRequest(
             key_spec=_enum_value(resources_pb2.KeySpec, key_spec),
             key_usage=_enum_value(resources_pb2.KeyUsage, key_usage),
             description=description,
             policy=None if policy is None else _policy_message(policy),
             tags=tags,
+            exportable=exportable,
+            origin=_enum_value(resources_pb2.KeyOrigin, origin),
         )
         return self._metadata(self._stub.CreateKey, request)
 
@@ -756,6 +815,113 @@ class HsmClient(_Client):
         self, key_id: str | None = None, page_size: int = 0, page_token: str = ""
     ) -> Iterator[Alias]:
         return _every_page(lambda token: self.list_aliases(key_id, page_size, token), page_token)
+
+    # --- wrapping and import ------------------------------------------------------------------
+
+    def wrap_key(self, key_id: str, wrapping_key_id: str) -> WrappedKey:
+        """Export an exportable key's primary version, wrapped under a WRAP_UNWRAP key of the
+        tenant; a key created without `exportable` can never be wrapped."""
+        request = service_pb2.WrapKeyRequest(key_id=key_id, wrapping_key_id=wrapping_key_id)
+        return self._result(self._stub.WrapKey, request, WrappedKey)
+
+    def unwrap_key(
+        self,
+        wrapped_key: bytes,
+        wrapping_key_id: str,
+        description: str = "",
+        policy: KeyPolicy | None = None,
+        tags: Mapping[str, str] | None = None,
+        exportable: bool = False,
+    ) -> KeyMetadata:
+        """A new key (origin UNWRAPPED) from a blob of wrap_key, unwrapped inside the daemon with
+        the key that wrapped it; not exportable unless asked. `description`, `policy` and `tags`
+        as for create_key."""
+        request = service_pb2.UnwrapKeyRequest(
+            wrapped_key=wrapped_key,
+            wrapping_key_id=wrapping_key_id,
+            description=description,
+            policy=None if policy is None else _policy_message(policy),
+            tags=tags,
+            exportable=exportable,
+        )
+        return self._metadata(self._stub.UnwrapKey, request)
+
+    def get_parameters_for_import(
+        self, key_id: str, wrapping_algorithm: str, wrapping_key_spec: str = "RSA_2048"
+    ) -> ImportParameters:
+        """An RSA public key (RSA_2048, RSA_3072 or RSA_4096) to wrap key material under with
+        `wrapping_algorithm` (see hsmclient.keyimport), and the import token that goes with it,
+        for a key of origin EXTERNAL.
+
+        Raises:
+            ValueError: the algorithm is unknown, or the spec is not an RSA one.
+        """
+        if not wrapping_key_spec.startswith("RSA_"):
+            raise ValueError(f"the wrapping key spec must be RSA_*, not {wrapping_key_spec!r}")
+        request = service_pb2.GetParametersForImportRequest(
+            key_id=key_id,
+            wrapping_algorithm=_wrapping_algorithm(wrapping_algorithm),
+            wrapping_key_spec=_enum_value(resources_pb2.KeySpec, wrapping_key_spec),
+        )
+        return self._result(self._stub.GetParametersForImport, request, ImportParameters)
+
+    def import_key_material(
+        self,
+        key_id: str,
+        import_token: bytes,
+        encrypted_key_material: bytes,
+        valid_to: datetime | None = None,
+        public_key: bytes | None = None,
+    ) -> KeyMetadata:
+        """Give a PENDING_IMPORT key its material, wrapped as get_parameters_for_import said; the
+        key becomes ENABLED, until `valid_to` if given. `public_key`, the DER
+        SubjectPublicKeyInfo of an imported private key, is checked against it (required for
+        EC keys). Re-importing accepts only the same material.
+
+        Raises:
+            ValueError: `valid_to` is a naive datetime.
+        """
+        request = service_pb2.ImportKeyMaterialRequest(
+            key_id=key_id,
+            import_token=import_token,
+            encrypted_key_material=encrypted_key_material,
+            valid_to=_timestamp("valid_to", valid_to),
+            public_key=public_key or b"",
+        )
+        return self._metadata(self._stub.ImportKeyMaterial, request)
+
+    def delete_imported_key_material(self, key_id: str) -> KeyMetadata:
+        """Destroy a key's imported material; the key returns to PENDING_IMPORT."""
+        request = service_pb2.DeleteImportedKeyMaterialRequest(key_id=key_id)
+        return self._metadata(self._stub.DeleteImportedKeyMaterial, request)
+
+    def import_key(
+        self,
+        key_id: str,
+        key_file: bytes | str | os.PathLike[str],
+        key_spec: str,
+        wrapping_algorithm: str | None = None,
+        valid_to: datetime | None = None,
+    ) -> KeyMetadata:
+        """Import a key file into a PENDING_IMPORT key of `key_spec`, as AWS's import flow does:
+        get parameters, wrap the material here (hsmclient.keyimport), import it. The key file
+        is its bytes or its path (see keyimport.material_from_key_file). Without
+        `wrapping_algorithm`, RSAES_OAEP_SHA_1 for a raw key, RSA_AES_KEY_WRAP_SHA_1 for a
+        private key.
+
+        Raises:
+            ValueError: the key file does not fit `key_spec`, the algorithm is unknown, or
+                `valid_to` is a naive datetime; nothing was asked of the daemon.
+            OSError: the key file cannot be read.
+        """
+        _timestamp("valid_to", valid_to)  # refuse a naive time before any call
+        material, public_key = keyimport.material_from_key_file(key_file, key_spec)
+        algorithm = wrapping_algorithm or keyimport.default_wrapping_algorithm(material, public_key)
+        parameters = self.get_parameters_for_import(key_id, algorithm)
+        encrypted = keyimport.wrap_for_import(material, parameters.public_key, algorithm)
+        return self.import_key_material(
+            parameters.key_id, parameters.import_token, encrypted, valid_to, public_key
+        )
 
     # --- audit ---------------------------------------------------------------------------------
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from hsmd.domain import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
+from hsmd.domain import (
+    EncryptionAlgorithm,
+    KeySpec,
+    KeyUsage,
+    MacAlgorithm,
+    SigningAlgorithm,
+    WrappingAlgorithm,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,18 @@ class Capabilities:
     signing: frozenset[SigningAlgorithm]
     mac: frozenset[MacAlgorithm]
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnwrapTarget:
+    """The token object an unwrap or import makes. public_key (SPKI) is needed for EC
+    private keys, whose public point the token cannot derive."""
+
+    object_id: bytes
+    spec: KeySpec
+    usage: KeyUsage
+    exportable: bool = False
+    public_key: bytes | None = None
 
 
 class CryptoBackend(Protocol):
@@ -45,8 +64,56 @@ class CryptoBackend(Protocol):
         """The key specs and algorithms the library supports (probed once, then remembered)."""
         ...
 
-    def generate_key(self, tenant: str, object_id: bytes, spec: KeySpec, usage: KeyUsage) -> None:
-        """Generates a sensitive, non-extractable token key (or pair) limited to its usage."""
+    def generate_key(
+        self,
+        tenant: str,
+        object_id: bytes,
+        spec: KeySpec,
+        usage: KeyUsage,
+        exportable: bool = False,
+    ) -> None:
+        """Generates a sensitive token key (or pair) limited to its usage; non-extractable
+        unless exportable (then it can leave only wrapped)."""
+        ...
+
+    def wrap(self, tenant: str, wrapping_object_id: bytes, object_id: bytes) -> bytes:
+        """AES key wrap with padding of an extractable secret key."""
+        ...
+
+    def unwrap(
+        self,
+        tenant: str,
+        wrapping_object_id: bytes,
+        wrapped: bytes,
+        padded: bool,
+        target: UnwrapTarget,
+    ) -> str:
+        """Unwraps into a new token key; returns the material's fingerprint.
+
+        Raises:
+            UnwrapFailed: the wrapped bytes do not unwrap into a key of the target's spec.
+        """
+        ...
+
+    def create_import_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
+        """An unwrap-only RSA key pair for one import; returns its public SPKI."""
+        ...
+
+    def import_material(
+        self,
+        tenant: str,
+        import_object_id: bytes,
+        algorithm: WrappingAlgorithm,
+        wrapped: bytes,
+        target: UnwrapTarget,
+    ) -> str:
+        """Unwraps customer material into a new token key; returns its fingerprint (empty for
+        private keys, whose public key is their fingerprint).
+
+        Raises:
+            UnwrapFailed: the material does not unwrap under the import key.
+            Unimplemented: the backend cannot do the algorithm.
+        """
         ...
 
     def encrypt(

@@ -72,3 +72,24 @@ def _octet_string(der: bytes) -> bytes:
     if offset + length != len(der):
         raise ValueError("CKA_EC_POINT has a wrong length")
     return der[offset:]
+
+
+def ec_point(spec: KeySpec, spki: bytes | None) -> bytes:
+    """CKA_EC_POINT (a DER OCTET STRING of the uncompressed point) from an SPKI of the spec's
+    curve. Raises ValueError if there is none, or it is of another key type or curve."""
+    if spki is None:
+        raise ValueError("an EC private key needs its public key")
+    key = serialization.load_der_public_key(spki)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != CURVES[spec].name:
+        raise ValueError(f"the public key is not a {spec} key")
+    point = key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return _der_octet_string(point)
+
+
+def _der_octet_string(content: bytes) -> bytes:
+    if len(content) < 0x80:
+        return bytes([0x04, len(content)]) + content
+    size = (len(content).bit_length() + 7) // 8
+    return bytes([0x04, 0x80 | size]) + len(content).to_bytes(size, "big") + content

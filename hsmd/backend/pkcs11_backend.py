@@ -31,13 +31,14 @@ from typing import Any
 
 import pkcs11
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
+from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
+from pkcs11.constants import DEFAULT
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from hsmd.backend import encoding
-from hsmd.backend.api import Capabilities
+from hsmd.backend.api import Capabilities, UnwrapTarget
 from hsmd.backend.mechanisms import (
     GENERATION,
     KEY_TYPES,
@@ -48,8 +49,21 @@ from hsmd.backend.mechanisms import (
 )
 from hsmd.backend.pins import PinDeriver
 from hsmd.ciphertext import IV_SIZE
-from hsmd.domain import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
-from hsmd.errors import BackendError, BackendUnavailable, DecryptionFailed, Unimplemented
+from hsmd.domain import (
+    EncryptionAlgorithm,
+    KeySpec,
+    KeyUsage,
+    MacAlgorithm,
+    SigningAlgorithm,
+    WrappingAlgorithm,
+)
+from hsmd.errors import (
+    BackendError,
+    BackendUnavailable,
+    DecryptionFailed,
+    Unimplemented,
+    UnwrapFailed,
+)
 from hsmd.keyspecs import SIGNING, SPECS, Family, SignatureScheme
 from hsmd.names import token_label
 
@@ -87,6 +101,7 @@ _USAGE_CAPABILITIES: dict[tuple[bool, KeyUsage], frozenset[Attribute]] = {
     # (asymmetric, usage): the rights of the secret or private key
     (False, KeyUsage.ENCRYPT_DECRYPT): frozenset({Attribute.ENCRYPT, Attribute.DECRYPT}),
     (False, KeyUsage.GENERATE_VERIFY_MAC): frozenset({Attribute.SIGN, Attribute.VERIFY}),
+    (False, KeyUsage.WRAP_UNWRAP): frozenset({Attribute.WRAP, Attribute.UNWRAP}),
     (True, KeyUsage.ENCRYPT_DECRYPT): frozenset({Attribute.DECRYPT}),
     (True, KeyUsage.SIGN_VERIFY): frozenset({Attribute.SIGN}),
 }
@@ -115,12 +130,51 @@ _DECRYPTION_FAILED = (
     p11.DataInvalid,
 )
 _SIGNATURE_INVALID = (p11.SignatureInvalid, p11.SignatureLenRange)
+# What C_UnwrapKey answers for material that is not what it should be.
+_UNWRAP_FAILED = (
+    *_DECRYPTION_FAILED,
+    p11.WrappedKeyInvalid,
+    p11.WrappedKeyLenRange,
+    p11.KeySizeRange,
+    p11.TemplateInconsistent,
+    p11.AttributeValueInvalid,
+    p11.DomainParamsInvalid,
+)
+_IMPORT_OAEP: dict[WrappingAlgorithm, EncryptionAlgorithm] = {
+    WrappingAlgorithm.RSAES_OAEP_SHA_1: EncryptionAlgorithm.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSAES_OAEP_SHA_256: EncryptionAlgorithm.RSAES_OAEP_SHA_256,
+    WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_1: EncryptionAlgorithm.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_256: EncryptionAlgorithm.RSAES_OAEP_SHA_256,
+}
+_ONE_STEP = frozenset({WrappingAlgorithm.RSAES_OAEP_SHA_1, WrappingAlgorithm.RSAES_OAEP_SHA_256})
+_FINGERPRINT_LABEL = b"hsmd key material fingerprint v1"
+# unwrap_key sets every capability attribute of its own (to its defaults, or all false with no
+# capabilities); our templates then name each right. A private key has no ENCRYPT, VERIFY or
+# WRAP attribute at all (SoftHSM2 refuses them), so those are taken out with DEFAULT.
+_NO_DEFAULTS = MechanismFlag(0)
+_NOT_ON_PRIVATE_KEYS = {
+    Attribute.ENCRYPT: DEFAULT,
+    Attribute.VERIFY: DEFAULT,
+    Attribute.WRAP: DEFAULT,
+}
 
 
 def key_template(
-    object_id: bytes, rights: frozenset[Attribute], capabilities: tuple[Attribute, ...]
+    object_id: bytes,
+    rights: frozenset[Attribute],
+    capabilities: tuple[Attribute, ...],
+    *,
+    extractable: bool = False,
+    unwrapped: bool = False,
 ) -> dict[Any, Any]:
-    """The full template of a secret or private key: nothing is left to library defaults."""
+    """The full template of a secret or private key: nothing is left to library defaults.
+
+    An extractable key can leave the token only wrapped (it stays sensitive), and only by a
+    wrapping key whose own template allows WRAP; see docs/security.md. SoftHSM2 2.6.1 refuses
+    C_UnwrapKey with both MODIFIABLE and COPYABLE false (it sets attributes one by one after
+    creating the object), so an unwrapped key keeps COPYABLE at its default; a copy could not
+    loosen SENSITIVE or EXTRACTABLE anyway (PKCS#11 allows them to change one way only).
+    """
     template: dict[Any, Any] = {right: right in rights for right in capabilities}
     template.update(
         {
@@ -129,11 +183,12 @@ def key_template(
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
+            Attribute.EXTRACTABLE: extractable,
             Attribute.MODIFIABLE: False,
-            Attribute.COPYABLE: False,
         }
     )
+    if not unwrapped:
+        template[Attribute.COPYABLE] = False
     return template
 
 
@@ -316,7 +371,14 @@ class Pkcs11Backend:
 
     # Keys
 
-    def generate_key(self, tenant: str, object_id: bytes, spec: KeySpec, usage: KeyUsage) -> None:
+    def generate_key(
+        self,
+        tenant: str,
+        object_id: bytes,
+        spec: KeySpec,
+        usage: KeyUsage,
+        exportable: bool = False,
+    ) -> None:
         info = SPECS[spec]
         rights = _USAGE_CAPABILITIES[(info.family.asymmetric, usage)]
         with self._token(tenant) as token:
@@ -327,7 +389,9 @@ class Pkcs11Backend:
                     info.bits,
                     store=True,
                     mechanism=GENERATION[info.family],
-                    template=key_template(object_id, rights, _SECRET_CAPABILITIES),
+                    template=key_template(
+                        object_id, rights, _SECRET_CAPABILITIES, extractable=exportable
+                    ),
                 )
                 token.objects[(object_id, ObjectClass.SECRET_KEY)] = key
                 return
@@ -346,6 +410,263 @@ class Pkcs11Backend:
             )
             token.objects[(object_id, ObjectClass.PUBLIC_KEY)] = public_key
             token.objects[(object_id, ObjectClass.PRIVATE_KEY)] = private_key
+
+    # Wrapping and import
+
+    def wrap(self, tenant: str, wrapping_object_id: bytes, object_id: bytes) -> bytes:
+        """C_WrapKey with AES key wrap with padding (RFC 5649) of an extractable secret key."""
+        with self._token(tenant) as token:
+            wrapping = self._object(token, wrapping_object_id, ObjectClass.SECRET_KEY)
+            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
+            return bytes(wrapping.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+
+    def unwrap(
+        self,
+        tenant: str,
+        wrapping_object_id: bytes,
+        wrapped: bytes,
+        padded: bool,
+        target: UnwrapTarget,
+    ) -> str:
+        """C_UnwrapKey (RFC 5649, or RFC 3394 if not padded) into a token secret key made with
+        our template; returns the material's fingerprint. Raises UnwrapFailed for bad input."""
+        mechanism = Mechanism.AES_KEY_WRAP_PAD if padded else Mechanism.AES_KEY_WRAP
+        with self._token(tenant) as token:
+            wrapping = self._object(token, wrapping_object_id, ObjectClass.SECRET_KEY)
+            return self._unwrap_secret(token, wrapping, mechanism, None, wrapped, target)
+
+    def create_import_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
+        """An RSA key pair that can only unwrap, for one import; returns its public SPKI."""
+        info = SPECS[spec]
+        public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
+        public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
+        private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
+        with self._token(tenant) as token:
+            public_key, private_key = token.session.generate_keypair(
+                KEY_TYPES[Family.RSA],
+                info.bits,
+                store=True,
+                mechanism=GENERATION[Family.RSA],
+                public_template=public,
+                private_template=private,
+            )
+            token.objects[(object_id, ObjectClass.PRIVATE_KEY)] = private_key
+            modulus = public_key[Attribute.MODULUS]
+            exponent = public_key[Attribute.PUBLIC_EXPONENT]
+            public_key.destroy()  # only its SPKI is needed, and that is returned
+        return encoding.rsa_spki(modulus, exponent)
+
+    def import_material(
+        self,
+        tenant: str,
+        import_object_id: bytes,
+        algorithm: WrappingAlgorithm,
+        wrapped: bytes,
+        target: UnwrapTarget,
+    ) -> str:
+        """Unwraps customer material inside the token, in one step (RSAES-OAEP) or two
+        (RSAES-OAEP to a session AES key, then AES-KWP: SoftHSM2 has no
+        CKM_RSA_AES_KEY_WRAP). Returns the material's fingerprint.
+
+        Raises:
+            Unimplemented: the backend cannot do this algorithm's OAEP hash.
+            UnwrapFailed: the material is not wrapped under this import key as the algorithm
+                says (wrong key, truncated, flipped, wrong size).
+        """
+        oaep = _IMPORT_OAEP[algorithm]
+        self._require_encryption(oaep)
+        with self._token(tenant) as token:
+            rsa_key = self._object(token, import_object_id, ObjectClass.PRIVATE_KEY)
+            if algorithm in _ONE_STEP:
+                return self._unwrap_secret(
+                    token, rsa_key, Mechanism.RSA_PKCS_OAEP, oaep_param(oaep), wrapped, target
+                )
+            size = len(rsa_key[Attribute.MODULUS])
+            if len(wrapped) <= size:
+                raise UnwrapFailed()
+            try:
+                ephemeral = rsa_key.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    KEY_TYPES[Family.AES],
+                    wrapped[:size],
+                    mechanism=Mechanism.RSA_PKCS_OAEP,
+                    mechanism_param=oaep_param(oaep),
+                    store=False,
+                    capabilities=_NO_DEFAULTS,
+                    template={
+                        Attribute.TOKEN: False,
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.UNWRAP: True,
+                        Attribute.WRAP: False,
+                        Attribute.ENCRYPT: False,
+                        Attribute.DECRYPT: False,
+                    },
+                )
+            except _UNWRAP_FAILED:
+                raise UnwrapFailed() from None
+            try:
+                return self._unwrap_secret_or_private(
+                    token, ephemeral, Mechanism.AES_KEY_WRAP_PAD, wrapped[size:], target
+                )
+            finally:
+                ephemeral.destroy()
+
+    def _unwrap_secret_or_private(
+        self,
+        token: _TenantToken,
+        unwrapping: Any,
+        mechanism: Mechanism,
+        data: bytes,
+        target: UnwrapTarget,
+    ) -> str:
+        if SPECS[target.spec].family.asymmetric:
+            return self._unwrap_private(token, unwrapping, mechanism, data, target)
+        return self._unwrap_secret(token, unwrapping, mechanism, None, data, target)
+
+    def _unwrap_secret(
+        self,
+        token: _TenantToken,
+        unwrapping: Any,
+        mechanism: Mechanism,
+        param: Any,
+        data: bytes,
+        target: UnwrapTarget,
+    ) -> str:
+        """Unwraps twice: once into a session probe key, then into the token object with the
+        key's real template.
+
+        The probe measures and fingerprints the material without it leaving the token: its
+        HMAC of a fixed label is the fingerprint (so a re-import can be checked), and its size
+        comes from wrapping it under a throwaway session AES key (SoftHSM2 leaves CKA_VALUE_LEN
+        at 0 on unwrapped keys, and would happily use 16 bytes as an AES_256 key)."""
+        info = SPECS[target.spec]
+        try:
+            probe = unwrapping.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KEY_TYPES[Family.HMAC],
+                data,
+                mechanism=mechanism,
+                mechanism_param=param,
+                store=False,
+                capabilities=_NO_DEFAULTS,
+                template={
+                    Attribute.TOKEN: False,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: True,  # only to be measured, below, in the token
+                    Attribute.SIGN: True,
+                    Attribute.VERIFY: False,
+                    Attribute.ENCRYPT: False,
+                    Attribute.DECRYPT: False,
+                    Attribute.WRAP: False,
+                    Attribute.UNWRAP: False,
+                },
+            )
+        except _UNWRAP_FAILED:
+            raise UnwrapFailed() from None
+        try:
+            if not self._has_size(token, probe, info.bits // 8):
+                raise UnwrapFailed()
+            fingerprint = bytes(probe.sign(_FINGERPRINT_LABEL, mechanism=Mechanism.SHA256_HMAC))
+        finally:
+            probe.destroy()
+        rights = _USAGE_CAPABILITIES[(False, target.usage)]
+        key = unwrapping.unwrap_key(
+            ObjectClass.SECRET_KEY,
+            KEY_TYPES[info.family],
+            data,
+            mechanism=mechanism,
+            mechanism_param=param,
+            store=True,
+            capabilities=_NO_DEFAULTS,
+            template=key_template(
+                target.object_id,
+                rights,
+                _SECRET_CAPABILITIES,
+                extractable=target.exportable,
+                unwrapped=True,
+            ),
+        )
+        token.objects[(target.object_id, ObjectClass.SECRET_KEY)] = key
+        return fingerprint.hex()
+
+    @staticmethod
+    def _has_size(token: _TenantToken, probe: Any, size: int) -> bool:
+        """Whether the probe key is `size` bytes: AES key wrap (RFC 3394) of it gives its
+        exact size when that is a multiple of 8, AES-KWP a range of 8 otherwise."""
+        measure = token.session.generate_key(
+            KEY_TYPES[Family.AES],
+            256,
+            store=False,
+            mechanism=GENERATION[Family.AES],
+            template={
+                Attribute.TOKEN: False,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.WRAP: True,
+                Attribute.UNWRAP: False,
+                Attribute.ENCRYPT: False,
+                Attribute.DECRYPT: False,
+            },
+        )
+        try:
+            try:
+                return len(measure.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)) - 8 == size
+            except p11.PKCS11Error:  # not a multiple of 8 bytes
+                wrapped = len(measure.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+                return size % 8 != 0 and wrapped - 16 < size <= wrapped - 8
+        finally:
+            measure.destroy()
+
+    def _unwrap_private(
+        self,
+        token: _TenantToken,
+        unwrapping: Any,
+        mechanism: Mechanism,
+        data: bytes,
+        target: UnwrapTarget,
+    ) -> str:
+        """A PKCS#8 private key into the token, and its public half beside it (from the
+        private object for RSA; from the caller's SPKI, checked later, for EC)."""
+        info = SPECS[target.spec]
+        rights = _USAGE_CAPABILITIES[(True, target.usage)]
+        try:
+            private = unwrapping.unwrap_key(
+                ObjectClass.PRIVATE_KEY,
+                KEY_TYPES[info.family],
+                data,
+                mechanism=mechanism,
+                store=True,
+                capabilities=_NO_DEFAULTS,
+                template={
+                    **key_template(target.object_id, rights, _PRIVATE_CAPABILITIES, unwrapped=True),
+                    **_NOT_ON_PRIVATE_KEYS,
+                },
+            )
+        except _UNWRAP_FAILED:
+            raise UnwrapFailed() from None
+        token.objects[(target.object_id, ObjectClass.PRIVATE_KEY)] = private
+        public = public_template(target.object_id, target.usage)
+        public.update(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KEY_TYPES[info.family]}
+        )
+        try:
+            if info.family is Family.RSA:
+                if len(private[Attribute.MODULUS]) * 8 != info.bits:
+                    raise UnwrapFailed()
+                public[Attribute.MODULUS] = private[Attribute.MODULUS]
+                public[Attribute.PUBLIC_EXPONENT] = private[Attribute.PUBLIC_EXPONENT]
+            else:
+                public[Attribute.EC_PARAMS] = encode_named_curve_parameters(info.curve_oid)
+                public[Attribute.EC_POINT] = encoding.ec_point(target.spec, target.public_key)
+            token.objects[(target.object_id, ObjectClass.PUBLIC_KEY)] = token.session.create_object(
+                public
+            )
+        except (UnwrapFailed, ValueError, p11.PKCS11Error):
+            private.destroy()
+            token.objects.pop((target.object_id, ObjectClass.PRIVATE_KEY), None)
+            raise UnwrapFailed() from None
+        return ""
 
     def object_ids(self, tenant: str) -> set[bytes]:
         ids = set()

@@ -20,6 +20,7 @@ from typing import Any
 
 from hsmd.domain import (
     Alias,
+    ImportParameters,
     Key,
     KeyOrigin,
     KeyPolicy,
@@ -31,6 +32,7 @@ from hsmd.domain import (
     Tenant,
     TenantState,
     VersionState,
+    WrappingAlgorithm,
 )
 from hsmd.errors import AlreadyExists, NotFound, StoreError
 
@@ -99,12 +101,33 @@ _MIGRATIONS = [
         FOREIGN KEY (tenant, key_id) REFERENCES keys(tenant, key_id) ON DELETE CASCADE
     );
     """,
+    # Wrapping and import: exportable keys, imported material with an expiry and a
+    # fingerprint (re-imports must bring the same material), and import tokens with their
+    # RSA wrapping key objects.
+    """
+    ALTER TABLE keys ADD COLUMN exportable INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE keys ADD COLUMN valid_to TEXT;
+    ALTER TABLE keys ADD COLUMN material_fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE INDEX keys_valid_to ON keys(valid_to);
+    CREATE TABLE import_parameters (
+        token          TEXT PRIMARY KEY,
+        tenant         TEXT NOT NULL,
+        key_id         TEXT NOT NULL,
+        object_id      BLOB NOT NULL UNIQUE,
+        algorithm      TEXT NOT NULL,
+        wrapping_spec  TEXT NOT NULL,
+        expires_at     TEXT NOT NULL,
+        FOREIGN KEY (tenant, key_id) REFERENCES keys(tenant, key_id) ON DELETE CASCADE
+    );
+    """,
 ]
 
 _KEY_COLUMNS = (
     "tenant, key_id, description, spec, usage, origin, state, created_at, primary_version,"
-    " policy, rotation_period_days, next_rotation_at, deletion_at"
+    " policy, rotation_period_days, next_rotation_at, deletion_at, exportable, valid_to,"
+    " material_fingerprint"
 )
+_IMPORT_COLUMNS = "token, tenant, key_id, object_id, algorithm, wrapping_spec, expires_at"
 _VERSION_COLUMNS = "tenant, key_id, version, object_id, created_at, state, rotation_type"
 _TENANT_COLUMNS = "name, token_label, token_serial, state, created_at, admin_principals"
 _ALIAS_COLUMNS = "tenant, name, key_id, created_at, updated_at"
@@ -131,6 +154,10 @@ class SqliteKeyStore:
         ).fetchone()
         if version == 0 and has_tables:
             version = 1  # made before the schema was versioned
+        if version > len(_MIGRATIONS):
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this hsmd knows ({len(_MIGRATIONS)})"
+            )
         for step in range(version, len(_MIGRATIONS)):
             self._db.executescript(
                 f"BEGIN; {_MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;"
@@ -209,12 +236,13 @@ class SqliteKeyStore:
 
     # Keys
 
-    def add_key(self, key: Key, version: KeyVersion) -> None:
-        """Records a new key, its tags and its first version in one transaction."""
+    def add_key(self, key: Key, version: KeyVersion | None) -> None:
+        """Records a new key, its tags and its first version (none for a key whose material
+        will be imported) in one transaction."""
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO keys ({_KEY_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.tenant,
                     key.key_id,
@@ -229,10 +257,14 @@ class SqliteKeyStore:
                     key.rotation_period_days,
                     _iso_or_none(key.next_rotation_at),
                     _iso_or_none(key.deletion_at),
+                    int(key.exportable),
+                    _iso_or_none(key.valid_to),
+                    key.material_fingerprint,
                 ),
             )
             _write_tags(db, key.tenant, key.key_id, dict(key.tags), ())
-            _insert_version(db, version)
+            if version is not None:
+                _insert_version(db, version)
 
     def update_key(self, tenant: str, key_id: str, **changes: Any) -> Key:
         """Sets columns of a key (state, description, policy, rotation_period_days,
@@ -249,6 +281,8 @@ class SqliteKeyStore:
             "rotation_period_days",
             "next_rotation_at",
             "deletion_at",
+            "valid_to",
+            "material_fingerprint",
         }
         if unknown:
             raise AssertionError(f"not key columns: {unknown}")
@@ -325,24 +359,33 @@ class SqliteKeyStore:
             ).fetchall()
             return [_load_key(db, row[0], row[1]) for row in rows]
 
-    def mark_destroyed(self, tenant: str, key_id: str) -> None:
-        """After the key's objects are destroyed: the row stays as DESTROYED, its aliases go."""
+    def mark_destroyed(self, tenant: str, key_id: str) -> bool:
+        """A PENDING_DELETION key becomes DESTROYED (the row stays, its aliases go). False if
+        the key is no longer PENDING_DELETION (its deletion was cancelled meanwhile)."""
         with self._transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE keys SET state = ?, deletion_at = NULL, next_rotation_at = NULL,"
-                " rotation_period_days = NULL WHERE tenant = ? AND key_id = ?",
-                (KeyState.DESTROYED, tenant, key_id),
+                " rotation_period_days = NULL WHERE tenant = ? AND key_id = ? AND state = ?",
+                (KeyState.DESTROYED, tenant, key_id, KeyState.PENDING_DELETION),
             )
+            if cursor.rowcount != 1:
+                return False
             db.execute(
                 "UPDATE key_versions SET state = ? WHERE tenant = ? AND key_id = ?",
                 (VersionState.DESTROYED, tenant, key_id),
             )
             db.execute("DELETE FROM aliases WHERE tenant = ? AND key_id = ?", (tenant, key_id))
+            return True
 
     # Versions
 
     def add_version(
-        self, tenant: str, key_id: str, object_id: bytes, created_at: datetime, how: RotationType
+        self,
+        tenant: str,
+        key_id: str,
+        object_id: bytes,
+        created_at: datetime,
+        how: RotationType | None,
     ) -> KeyVersion:
         """Records the next version of a key in state CREATING."""
         with self._transaction() as db:
@@ -350,10 +393,9 @@ class SqliteKeyStore:
                 "SELECT MAX(version) FROM key_versions WHERE tenant = ? AND key_id = ?",
                 (tenant, key_id),
             ).fetchone()
-            if latest is None:
-                raise NotFound(f"key {key_id!r} not found")
+            _load_key(db, tenant, key_id)
             version = KeyVersion(
-                tenant, key_id, latest + 1, object_id, created_at, VersionState.CREATING, how
+                tenant, key_id, (latest or 0) + 1, object_id, created_at, VersionState.CREATING, how
             )
             _insert_version(db, version)
             return version
@@ -375,6 +417,97 @@ class SqliteKeyStore:
                     (_iso(next_rotation_at), version.tenant, version.key_id),
                 )
             return _load_key(db, version.tenant, version.key_id)
+
+    def complete_import(
+        self, version: KeyVersion, fingerprint: str, valid_to: datetime | None
+    ) -> Key:
+        """Imported material is in the token: the version, and the key, become ENABLED."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE key_versions SET state = ? WHERE tenant = ? AND key_id = ? AND version = ?",
+                (VersionState.ENABLED, version.tenant, version.key_id, version.version),
+            )
+            db.execute(
+                "UPDATE keys SET state = ?, primary_version = ?, material_fingerprint = ?,"
+                " valid_to = ? WHERE tenant = ? AND key_id = ?",
+                (
+                    KeyState.ENABLED,
+                    version.version,
+                    fingerprint,
+                    _iso_or_none(valid_to),
+                    version.tenant,
+                    version.key_id,
+                ),
+            )
+            return _load_key(db, version.tenant, version.key_id)
+
+    def remove_material(self, tenant: str, key_id: str) -> list[KeyVersion]:
+        """Forgets a key's imported material (PENDING_IMPORT again) and returns the versions
+        whose objects the caller must now destroy."""
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM key_versions"  # noqa: S608
+                " WHERE tenant = ? AND key_id = ?",
+                (tenant, key_id),
+            ).fetchall()
+            db.execute("DELETE FROM key_versions WHERE tenant = ? AND key_id = ?", (tenant, key_id))
+            db.execute(
+                "UPDATE keys SET state = ?, valid_to = NULL WHERE tenant = ? AND key_id = ?",
+                (KeyState.PENDING_IMPORT, tenant, key_id),
+            )
+        return [_version(row) for row in rows]
+
+    def keys_expired(self, now: datetime) -> list[Key]:
+        """Keys of every tenant whose imported material's valid_to has passed."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT tenant, key_id FROM keys WHERE state IN (?, ?) AND valid_to <= ?",
+                (KeyState.ENABLED, KeyState.DISABLED, _iso(now)),
+            ).fetchall()
+            return [_load_key(db, row[0], row[1]) for row in rows]
+
+    # Import parameters
+
+    def add_import_parameters(self, parameters: ImportParameters) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO import_parameters ({_IMPORT_COLUMNS})"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    parameters.token,
+                    parameters.tenant,
+                    parameters.key_id,
+                    parameters.object_id,
+                    parameters.algorithm,
+                    parameters.wrapping_spec,
+                    _iso(parameters.expires_at),
+                ),
+            )
+
+    def get_import_parameters(self, tenant: str, token: str) -> ImportParameters:
+        """Raises NotFound if the tenant has no such import token."""
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_IMPORT_COLUMNS} FROM import_parameters"  # noqa: S608
+                " WHERE tenant = ? AND token = ?",
+                (tenant, token),
+            ).fetchone()
+        if row is None:
+            raise NotFound("import token not found")
+        return _import_parameters(row)
+
+    def expired_import_parameters(self, now: datetime) -> list[ImportParameters]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_IMPORT_COLUMNS} FROM import_parameters"  # noqa: S608
+                " WHERE expires_at <= ?",
+                (_iso(now),),
+            ).fetchall()
+        return [_import_parameters(row) for row in rows]
+
+    def remove_import_parameters(self, token: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM import_parameters WHERE token = ?", (token,))
 
     def remove_version(self, version: KeyVersion) -> None:
         with self._transaction() as db:
@@ -419,8 +552,9 @@ class SqliteKeyStore:
         """The CKA_ID of every version whose object should be in the tenant's token."""
         with self._read() as db:
             rows = db.execute(
-                "SELECT object_id FROM key_versions WHERE tenant = ? AND state != ?",
-                (tenant, VersionState.DESTROYED),
+                "SELECT object_id FROM key_versions WHERE tenant = ? AND state != ?"
+                " UNION SELECT object_id FROM import_parameters WHERE tenant = ?",
+                (tenant, VersionState.DESTROYED, tenant),
             ).fetchall()
         return {bytes(row[0]) for row in rows}
 
@@ -543,6 +677,21 @@ def _load_key(db: sqlite3.Connection, tenant: str, key_id: str) -> Key:
         rotation_period_days=row[10],
         next_rotation_at=_parse_time(row[11]) if row[11] else None,
         deletion_at=_parse_time(row[12]) if row[12] else None,
+        exportable=bool(row[13]),
+        valid_to=_parse_time(row[14]) if row[14] else None,
+        material_fingerprint=row[15],
+    )
+
+
+def _import_parameters(row: tuple[Any, ...]) -> ImportParameters:
+    return ImportParameters(
+        row[0],
+        row[1],
+        row[2],
+        bytes(row[3]),
+        WrappingAlgorithm(row[4]),
+        KeySpec(row[5]),
+        _parse_time(row[6]),
     )
 
 

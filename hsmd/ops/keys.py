@@ -35,6 +35,7 @@ from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops import paging
 from hsmd.ops.resolve import usable_key
+from hsmd.wrapped import WRAPPABLE
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ class KeyOps:
         description: str,
         key_policy: KeyPolicy | None = None,
         tags: Mapping[str, str] | None = None,
+        exportable: bool = False,
+        origin: KeyOrigin = KeyOrigin.GENERATED,
     ) -> Key:
-        """Creates a key with one version, generated in the tenant's token.
+        """Creates a key with one version, generated in the tenant's token (or, for origin
+        EXTERNAL, a PENDING_IMPORT key whose material ImportKeyMaterial brings).
 
         Raises:
             InvalidArgument: the usage does not fit the spec, or a field is out of range.
@@ -91,13 +95,10 @@ class KeyOps:
         keyspecs.check_usage(spec, usage)
         if spec not in self._backend.capabilities().key_specs:
             raise Unimplemented(f"this backend cannot make {spec} keys (see GetCapabilities)")
-        _check_description(description)
-        _check_tags(tags or {}, ())
-        if key_policy is None:
-            tenant = self._store.get_tenant(ctx.tenant)
-            administrators = tenant.admin_principals if tenant else ()
-            key_policy = policy.default_policy(ctx.principal, administrators)
-        policy.validate(key_policy, ctx.principal)
+        if exportable and spec not in WRAPPABLE:
+            raise InvalidArgument(f"only AES and HMAC keys can be exportable, not {spec}")
+        key_policy = check_new_key_fields(self._store, ctx, description, key_policy, tags or {})
+        external = origin is KeyOrigin.EXTERNAL
         now = self._clock.now()
         key = Key(
             tenant=ctx.tenant,
@@ -105,17 +106,21 @@ class KeyOps:
             description=description,
             spec=spec,
             usage=usage,
-            origin=KeyOrigin.GENERATED,
-            state=KeyState.CREATING,
+            origin=origin,
+            state=KeyState.PENDING_IMPORT if external else KeyState.CREATING,
             created_at=now,
             primary_version=1,
             policy=key_policy,
             tags=tuple(sorted((tags or {}).items())),
+            exportable=exportable,
         )
+        if external:  # its material comes later, through ImportKeyMaterial
+            self._store.add_key(key, None)
+            return key
         version = KeyVersion(ctx.tenant, key.key_id, 1, new_object_id(), now)
         self._store.add_key(key, version)
         try:
-            self._backend.generate_key(ctx.tenant, version.object_id, spec, usage)
+            self._backend.generate_key(ctx.tenant, version.object_id, spec, usage, exportable)
         except Exception:
             self._roll_back(key, [version])
             raise
@@ -143,7 +148,10 @@ class KeyOps:
             paging.page_size(page_size),
             tag_filter,
         )
-        return KeyPage(keys, paging.encode_token(cursor))
+        # Only keys whose policy gives the caller a role, as DescribeKey would; a page may
+        # hold fewer keys than page_size, and next_page_token still says whether more follow.
+        visible = [key for key in keys if policy.roles(key.policy, ctx.principal)]
+        return KeyPage(visible, paging.encode_token(cursor))
 
     def update_description(self, ctx: RequestContext, key_id: str, description: str) -> Key:
         _check_description(description)
@@ -210,6 +218,24 @@ class KeyOps:
             self._backend.destroy(key.tenant, version.object_id)
         self._store.remove_key(key.tenant, key.key_id)
         log.warning("rolled back the unfinished creation of key %s", key.key_id)
+
+
+def check_new_key_fields(
+    store: KeyStore,
+    ctx: RequestContext,
+    description: str,
+    key_policy: KeyPolicy | None,
+    tags: Mapping[str, str],
+) -> KeyPolicy:
+    """Checks what every way of making a key takes, and returns the policy it will have."""
+    _check_description(description)
+    _check_tags(tags, ())
+    if key_policy is None:
+        tenant = store.get_tenant(ctx.tenant)
+        administrators = tenant.admin_principals if tenant else ()
+        key_policy = policy.default_policy(ctx.principal, administrators)
+    policy.validate(key_policy, ctx.principal)
+    return key_policy
 
 
 def _check_description(description: str) -> None:

@@ -95,9 +95,14 @@ class RotationOps:
     def rotate_due(self) -> int:
         """Rotates every ENABLED key whose next rotation date has come (once each)."""
         due = self._store.keys_due("next_rotation_at", KeyState.ENABLED, self._clock.now())
+        rotated = 0
         for key in due:
-            self._rotate(key, RotationType.AUTOMATIC)
-        return len(due)
+            try:
+                self._rotate(key, RotationType.AUTOMATIC)
+                rotated += 1
+            except Exception:  # one key's token trouble must not hold up the others
+                log.exception("automatic rotation of key %s failed; will retry", key.key_id)
+        return rotated
 
     def _rotate(self, key: Key, how: RotationType) -> KeyVersion:
         now = self._clock.now()
@@ -105,8 +110,10 @@ class RotationOps:
         try:
             self._backend.generate_key(key.tenant, version.object_id, key.spec, key.usage)
         except Exception:
-            self._backend.destroy(key.tenant, version.object_id)
-            self._store.remove_version(version)
+            try:
+                self._backend.destroy(key.tenant, version.object_id)
+            finally:
+                self._store.remove_version(version)
             raise
         next_rotation = None  # on demand leaves the automatic schedule alone, as in AWS KMS
         if how is RotationType.AUTOMATIC and key.rotation_period_days is not None:

@@ -1,9 +1,9 @@
 """Enable, disable, schedule and cancel deletion, and destroy keys whose window has passed.
 
-Destruction spans the token and the metadata, so it is ordered to be repeatable: destroy every
-version's objects first, then mark the row DESTROYED. A crash between the two leaves a
-PENDING_DELETION key past its date, which the next pass destroys again (destroying an absent
-object is not an error).
+Destruction spans the metadata and the token: the row is marked DESTROYED first, in a
+transaction that succeeds only if the key is still PENDING_DELETION, then the objects go. A
+crash between the two leaves objects that no live version names, and the next start destroys
+them as orphans.
 """
 
 from __future__ import annotations
@@ -49,13 +49,7 @@ class StateOps:
                 f"pending_window_in_days must be {MIN_WINDOW_DAYS} to {MAX_WINDOW_DAYS}"
             )
         deletion_at = self._clock.now() + timedelta(days=window_days)
-        return self._move(
-            ctx,
-            key_id,
-            Operation.SCHEDULE_DELETION,
-            deletion_at=deletion_at,
-            next_rotation_at=None,
-        )
+        return self._move(ctx, key_id, Operation.SCHEDULE_DELETION, deletion_at=deletion_at)
 
     def _move(self, ctx: RequestContext, key_id: str, operation: Operation, **also: object) -> Key:
         key = usable_key(self._store, ctx, key_id, operation)
@@ -66,9 +60,15 @@ class StateOps:
     def destroy_due(self) -> int:
         """Destroys the token objects of every key whose deletion date has come."""
         due = self._store.keys_due("deletion_at", KeyState.PENDING_DELETION, self._clock.now())
+        destroyed = 0
         for key in due:
+            # Claim the key first: a CancelKeyDeletion that wins the race keeps it whole; a
+            # crash after the claim leaves objects no live version names, which the next
+            # start destroys as orphans.
+            if not self._store.mark_destroyed(key.tenant, key.key_id):
+                continue
             for version in self._store.versions(key.tenant, key.key_id):
                 self._backend.destroy(key.tenant, version.object_id)
-            self._store.mark_destroyed(key.tenant, key.key_id)
             log.warning("destroyed key %s of tenant %s", key.key_id, key.tenant)
-        return len(due)
+            destroyed += 1
+        return destroyed

@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from hsmd import keyspecs
 from hsmd.audit.events import RecordedEvent
-from hsmd.domain import Alias, Key, KeyPolicy, KeyVersion, Tenant
+from hsmd.domain import Alias, Key, KeyPolicy, KeyVersion, Tenant, WrappingAlgorithm
 from hsmd.errors import InvalidArgument
 from hsmd.names import key_resource_name
 from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
@@ -77,6 +77,20 @@ def to_proto_list(proto_enum: Any, values: Iterable[enum.StrEnum]) -> list[Any]:
     return [to_proto(proto_enum, value) for value in sorted(values)]
 
 
+_WRAP_PREFIX = "WRAP_"
+
+
+def wrapping_algorithm(value: int) -> WrappingAlgorithm:
+    """The proto's WRAP_-prefixed names (enum values share a namespace) to AWS's names."""
+    if value == 0:
+        raise InvalidArgument("wrapping_algorithm is required")
+    try:
+        name = resources_pb2.WrappingAlgorithm.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidArgument(f"wrapping_algorithm {value} is not a known value") from None
+    return WrappingAlgorithm(name.removeprefix(_WRAP_PREFIX))
+
+
 def data_key_size(spec: int, number_of_bytes: int) -> int:
     """The data key length from exactly one of key_spec and number_of_bytes (neither: AES-256)."""
     if spec and number_of_bytes:
@@ -105,9 +119,12 @@ def key_metadata(key: Key) -> resources_pb2.KeyMetadata:
         signing_algorithms=to_proto_list(_SIGNING, algorithms.signing),
         mac_algorithms=to_proto_list(_MAC, algorithms.mac),
         tags=dict(key.tags),
+        exportable=key.exportable,
     )
     if key.deletion_at is not None:
         metadata.deletion_date.CopyFrom(timestamp(key.deletion_at))
+    if key.valid_to is not None:
+        metadata.valid_to.CopyFrom(timestamp(key.valid_to))
     return metadata
 
 

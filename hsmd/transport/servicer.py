@@ -6,6 +6,7 @@ No business logic here; the caller's identity comes from the guard (current_requ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 
 import grpc
 
@@ -13,6 +14,7 @@ from hsmd import keyspecs
 from hsmd.audit.log import AuditLog
 from hsmd.domain import (
     EncryptionAlgorithm,
+    KeyOrigin,
     KeySpec,
     KeyUsage,
     MacAlgorithm,
@@ -24,6 +26,7 @@ from hsmd.ops import paging
 from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps, Sealed
 from hsmd.ops.datakeys import DataKeyOps, DataKeyPair
+from hsmd.ops.imports import ImportOps
 from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.policies import PolicyOps
@@ -31,6 +34,7 @@ from hsmd.ops.rotation import RotationOps, RotationStatus
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
+from hsmd.ops.wrapping import WrappingOps
 from hsmd.transport import convert
 from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
 from hsmd.transport.guard import current_request
@@ -72,6 +76,8 @@ class Operations:
     rotation: RotationOps
     aliases: AliasOps
     policies: PolicyOps
+    wrapping: WrappingOps
+    imports: ImportOps
     audit: AuditLog
 
 
@@ -86,6 +92,8 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         self._rotation = ops.rotation
         self._aliases = ops.aliases
         self._policies = ops.policies
+        self._wrapping = ops.wrapping
+        self._imports = ops.imports
         self._audit = ops.audit
 
     def CreateKey(
@@ -99,6 +107,9 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             request.description,
             convert.key_policy_from(request.policy) if request.HasField("policy") else None,
             request.tags,
+            request.exportable,
+            from_proto(KeyOrigin, resources_pb2.KeyOrigin, request.origin, "origin")
+            or KeyOrigin.GENERATED,
         )
         return service_pb2.CreateKeyResponse(key_metadata=convert.key_metadata(key))
 
@@ -379,6 +390,71 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         if request.tenant:
             raise InvalidArgument("tenant is for operators; a tenant sees only its own events")
         return _audit_page(self._audit, request, current_request().tenant)
+
+    # Wrapping and import
+
+    def WrapKey(
+        self, request: service_pb2.WrapKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.WrapKeyResponse:
+        result = self._wrapping.wrap(current_request(), request.key_id, request.wrapping_key_id)
+        return service_pb2.WrapKeyResponse(
+            wrapped_key=result.blob,
+            key_id=result.key.key_id,
+            key_version=result.key_version,
+            wrapping_key_id=result.wrapping_key.key_id,
+        )
+
+    def UnwrapKey(
+        self, request: service_pb2.UnwrapKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.UnwrapKeyResponse:
+        key = self._wrapping.unwrap(
+            current_request(),
+            request.wrapped_key,
+            request.wrapping_key_id,
+            request.description,
+            convert.key_policy_from(request.policy) if request.HasField("policy") else None,
+            request.tags,
+            request.exportable,
+        )
+        return service_pb2.UnwrapKeyResponse(key_metadata=convert.key_metadata(key))
+
+    def GetParametersForImport(
+        self, request: service_pb2.GetParametersForImportRequest, context: grpc.ServicerContext
+    ) -> service_pb2.GetParametersForImportResponse:
+        parameters = self._imports.get_parameters(
+            current_request(),
+            request.key_id,
+            convert.wrapping_algorithm(request.wrapping_algorithm),
+            from_proto(
+                KeySpec, resources_pb2.KeySpec, request.wrapping_key_spec, "wrapping_key_spec"
+            ),
+        )
+        return service_pb2.GetParametersForImportResponse(
+            key_id=parameters.key.key_id,
+            import_token=parameters.token.encode(),
+            public_key=parameters.public_key,
+            parameters_valid_to=convert.timestamp(parameters.valid_to),
+        )
+
+    def ImportKeyMaterial(
+        self, request: service_pb2.ImportKeyMaterialRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ImportKeyMaterialResponse:
+        valid_to = request.valid_to.ToDatetime(UTC) if request.HasField("valid_to") else None
+        key = self._imports.import_material(
+            current_request(),
+            request.key_id,
+            request.import_token.decode(errors="replace"),
+            request.encrypted_key_material,
+            valid_to,
+            request.public_key or None,
+        )
+        return service_pb2.ImportKeyMaterialResponse(key_metadata=convert.key_metadata(key))
+
+    def DeleteImportedKeyMaterial(
+        self, request: service_pb2.DeleteImportedKeyMaterialRequest, context: grpc.ServicerContext
+    ) -> service_pb2.DeleteImportedKeyMaterialResponse:
+        key = self._imports.delete_material(current_request(), request.key_id)
+        return service_pb2.DeleteImportedKeyMaterialResponse(key_metadata=convert.key_metadata(key))
 
     # Key states
 

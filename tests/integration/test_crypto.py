@@ -200,7 +200,7 @@ def test_describe_and_list_keys(client: HsmClient) -> None:
         "AES_256",
     )
     first_page, token = client.list_keys(page_size=2)
-    assert len(first_page) == 2 and token
+    assert len(first_page) <= 2 and token  # other principals' keys are not shown
     all_ids = [key.key_id for key in client.iter_keys(page_size=2)]
     assert len(all_ids) == len(set(all_ids))
     assert {key.key_id for key in created} <= set(all_ids)

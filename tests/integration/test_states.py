@@ -24,6 +24,21 @@ from tests.harness import DaemonProcess
 from tests.unit.test_lifecycle import STATES
 
 TENANT = "states"
+# Wrapping and import need keys of their own kinds and origins: the unit table covers them
+# over every state, and tests/integration/test_wrap_import.py through the daemon.
+MATRIX = [
+    op
+    for op in Operation
+    if op
+    not in {
+        Operation.EXPORT,
+        Operation.WRAP,
+        Operation.UNWRAP,
+        Operation.GET_IMPORT_PARAMETERS,
+        Operation.IMPORT_MATERIAL,
+        Operation.DELETE_MATERIAL,
+    }
+]
 STATES_REACHABLE = ("ENABLED", "DISABLED", "PENDING_DELETION", "DESTROYED")
 SPEC_FOR = {
     "Sign": "EC_P256",
@@ -94,7 +109,7 @@ def _call(client: HsmClient, operation: str, key: Prepared, n: int) -> Any:
         "UpdateAlias": lambda: client.update_alias(f"alias/partner-{n}", k),
         "DeleteAlias": lambda: client.delete_alias(key.alias),
     }
-    assert set(calls) == {op.value for op in Operation}
+    assert set(calls) == {op.value for op in MATRIX}
     return calls[operation]()
 
 
@@ -104,7 +119,7 @@ def test_every_state_and_operation_behaves_as_the_table_says(
     daemon = new_daemon()
     daemon.create_tenant(TENANT)
     client = daemon.client(TENANT)
-    cases = [(state, op.value) for state in STATES_REACHABLE for op in Operation]
+    cases = [(state, op.value) for state in STATES_REACHABLE for op in MATRIX]
     keys = {}
     for n, (state, operation) in enumerate(cases):
         key = _prepare(client, SPEC_FOR.get(operation, "AES_256"), n)
@@ -119,7 +134,7 @@ def test_every_state_and_operation_behaves_as_the_table_says(
     daemon.wait_for(
         lambda: all(
             client.describe_key(keys[("DESTROYED", op.value)].key_id).key_state == "DESTROYED"
-            for op in Operation
+            for op in MATRIX
         )
     )
     mismatches = []

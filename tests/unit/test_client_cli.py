@@ -33,6 +33,7 @@ from hsmclient.client import (
     EncryptedDataKeyPair,
     EncryptResult,
     HsmClient,
+    ImportParameters,
     KeyMetadata,
     KeyPolicy,
     KeyRotation,
@@ -44,6 +45,7 @@ from hsmclient.client import (
     SignResult,
     VerifyMacResult,
     VerifyResult,
+    WrappedKey,
 )
 
 CREATED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -64,8 +66,11 @@ KEY = KeyMetadata(
     mac_algorithms=(),
     tags={"team": "pay", "env": "prod"},
     deletion_date=None,
+    exportable=False,
+    valid_to=None,
 )
 POLICY = KeyPolicy(("admin", "ops-*"), ("app",))
+IMPORTED = replace(KEY, origin="EXTERNAL", valid_to=LATER)
 ROTATING = KeyRotationStatus(KEY.key_id, True, 365, LATER, None)
 ALIASES = [Alias(f"alias/a{n}", KEY.key_id, CREATED, LATER) for n in range(3)]
 ROTATIONS = [KeyRotation(KEY.key_id, n, LATER, "AUTOMATIC") for n in range(2, 5)]
@@ -88,6 +93,7 @@ EVENTS = [
     for n in range(1, 4)
 ]
 BLOB = b"\x01blob\xff"
+TOKEN = b"\x00token\xfe"
 DATA_KEY = b"k" * 32
 SIGNATURE = b"\x30sig\xfe"
 MAC = b"\x00mac\x01"
@@ -178,6 +184,18 @@ class _FakeClient(HsmClient):
     delete_alias = returns(HsmClient, None)
     list_aliases = Answers(HsmClient, lambda self, _, *paging: page(ALIASES, *paging))
     list_audit_events = Answers(HsmClient, lambda self, size, token, _: page(EVENTS, size, token))
+    wrap_key = Answers(
+        HsmClient, lambda self, key_id, wrapping: WrappedKey(BLOB, key_id, 2, wrapping)
+    )
+    unwrap_key = returns(HsmClient, replace(KEY, origin="UNWRAPPED", exportable=True))
+    get_parameters_for_import = Answers(
+        HsmClient, lambda self, key_id, *_: ImportParameters(key_id, TOKEN, PUBLIC_KEY_DER, LATER)
+    )
+    import_key_material = returns(HsmClient, IMPORTED)
+    delete_imported_key_material = returns(
+        HsmClient, replace(KEY, origin="EXTERNAL", key_state="PENDING_IMPORT")
+    )
+    import_key = returns(HsmClient, IMPORTED)
 
     def encrypt(
         self, key_id, plaintext, encryption_context=None, encryption_algorithm="SYMMETRIC_DEFAULT"
@@ -320,7 +338,9 @@ def b64(data: bytes) -> str:
 
 def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
     output = run_json(capsys, "create-key", "--description", "payroll")
-    assert fake.calls == [("create_key", ("AES_256", None, "payroll", None, None))]
+    assert fake.calls == [
+        ("create_key", ("AES_256", None, "payroll", None, None, False, "GENERATED"))
+    ]
     assert output == {
         "KeyMetadata": {
             "KeyId": KEY.key_id,
@@ -331,6 +351,7 @@ def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
             "KeyUsage": "ENCRYPT_DECRYPT",
             "KeyState": "ENABLED",
             "Origin": "GENERATED",
+            "Exportable": False,
             "KeySpec": "AES_256",
             "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
             "PrimaryVersion": 2,
@@ -340,7 +361,9 @@ def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
 
 def test_create_key_passes_spec_and_usage(fake, capsys) -> None:
     run_json(capsys, "create-key", "--key-spec", "RSA_2048", "--key-usage", "SIGN_VERIFY")
-    assert fake.calls == [("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None))]
+    assert fake.calls == [
+        ("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None, False, "GENERATED"))
+    ]
 
 
 def test_a_disabled_key_is_not_enabled(fake, capsys, monkeypatch) -> None:
@@ -369,6 +392,7 @@ def test_describe_key_as_text_follows_aws(fake, capsys) -> None:
                 "2024-05-06T07:08:09+00:00",
                 "payroll",
                 "True",
+                "False",
                 KEY.key_id,
                 "AES_256",
                 "ENABLED",
@@ -863,6 +887,17 @@ BLOB_OPTIONS = [
         (["delete-alias"], "--alias-name"),
         (["list-key-rotations"], "--key-id"),
         (["audit"], "COMMAND"),
+        (["get-parameters-for-import", "--key-id", "k"], "--wrapping-algorithm"),
+        (
+            ["import-key-material", "--key-id", "k", "--import-token", "eA=="],
+            "--encrypted-key-material",
+        ),
+        (["import-key-material", "--encrypted-key-material", "eA=="], "--import-token"),
+        (["delete-imported-key-material"], "--key-id"),
+        (["import-key", "--key-id", "k"], "--key-file"),
+        (["wrap-key", "--key-id", "k"], "--wrapping-key-id"),
+        (["unwrap-key", "--wrapping-key-id", "w"], "--wrapped-key"),
+        (["unwrap-key", "--wrapped-key", "eA=="], "--wrapping-key-id"),
     ],
 )
 def test_new_commands_need_their_required_options(
@@ -1199,7 +1234,9 @@ def test_list_resource_tags_comes_from_the_key_sorted(fake, capsys) -> None:
 def test_create_key_with_tags_and_a_policy(fake, capsys) -> None:
     policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
     run_json(capsys, "create-key", "--tags", "TagKey=env,TagValue=prod", "--policy", policy)
-    assert fake.calls == [("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}))]
+    assert fake.calls == [
+        ("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED"))
+    ]
 
 
 def test_list_keys_by_tag(fake, capsys) -> None:
@@ -1459,6 +1496,26 @@ def test_audit_verify_exits_one_when_the_chain_is_broken(fake, capsys) -> None:
         (["list-resource-tags", "--key-id", "k"], "ListResourceTags"),
         (["schedule-key-deletion", "--key-id", "k"], "ScheduleKeyDeletion"),
         (["enable-key", "--key-id", "k"], "EnableKey"),
+        (["wrap-key", "--key-id", "k", "--wrapping-key-id", "w"], "WrapKey"),
+        (["unwrap-key", "--wrapped-key", "eA==", "--wrapping-key-id", "w"], "UnwrapKey"),
+        (
+            ["get-parameters-for-import", "--key-id", "k", "--wrapping-algorithm", "A"],
+            "GetParametersForImport",
+        ),
+        (
+            [
+                "import-key-material",
+                "--key-id",
+                "k",
+                "--import-token",
+                "eA==",
+                "--encrypted-key-material",
+                "eA==",
+            ],
+            "ImportKeyMaterial",
+        ),
+        (["delete-imported-key-material", "--key-id", "k"], "DeleteImportedKeyMaterial"),
+        (["import-key", "--key-id", "k", "--key-file", __file__], "ImportKey"),
     ],
 )
 def test_lifecycle_commands_name_their_operation_in_errors(
@@ -1479,3 +1536,166 @@ def test_audit_help_says_which_service_answers(capsys, argv: list[str]) -> None:
     assert code == 0
     assert "AdminService" in " ".join(out.split())
     assert "operator certificate" in " ".join(out.split())
+
+
+# --- wrapping and import ------------------------------------------------------------------------
+
+
+def test_create_key_for_import_or_export(fake, capsys) -> None:
+    run_json(capsys, "create-key", "--origin", "EXTERNAL", "--exportable")
+    assert fake.calls == [("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL"))]
+
+
+def test_describe_key_shows_the_origin_exportable_and_valid_to(fake, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(fake, "describe_key", lambda key_id: replace(IMPORTED, exportable=True))
+    metadata = run_json(capsys, "describe-key", "--key-id", "k")["KeyMetadata"]
+    assert (metadata["Origin"], metadata["Exportable"]) == ("EXTERNAL", True)
+    assert metadata["ValidTo"] == "2024-07-01T12:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("words", "spec"), [([], "RSA_2048"), (["--wrapping-key-spec", "RSA_4096"], "RSA_4096")]
+)
+def test_get_parameters_for_import(fake, capsys, words: list[str], spec: str) -> None:
+    argv = [
+        "get-parameters-for-import",
+        "--key-id",
+        "k",
+        "--wrapping-algorithm",
+        "RSAES_OAEP_SHA_1",
+    ]
+    assert run_json(capsys, *argv, *words) == {
+        "KeyId": "k",
+        "ImportToken": b64(TOKEN),
+        "PublicKey": b64(PUBLIC_KEY_DER),
+        "ParametersValidTo": "2024-07-01T12:00:00+00:00",
+    }
+    assert fake.calls == [("get_parameters_for_import", ("k", "RSAES_OAEP_SHA_1", spec))]
+
+
+IMPORT_KEY_MATERIAL = [
+    "import-key-material",
+    "--key-id",
+    "k",
+    "--import-token",
+    b64(TOKEN),
+    "--encrypted-key-material",
+    b64(BLOB),
+]
+VALID_TO = datetime(2030, 1, 31, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("words", "valid_to"),
+    [
+        ([], None),
+        (["--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE"], None),
+        (["--valid-to", "2030-01-31T12:00:00Z"], VALID_TO),
+        (["--valid-to", "2030-01-31T14:00:00+02:00"], VALID_TO),
+        (["--valid-to", "2030-01-31T12:00"], VALID_TO),  # no offset: UTC
+        (
+            ["--expiration-model", "KEY_MATERIAL_EXPIRES", "--valid-to", "2030-01-31T12:00Z"],
+            VALID_TO,
+        ),
+    ],
+)
+def test_import_key_material(fake, capsys, words: list[str], valid_to: datetime | None) -> None:
+    assert run_json(capsys, *IMPORT_KEY_MATERIAL, *words) == {"KeyId": KEY.key_id}
+    assert fake.calls == [("import_key_material", ("k", TOKEN, BLOB, valid_to, None))]
+    if valid_to is not None:  # an aware datetime: a naive one would not compare equal
+        assert fake.calls[0][1][3].utcoffset() is not None
+
+
+def test_import_key_material_passes_the_public_key(fake, capsys) -> None:
+    run_json(capsys, *IMPORT_KEY_MATERIAL, "--public-key", b64(PUBLIC_KEY_DER))
+    assert fake.calls == [("import_key_material", ("k", TOKEN, BLOB, None, PUBLIC_KEY_DER))]
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["--expiration-model", "KEY_MATERIAL_EXPIRES"], "KEY_MATERIAL_EXPIRES needs --valid-to"),
+        (
+            ["--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE", "--valid-to", "2030-01-31"],
+            "KEY_MATERIAL_DOES_NOT_EXPIRE refuses --valid-to",
+        ),
+        (["--expiration-model", "NEVER"], "invalid choice"),
+        (["--valid-to", "tomorrow"], "expected an ISO 8601 time"),
+        (["--valid-to", "2030-13-01"], "expected an ISO 8601 time"),
+    ],
+)
+def test_a_bad_expiry_is_a_usage_error(fake, capsys, words: list[str], message: str) -> None:
+    code, out, err = run(capsys, *IMPORT_KEY_MATERIAL, *words)
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert message in err
+    assert fake.calls == []
+
+
+def test_delete_imported_key_material(fake, capsys) -> None:
+    output = run_json(capsys, "delete-imported-key-material", "--key-id", "alias/byok")
+    assert output == {"KeyId": KEY.key_id}
+    assert fake.calls == [("delete_imported_key_material", ("alias/byok",))]
+
+
+@pytest.mark.parametrize(
+    ("words", "options"),
+    [
+        ([], (None, None)),
+        (
+            ["--wrapping-algorithm", "RSA_AES_KEY_WRAP_SHA_256", "--valid-to", "2030-01-31T12:00Z"],
+            ("RSA_AES_KEY_WRAP_SHA_256", VALID_TO),
+        ),
+    ],
+)
+def test_import_key_imports_a_key_file_into_the_described_key(
+    fake, capsys, tmp_path, words: list[str], options: tuple
+) -> None:
+    (tmp_path / "key.bin").write_bytes(DATA_KEY)
+    argv = ["import-key", "--key-id", "alias/byok", "--key-file", str(tmp_path / "key.bin")]
+    output = run_json(capsys, *argv, *words)
+    assert fake.calls == [
+        ("describe_key", ("alias/byok",)),  # for the spec, which the key file must fit
+        ("import_key", (KEY.key_id, DATA_KEY, "AES_256", *options)),
+    ]
+    assert output["KeyMetadata"]["KeyId"] == KEY.key_id
+    assert output["KeyMetadata"]["ValidTo"] == "2024-07-01T12:00:00+00:00"
+
+
+def test_import_key_reads_the_key_file_from_stdin(fake, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(DATA_KEY)))
+    run_json(capsys, "import-key", "--key-id", "k", "--key-file", "-")
+    assert fake.calls[-1] == ("import_key", (KEY.key_id, DATA_KEY, "AES_256", None, None))
+
+
+def test_an_unreadable_key_file_is_a_usage_error(fake, capsys, tmp_path) -> None:
+    code, out, err = run(capsys, "import-key", "--key-id", "k", "--key-file", str(tmp_path / "no"))
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert "cannot read" in err
+    assert fake.calls == []
+
+
+def test_wrap_key(fake, capsys) -> None:
+    output = run_json(capsys, "wrap-key", "--key-id", "alias/k", "--wrapping-key-id", "w")
+    assert output == {
+        "WrappedKey": b64(BLOB),
+        "KeyId": "alias/k",
+        "KeyVersion": 2,
+        "WrappingKeyId": "w",
+    }
+    assert fake.calls == [("wrap_key", ("alias/k", "w"))]
+
+
+def test_unwrap_key(fake, capsys, tmp_path) -> None:
+    (tmp_path / "wrapped").write_bytes(BLOB)
+    argv = ["unwrap-key", "--wrapped-key", f"fileb://{tmp_path / 'wrapped'}", "--wrapping-key-id"]
+    output = run_json(capsys, *argv, "w")
+    assert fake.calls == [("unwrap_key", (BLOB, "w", "", None, None, False))]
+    assert (output["KeyMetadata"]["Origin"], output["KeyMetadata"]["Exportable"]) == (
+        "UNWRAPPED",
+        True,
+    )
+    fake.calls.clear()
+    policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
+    options = ["--description", "dr", "--tags", "TagKey=env,TagValue=dr", "--policy", policy]
+    run_json(capsys, *argv, "w", *options, "--exportable")
+    assert fake.calls == [("unwrap_key", (BLOB, "w", "dr", POLICY, {"env": "dr"}, True))]

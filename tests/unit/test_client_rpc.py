@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import google_crc32c
@@ -23,6 +23,12 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.keywrap import (
+    InvalidUnwrap,
+    aes_key_unwrap_with_padding,
+    aes_key_wrap_with_padding,
+)
+from google.protobuf.timestamp_pb2 import Timestamp
 from hsmclient import (
     AdminClient,
     Alias,
@@ -33,6 +39,7 @@ from hsmclient import (
     DeadlineExceededError,
     FailedPreconditionError,
     HsmClient,
+    ImportParameters,
     InvalidArgumentError,
     KeyPolicy,
     KeyRotation,
@@ -40,11 +47,14 @@ from hsmclient import (
     PermissionDeniedError,
     PublicKey,
     UnavailableError,
+    WrappedKey,
     cli,
+    keyimport,
 )
 
 from hsmd import devpki
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
+from tests.unit.test_client_keyimport import MATERIAL, rsa_key, spki, unwrap_import
 
 CREATED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 # The fake daemon's clock: every time it stamps after creating a key.
@@ -87,6 +97,7 @@ ALGORITHMS = {
     resources_pb2.ENCRYPT_DECRYPT: {"encryption_algorithms": [resources_pb2.SYMMETRIC_DEFAULT]},
     resources_pb2.SIGN_VERIFY: {"signing_algorithms": [resources_pb2.ECDSA_SHA_256]},
     resources_pb2.GENERATE_VERIFY_MAC: {"mac_algorithms": [resources_pb2.HMAC_SHA_256]},
+    resources_pb2.WRAP_UNWRAP: {},
 }
 
 
@@ -132,6 +143,17 @@ def untag(key, request, context) -> None:
         key.tags.pop(tag_key, None)
 
 
+def delete_material(key, request, context) -> None:
+    key.key_state = resources_pb2.PENDING_IMPORT
+    key.ClearField("valid_to")
+
+
+def timestamp(time: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(time)
+    return stamp
+
+
 def der_public_key(private_key: ec.EllipticCurvePrivateKey) -> bytes:
     return private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -144,7 +166,10 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
     def __init__(self) -> None:
         self.keys: dict[str, resources_pb2.KeyMetadata] = {}
         self.signing_keys: dict[str, ec.EllipticCurvePrivateKey] = {}
-        self.mac_keys: dict[str, bytes] = {}
+        # The symmetric material of every key: the HMAC or AES key.
+        self.secret_keys: dict[str, bytes] = {}
+        # Import token: the key it is for, its wrapping algorithm (AWS name), the RSA key.
+        self.imports: dict[bytes, tuple[str, str, object]] = {}
         self.blobs: dict[bytes, tuple[str, bytes, dict[str, str]]] = {}
         self.requests: list[object] = []
         self.policies: dict[str, resources_pb2.KeyPolicy] = {}
@@ -180,23 +205,24 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.blobs[blob] = (key_id, plaintext, dict(context))
         return blob
 
-    def CreateKey(self, request, context):
-        self.requests.append(request)
+    def _new_key(self, request, key_spec: int, key_usage: int, origin: int):
+        """A key as CreateKey and UnwrapKey make it, from the fields their requests share, with
+        fresh material (UnwrapKey and ImportKeyMaterial replace it)."""
         key_id = str(uuid.uuid4())
-        usage = request.key_usage or DEFAULT_USAGE.get(
-            request.key_spec, resources_pb2.ENCRYPT_DECRYPT
-        )
+        usage = key_usage or DEFAULT_USAGE.get(key_spec, resources_pb2.ENCRYPT_DECRYPT)
+        external = origin == resources_pb2.EXTERNAL
         key = resources_pb2.KeyMetadata(
             key_id=key_id,
             tenant="acme",
             name=f"tenants/acme/keys/{key_id}",
             description=request.description,
-            key_spec=request.key_spec,
+            key_spec=key_spec,
             key_usage=usage,
-            origin=resources_pb2.GENERATED,
-            key_state=resources_pb2.ENABLED,
+            origin=origin,
+            key_state=resources_pb2.PENDING_IMPORT if external else resources_pb2.ENABLED,
             primary_version=1,
             tags=request.tags,
+            exportable=request.exportable,
             **ALGORITHMS[usage],
         )
         key.creation_time.FromDatetime(CREATED)
@@ -209,7 +235,13 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.rotation[key_id] = service_pb2.GetKeyRotationStatusResponse(key_id=key_id)
         self.rotations[key_id] = []
         self.signing_keys[key_id] = ec.generate_private_key(ec.SECP256R1())
-        self.mac_keys[key_id] = os.urandom(32)
+        self.secret_keys[key_id] = os.urandom(32)
+        return key
+
+    def CreateKey(self, request, context):
+        self.requests.append(request)
+        origin = request.origin or resources_pb2.GENERATED
+        key = self._new_key(request, request.key_spec, request.key_usage, origin)
         return service_pb2.CreateKeyResponse(key_metadata=key)
 
     def DescribeKey(self, request, context):
@@ -384,7 +416,7 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
 
     def _mac(self, request, context) -> bytes:
         self._key(request.key_id, context)
-        return hmac.digest(self.mac_keys[request.key_id], request.message, hashlib.sha256)
+        return hmac.digest(self.secret_keys[request.key_id], request.message, hashlib.sha256)
 
     def GenerateMac(self, request, context):
         self.requests.append(request)
@@ -525,6 +557,93 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.requests.append(request)
         return list_audit_events(self.events, request)
 
+    # --- wrapping and import --------------------------------------------------------------------
+
+    def _material(self, key: resources_pb2.KeyMetadata) -> bytes:
+        """A key's material as the daemon wraps it: PKCS#8 for a private key, else raw."""
+        if key.key_usage != resources_pb2.SIGN_VERIFY:
+            return self.secret_keys[key.key_id]
+        return self.signing_keys[key.key_id].private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def _set_material(self, key: resources_pb2.KeyMetadata, material: bytes) -> None:
+        if key.key_usage == resources_pb2.SIGN_VERIFY:
+            self.signing_keys[key.key_id] = serialization.load_der_private_key(material, None)
+        else:
+            self.secret_keys[key.key_id] = material
+
+    def WrapKey(self, request, context):
+        """As docs/formats.md: magic, key spec, key usage, mechanism 1 (RFC 5649), wrapped key."""
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        wrapping = self._key(request.wrapping_key_id, context)
+        if not key.exportable:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the key is not exportable")
+        header = b"hwk1" + bytes([key.key_spec, key.key_usage, 1])
+        wrapped = aes_key_wrap_with_padding(self.secret_keys[wrapping.key_id], self._material(key))
+        return service_pb2.WrapKeyResponse(
+            wrapped_key=header + wrapped,
+            key_id=key.key_id,
+            key_version=key.primary_version,
+            wrapping_key_id=wrapping.key_id,
+        )
+
+    def UnwrapKey(self, request, context):
+        self.requests.append(request)
+        wrapping = self._key(request.wrapping_key_id, context)
+        blob = request.wrapped_key
+        try:
+            assert blob[:4] == b"hwk1"
+            material = aes_key_unwrap_with_padding(self.secret_keys[wrapping.key_id], blob[7:])
+        except (AssertionError, InvalidUnwrap):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the wrapped key is invalid")
+        key = self._new_key(request, blob[4], blob[5], resources_pb2.UNWRAPPED)
+        self._set_material(key, material)
+        return service_pb2.UnwrapKeyResponse(key_metadata=key)
+
+    def GetParametersForImport(self, request, context):
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        spec = resources_pb2.KeySpec.Name(request.wrapping_key_spec or resources_pb2.RSA_2048)
+        wrapping_key = rsa_key(int(spec.removeprefix("RSA_")))
+        algorithm = resources_pb2.WrappingAlgorithm.Name(request.wrapping_algorithm)
+        token = os.urandom(16)
+        self.imports[token] = (key.key_id, algorithm.removeprefix("WRAP_"), wrapping_key)
+        response = service_pb2.GetParametersForImportResponse(
+            key_id=key.key_id, import_token=token, public_key=spki(wrapping_key)
+        )
+        response.parameters_valid_to.FromDatetime(NOW + timedelta(hours=24))
+        return response
+
+    def ImportKeyMaterial(self, request, context):
+        """Unwraps as the daemon does, so that only correctly wrapped material gets in."""
+        self.requests.append(request)
+        key = self._key(request.key_id, context)
+        owner, algorithm, wrapping_key = self.imports.get(request.import_token, ("", "", None))
+        if owner != key.key_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the import token is not this key's")
+        try:
+            material = unwrap_import(wrapping_key, algorithm, request.encrypted_key_material)
+        except (ValueError, InvalidUnwrap):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the key material does not unwrap")
+        if key.key_usage == resources_pb2.SIGN_VERIFY:
+            private_key = serialization.load_der_private_key(material, None)
+            if der_public_key(private_key) != request.public_key:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the public key does not match")
+        self._set_material(key, material)
+        key.key_state = resources_pb2.ENABLED
+        key.ClearField("valid_to")
+        if request.HasField("valid_to"):
+            key.valid_to.CopyFrom(request.valid_to)
+        return service_pb2.ImportKeyMaterialResponse(key_metadata=key)
+
+    DeleteImportedKeyMaterial = changes_key(
+        service_pb2.DeleteImportedKeyMaterialResponse, delete_material
+    )
+
 
 def list_audit_events(events, request) -> service_pb2.ListAuditEventsResponse:
     """As either service answers ListAuditEvents; the tenant filter is the AdminService's."""
@@ -612,12 +731,13 @@ def client(endpoint: str) -> Iterator[HsmClient]:
 def test_create_and_describe_key_return_python_values(client: HsmClient, kms: FakeKms) -> None:
     created = client.create_key(description="payroll")
     assert kms.requests[0] == service_pb2.CreateKeyRequest(
-        key_spec=resources_pb2.AES_256, description="payroll"
+        key_spec=resources_pb2.AES_256, description="payroll", origin=resources_pb2.GENERATED
     )  # no usage: the daemon picks it from the spec
     described = client.describe_key(created.key_id)
     assert described == created
     assert (described.key_spec, described.key_usage) == ("AES_256", "ENCRYPT_DECRYPT")
     assert (described.origin, described.key_state) == ("GENERATED", "ENABLED")
+    assert (described.exportable, described.valid_to) == (False, None)
     assert described.creation_time == CREATED
     assert described.creation_time.tzinfo is not None
     assert described.name == f"tenants/acme/keys/{created.key_id}"
@@ -674,8 +794,8 @@ def test_a_state_these_stubs_do_not_know_is_shown_as_its_number(
     client: HsmClient, kms: FakeKms
 ) -> None:
     key = client.create_key()
-    kms.keys[key.key_id].key_state = 5  # a state a newer daemon may add
-    assert client.describe_key(key.key_id).key_state == "5"
+    kms.keys[key.key_id].key_state = 99  # a state a newer daemon may add
+    assert client.describe_key(key.key_id).key_state == "99"
 
 
 def test_iter_keys_follows_every_page(client: HsmClient, kms: FakeKms) -> None:
@@ -942,7 +1062,7 @@ def test_generate_and_verify_mac(client: HsmClient, kms: FakeKms) -> None:
     assert kms.requests[-1] == service_pb2.GenerateMacRequest(
         key_id=key_id, message=b"message", mac_algorithm=resources_pb2.HMAC_SHA_256
     )
-    assert result.mac == hmac.digest(kms.mac_keys[key_id], b"message", hashlib.sha256)
+    assert result.mac == hmac.digest(kms.secret_keys[key_id], b"message", hashlib.sha256)
     assert (result.key_id, result.key_version, result.mac_algorithm) == (
         key_id,
         1,
@@ -989,6 +1109,13 @@ def test_get_capabilities(client: HsmClient, kms: FakeKms) -> None:
         ("put_key_policy", ("k", KeyPolicy("alice"))),
         ("put_key_policy", ("k", KeyPolicy(("alice",), "bob"))),
         ("create_key", ("AES_256", None, "", KeyPolicy("alice"))),
+        ("create_key", ("AES_256", None, "", None, None, False, "AWS_KMS")),
+        ("unwrap_key", (b"blob", "w", "", KeyPolicy("alice"))),
+        # The client's names are AWS's; the proto's WRAP_ prefix is the client's business.
+        ("get_parameters_for_import", ("k", "WRAP_RSAES_OAEP_SHA_1")),
+        ("get_parameters_for_import", ("k", "RSAES_OAEP_SHA_1", "AES_256")),
+        ("get_parameters_for_import", ("k", "RSAES_OAEP_SHA_1", "RSA_1024")),
+        ("import_key_material", ("k", b"token", b"material", datetime(2030, 1, 1))),
     ],
 )
 def test_arguments_the_daemon_would_misread_fail_before_any_call(
@@ -1102,6 +1229,7 @@ def test_every_key_id_argument_takes_an_alias_as_it_is(client: HsmClient, kms: F
         client.get_key_rotation_status,
         client.rotate_key_on_demand,
         client.list_key_rotations,
+        client.delete_imported_key_material,
     ):
         call("alias/payroll")
         assert kms.requests[-1].key_id == "alias/payroll"
@@ -1343,6 +1471,199 @@ def test_verify_audit_log(admin: AdminClient, admin_fake: FakeAdmin) -> None:
     assert admin.verify_audit_log() == AuditVerification(False, 3, 3, "previous_hash differs")
 
 
+# --- wrapping and import -----------------------------------------------------------------------
+
+
+def test_create_key_for_import_or_export(client: HsmClient, kms: FakeKms) -> None:
+    key = client.create_key("HMAC_256", description="byok", origin="EXTERNAL")
+    assert kms.requests[-1] == service_pb2.CreateKeyRequest(
+        key_spec=resources_pb2.HMAC_256, description="byok", origin=resources_pb2.EXTERNAL
+    )
+    assert (key.origin, key.key_state, key.exportable) == ("EXTERNAL", "PENDING_IMPORT", False)
+    key = client.create_key(exportable=True)
+    assert kms.requests[-1].exportable is True
+    assert (key.origin, key.exportable) == ("GENERATED", True)
+    assert client.describe_key(key.key_id).exportable is True
+
+
+@pytest.mark.parametrize("algorithm", keyimport.WRAPPING_ALGORITHMS)
+def test_get_parameters_for_import(client: HsmClient, kms: FakeKms, algorithm: str) -> None:
+    key_id = client.create_key(origin="EXTERNAL").key_id
+    parameters = client.get_parameters_for_import(key_id, algorithm, "RSA_3072")
+    assert kms.requests[-1] == service_pb2.GetParametersForImportRequest(
+        key_id=key_id,
+        wrapping_algorithm=resources_pb2.WrappingAlgorithm.Value(f"WRAP_{algorithm}"),
+        wrapping_key_spec=resources_pb2.RSA_3072,
+    )
+    (token,) = kms.imports
+    assert parameters == ImportParameters(
+        key_id, token, spki(rsa_key(3072)), NOW + timedelta(hours=24)
+    )
+    client.get_parameters_for_import(key_id, algorithm)
+    assert kms.requests[-1].wrapping_key_spec == resources_pb2.RSA_2048
+
+
+def test_import_key_brings_a_known_hmac_key(client: HsmClient, kms: FakeKms) -> None:
+    known = bytes(range(100, 132))
+    key_id = client.create_key("HMAC_256", origin="EXTERNAL").key_id
+    key = client.import_key(key_id, known, "HMAC_256")
+    get_parameters, import_material = kms.requests[-2:]
+    assert get_parameters == service_pb2.GetParametersForImportRequest(
+        key_id=key_id,
+        wrapping_algorithm=resources_pb2.WRAP_RSAES_OAEP_SHA_1,
+        wrapping_key_spec=resources_pb2.RSA_2048,
+    )
+    assert len(import_material.encrypted_key_material) == 256  # one RSA-2048 OAEP block
+    assert not import_material.HasField("valid_to")
+    assert import_material.public_key == b""
+    assert (key.key_id, key.key_state, key.valid_to) == (key_id, "ENABLED", None)
+    mac = client.generate_mac(key_id, b"message", "HMAC_SHA_256").mac
+    assert mac == hmac.digest(known, b"message", hashlib.sha256)
+
+
+def test_import_key_brings_a_known_ec_private_key_from_a_pem_file(
+    client: HsmClient, kms: FakeKms, tmp_path
+) -> None:
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    valid_to = datetime(2030, 1, 31, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    key_id = client.create_key("EC_P256", origin="EXTERNAL").key_id
+    key = client.import_key(key_id, tmp_path / "key.pem", "EC_P256", valid_to=valid_to)
+    assert kms.requests[-2].wrapping_algorithm == resources_pb2.WRAP_RSA_AES_KEY_WRAP_SHA_1
+    assert kms.requests[-1].public_key == der_public_key(private_key)
+    assert kms.requests[-1].valid_to == timestamp(datetime(2030, 1, 31, 12, 0, tzinfo=UTC))
+    assert key.valid_to == valid_to
+    signature = client.sign(key_id, b"message", "ECDSA_SHA_256").signature
+    private_key.public_key().verify(signature, b"message", ec.ECDSA(hashes.SHA256()))
+
+
+@pytest.mark.parametrize("algorithm", keyimport.WRAPPING_ALGORITHMS)
+def test_import_key_wraps_as_asked(client: HsmClient, kms: FakeKms, algorithm: str) -> None:
+    known = os.urandom(32)
+    key_id = client.create_key(origin="EXTERNAL").key_id
+    client.import_key(key_id, known, "AES_256", wrapping_algorithm=algorithm)
+    wrapping_algorithm = resources_pb2.WrappingAlgorithm.Value(f"WRAP_{algorithm}")
+    assert kms.requests[-2].wrapping_algorithm == wrapping_algorithm
+    assert kms.secret_keys[key_id] == known
+
+
+def test_import_key_imports_into_the_key_the_parameters_name(
+    client: HsmClient, kms: FakeKms
+) -> None:
+    key_id = client.create_key(origin="EXTERNAL").key_id
+    client.create_alias("alias/byok", key_id)
+    client.import_key("alias/byok", MATERIAL, "AES_256")
+    assert [kms.requests[-2].key_id, kms.requests[-1].key_id] == ["alias/byok", key_id]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((bytes(31), "AES_256"), "holds exactly 32 raw bytes"),
+        ((MATERIAL, "ED25519"), "cannot be imported"),
+        ((MATERIAL, "AES_256", "RSAES_PKCS1_V1_5"), "expected one of"),
+        ((MATERIAL, "AES_256", None, datetime(2030, 1, 1)), "must be an aware datetime"),
+    ],
+)
+def test_import_key_refuses_before_any_call(
+    client: HsmClient, kms: FakeKms, arguments: tuple, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        client.import_key("k", *arguments)
+    assert kms.requests == []
+
+
+def test_import_and_delete_key_material(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key(origin="EXTERNAL").key_id
+    parameters = client.get_parameters_for_import(key_id, "RSA_AES_KEY_WRAP_SHA_256")
+    material = keyimport.wrap_for_import(
+        MATERIAL, parameters.public_key, "RSA_AES_KEY_WRAP_SHA_256"
+    )
+    valid_to = NOW + timedelta(days=365)
+    key = client.import_key_material(key_id, parameters.import_token, material, valid_to)
+    assert kms.requests[-1] == service_pb2.ImportKeyMaterialRequest(
+        key_id=key_id,
+        import_token=parameters.import_token,
+        encrypted_key_material=material,
+        valid_to=timestamp(valid_to),
+    )
+    assert (key.key_state, key.valid_to) == ("ENABLED", valid_to)
+    assert kms.secret_keys[key_id] == MATERIAL
+    deleted = client.delete_imported_key_material(key_id)
+    assert kms.requests[-1] == service_pb2.DeleteImportedKeyMaterialRequest(key_id=key_id)
+    assert (deleted.key_state, deleted.valid_to) == ("PENDING_IMPORT", None)
+
+
+def test_import_key_material_passes_the_public_key(client: HsmClient, kms: FakeKms) -> None:
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    material, public_key = keyimport.material_from_key_file(
+        private_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        "EC_P256",
+    )
+    key_id = client.create_key("EC_P256", origin="EXTERNAL").key_id
+    parameters = client.get_parameters_for_import(key_id, "RSA_AES_KEY_WRAP_SHA_1")
+    wrapped = keyimport.wrap_for_import(material, parameters.public_key, "RSA_AES_KEY_WRAP_SHA_1")
+    client.import_key_material(key_id, parameters.import_token, wrapped, public_key=public_key)
+    assert kms.requests[-1].public_key == der_public_key(private_key)
+    assert kms.signing_keys[key_id].private_numbers() == private_key.private_numbers()
+
+
+def test_wrap_key_and_unwrap_key(client: HsmClient, kms: FakeKms) -> None:
+    wrapping_key_id = client.create_key("AES_256", "WRAP_UNWRAP").key_id
+    original = client.create_key("HMAC_256", exportable=True)
+    wrapped = client.wrap_key(original.key_id, wrapping_key_id)
+    assert kms.requests[-1] == service_pb2.WrapKeyRequest(
+        key_id=original.key_id, wrapping_key_id=wrapping_key_id
+    )
+    assert wrapped == WrappedKey(wrapped.wrapped_key, original.key_id, 1, wrapping_key_id)
+    copy = client.unwrap_key(
+        wrapped.wrapped_key,
+        wrapping_key_id,
+        "copy",
+        KeyPolicy(("admin",), ("app",)),
+        {"env": "dr"},
+        exportable=True,
+    )
+    assert kms.requests[-1] == service_pb2.UnwrapKeyRequest(
+        wrapped_key=wrapped.wrapped_key,
+        wrapping_key_id=wrapping_key_id,
+        description="copy",
+        policy=resources_pb2.KeyPolicy(administrators=["admin"], users=["app"]),
+        tags={"env": "dr"},
+        exportable=True,
+    )
+    assert copy.key_id != original.key_id
+    assert (copy.key_spec, copy.key_usage) == ("HMAC_256", "GENERATE_VERIFY_MAC")
+    assert (copy.origin, copy.exportable, copy.description) == ("UNWRAPPED", True, "copy")
+    macs = {
+        client.generate_mac(k, b"m", "HMAC_SHA_256").mac for k in (original.key_id, copy.key_id)
+    }
+    assert len(macs) == 1  # one material
+    plain = client.unwrap_key(wrapped.wrapped_key, wrapping_key_id)
+    assert kms.requests[-1] == service_pb2.UnwrapKeyRequest(
+        wrapped_key=wrapped.wrapped_key, wrapping_key_id=wrapping_key_id
+    )  # no policy: the daemon's default, not an empty one
+    assert plain.exportable is False
+
+
+def test_a_key_that_is_not_exportable_is_not_wrapped(client: HsmClient) -> None:
+    wrapping_key_id = client.create_key("AES_256", "WRAP_UNWRAP").key_id
+    with pytest.raises(FailedPreconditionError, match="not exportable"):
+        client.wrap_key(client.create_key().key_id, wrapping_key_id)
+    with pytest.raises(InvalidArgumentError, match="wrapped key is invalid"):
+        client.unwrap_key(b"hwk1\x01\x01\x01" + bytes(40), wrapping_key_id)
+
+
 # --- mutual TLS, and the CLI over it ------------------------------------------------------------
 
 
@@ -1531,3 +1852,104 @@ def test_cli_audit_end_to_end(
     )
     assert cli.main(["audit", "verify", "--query", "Problem", "--output", "text"]) == 1
     assert capsys.readouterr() == ("hash differs\n", "")
+
+
+def test_cli_imports_wraps_and_unwraps_end_to_end(
+    hsm: Callable[..., str], kms: FakeKms, tmp_path
+) -> None:
+    known = os.urandom(32)
+    (tmp_path / "hmac.key").write_bytes(known)
+    create = ["create-key", "--query", "KeyMetadata.KeyId", "--output", "text"]
+    key_id = hsm(*create, "--key-spec", "HMAC_256", "--origin", "EXTERNAL", "--exportable").strip()
+    imported = json.loads(
+        hsm(
+            "import-key",
+            "--key-id",
+            key_id,
+            "--key-file",
+            str(tmp_path / "hmac.key"),
+            "--valid-to",
+            "2030-01-31T12:00:00Z",
+        )
+    )["KeyMetadata"]
+    assert (imported["KeyState"], imported["Origin"], imported["Exportable"]) == (
+        "ENABLED",
+        "EXTERNAL",
+        True,
+    )
+    assert imported["ValidTo"] == "2030-01-31T12:00:00+00:00"
+    assert kms.secret_keys[key_id] == known
+    wrapping_key_id = hsm(*create, "--key-usage", "WRAP_UNWRAP").strip()
+    wrapped = json.loads(hsm("wrap-key", "--key-id", key_id, "--wrapping-key-id", wrapping_key_id))
+    assert (wrapped["KeyId"], wrapped["KeyVersion"], wrapped["WrappingKeyId"]) == (
+        key_id,
+        1,
+        wrapping_key_id,
+    )
+    unwrap = ["unwrap-key", "--wrapped-key", wrapped["WrappedKey"]]
+    copy = json.loads(hsm(*unwrap, "--wrapping-key-id", wrapping_key_id, "--description", "dr"))
+    assert copy["KeyMetadata"]["Origin"] == "UNWRAPPED"
+    assert copy["KeyMetadata"]["Exportable"] is False
+    assert kms.secret_keys[copy["KeyMetadata"]["KeyId"]] == known
+
+
+def test_cli_imports_key_material_as_aws_does(
+    hsm: Callable[..., str], kms: FakeKms, tmp_path
+) -> None:
+    key_id = json.loads(hsm("create-key", "--origin", "EXTERNAL"))["KeyMetadata"]["KeyId"]
+    parameters = json.loads(
+        hsm(
+            "get-parameters-for-import",
+            "--key-id",
+            key_id,
+            "--wrapping-algorithm",
+            "RSAES_OAEP_SHA_256",
+            "--wrapping-key-spec",
+            "RSA_3072",
+        )
+    )
+    assert parameters["KeyId"] == key_id
+    assert parameters["ParametersValidTo"] == (NOW + timedelta(hours=24)).isoformat()
+    public_key = base64.b64decode(parameters["PublicKey"])
+    (tmp_path / "token").write_bytes(base64.b64decode(parameters["ImportToken"]))
+    (tmp_path / "material").write_bytes(
+        keyimport.wrap_for_import(MATERIAL, public_key, "RSAES_OAEP_SHA_256")
+    )
+    imported = hsm(
+        "import-key-material",
+        "--key-id",
+        key_id,
+        "--import-token",
+        f"fileb://{tmp_path / 'token'}",
+        "--encrypted-key-material",
+        f"fileb://{tmp_path / 'material'}",
+        "--expiration-model",
+        "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    )
+    assert json.loads(imported) == {"KeyId": key_id}
+    assert kms.secret_keys[key_id] == MATERIAL
+    deleted = hsm("delete-imported-key-material", "--key-id", key_id)
+    assert json.loads(deleted) == {"KeyId": key_id}
+    metadata = json.loads(hsm("describe-key", "--key-id", key_id))["KeyMetadata"]
+    assert (metadata["KeyState"], metadata["Origin"]) == ("PENDING_IMPORT", "EXTERNAL")
+    assert "ValidTo" not in metadata
+
+
+def test_cli_import_key_refuses_a_key_file_that_does_not_fit(
+    hsm: Callable[..., str], kms: FakeKms, capsys, tmp_path
+) -> None:
+    create = ["create-key", "--key-spec", "HMAC_256", "--origin", "EXTERNAL"]
+    key_id = hsm(*create, "--query", "KeyMetadata.KeyId", "--output", "text").strip()
+    (tmp_path / "hmac.key").write_bytes(bytes(32).hex().encode())
+    argv = ["import-key", "--key-id", key_id, "--key-file", str(tmp_path / "hmac.key")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert capsys.readouterr() == (
+        "",
+        "hsm: error: a HMAC_256 key file holds exactly 32 raw bytes (not hex, base64 or PEM);"
+        " this one has 64\n",
+    )
+    assert [type(request).__name__ for request in kms.requests[-2:]] == [
+        "CreateKeyRequest",
+        "DescribeKeyRequest",
+    ]  # nothing reached GetParametersForImport
+    assert kms.keys[key_id].key_state == resources_pb2.PENDING_IMPORT

@@ -15,9 +15,10 @@ from hsmd.lifecycle import STATE_ALLOWS, USAGE_ALLOWS, Operation, check_allowed
 # The published tables (docs/algorithms.md), written out independently of the module's own.
 READS = {"DescribeKey", "GetKeyRotationStatus", "ListKeyRotations", "GetKeyPolicy"}
 UPKEEP = {"UpdateKeyDescription", "TagKey", "UntagKey", "PutKeyPolicy", "DeleteAlias"}
+IMPORT = {"GetParametersForImport", "ImportKeyMaterial"}
 STATES = {
     KeyState.CREATING: {"DescribeKey"},
-    KeyState.ENABLED: {op.value for op in Operation} - {"CancelKeyDeletion"},
+    KeyState.ENABLED: {op.value for op in Operation} - {"CancelKeyDeletion"} - IMPORT,
     KeyState.DISABLED: READS
     | UPKEEP
     | {
@@ -28,7 +29,9 @@ STATES = {
         "DisableKeyRotation",
         "CreateAlias",
         "UpdateAlias",
+        "DeleteImportedKeyMaterial",
     },
+    KeyState.PENDING_IMPORT: READS | UPKEEP | IMPORT | {"ScheduleKeyDeletion", "CreateAlias"},
     KeyState.PENDING_DELETION: READS | {"CancelKeyDeletion", "DeleteAlias"},
     KeyState.DESTROYED: READS,
     KeyState.UNAVAILABLE: READS | UPKEEP | {"ScheduleKeyDeletion"},
@@ -44,6 +47,7 @@ MANAGE = (
         "DisableKeyRotation",
         "CreateAlias",
         "UpdateAlias",
+        "WrapKey",
     }
 )
 ROTATE = {"EnableKeyRotation", "RotateKeyOnDemand"}
@@ -56,7 +60,10 @@ KINDS = {
     ("EC", KeyUsage.SIGN_VERIFY): MANAGE | {"Sign", "Verify", "GetPublicKey"},
     ("EDWARDS", KeyUsage.SIGN_VERIFY): MANAGE | {"Sign", "Verify", "GetPublicKey"},
     ("HMAC", KeyUsage.GENERATE_VERIFY_MAC): MANAGE | {"GenerateMac", "VerifyMac"},
+    ("AES", KeyUsage.WRAP_UNWRAP): MANAGE | {"WrapKey (wrapping key)", "UnwrapKey (wrapping key)"},
 }
+# Keys of origin EXTERNAL take imported material and never rotate.
+EXTERNAL_ONLY = IMPORT | {"DeleteImportedKeyMaterial"}
 COMBINATIONS = [
     (state, spec, usage, operation)
     for state, spec, operation in itertools.product(KeyState, KeySpec, Operation)
@@ -64,8 +71,10 @@ COMBINATIONS = [
 ]
 
 
-def _key(state: KeyState, spec: KeySpec, usage: KeyUsage) -> Key:
-    return Key("t", "k", "", spec, usage, KeyOrigin.GENERATED, state, datetime.now(UTC), 1)
+def _key(
+    state: KeyState, spec: KeySpec, usage: KeyUsage, origin: KeyOrigin = KeyOrigin.GENERATED
+) -> Key:
+    return Key("t", "k", "", spec, usage, origin, state, datetime.now(UTC), 1)
 
 
 def test_every_state_has_a_row_and_every_usage_a_column() -> None:
@@ -86,3 +95,17 @@ def test_every_state_spec_usage_and_operation(
     with pytest.raises(FailedPrecondition) as refused:
         check_allowed(key, operation)
     assert (str(state) if fits else "cannot be used for") in str(refused.value)
+
+
+@pytest.mark.parametrize(("state", "spec", "usage", "operation"), COMBINATIONS)
+def test_keys_of_origin_external_take_imports_and_do_not_rotate(
+    state: KeyState, spec: KeySpec, usage: KeyUsage, operation: Operation
+) -> None:
+    key = _key(state, spec, usage, KeyOrigin.EXTERNAL)
+    kind = KINDS[(SPECS[spec].family.value, usage)] - ROTATE
+    fits = operation.value in kind | EXTERNAL_ONLY
+    if fits and operation.value in STATES[state]:
+        check_allowed(key, operation)
+        return
+    with pytest.raises(FailedPrecondition):
+        check_allowed(key, operation)

@@ -1,0 +1,208 @@
+"""Bring your own key, as in AWS KMS: GetParametersForImport, ImportKeyMaterial,
+DeleteImportedKeyMaterial, and the expiry of imported material.
+
+GetParametersForImport makes an unwrap-only RSA key pair in the tenant's token and an import
+token (random, stored, valid 24 hours) naming it, the key and the wrapping algorithm. The
+customer wraps its material under the public key; ImportKeyMaterial unwraps it inside the
+token into the key's first version, never seeing it. A key takes only the material it first
+took: the fingerprint of the first import (an HMAC of a fixed label under the material, made
+in the token; for private keys, the public key) must match on every re-import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from hsmd import keyspecs
+from hsmd.backend.api import CryptoBackend, UnwrapTarget
+from hsmd.domain import (
+    Clock,
+    ImportParameters,
+    Key,
+    KeySpec,
+    RequestContext,
+    SigningAlgorithm,
+    WrappingAlgorithm,
+)
+from hsmd.errors import InvalidArgument, NotFound, UnwrapFailed
+from hsmd.keystore.store import KeyStore
+from hsmd.lifecycle import Operation
+from hsmd.ops.keys import new_object_id
+from hsmd.ops.resolve import usable_key
+
+log = logging.getLogger(__name__)
+
+TOKEN_LIFETIME = timedelta(hours=24)
+WRAPPING_SPECS = (KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096)
+_IMPORTABLE = frozenset(
+    {
+        KeySpec.AES_256,
+        KeySpec.HMAC_224,
+        KeySpec.HMAC_256,
+        KeySpec.HMAC_384,
+        KeySpec.HMAC_512,
+        KeySpec.RSA_2048,
+        KeySpec.RSA_3072,
+        KeySpec.RSA_4096,
+        KeySpec.EC_P256,
+        KeySpec.EC_P384,
+        KeySpec.EC_P521,
+        KeySpec.EC_SECP256K1,
+    }
+)
+# A signature proves an imported private key matches the public key it came with.
+_PROOF_ALGORITHM = {
+    keyspecs.Family.RSA: SigningAlgorithm.RSASSA_PKCS1_V1_5_SHA_256,
+    keyspecs.Family.EC: SigningAlgorithm.ECDSA_SHA_256,
+}
+
+
+@dataclass(frozen=True)
+class Parameters:
+    key: Key
+    token: str
+    public_key: bytes
+    valid_to: datetime
+
+
+class ImportOps:
+    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+        self._store = store
+        self._backend = backend
+        self._clock = clock
+
+    def get_parameters(
+        self,
+        ctx: RequestContext,
+        key_id: str,
+        algorithm: WrappingAlgorithm,
+        wrapping_spec: KeySpec | None,
+    ) -> Parameters:
+        """Raises InvalidArgument for a wrapping spec other than RSA_2048/3072/4096, or a key
+        spec that cannot be imported."""
+        wrapping_spec = wrapping_spec or KeySpec.RSA_2048
+        if wrapping_spec not in WRAPPING_SPECS:
+            raise InvalidArgument("wrapping_key_spec must be RSA_2048, RSA_3072 or RSA_4096")
+        key = usable_key(self._store, ctx, key_id, Operation.GET_IMPORT_PARAMETERS)
+        if key.spec not in _IMPORTABLE:
+            raise InvalidArgument(f"{key.spec} key material cannot be imported")
+        object_id = new_object_id()
+        parameters = ImportParameters(
+            token=secrets.token_urlsafe(32),
+            tenant=key.tenant,
+            key_id=key.key_id,
+            object_id=object_id,
+            algorithm=algorithm,
+            wrapping_spec=wrapping_spec,
+            expires_at=self._clock.now() + TOKEN_LIFETIME,
+        )
+        # The row first: a crash after it leaves a token whose missing object expires away;
+        # an object without a row would be destroyed as an orphan at the next start.
+        self._store.add_import_parameters(parameters)
+        public_key = self._backend.create_import_key(key.tenant, object_id, wrapping_spec)
+        return Parameters(key, parameters.token, public_key, parameters.expires_at)
+
+    def import_material(
+        self,
+        ctx: RequestContext,
+        key_id: str,
+        token: str,
+        material: bytes,
+        valid_to: datetime | None,
+        public_key: bytes | None,
+    ) -> Key:
+        """Unwraps the material into the key inside the token and enables it.
+
+        Raises:
+            InvalidArgument: the token is expired or for another key, valid_to has passed, or
+                the public key does not match the imported private key.
+            UnwrapFailed: the material does not unwrap under the token's wrapping key, or
+                is not of the key's spec, or differs from the material first imported.
+        """
+        key = usable_key(self._store, ctx, key_id, Operation.IMPORT_MATERIAL)
+        parameters = self._parameters(key, token)
+        now = self._clock.now()
+        if valid_to is not None and valid_to <= now:
+            raise InvalidArgument("valid_to must be in the future")
+        version = self._store.add_version(key.tenant, key.key_id, new_object_id(), now, None)
+        target = UnwrapTarget(version.object_id, key.spec, key.usage, False, public_key)
+        try:
+            fingerprint = self._backend.import_material(
+                key.tenant, parameters.object_id, parameters.algorithm, material, target
+            )
+            if keyspecs.SPECS[key.spec].family.asymmetric:
+                fingerprint = self._prove_private_key(key, version.object_id, public_key)
+            if key.material_fingerprint and fingerprint != key.material_fingerprint:
+                raise UnwrapFailed()  # AWS: a key takes only the material it first took
+        except Exception:
+            self._backend.destroy(key.tenant, version.object_id)
+            self._store.remove_version(version)
+            raise
+        imported = self._store.complete_import(version, fingerprint, valid_to)
+        log.info("imported key material into key %s", key.key_id)
+        return imported
+
+    def delete_material(self, ctx: RequestContext, key_id: str) -> Key:
+        key = usable_key(self._store, ctx, key_id, Operation.DELETE_MATERIAL)
+        self._forget(key)
+        return self._store.get_key(key.tenant, key.key_id)
+
+    def expire_due(self) -> int:
+        """Forgets material past its valid_to, and destroys expired import keys."""
+        now = self._clock.now()
+        expired = self._store.keys_expired(now)
+        for key in expired:
+            log.warning("key material of key %s expired", key.key_id)
+            self._forget(key)
+        for parameters in self._store.expired_import_parameters(now):
+            self._backend.destroy(parameters.tenant, parameters.object_id)
+            self._store.remove_import_parameters(parameters.token)
+        return len(expired)
+
+    def _forget(self, key: Key) -> None:
+        """Metadata first: a crash before the objects go leaves orphans the next start
+        destroys, never a key that claims material it lost."""
+        for version in self._store.remove_material(key.tenant, key.key_id):
+            self._backend.destroy(key.tenant, version.object_id)
+
+    def _parameters(self, key: Key, token: str) -> ImportParameters:
+        try:
+            parameters = self._store.get_import_parameters(key.tenant, token)
+        except NotFound:
+            raise InvalidArgument("import_token is not a token of GetParametersForImport") from None
+        if parameters.key_id != key.key_id:
+            raise InvalidArgument("import_token was issued for another key")
+        if parameters.expires_at <= self._clock.now():
+            raise InvalidArgument("import_token has expired; call GetParametersForImport again")
+        return parameters
+
+    def _prove_private_key(self, key: Key, object_id: bytes, given: bytes | None) -> str:
+        """Signs a fresh challenge with the imported private key and checks it with the public
+        key beside it (and that this is the public key the caller gave); returns the public
+        key's hash as the material's fingerprint."""
+        spki = self._backend.public_key(key.tenant, object_id, key.spec)
+        if given is not None and given != spki:
+            raise InvalidArgument("public_key does not match the imported private key")
+        algorithm = _PROOF_ALGORITHM[keyspecs.SPECS[key.spec].family]
+        challenge = secrets.token_bytes(32)
+        digest = hashlib.sha256(challenge).digest()
+        signature = self._backend.sign(key.tenant, object_id, key.spec, algorithm, digest)
+        public = serialization.load_der_public_key(spki)
+        try:
+            if isinstance(public, rsa.RSAPublicKey):
+                public.verify(signature, challenge, padding.PKCS1v15(), hashes.SHA256())
+            elif isinstance(public, ec.EllipticCurvePublicKey):
+                public.verify(signature, challenge, ec.ECDSA(hashes.SHA256()))
+            else:
+                raise InvalidSignature
+        except InvalidSignature:
+            raise InvalidArgument("public_key does not match the imported private key") from None
+        return hashlib.sha256(spki).hexdigest()
