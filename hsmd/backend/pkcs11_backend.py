@@ -536,15 +536,19 @@ class Pkcs11Backend:
         """Unwraps twice: once into a session probe key, then into the token object with the
         key's real template.
 
-        The probe measures and fingerprints the material without it leaving the token: its
-        HMAC of a fixed label is the fingerprint (so a re-import can be checked), and its size
-        comes from wrapping it under a throwaway session AES key (SoftHSM2 leaves CKA_VALUE_LEN
-        at 0 on unwrapped keys, and would happily use 16 bytes as an AES_256 key)."""
+        The probe measures and fingerprints the material without it leaving the token.
+        SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys (and would use 16 bytes as an
+        AES_256 key), so the size comes from wrapping the probe under a throwaway session AES
+        key: AES-KWP output pins it to within 8 bytes. The fingerprint, which lets a re-import
+        be checked, is a function of the key made in the token: for AES, the AES-GCM
+        encryption of a fixed label under a fixed IV (a key check value; a 25-31 byte key
+        fails it, which pins AES_256 to exactly 32 bytes); for HMAC, the HMAC of the label."""
         info = SPECS[target.spec]
+        is_aes = info.family is Family.AES
         try:
             probe = unwrapping.unwrap_key(
                 ObjectClass.SECRET_KEY,
-                KEY_TYPES[Family.HMAC],
+                KEY_TYPES[info.family],
                 data,
                 mechanism=mechanism,
                 mechanism_param=param,
@@ -554,9 +558,9 @@ class Pkcs11Backend:
                     Attribute.TOKEN: False,
                     Attribute.SENSITIVE: True,
                     Attribute.EXTRACTABLE: True,  # only to be measured, below, in the token
-                    Attribute.SIGN: True,
+                    Attribute.SIGN: not is_aes,
                     Attribute.VERIFY: False,
-                    Attribute.ENCRYPT: False,
+                    Attribute.ENCRYPT: is_aes,
                     Attribute.DECRYPT: False,
                     Attribute.WRAP: False,
                     Attribute.UNWRAP: False,
@@ -567,7 +571,9 @@ class Pkcs11Backend:
         try:
             if not self._has_size(token, probe, info.bits // 8):
                 raise UnwrapFailed()
-            fingerprint = bytes(probe.sign(_FINGERPRINT_LABEL, mechanism=Mechanism.SHA256_HMAC))
+            fingerprint = _fingerprint(probe, target.spec)
+        except p11.PKCS11Error:
+            raise UnwrapFailed() from None
         finally:
             probe.destroy()
         rights = _USAGE_CAPABILITIES[(False, target.usage)]
@@ -588,12 +594,12 @@ class Pkcs11Backend:
             ),
         )
         token.objects[(target.object_id, ObjectClass.SECRET_KEY)] = key
-        return fingerprint.hex()
+        return fingerprint
 
     @staticmethod
     def _has_size(token: _TenantToken, probe: Any, size: int) -> bool:
-        """Whether the probe key is `size` bytes: AES key wrap (RFC 3394) of it gives its
-        exact size when that is a multiple of 8, AES-KWP a range of 8 otherwise."""
+        """Whether the probe key could be `size` bytes: its AES-KWP wrapping is 8 + its size
+        rounded up to 8, so the size is known to within 8 bytes."""
         measure = token.session.generate_key(
             KEY_TYPES[Family.AES],
             256,
@@ -610,11 +616,8 @@ class Pkcs11Backend:
             },
         )
         try:
-            try:
-                return len(measure.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP)) - 8 == size
-            except p11.PKCS11Error:  # not a multiple of 8 bytes
-                wrapped = len(measure.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP_PAD))
-                return size % 8 != 0 and wrapped - 16 < size <= wrapped - 8
+            wrapped = len(measure.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+            return wrapped - 16 < size <= wrapped - 8
         finally:
             measure.destroy()
 
@@ -859,3 +862,19 @@ class Pkcs11Backend:
 def _serial(token: Any) -> str:
     serial = token.serial
     return serial.decode() if isinstance(serial, bytes) else str(serial)
+
+
+def _fingerprint(probe: Any, spec: KeySpec) -> str:
+    """A function of a secret key computed in the token (see _unwrap_secret): AES-GCM of a
+    fixed label for AES keys, the spec's own HMAC of it for HMAC keys (SoftHSM2 refuses a
+    key shorter than the hash, so HMAC_224 material cannot use SHA-256)."""
+    info = SPECS[spec]
+    if info.family is Family.AES:
+        value = probe.encrypt(
+            _FINGERPRINT_LABEL,
+            mechanism=Mechanism.AES_GCM,
+            mechanism_param=GCMParams(bytes(IV_SIZE), _FINGERPRINT_LABEL),
+        )
+    else:
+        value = probe.sign(_FINGERPRINT_LABEL, mechanism=MAC_MECHANISMS[info.mac[0]])
+    return bytes(value).hex()
