@@ -10,7 +10,8 @@ Layout (docs/formats.md)::
     7       n     the wrapped key bytes, n = 16 to 4,096
 
 The header is not authenticated by the key wrap (only the key bytes are); it says what the
-wrapped key was, and UnwrapKey checks that the unwrapped material has the spec's size. Whoever
+wrapped key was, and UnwrapKey checks that the unwrapped material has the spec's size (to the
+byte, except HMAC_224, which takes 28-32 bytes: see Pkcs11Backend._unwrap_secret). Whoever
 unwraps already holds the wrapping key and chooses what the new key may do.
 """
 

@@ -542,7 +542,9 @@ class Pkcs11Backend:
         key: AES-KWP output pins it to within 8 bytes. The fingerprint, which lets a re-import
         be checked, is a function of the key made in the token: for AES, the AES-GCM
         encryption of a fixed label under a fixed IV (a key check value; a 25-31 byte key
-        fails it, which pins AES_256 to exactly 32 bytes); for HMAC, the HMAC of the label."""
+        fails it, which pins AES_256 to exactly 32 bytes); for HMAC, the HMAC of the label
+        (SoftHSM2 refuses keys shorter than the hash, which pins HMAC_256/384/512 exactly and
+        HMAC_224 to 28-32 bytes; a longer HMAC key is not a weaker one)."""
         info = SPECS[target.spec]
         is_aes = info.family is Family.AES
         try:

@@ -133,7 +133,7 @@ class ImportOps:
         if valid_to is not None and valid_to <= now:
             raise InvalidArgument("valid_to must be in the future")
         version = self._store.add_version(key.tenant, key.key_id, new_object_id(), now, None)
-        target = UnwrapTarget(version.object_id, key.spec, key.usage, False, public_key)
+        target = UnwrapTarget(version.object_id, key.spec, key.usage, key.exportable, public_key)
         try:
             fingerprint = self._backend.import_material(
                 key.tenant, parameters.object_id, parameters.algorithm, material, target
