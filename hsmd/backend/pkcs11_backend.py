@@ -192,6 +192,15 @@ def key_template(
     return template
 
 
+def session_template(rights: set[Attribute], *, extractable: bool = False) -> dict[Any, Any]:
+    """A throwaway session key (never on the token): sensitive, with only the rights named."""
+    template: dict[Any, Any] = {right: right in rights for right in _SECRET_CAPABILITIES}
+    template.update(
+        {Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: extractable}
+    )
+    return template
+
+
 def public_template(object_id: bytes, usage: KeyUsage) -> dict[Any, Any]:
     rights = _PUBLIC_USAGE_CAPABILITIES[usage]
     template: dict[Any, Any] = {right: right in rights for right in _PUBLIC_CAPABILITIES}
@@ -493,15 +502,7 @@ class Pkcs11Backend:
                     mechanism_param=oaep_param(oaep),
                     store=False,
                     capabilities=_NO_DEFAULTS,
-                    template={
-                        Attribute.TOKEN: False,
-                        Attribute.SENSITIVE: True,
-                        Attribute.EXTRACTABLE: False,
-                        Attribute.UNWRAP: True,
-                        Attribute.WRAP: False,
-                        Attribute.ENCRYPT: False,
-                        Attribute.DECRYPT: False,
-                    },
+                    template=session_template({Attribute.UNWRAP}),
                 )
             except _UNWRAP_FAILED:
                 raise UnwrapFailed() from None
@@ -556,17 +557,10 @@ class Pkcs11Backend:
                 mechanism_param=param,
                 store=False,
                 capabilities=_NO_DEFAULTS,
-                template={
-                    Attribute.TOKEN: False,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: True,  # only to be measured, below, in the token
-                    Attribute.SIGN: not is_aes,
-                    Attribute.VERIFY: False,
-                    Attribute.ENCRYPT: is_aes,
-                    Attribute.DECRYPT: False,
-                    Attribute.WRAP: False,
-                    Attribute.UNWRAP: False,
-                },
+                # extractable only to be measured, below, inside the token
+                template=session_template(
+                    {Attribute.ENCRYPT if is_aes else Attribute.SIGN}, extractable=True
+                ),
             )
         except _UNWRAP_FAILED:
             raise UnwrapFailed() from None
@@ -607,15 +601,7 @@ class Pkcs11Backend:
             256,
             store=False,
             mechanism=GENERATION[Family.AES],
-            template={
-                Attribute.TOKEN: False,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.WRAP: True,
-                Attribute.UNWRAP: False,
-                Attribute.ENCRYPT: False,
-                Attribute.DECRYPT: False,
-            },
+            template=session_template({Attribute.WRAP}),
         )
         try:
             wrapped = len(measure.wrap_key(probe, mechanism=Mechanism.AES_KEY_WRAP_PAD))
