@@ -168,6 +168,10 @@ class CryptoBackend(Protocol):
 
     def generate_random(self, tenant: str, size: int) -> bytes: ...
 
+    def has_objects(self, tenant: str, object_ids: list[bytes]) -> bool:
+        """Whether every one of these objects is in the token (a search each: use sparingly)."""
+        ...
+
     def object_ids(self, tenant: str) -> set[bytes]:
         """Every readable CKA_ID in the tenant's token (one linear pass: start-up only)."""
         ...

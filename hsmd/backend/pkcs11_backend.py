@@ -659,6 +659,13 @@ class Pkcs11Backend:
             raise UnwrapFailed() from None
         return ""
 
+    def has_objects(self, tenant: str, object_ids: list[bytes]) -> bool:
+        with self._token(tenant) as token:
+            return all(
+                any(True for _ in token.session.get_objects({Attribute.ID: object_id}))
+                for object_id in object_ids
+            )
+
     def object_ids(self, tenant: str) -> set[bytes]:
         ids = set()
         with self._token(tenant) as token:

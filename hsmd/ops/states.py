@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Key, KeyState, RequestContext
-from hsmd.errors import InvalidArgument
+from hsmd.errors import FailedPrecondition, InvalidArgument
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import TRANSITIONS, Operation
 from hsmd.ops.resolve import usable_key
@@ -32,14 +32,27 @@ class StateOps:
         self._clock = clock
 
     def enable(self, ctx: RequestContext, key_id: str) -> Key:
+        """Raises FailedPrecondition (and marks the key UNAVAILABLE) if its objects are gone."""
+        key = usable_key(self._store, ctx, key_id, Operation.ENABLE)
+        if not self._objects_present(key):
+            self._store.update_key(key.tenant, key.key_id, state=KeyState.UNAVAILABLE)
+            raise FailedPrecondition(f"key {key.key_id} has lost its token object; restore it")
         return self._move(ctx, key_id, Operation.ENABLE)
 
     def disable(self, ctx: RequestContext, key_id: str) -> Key:
         return self._move(ctx, key_id, Operation.DISABLE)
 
     def cancel_deletion(self, ctx: RequestContext, key_id: str) -> Key:
-        """Back to DISABLED, as in AWS KMS: the caller enables it when ready."""
-        return self._move(ctx, key_id, Operation.CANCEL_DELETION, deletion_at=None)
+        """Back to DISABLED, as in AWS KMS: the caller enables it when ready (UNAVAILABLE if
+        its token objects are gone, as for a key scheduled while UNAVAILABLE)."""
+        key = self._move(ctx, key_id, Operation.CANCEL_DELETION, deletion_at=None)
+        if not self._objects_present(key):
+            key = self._store.update_key(key.tenant, key.key_id, state=KeyState.UNAVAILABLE)
+        return key
+
+    def _objects_present(self, key: Key) -> bool:
+        versions = self._store.versions(key.tenant, key.key_id)
+        return self._backend.has_objects(key.tenant, [v.object_id for v in versions])
 
     def schedule_deletion(self, ctx: RequestContext, key_id: str, window_days: int) -> Key:
         """Raises InvalidArgument unless the window is 7-30 days (0 means 30)."""

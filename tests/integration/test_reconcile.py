@@ -79,3 +79,25 @@ def test_a_second_daemon_on_the_same_state_refuses_to_start(
     )
     assert second.returncode != 0
     assert b"another hsmd process is using" in second.stderr
+
+
+def test_a_key_without_its_object_cannot_be_made_usable_again(
+    stopped: tuple[DaemonProcess, str, bytes],
+) -> None:
+    """Scheduling an UNAVAILABLE key for deletion and cancelling gives it back UNAVAILABLE,
+    not DISABLED, and EnableKey refuses a key whose object is gone."""
+    daemon, key_id, _ = stopped
+    daemon.probe(TENANT, "destroy", _object_id(daemon, key_id))
+    daemon.start()
+    with daemon.client(TENANT) as client:
+        client.schedule_key_deletion(key_id, 7)
+        assert client.cancel_key_deletion(key_id).key_state == "UNAVAILABLE"
+        other = client.create_key().key_id
+        client.disable_key(other)
+    daemon.stop()
+    daemon.probe(TENANT, "destroy", _object_id(daemon, other))
+    daemon.start()
+    with daemon.client(TENANT) as client:
+        with pytest.raises(FailedPreconditionError, match="lost its token object"):
+            client.enable_key(other)
+        assert client.describe_key(other).key_state == "UNAVAILABLE"
