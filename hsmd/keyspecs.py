@@ -18,6 +18,7 @@ from hsmd.domain import (
     KeyUsage,
     MacAlgorithm,
     SigningAlgorithm,
+    WrappingAlgorithm,
 )
 from hsmd.errors import InvalidArgument
 
@@ -142,6 +143,14 @@ SIGNING: dict[SigningAlgorithm, Signing] = {
 OAEP_HASH: dict[EncryptionAlgorithm, Hash] = {
     E.RSAES_OAEP_SHA_1: SHA1,
     E.RSAES_OAEP_SHA_256: SHA256,
+}
+
+# The OAEP each import wrapping algorithm uses (over the key, or over an ephemeral AES key).
+WRAPPING_OAEP: dict[WrappingAlgorithm, EncryptionAlgorithm] = {
+    WrappingAlgorithm.RSAES_OAEP_SHA_1: E.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_1: E.RSAES_OAEP_SHA_1,
+    WrappingAlgorithm.RSAES_OAEP_SHA_256: E.RSAES_OAEP_SHA_256,
+    WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_256: E.RSAES_OAEP_SHA_256,
 }
 
 MAC_HASH: dict[MacAlgorithm, Hash] = {

@@ -64,7 +64,7 @@ from hsmd.errors import (
     Unimplemented,
     UnwrapFailed,
 )
-from hsmd.keyspecs import SIGNING, SPECS, Family, SignatureScheme
+from hsmd.keyspecs import SIGNING, SPECS, WRAPPING_OAEP, Family, SignatureScheme
 from hsmd.names import token_label
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,6 @@ _UNWRAP_FAILED = (
     p11.AttributeValueInvalid,
     p11.DomainParamsInvalid,
 )
-_IMPORT_OAEP: dict[WrappingAlgorithm, EncryptionAlgorithm] = {
-    WrappingAlgorithm.RSAES_OAEP_SHA_1: EncryptionAlgorithm.RSAES_OAEP_SHA_1,
-    WrappingAlgorithm.RSAES_OAEP_SHA_256: EncryptionAlgorithm.RSAES_OAEP_SHA_256,
-    WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_1: EncryptionAlgorithm.RSAES_OAEP_SHA_1,
-    WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_256: EncryptionAlgorithm.RSAES_OAEP_SHA_256,
-}
 _ONE_STEP = frozenset({WrappingAlgorithm.RSAES_OAEP_SHA_1, WrappingAlgorithm.RSAES_OAEP_SHA_256})
 _FINGERPRINT_LABEL = b"hsmd key material fingerprint v1"
 # unwrap_key sets every capability attribute of its own (to its defaults, or all false with no
@@ -482,7 +476,7 @@ class Pkcs11Backend:
             UnwrapFailed: the material is not wrapped under this import key as the algorithm
                 says (wrong key, truncated, flipped, wrong size).
         """
-        oaep = _IMPORT_OAEP[algorithm]
+        oaep = WRAPPING_OAEP[algorithm]
         self._require_encryption(oaep)
         with self._token(tenant) as token:
             rsa_key = self._object(token, import_object_id, ObjectClass.PRIVATE_KEY)

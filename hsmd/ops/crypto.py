@@ -115,7 +115,7 @@ class CryptoOps:
                 raise DecryptionFailed()  # a blob naming a key that never makes blobs
             key = usable_key(self._store, ctx, parsed.key_id, Operation.DECRYPT)
             version = self._store.get_version(ctx.tenant, key.key_id, parsed.version)
-        except NotFound:
+        except (NotFound, InvalidArgument):  # e.g. a malformed alias in key_id
             raise DecryptionFailed() from None
         aad = ciphertext.aad(ctx.tenant, parsed.header, context)
         plaintext = self._backend.decrypt(

@@ -25,14 +25,16 @@ from hsmd import keyspecs
 from hsmd.backend.api import CryptoBackend, UnwrapTarget
 from hsmd.domain import (
     Clock,
+    EncryptionAlgorithm,
     ImportParameters,
     Key,
     KeySpec,
+    KeyUsage,
     RequestContext,
     SigningAlgorithm,
     WrappingAlgorithm,
 )
-from hsmd.errors import InvalidArgument, NotFound, UnwrapFailed
+from hsmd.errors import InvalidArgument, NotFound, Unimplemented, UnwrapFailed
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops.keys import new_object_id
@@ -42,22 +44,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME = timedelta(hours=24)
 WRAPPING_SPECS = (KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096)
-_IMPORTABLE = frozenset(
-    {
-        KeySpec.AES_256,
-        KeySpec.HMAC_224,
-        KeySpec.HMAC_256,
-        KeySpec.HMAC_384,
-        KeySpec.HMAC_512,
-        KeySpec.RSA_2048,
-        KeySpec.RSA_3072,
-        KeySpec.RSA_4096,
-        KeySpec.EC_P256,
-        KeySpec.EC_P384,
-        KeySpec.EC_P521,
-        KeySpec.EC_SECP256K1,
-    }
-)
 # A signature proves an imported private key matches the public key it came with.
 _PROOF_ALGORITHM = {
     keyspecs.Family.RSA: SigningAlgorithm.RSASSA_PKCS1_V1_5_SHA_256,
@@ -92,8 +78,9 @@ class ImportOps:
         if wrapping_spec not in WRAPPING_SPECS:
             raise InvalidArgument("wrapping_key_spec must be RSA_2048, RSA_3072 or RSA_4096")
         key = usable_key(self._store, ctx, key_id, Operation.GET_IMPORT_PARAMETERS)
-        if key.spec not in _IMPORTABLE:
-            raise InvalidArgument(f"{key.spec} key material cannot be imported")
+        oaep = keyspecs.WRAPPING_OAEP[algorithm]
+        if oaep not in self._backend.capabilities().encryption:
+            raise Unimplemented(f"this backend does not support {algorithm} (see GetCapabilities)")
         object_id = new_object_id()
         parameters = ImportParameters(
             token=secrets.token_urlsafe(32),
@@ -191,11 +178,21 @@ class ImportOps:
         spki = self._backend.public_key(key.tenant, object_id, key.spec)
         if given is not None and given != spki:
             raise InvalidArgument("public_key does not match the imported private key")
-        algorithm = _PROOF_ALGORITHM[keyspecs.SPECS[key.spec].family]
+        public = serialization.load_der_public_key(spki)
         challenge = secrets.token_bytes(32)
+        if key.usage is KeyUsage.ENCRYPT_DECRYPT:  # a decryption key proves itself decrypting
+            assert isinstance(public, rsa.RSAPublicKey)
+            oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303
+            ciphertext = public.encrypt(challenge, oaep)
+            answer = self._backend.rsa_decrypt(
+                key.tenant, object_id, EncryptionAlgorithm.RSAES_OAEP_SHA_1, ciphertext
+            )
+            if answer != challenge:
+                raise InvalidArgument("public_key does not match the imported private key")
+            return hashlib.sha256(spki).hexdigest()
+        algorithm = _PROOF_ALGORITHM[keyspecs.SPECS[key.spec].family]
         digest = hashlib.sha256(challenge).digest()
         signature = self._backend.sign(key.tenant, object_id, key.spec, algorithm, digest)
-        public = serialization.load_der_public_key(spki)
         try:
             if isinstance(public, rsa.RSAPublicKey):
                 public.verify(signature, challenge, padding.PKCS1v15(), hashes.SHA256())

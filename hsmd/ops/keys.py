@@ -37,6 +37,9 @@ from hsmd.ops import paging
 from hsmd.ops.resolve import usable_key
 from hsmd.wrapped import WRAPPABLE
 
+# Key specs whose material ImportKeyMaterial can bring (all but Ed25519, as in AWS KMS).
+IMPORTABLE = frozenset(KeySpec) - {KeySpec.ED25519}
+
 log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION = 8192
@@ -95,6 +98,10 @@ class KeyOps:
         keyspecs.check_usage(spec, usage)
         if spec not in self._backend.capabilities().key_specs:
             raise Unimplemented(f"this backend cannot make {spec} keys (see GetCapabilities)")
+        if origin is KeyOrigin.UNWRAPPED:
+            raise InvalidArgument("origin UNWRAPPED keys are made by UnwrapKey, not CreateKey")
+        if origin is KeyOrigin.EXTERNAL and spec not in IMPORTABLE:
+            raise InvalidArgument(f"{spec} key material cannot be imported")
         if exportable and spec not in WRAPPABLE:
             raise InvalidArgument(f"only AES and HMAC keys can be exportable, not {spec}")
         key_policy = check_new_key_fields(self._store, ctx, description, key_policy, tags or {})

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Who administers every new key of a tenant unless its creation says otherwise.
 DEFAULT_ADMIN_PRINCIPALS = ("admin",)
+# Leaves room in a default key policy (policy.MAX_PATTERNS) for the creator.
+MAX_ADMIN_PRINCIPALS = 32
 
 
 class TenantOps:
@@ -42,6 +44,10 @@ class TenantOps:
             raise AlreadyExists(f"tenant {name!r} exists already")
         if existing is None:
             administrators = tuple(admin_principals) or DEFAULT_ADMIN_PRINCIPALS
+            if len(administrators) > MAX_ADMIN_PRINCIPALS:
+                raise InvalidArgument(
+                    f"a tenant has at most {MAX_ADMIN_PRINCIPALS} admin principal patterns"
+                )
             for pattern in administrators:
                 if not policy.is_valid_pattern(pattern):
                     raise InvalidArgument(f"admin principal pattern {pattern!r} is malformed")

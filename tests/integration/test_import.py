@@ -219,3 +219,34 @@ def test_import_rules(setup: tuple[DaemonProcess, HsmClient]) -> None:
             public_key=stranger,
         )
     assert client.describe_key(ec_key).key_state == "PENDING_IMPORT"
+
+
+def test_an_imported_rsa_decryption_key_decrypts_what_its_public_key_encrypts(
+    setup: tuple[DaemonProcess, HsmClient],
+) -> None:
+    _, client = setup
+    private = rsa.generate_private_key(65537, 2048)
+    pkcs8 = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_id = client.create_key(
+        key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT", origin="EXTERNAL"
+    ).key_id
+    client.import_key(key_id, pkcs8, "RSA_2048")
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+    blob = private.public_key().encrypt(b"for the imported key", oaep)
+    opened = client.decrypt(blob, key_id=key_id, encryption_algorithm="RSAES_OAEP_SHA_1")
+    assert opened.plaintext == b"for the imported key"
+
+
+def test_creation_and_cancellation_rules_for_imported_keys(
+    setup: tuple[DaemonProcess, HsmClient],
+) -> None:
+    _, client = setup
+    with pytest.raises(InvalidArgumentError, match="UnwrapKey"):
+        client.create_key(origin="UNWRAPPED")
+    with pytest.raises(InvalidArgumentError, match="cannot be imported"):
+        client.create_key(key_spec="ED25519", origin="EXTERNAL")
+    key_id = client.create_key(origin="EXTERNAL").key_id
+    client.schedule_key_deletion(key_id, 7)
+    assert client.cancel_key_deletion(key_id).key_state == "PENDING_IMPORT"
