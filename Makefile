@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/hsmd/v1/*.proto)
 GEN    := hsmd/v1/__init__.py
 SOFTHSM_LIB := /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: run test lint proto softhsm dev clean
+.PHONY: run test lint proto softhsm dev bench clean
 
 run: dev
 	$(BIN)/hsmd init --dir var
@@ -18,8 +18,8 @@ test: dev lint
 	$(BIN)/pytest -q
 
 lint: dev
-	$(BIN)/ruff check hsmd client tests
-	$(BIN)/ruff format --check hsmd client tests
+	$(BIN)/ruff check hsmd client tests bench
+	$(BIN)/ruff format --check hsmd client tests bench
 	$(BIN)/mypy hsmd client/hsmclient
 	$(BIN)/lint-imports
 
@@ -47,6 +47,10 @@ $(GEN): $(PROTOS) $(VENV)/.installed
 		--python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTOS)
 	touch $@
+
+# Speed, as ratios to the raw token rate measured in the same run; never fails on timing.
+bench: dev
+	$(BIN)/python -m bench.rates
 
 clean:
 	rm -rf $(VENV) hsmd/v1 .pytest_cache .mypy_cache .ruff_cache
