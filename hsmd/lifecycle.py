@@ -98,19 +98,24 @@ TRANSITIONS: dict[Operation, KeyState] = {
     Op.CANCEL_DELETION: KeyState.DISABLED,
 }
 
-_KEY_MANAGEMENT = frozenset(Operation) - {
-    Op.WRAP,
-    Op.UNWRAP,
-    Op.ENCRYPT,
-    Op.DECRYPT,
-    Op.GENERATE_DATA_KEY,
-    Op.GENERATE_DATA_KEY_PAIR,
-    Op.SIGN,
-    Op.VERIFY,
-    Op.GET_PUBLIC_KEY,
-    Op.GENERATE_MAC,
-    Op.VERIFY_MAC,
-}
+# The operations that use a key's material (hsmd.policy gives them to the key's users); every
+# other operation manages the key.
+USE_OPERATIONS = frozenset(
+    {
+        Op.WRAP,
+        Op.UNWRAP,
+        Op.ENCRYPT,
+        Op.DECRYPT,
+        Op.GENERATE_DATA_KEY,
+        Op.GENERATE_DATA_KEY_PAIR,
+        Op.SIGN,
+        Op.VERIFY,
+        Op.GET_PUBLIC_KEY,
+        Op.GENERATE_MAC,
+        Op.VERIFY_MAC,
+    }
+)
+_KEY_MANAGEMENT = frozenset(Operation) - USE_OPERATIONS
 USAGE_ALLOWS: dict[KeyUsage, frozenset[Operation]] = {
     KeyUsage.ENCRYPT_DECRYPT: _KEY_MANAGEMENT
     | {

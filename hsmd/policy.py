@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from hsmd.domain import KeyPolicy, Principal
 from hsmd.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from hsmd.lifecycle import Operation
+from hsmd.lifecycle import USE_OPERATIONS, Operation
 
 _PATTERN = re.compile(r"[A-Za-z0-9._@*?-]{1,128}")
 MAX_PATTERNS = 64
@@ -28,21 +28,7 @@ class Role(enum.StrEnum):
 
 
 Op = Operation
-USER_OPERATIONS = frozenset(
-    {
-        Op.ENCRYPT,
-        Op.DECRYPT,
-        Op.GENERATE_DATA_KEY,
-        Op.GENERATE_DATA_KEY_PAIR,
-        Op.SIGN,
-        Op.VERIFY,
-        Op.GET_PUBLIC_KEY,
-        Op.GENERATE_MAC,
-        Op.VERIFY_MAC,
-        Op.WRAP,
-        Op.UNWRAP,
-    }
-)
+USER_OPERATIONS = USE_OPERATIONS
 READ_OPERATIONS = frozenset({Op.DESCRIBE, Op.GET_ROTATION_STATUS, Op.LIST_ROTATIONS})
 # Everything else manages the key.
 ADMINISTRATOR_OPERATIONS = frozenset(Operation) - USER_OPERATIONS - READ_OPERATIONS

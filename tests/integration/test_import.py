@@ -12,12 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hsmclient import HsmClient, InvalidArgumentError, UnimplementedError
 from hsmclient.keyimport import wrap_for_import
 
-from hsmd import ciphertext
 from tests.harness import DaemonProcess
+from tests.stubs import open_locally, seal_locally
 
 TENANT = "byok"
 CONTEXT = {"purpose": "byok"}
@@ -54,13 +53,9 @@ def test_an_imported_aes_key_interoperates_with_pyca_both_ways(
     material = os.urandom(32)
     key_id = _import(client, "AES_256", material, algorithm)
     blob = client.encrypt(key_id, b"from the daemon", CONTEXT).ciphertext_blob
-    parsed = ciphertext.parse(blob)
-    aad = ciphertext.aad(TENANT, parsed.header, CONTEXT)
-    assert AESGCM(material).decrypt(parsed.iv, parsed.ciphertext_and_tag, aad) == b"from the daemon"
-    header = ciphertext.encode_header(key_id, 1)
-    iv = os.urandom(12)
-    local = AESGCM(material).encrypt(iv, b"from pyca", ciphertext.aad(TENANT, header, CONTEXT))
-    assert client.decrypt(header + iv + local, CONTEXT).plaintext == b"from pyca"
+    assert open_locally(TENANT, blob, material, CONTEXT) == b"from the daemon"
+    local = seal_locally(TENANT, key_id, material, b"from pyca", CONTEXT)
+    assert client.decrypt(local, CONTEXT).plaintext == b"from pyca"
 
 
 def test_imported_hmac_keys_give_pythons_macs(setup: tuple[DaemonProcess, HsmClient]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 import pytest
 from hsmclient import HsmClient, InvalidArgumentError
@@ -53,13 +54,19 @@ def test_generate_then_verify_and_every_change_is_invalid(client: HsmClient, spe
 
 
 def test_a_mac_is_a_real_hmac_of_the_message(client: HsmClient) -> None:
-    """Two keys cannot be compared with a local HMAC (their material never leaves), so check
-    the HMAC property that does show: the MAC of a message differs from that of any other."""
-    key_id = client.create_key(key_spec="HMAC_256").key_id
+    """A known answer: an HMAC key imported with known material gives Python's HMAC, for every
+    message; and the MAC of a message differs from that of any other."""
+    material = os.urandom(32)
+    key_id = client.create_key(key_spec="HMAC_256", origin="EXTERNAL").key_id
+    client.import_key(key_id, material, "HMAC_256")
     tags = {client.generate_mac(key_id, bytes([i]), "HMAC_SHA_256").mac for i in range(16)}
     assert len(tags) == 16
     assert all(len(tag) == hashlib.sha256().digest_size for tag in tags)
     assert not any(hmac.compare_digest(tag, hashlib.sha256(b"\x00").digest()) for tag in tags)
+    for i in range(16):
+        expected = hmac.new(material, bytes([i]), hashlib.sha256).digest()
+        assert expected in tags
+        assert client.verify_mac(key_id, bytes([i]), expected, "HMAC_SHA_256").mac_valid
 
 
 def test_mac_refusals(client: HsmClient) -> None:

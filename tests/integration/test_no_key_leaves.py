@@ -21,17 +21,21 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
 
-from hsmd import ciphertext
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2_grpc
 from hsmd.v1 import resources_pb2 as res
 from hsmd.v1 import service_pb2 as svc
 from tests.conftest import TENANT_A, TENANT_B
 from tests.harness import DaemonProcess
+from tests.stubs import (
+    channel,
+    import_key,
+    import_request,
+    key_ids,
+    open_locally,
+    seal_locally,
+)
 
 PRINCIPAL = "leaks"
 CONTEXT = {"test": "no-key-leaves"}
@@ -39,63 +43,22 @@ MESSAGE = b"a message that is not key material"
 Stub = service_pb2_grpc.KeyManagementServiceStub
 
 
-def _channel(daemon: DaemonProcess, cert_and_key: tuple[bytes, bytes]) -> grpc.Channel:
-    cert, key = cert_and_key
-    credentials = grpc.ssl_channel_credentials(daemon.pki.ca_cert.read_bytes(), key, cert)
-    return grpc.secure_channel(daemon.endpoint, credentials)
-
-
 @pytest.fixture(scope="module")
 def alpha(daemon: DaemonProcess) -> Iterator[Stub]:
-    with _channel(daemon, daemon.pki.tenant_client(TENANT_A, PRINCIPAL)) as channel:
-        yield Stub(channel)
+    with channel(daemon, daemon.pki.tenant_client(TENANT_A, PRINCIPAL)) as opened:
+        yield Stub(opened)
 
 
 @pytest.fixture(scope="module")
 def beta(daemon: DaemonProcess) -> Iterator[Stub]:
-    with _channel(daemon, daemon.pki.tenant_client(TENANT_B, PRINCIPAL)) as channel:
-        yield Stub(channel)
+    with channel(daemon, daemon.pki.tenant_client(TENANT_B, PRINCIPAL)) as opened:
+        yield Stub(opened)
 
 
 @pytest.fixture(scope="module")
 def admin(daemon: DaemonProcess) -> Iterator[admin_pb2_grpc.AdminServiceStub]:
-    with _channel(daemon, daemon.pki.operator_client()) as channel:
-        yield admin_pb2_grpc.AdminServiceStub(channel)
-
-
-def import_key(
-    stub: Stub,
-    material: bytes,
-    spec: res.KeySpec.ValueType,
-    usage: res.KeyUsage.ValueType,
-    *,
-    exportable: bool = False,
-) -> res.KeyMetadata:
-    """A key of origin EXTERNAL holding `material`, imported with RSAES_OAEP_SHA_1."""
-    created = stub.CreateKey(
-        svc.CreateKeyRequest(
-            key_spec=spec, key_usage=usage, origin=res.EXTERNAL, exportable=exportable
-        )
-    ).key_metadata
-    imported = stub.ImportKeyMaterial(import_request(stub, created.key_id, material)).key_metadata
-    assert (imported.key_state, imported.exportable) == (res.ENABLED, exportable)
-    return imported
-
-
-def import_request(stub: Stub, key_id: str, material: bytes) -> svc.ImportKeyMaterialRequest:
-    parameters = stub.GetParametersForImport(
-        svc.GetParametersForImportRequest(
-            key_id=key_id, wrapping_algorithm=res.WRAP_RSAES_OAEP_SHA_1
-        )
-    )
-    public_key = serialization.load_der_public_key(parameters.public_key)
-    assert isinstance(public_key, rsa.RSAPublicKey)
-    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
-    return svc.ImportKeyMaterialRequest(
-        key_id=key_id,
-        import_token=parameters.import_token,
-        encrypted_key_material=public_key.encrypt(material, oaep),
-    )
+    with channel(daemon, daemon.pki.operator_client()) as opened:
+        yield admin_pb2_grpc.AdminServiceStub(opened)
 
 
 def create_key(
@@ -109,37 +72,12 @@ def create_key(
     return str(stub.CreateKey(request).key_metadata.key_id)
 
 
-def key_ids(stub: Stub) -> set[str]:
-    ids: set[str] = set()
-    token = ""
-    while True:
-        page = stub.ListKeys(svc.ListKeysRequest(page_size=1000, page_token=token))
-        ids |= {key.key_id for key in page.keys}
-        token = page.next_page_token
-        if not token:
-            return ids
-
-
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
-
-
-def seal_locally(tenant: str, key_id: str, material: bytes, plaintext: bytes) -> bytes:
-    """A ciphertext blob of docs/formats.md, made here with the key's known material."""
-    header = ciphertext.encode_header(key_id, 1)
-    iv = os.urandom(ciphertext.IV_SIZE)
-    sealed = AESGCM(material).encrypt(iv, plaintext, ciphertext.aad(tenant, header, CONTEXT))
-    return ciphertext.assemble(header, iv, sealed)
-
-
-def open_locally(tenant: str, blob: bytes, material: bytes) -> bytes:
-    parsed = ciphertext.parse(blob)
-    aad = ciphertext.aad(tenant, parsed.header, CONTEXT)
-    return AESGCM(material).decrypt(parsed.iv, parsed.ciphertext_and_tag, aad)
 
 
 def leaked_forms(material: bytes) -> list[bytes]:
@@ -193,8 +131,8 @@ class Walk:
 def _local_blob(walk: Walk) -> bytes:
     """A blob under the key: sealed here with its material when that is an AES key."""
     if walk.kind == "aes":
-        return seal_locally(walk.tenant, walk.key_id, walk.material, MESSAGE)
-    return seal_locally(walk.tenant, walk.key_id, os.urandom(32), MESSAGE)
+        return seal_locally(walk.tenant, walk.key_id, walk.material, MESSAGE, CONTEXT)
+    return seal_locally(walk.tenant, walk.key_id, os.urandom(32), MESSAGE, CONTEXT)
 
 
 def _wrapped(walk: Walk) -> bytes:
@@ -414,7 +352,10 @@ def test_no_rpc_answers_with_a_stored_keys_material(
     }
     assert failed == set(), {name: walk.codes[name] for name in failed}
     if kind == "aes":
-        assert open_locally(TENANT_A, walk.last["Encrypt"].ciphertext_blob, material) == MESSAGE
+        assert (
+            open_locally(TENANT_A, walk.last["Encrypt"].ciphertext_blob, material, CONTEXT)
+            == MESSAGE
+        )
         assert walk.last["Decrypt"].plaintext == MESSAGE
     if kind == "hmac":
         expected = hmac.new(material, MESSAGE, hashlib.sha256).digest()
@@ -598,7 +539,7 @@ def test_wrap_then_unwrap_an_imported_key_gives_a_key_of_the_same_material(
     sealed_by_a = alpha.Encrypt(
         svc.EncryptRequest(key_id=key_a.key_id, plaintext=MESSAGE, encryption_context=CONTEXT)
     ).ciphertext_blob
-    plaintext = open_locally(TENANT_A, sealed_by_a, material)
+    plaintext = open_locally(TENANT_A, sealed_by_a, material, CONTEXT)
     assert plaintext == MESSAGE
     wrapped = alpha.WrapKey(svc.WrapKeyRequest(key_id=key_a.key_id, wrapping_key_id=wrapping_key))
     assert (wrapped.key_id, wrapped.key_version, wrapped.wrapping_key_id) == (
@@ -621,7 +562,7 @@ def test_wrap_then_unwrap_an_imported_key_gives_a_key_of_the_same_material(
     # what A encrypted (recovered above with K), sealed for B with K, opens under B ...
     opened = alpha.Decrypt(
         svc.DecryptRequest(
-            ciphertext_blob=seal_locally(TENANT_A, key_b.key_id, material, plaintext),
+            ciphertext_blob=seal_locally(TENANT_A, key_b.key_id, material, plaintext, CONTEXT),
             encryption_context=CONTEXT,
         )
     )
@@ -630,7 +571,7 @@ def test_wrap_then_unwrap_an_imported_key_gives_a_key_of_the_same_material(
     sealed_by_b = alpha.Encrypt(
         svc.EncryptRequest(key_id=key_b.key_id, plaintext=MESSAGE, encryption_context=CONTEXT)
     ).ciphertext_blob
-    assert open_locally(TENANT_A, sealed_by_b, material) == MESSAGE
+    assert open_locally(TENANT_A, sealed_by_b, material, CONTEXT) == MESSAGE
     with pytest.raises(grpc.RpcError) as refused:
         alpha.WrapKey(svc.WrapKeyRequest(key_id=key_b.key_id, wrapping_key_id=wrapping_key))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,9 +19,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
 
 from hsmd import ciphertext
@@ -30,6 +26,7 @@ from hsmd.v1 import resources_pb2 as res
 from hsmd.v1 import service_pb2 as svc
 from hsmd.v1 import service_pb2_grpc
 from tests.harness import DaemonProcess
+from tests.stubs import channel, import_key, key_ids, open_locally, seal_locally
 from tests.vectors import wycheproof
 
 TENANT = "wrap-vectors"
@@ -110,40 +107,8 @@ VECTORS = _load()
 def stub(daemon: DaemonProcess) -> Iterator[service_pb2_grpc.KeyManagementServiceStub]:
     """The generated stub, as a principal of a tenant of this module's own."""
     daemon.create_tenant(TENANT)
-    cert, key = daemon.pki.tenant_client(TENANT, PRINCIPAL)
-    credentials = grpc.ssl_channel_credentials(daemon.pki.ca_cert.read_bytes(), key, cert)
-    with grpc.secure_channel(daemon.endpoint, credentials) as channel:
-        yield service_pb2_grpc.KeyManagementServiceStub(channel)
-
-
-def import_key(
-    stub: service_pb2_grpc.KeyManagementServiceStub,
-    material: bytes,
-    spec: res.KeySpec.ValueType = res.AES_256,
-    usage: res.KeyUsage.ValueType = res.WRAP_UNWRAP,
-) -> str:
-    """A key of origin EXTERNAL holding `material`, imported with RSAES_OAEP_SHA_1."""
-    created = stub.CreateKey(
-        svc.CreateKeyRequest(key_spec=spec, key_usage=usage, origin=res.EXTERNAL)
-    ).key_metadata
-    assert created.key_state == res.PENDING_IMPORT
-    parameters = stub.GetParametersForImport(
-        svc.GetParametersForImportRequest(
-            key_id=created.key_id, wrapping_algorithm=res.WRAP_RSAES_OAEP_SHA_1
-        )
-    )
-    public_key = serialization.load_der_public_key(parameters.public_key)
-    assert isinstance(public_key, rsa.RSAPublicKey)
-    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
-    imported = stub.ImportKeyMaterial(
-        svc.ImportKeyMaterialRequest(
-            key_id=created.key_id,
-            import_token=parameters.import_token,
-            encrypted_key_material=public_key.encrypt(material, oaep),
-        )
-    ).key_metadata
-    assert (imported.key_state, imported.origin) == (res.ENABLED, res.EXTERNAL)
-    return created.key_id
+    with channel(daemon, daemon.pki.tenant_client(TENANT, PRINCIPAL)) as opened:
+        yield service_pb2_grpc.KeyManagementServiceStub(opened)
 
 
 @pytest.fixture(scope="module")
@@ -153,21 +118,10 @@ def wrapping_keys(stub: service_pb2_grpc.KeyManagementServiceStub) -> Callable[[
 
     def get(material: bytes) -> str:
         if material not in cache:
-            cache[material] = import_key(stub, material)
+            cache[material] = import_key(stub, material).key_id
         return cache[material]
 
     return get
-
-
-def key_ids(stub: service_pb2_grpc.KeyManagementServiceStub) -> set[str]:
-    ids: set[str] = set()
-    token = ""
-    while True:
-        page = stub.ListKeys(svc.ListKeysRequest(page_size=1000, page_token=token))
-        ids |= {key.key_id for key in page.keys}
-        token = page.next_page_token
-        if not token:
-            return ids
 
 
 def token_object_ids(daemon: DaemonProcess) -> Counter[str]:
@@ -204,19 +158,11 @@ def prove_material(
     sealed = stub.Encrypt(
         svc.EncryptRequest(key_id=key.key_id, plaintext=PLAINTEXT, encryption_context=CONTEXT)
     ).ciphertext_blob
-    parsed = ciphertext.parse(sealed)
-    assert parsed.key_id == key.key_id
-    aad = ciphertext.aad(TENANT, parsed.header, CONTEXT)
-    assert AESGCM(material).decrypt(parsed.iv, parsed.ciphertext_and_tag, aad) == PLAINTEXT
-    header = ciphertext.encode_header(key.key_id, 1)
-    iv = os.urandom(ciphertext.IV_SIZE)
+    assert ciphertext.parse(sealed).key_id == key.key_id
+    assert open_locally(TENANT, sealed, material, CONTEXT) == PLAINTEXT
     message = b"sealed locally under the vector's message"
-    local = AESGCM(material).encrypt(iv, message, ciphertext.aad(TENANT, header, CONTEXT))
-    opened = stub.Decrypt(
-        svc.DecryptRequest(
-            ciphertext_blob=ciphertext.assemble(header, iv, local), encryption_context=CONTEXT
-        )
-    )
+    local = seal_locally(TENANT, key.key_id, material, message, CONTEXT)
+    opened = stub.Decrypt(svc.DecryptRequest(ciphertext_blob=local, encryption_context=CONTEXT))
     assert (opened.plaintext, opened.key_id) == (message, key.key_id)
 
 
