@@ -24,13 +24,14 @@ from pathlib import Path
 
 from hsmclient import AdminClient, ConfigurationError, HsmError
 
-from hsmd import config, devpki
+from hsmd import config, devpki, repair
 from hsmd.audit.log import AuditLog
+from hsmd.backend import softhsm_files
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
 from hsmd.clock import OffsetClock
 from hsmd.domain import Clock, SystemClock
-from hsmd.errors import ConfigError, HsmdError, InvalidArgument
+from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
 from hsmd.keystore.sqlite_store import SqliteKeyStore
 from hsmd.names import is_valid_principal_name, validate_tenant_name
 from hsmd.ops.aliases import AliasOps
@@ -41,6 +42,7 @@ from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.maintenance import Maintenance
 from hsmd.ops.policies import PolicyOps
+from hsmd.ops.reconcile import Reconciler
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
@@ -87,10 +89,12 @@ class Daemon:
     store: SqliteKeyStore
     backend: Pkcs11Backend
     tenants: TenantOps
+    reconciler: Reconciler
     operations: Operations
     state_lock: int
     clock: Clock
     maintenance: Maintenance
+    token_dirs: dict[str, Path]  # token serial -> its directory, for log lines
 
     @classmethod
     def build(cls, settings: config.Settings) -> Daemon:
@@ -98,16 +102,38 @@ class Daemon:
 
         Raises:
             StateInUse: another hsmd process holds this database and its tokens.
+            StartupRefused: the database is damaged, the token directory belongs to another
+                database, or holds a copied token (see hsmd.repair, softhsm_files).
         """
         state_lock = _lock_state(settings.storage.database)
+        try:
+            store = SqliteKeyStore(settings.storage.database)
+            _check_integrity(store)
+            pkcs11 = settings.pkcs11
+            token_dir = softhsm_files.token_dir_of(pkcs11.token_dir, pkcs11.softhsm2_conf)
+            softhsm2_conf = pkcs11.softhsm2_conf
+            token_dirs: dict[str, Path] = {}
+            if token_dir is None:
+                log.warning(
+                    "no SoftHSM2 token directory is known: hsmd cannot bind it to this database"
+                    " or make its changes durable; the PKCS#11 library must do so itself"
+                )
+            else:
+                _bind_token_dir(store, token_dir)
+                token_dirs = {t.serial: t.directory for t in softhsm_files.scan_tokens(token_dir)}
+                if pkcs11.token_dir is not None:
+                    softhsm2_conf = softhsm_files.write_softhsm2_conf(token_dir)
+        except BaseException:
+            os.close(state_lock)
+            raise
         offset_file = settings.lifecycle.clock_offset_file
         clock: Clock = OffsetClock(offset_file) if offset_file else SystemClock()
-        store = SqliteKeyStore(settings.storage.database)
         audit = AuditLog(settings.storage.audit_log)
         backend = Pkcs11Backend(
-            settings.pkcs11.library,
+            pkcs11.library,
             PinDeriver(config.read_master_secret(settings)),
-            settings.pkcs11.softhsm2_conf,
+            softhsm2_conf,
+            token_dir,
         )
         crypto = CryptoOps(store, backend)
         operations = Operations(
@@ -129,22 +155,37 @@ class Daemon:
             store=store,
             backend=backend,
             tenants=TenantOps(store, backend, clock),
+            reconciler=Reconciler(store, backend, clock),
             operations=operations,
             state_lock=state_lock,
             clock=clock,
             maintenance=Maintenance(operations.rotation, operations.states, operations.imports),
+            token_dirs=token_dirs,
         )
 
     def start(self) -> None:
-        """Attaches every tenant's token and repairs what an earlier crash left."""
+        """Attaches every tenant's token and repairs what an earlier crash left, one tenant at
+        a time: a tenant whose token or repair fails is left out, loudly; the others are
+        served."""
         for tenant in self.tenants.start():
-            report = self.operations.keys.reconcile(tenant.name)
+            where = str(self.token_dirs.get(tenant.token_serial, f"token {tenant.token_label!r}"))
+            try:
+                report = self.reconciler.reconcile(tenant.name, where)
+            except Exception:
+                log.exception(
+                    "tenant %s is not served: start-up repair of %s failed", tenant.name, where
+                )
+                self.backend.detach_token(tenant.name)
+                continue
             log.info(
-                "tenant %s ready (rolled back %d, orphans destroyed %d, unavailable %d)",
+                "tenant %s ready (rolled back %d, destroyed %d, quarantined %d, unavailable %d,"
+                " unreadable %d)",
                 tenant.name,
                 report.rolled_back,
-                report.orphans_destroyed,
+                report.destroyed,
+                report.quarantined,
                 report.unavailable,
+                report.unreadable,
             )
 
     def close(self) -> None:
@@ -152,6 +193,57 @@ class Daemon:
         self.backend.close()
         self.store.close()
         os.close(self.state_lock)
+
+
+def _check_integrity(store: SqliteKeyStore) -> None:
+    """Raises StartupRefused if SQLite finds the database file damaged: repair decisions made
+    from a damaged file could be wrong, so nothing starts until it is restored."""
+    problems = store.integrity_problems()
+    if problems:
+        raise StartupRefused(
+            f"the metadata database {store.path} is damaged (PRAGMA integrity_check: "
+            f"{'; '.join(problems[:5])}). Restore it from a backup; hsmd changes nothing until"
+            " then."
+        )
+
+
+def _bind_token_dir(store: SqliteKeyStore, token_dir: Path) -> None:
+    """Checks that the token directory belongs to this database (hsmd.repair.decide_binding)
+    and marks it as ours.
+
+    Raises:
+        StartupRefused: it belongs to another database, or to the database this one was
+            copied from.
+    """
+    mark = softhsm_files.read_owner_mark(token_dir)
+    database = store.path.resolve()
+    other = None
+    if mark is not None and not _same_file(Path(mark.database_path), database):
+        binding = SqliteKeyStore.read_binding(Path(mark.database_path))
+        if binding is None:
+            other = repair.OtherDatabase.MISSING
+        elif _same_file(Path(binding[1]), token_dir):
+            other = repair.OtherDatabase.CLAIMS_THESE_TOKENS
+        else:
+            other = repair.OtherDatabase.USES_OTHER_TOKENS
+    decision = repair.decide_binding(mark, store.database_id(), str(database), other)
+    if decision.action is repair.Binding.REFUSE:
+        raise StartupRefused(f"token directory {token_dir}: {decision.reason}")
+    if decision.action is not repair.Binding.KEEP:
+        log.warning(
+            "token directory %s: %s; marking it as %s's", token_dir, decision.reason, database
+        )
+        softhsm_files.write_owner_mark(
+            token_dir, repair.OwnerMark(store.database_id(), str(database))
+        )
+    store.bind_token_dir(str(token_dir.resolve()))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) -> None:
@@ -167,7 +259,7 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
         settings,
         guard,
         KeyManagementServicer(daemon.operations),
-        AdminServicer(daemon.tenants, audit),
+        AdminServicer(daemon.tenants, daemon.reconciler, audit),
     )
     daemon.start()
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
@@ -216,14 +308,7 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
         devpki.issue(ca, "localhost", hosts=["localhost", "127.0.0.1", "::1"], server=True).write(
             pki / "server.pem", pki / "server-key.pem"
         )
-    tokens = directory / "tokens"
-    tokens.mkdir(parents=True, exist_ok=True)
-    softhsm_conf = directory / "softhsm2.conf"
-    if not softhsm_conf.exists():
-        softhsm_conf.write_text(
-            f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-            "slots.removable = false\n"
-        )
+    (directory / "tokens").mkdir(parents=True, exist_ok=True)
     master_secret = directory / "master.secret"
     if not master_secret.exists():
         descriptor = os.open(master_secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -235,8 +320,7 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
             f'[server]\nlisten = "{listen}"\n\n'
             f'[tls]\nca_cert = "pki/ca.pem"\nserver_cert = "pki/server.pem"\n'
             f'server_key = "pki/server-key.pem"\ntrust_domain = "{DEV_TRUST_DOMAIN}"\n\n'
-            f'[pkcs11]\nlibrary = "{config.DEFAULT_PKCS11_LIBRARY}"\n'
-            'softhsm2_conf = "softhsm2.conf"\n\n'
+            f'[pkcs11]\nlibrary = "{config.DEFAULT_PKCS11_LIBRARY}"\ntoken_dir = "tokens"\n\n'
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
         )
     settings = config.load(config_path)
@@ -289,23 +373,46 @@ def _write_env(path: Path, settings: config.Settings, cert: Path, key: Path) -> 
     )
 
 
-def _tenant_command(args: argparse.Namespace) -> int:
-    """Operator commands go through the running daemon: only it may create tokens it serves."""
+def _admin_command(args: argparse.Namespace) -> int:
+    """Operator commands go through the running daemon: only it may change tokens it serves."""
     try:
         with AdminClient.from_env() as admin:
-            if args.tenant_command == "create":
-                tenant = admin.create_tenant(args.name)
-                print(
-                    f"created tenant {tenant.name}"
-                    f" (token {tenant.token_label}, serial {tenant.token_serial})"
-                )
+            if args.command == "tenant":
+                _tenant_command(admin, args)
             else:
-                for tenant in admin.list_tenants():
-                    print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+                _quarantine_command(admin, args)
     except (HsmError, ConfigurationError) as exc:
         print(f"hsmd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
+    if args.tenant_command == "create":
+        tenant = admin.create_tenant(args.name)
+        print(
+            f"created tenant {tenant.name}"
+            f" (token {tenant.token_label}, serial {tenant.token_serial})"
+        )
+    else:
+        for tenant in admin.list_tenants():
+            print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+
+
+def _quarantine_command(admin: AdminClient, args: argparse.Namespace) -> None:
+    if args.quarantine_command == "list":
+        for entry in admin.iter_quarantined_objects(args.tenant):
+            found = entry.found_time.isoformat(timespec="seconds")
+            print(f"{entry.tenant}\t{entry.object_id}\t{found}\t{entry.reason}")
+    elif args.quarantine_command == "destroy":
+        admin.destroy_quarantined_object(args.tenant, args.object_id)
+        print(f"destroyed object {args.object_id} in tenant {args.tenant}")
+    else:
+        key = admin.adopt_quarantined_object(args.tenant, args.object_id, args.key_id, args.version)
+        print(
+            f"object {args.object_id} is now version {args.version} of key {key.key_id}"
+            f" ({key.key_state})"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -326,6 +433,23 @@ def _parser() -> argparse.ArgumentParser:
     create = tenant_commands.add_parser("create", help="create a tenant and its token")
     create.add_argument("name")
     tenant_commands.add_parser("list", help="list tenants")
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="token objects that start-up repair kept aside (operator credentials from HSM_*)",
+    )
+    quarantine_commands = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    listing = quarantine_commands.add_parser("list", help="list quarantined objects")
+    listing.add_argument("--tenant", help="only this tenant's")
+    destroy = quarantine_commands.add_parser("destroy", help="destroy a quarantined object")
+    destroy.add_argument("tenant")
+    destroy.add_argument("object_id", help="the object's CKA_ID in hex, as listed")
+    adopt = quarantine_commands.add_parser(
+        "adopt", help="make a quarantined object the object of a key version that lost its own"
+    )
+    adopt.add_argument("tenant")
+    adopt.add_argument("object_id", help="the object's CKA_ID in hex, as listed")
+    adopt.add_argument("--key-id", required=True)
+    adopt.add_argument("--version", type=int, required=True)
     pki = commands.add_parser("pki", help="development certificates")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
     issue = pki_commands.add_parser(
@@ -354,8 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = init_dev(args.dir, args.listen)
             print(f"development set-up ready: {path}")
             return 0
-        if args.command == "tenant":
-            return _tenant_command(args)
+        if args.command in ("tenant", "quarantine"):
+            return _admin_command(args)
         validate_tenant_name(args.tenant)
         if not is_valid_principal_name(args.principal):
             raise InvalidArgument("principal must be 1-128 characters of A-Z a-z 0-9 . _ @ -")

@@ -41,8 +41,12 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class Pkcs11Settings:
+    """token_dir: SoftHSM2's token directory (hsmd writes SoftHSM2's configuration for it);
+    softhsm2_conf: a SoftHSM2 configuration file of the operator's. At most one of them."""
+
     library: Path
     softhsm2_conf: Path | None
+    token_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,11 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     pkcs11_settings = Pkcs11Settings(
         library=pkcs11.path("library", DEFAULT_PKCS11_LIBRARY),
         softhsm2_conf=pkcs11.optional_path("softhsm2_conf"),
+        token_dir=pkcs11.optional_path("token_dir"),
     )
     pkcs11.done()
+    if pkcs11_settings.softhsm2_conf and pkcs11_settings.token_dir:
+        raise ConfigError("pkcs11.token_dir and pkcs11.softhsm2_conf exclude each other")
 
     storage = _Section(doc, "storage", base)
     storage_settings = StorageSettings(

@@ -212,6 +212,26 @@ class KeyVersion:
 
 
 @dataclass(frozen=True)
+class ClientRequest:
+    """A caller's client token for a creating call, and a digest of everything else the call
+    asked for: a retry with the same token returns the first call's resource, a different
+    call with the same token is refused."""
+
+    token: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class QuarantinedObject:
+    """A token object that no row of the database names: kept, reported, never used."""
+
+    tenant: str
+    object_id: bytes
+    reason: str
+    found_at: datetime
+
+
+@dataclass(frozen=True)
 class Alias:
     tenant: str
     name: str

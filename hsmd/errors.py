@@ -42,6 +42,15 @@ class Unimplemented(UserError):
     """The backend cannot do what was asked (a key spec or mechanism it lacks)."""
 
 
+class Aborted(UserError):
+    """The request conflicts with another in flight (the same client token); retry it."""
+
+
+class DataLoss(UserError):
+    """A stored record or token object is damaged. The message names only the caller's own
+    resource; the log line names tenant, key and file for the operator."""
+
+
 class DecryptionFailed(UserError):
     """One opaque answer for every decryption failure: tamper, wrong context, key or tenant."""
 
@@ -75,6 +84,18 @@ class BackendUnavailable(InternalError):
 
 class StoreError(InternalError):
     """The metadata store failed."""
+
+
+class StorageFull(InternalError):
+    """The disk under the metadata store or the token directory is full; retry later."""
+
+
+class StorageUnavailable(BackendUnavailable):
+    """The metadata store or the token directory cannot be written (read-only, I/O error)."""
+
+
+class StartupRefused(HsmdError):
+    """The daemon will not start on this state; the message says why and what to do."""
 
 
 class ConfigError(HsmdError):

@@ -78,37 +78,49 @@ class TestPki:
 class DaemonProcess:
     """A real `hsmd serve` in a subprocess with its own token directory and database."""
 
-    def __init__(self, directory: Path, pki: TestPki, workers: int = 16) -> None:
+    def __init__(
+        self, directory: Path, pki: TestPki, workers: int = 16, *, existing: bool = False
+    ) -> None:
+        """A daemon on a new state directory, or (existing=True) on one made before, such as
+        a copy of another daemon's (every path in its config is relative to it)."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
-        self.tokens.mkdir(parents=True)
-        self.softhsm_conf = directory / "softhsm2.conf"
-        self.softhsm_conf.write_text(
-            f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
-            "log.level = ERROR\nslots.removable = false\n"
-        )
-        self.master_secret = secrets.token_bytes(32)
-        secret_file = directory / "master.secret"
-        secret_file.write_bytes(self.master_secret)
-        secret_file.chmod(0o600)
         self.database = directory / "hsmd.db"
         self.audit_log = directory / "audit.jsonl"
         self.clock_file = directory / "clock.offset"
         self.clock_offset = timedelta()
         self.config = directory / "hsmd.toml"
+        self.log = directory / "hsmd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        secret_file = directory / "master.secret"
+        # For the token probe only; the daemon writes its own from pkcs11.token_dir.
+        self.softhsm_conf = directory / "softhsm2.conf"
+        if existing:
+            self.master_secret = secret_file.read_bytes()
+        else:
+            self.tokens.mkdir(parents=True)
+            self.master_secret = secrets.token_bytes(32)
+            secret_file.write_bytes(self.master_secret)
+            secret_file.chmod(0o600)
+            self._write_config(workers)
+        self.softhsm_conf.write_text(
+            f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
+            "log.level = ERROR\nslots.removable = false\n"
+        )
+
+    def _write_config(self, workers: int) -> None:
+        pki = self.pki
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\ngrace_seconds = 5\n\n'
             f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
             f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
-            f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\nsofthsm2_conf = "{self.softhsm_conf}"\n\n'
-            f'[storage]\ndatabase = "{self.database}"\nmaster_secret_file = "{secret_file}"\n'
-            f'audit_log = "{self.audit_log}"\n\n'
-            f'[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "{self.clock_file}"\n'
+            f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'
+            '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
+            'audit_log = "audit.jsonl"\n\n'
+            '[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "clock.offset"\n'
         )
-        self.log = directory / "hsmd.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
 
     @property
     def endpoint(self) -> str:

@@ -26,6 +26,7 @@ from hsmclient.client import (
     KeyRotationStatus,
     MacResult,
     PublicKey,
+    QuarantinedObject,
     ReEncryptResult,
     RotateKeyOnDemandResult,
     SignResult,
@@ -35,9 +36,11 @@ from hsmclient.client import (
     WrappedKey,
 )
 from hsmclient.errors import (
+    AbortedError,
     AlreadyExistsError,
     ChecksumMismatchError,
     ConfigurationError,
+    DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
     HsmError,
@@ -54,6 +57,7 @@ from hsmclient.errors import (
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "AbortedError",
     "AdminClient",
     "Alias",
     "AlreadyExistsError",
@@ -65,6 +69,7 @@ __all__ = [
     "ConnectionSettings",
     "DataKey",
     "DataKeyPair",
+    "DataLossError",
     "DeadlineExceededError",
     "DecryptResult",
     "EncryptResult",
@@ -84,6 +89,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "PublicKey",
+    "QuarantinedObject",
     "ReEncryptResult",
     "ResourceExhaustedError",
     "RotateKeyOnDemandResult",

@@ -528,6 +528,17 @@ class Tenant:
     admin_principals: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class QuarantinedObject:
+    """A token object that start-up found and no key of the daemon's database names: kept,
+    never used, until an operator destroys or adopts it. `object_id` is its CKA_ID in hex."""
+
+    tenant: str
+    object_id: str
+    reason: str
+    found_time: datetime
+
+
 def _policy_message(policy: KeyPolicy) -> resources_pb2.KeyPolicy:
     return resources_pb2.KeyPolicy(
         administrators=_strings("administrators", policy.administrators),
@@ -1211,3 +1222,32 @@ class AdminClient(_Client):
         """Walk the whole audit log's hash chain; a broken chain is an answer, not an error."""
         request = admin_pb2.VerifyAuditLogRequest()
         return self._result(self._stub.VerifyAuditLog, request, AuditVerification)
+
+    def list_quarantined_objects(
+        self, tenant: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[QuarantinedObject], str]:
+        """One page of quarantined token objects (of one tenant, or all), oldest first, and
+        the next page's token."""
+        request = admin_pb2.ListQuarantinedObjectsRequest(
+            tenant=tenant or "", page_size=page_size, page_token=page_token
+        )
+        return self._page(self._stub.ListQuarantinedObjects, request, "objects", QuarantinedObject)
+
+    def iter_quarantined_objects(self, tenant: str | None = None) -> Iterator[QuarantinedObject]:
+        return _every_page(
+            lambda token: self.list_quarantined_objects(tenant, page_token=token), ""
+        )
+
+    def destroy_quarantined_object(self, tenant: str, object_id: str) -> None:
+        """Destroy a quarantined object (CKA_ID in hex) in the tenant's token."""
+        request = admin_pb2.DestroyQuarantinedObjectRequest(tenant=tenant, object_id=object_id)
+        self._call(self._stub.DestroyQuarantinedObject, request)
+
+    def adopt_quarantined_object(
+        self, tenant: str, object_id: str, key_id: str, key_version: int
+    ) -> KeyMetadata:
+        """Make a quarantined object the object of a key version whose own object is lost."""
+        request = admin_pb2.AdoptQuarantinedObjectRequest(
+            tenant=tenant, object_id=object_id, key_id=key_id, key_version=key_version
+        )
+        return self._result(self._stub.AdoptQuarantinedObject, request, KeyMetadata, "key_metadata")

@@ -94,10 +94,20 @@ class InternalError(HsmError):
     code = grpc.StatusCode.INTERNAL
 
 
-class ChecksumMismatchError(HsmError):
-    """A CRC32C check by the client failed: the payload was corrupted between us and the HSM."""
+class AbortedError(HsmError):
+    """The call conflicted with another in flight (the same client token); retry it."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class DataLossError(HsmError):
+    """The key's stored record or token object is damaged; the daemon's operator must restore it."""
 
     code = grpc.StatusCode.DATA_LOSS
+
+
+class ChecksumMismatchError(DataLossError):
+    """A CRC32C check by the client failed: the payload was corrupted between us and the HSM."""
 
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[HsmError]] = {
@@ -114,6 +124,8 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[HsmError]] = {
         UnimplementedError,
         DeadlineExceededError,
         InternalError,
+        AbortedError,
+        DataLossError,
     )
 }
 

@@ -43,6 +43,15 @@ class UnwrapTarget:
     public_key: bytes | None = None
 
 
+@dataclass(frozen=True)
+class TokenObjects:
+    """What a scan of a token found: the CKA_IDs it could read, and how many objects it
+    could not (damaged)."""
+
+    ids: frozenset[bytes]
+    unreadable: int = 0
+
+
 class CryptoBackend(Protocol):
     def ensure_token(self, tenant: str) -> str:
         """Creates the tenant's token if it has none yet, and returns the token's serial.
@@ -58,6 +67,10 @@ class CryptoBackend(Protocol):
         Raises:
             BackendUnavailable: no token with the tenant's label and this serial.
         """
+        ...
+
+    def detach_token(self, tenant: str) -> None:
+        """Stops serving the tenant's token (its calls get UNAVAILABLE); no error if detached."""
         ...
 
     def capabilities(self) -> Capabilities:
@@ -172,8 +185,12 @@ class CryptoBackend(Protocol):
         """Whether every one of these objects is in the token (a search each: use sparingly)."""
         ...
 
-    def object_ids(self, tenant: str) -> set[bytes]:
+    def objects(self, tenant: str) -> TokenObjects:
         """Every readable CKA_ID in the tenant's token (one linear pass: start-up only)."""
+        ...
+
+    def fits(self, tenant: str, object_id: bytes, spec: KeySpec) -> bool:
+        """Whether the objects with this CKA_ID are a key of the spec's type (for adoption)."""
         ...
 
     def destroy(self, tenant: str, object_id: bytes) -> None:

@@ -33,12 +33,16 @@ import pkcs11
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
+
+# Public in the extension module, missing from its stubs; a search in batches of one is the
+# only way to step over an object the library cannot read.
+from pkcs11._pkcs11 import SearchIter  # type: ignore[attr-defined]
 from pkcs11.constants import DEFAULT
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from hsmd.backend import encoding
-from hsmd.backend.api import Capabilities, UnwrapTarget
+from hsmd.backend.api import Capabilities, TokenObjects, UnwrapTarget
 from hsmd.backend.mechanisms import (
     GENERATION,
     KEY_TYPES,
@@ -48,6 +52,7 @@ from hsmd.backend.mechanisms import (
     signing_call,
 )
 from hsmd.backend.pins import PinDeriver
+from hsmd.backend.softhsm_files import TokenSync, storage_problem
 from hsmd.ciphertext import IV_SIZE
 from hsmd.domain import (
     EncryptionAlgorithm,
@@ -221,11 +226,22 @@ class _TenantToken:
 class Pkcs11Backend:
     """The CryptoBackend of hsmd.backend.api over a PKCS#11 library."""
 
-    def __init__(self, library: Path, pins: PinDeriver, softhsm2_conf: Path | None = None) -> None:
+    def __init__(
+        self,
+        library: Path,
+        pins: PinDeriver,
+        softhsm2_conf: Path | None = None,
+        token_dir: Path | None = None,
+    ) -> None:
+        """token_dir, when the library is SoftHSM2 with its file store, is where its tokens
+        are: every change there is made durable (softhsm_files.TokenSync) before it is
+        acknowledged, and refused up front when that file system is full or read-only."""
         if softhsm2_conf is not None:
             # SoftHSM2 reads its configuration once, at C_Initialize.
             os.environ["SOFTHSM2_CONF"] = str(softhsm2_conf)
         self._pins = pins
+        self._token_dir = token_dir
+        self._durability = TokenSync(token_dir) if token_dir is not None else None
         self._lock = threading.Lock()
         self._tokens: dict[str, _TenantToken] = {}
         self._capabilities: Capabilities | None = None
@@ -252,7 +268,9 @@ class Pkcs11Backend:
             if not token.flags & TokenFlag.USER_PIN_INITIALIZED:
                 with token.open(rw=True, so_pin=self._pins.so_pin(tenant)) as so_session:
                     so_session.init_pin(self._pins.user_pin(tenant))
-            return _serial(token)
+            serial = _serial(token)
+        self._make_durable()
+        return serial
 
     def attach_token(self, tenant: str, serial: str) -> None:
         with self._lock, self._translate():
@@ -266,21 +284,38 @@ class Pkcs11Backend:
             session = token.open(rw=True, user_pin=self._pins.user_pin(tenant))
             self._tokens[tenant] = _TenantToken(session)
 
+    def detach_token(self, tenant: str) -> None:
+        with self._lock:
+            token = self._tokens.pop(tenant, None)
+            if token is not None:
+                with self._translate():
+                    token.session.close()
+
     def _find_token(self, label: str) -> Any:
-        matches = [
-            slot.get_token()
-            for slot in self._lib.get_slots(token_present=True)
-            if slot.get_token().label == label
-        ]
+        matches = [token for _, token in self._readable_tokens() if token.label == label]
         if len(matches) > 1:
             raise BackendError(f"{len(matches)} tokens carry the label {label!r}")
         return matches[0] if matches else None
 
+    def _readable_tokens(self) -> list[tuple[Any, Any]]:
+        """(slot, token) of every slot whose token the library can describe. A damaged token
+        (its token.object unreadable) makes C_GetTokenInfo fail: it is left out, so it costs
+        its own tenant only."""
+        readable = []
+        for slot in self._lib.get_slots(token_present=True):
+            try:
+                readable.append((slot, slot.get_token()))
+            except p11.PKCS11Error as exc:
+                log.error(
+                    "slot %s: its token cannot be read (%s)", slot.slot_id, type(exc).__name__
+                )
+        return readable
+
     def _init_free_token(self, tenant: str, label: str) -> Any:
         free = [
             slot
-            for slot in self._lib.get_slots(token_present=True)
-            if not slot.get_token().flags & TokenFlag.TOKEN_INITIALIZED
+            for slot, token in self._readable_tokens()
+            if not token.flags & TokenFlag.TOKEN_INITIALIZED
         ]
         if not free:
             raise BackendUnavailable("the PKCS#11 library has no free slot for a new token")
@@ -314,7 +349,7 @@ class Pkcs11Backend:
 
     def _probe(self) -> Capabilities:
         """Reads the library's mechanism list, and tries what a list cannot promise."""
-        slots = self._lib.get_slots(token_present=True)
+        slots = [slot for slot, _ in self._readable_tokens()]
         offered = set(slots[0].get_mechanisms()) if slots else set()
         notes = []
         specs = set()
@@ -384,7 +419,7 @@ class Pkcs11Backend:
     ) -> None:
         info = SPECS[spec]
         rights = _USAGE_CAPABILITIES[(info.family.asymmetric, usage)]
-        with self._token(tenant) as token:
+        with self._changing(tenant) as token:
             session = token.session
             if not info.family.asymmetric:
                 key = session.generate_key(
@@ -434,7 +469,7 @@ class Pkcs11Backend:
         """C_UnwrapKey (RFC 5649, or RFC 3394 if not padded) into a token secret key made with
         our template; returns the material's fingerprint. Raises UnwrapFailed for bad input."""
         mechanism = Mechanism.AES_KEY_WRAP_PAD if padded else Mechanism.AES_KEY_WRAP
-        with self._token(tenant) as token:
+        with self._changing(tenant) as token:
             wrapping = self._object(token, wrapping_object_id, ObjectClass.SECRET_KEY)
             return self._unwrap_secret(token, wrapping, mechanism, None, wrapped, target)
 
@@ -444,7 +479,7 @@ class Pkcs11Backend:
         public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
         public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
         private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
-        with self._token(tenant) as token:
+        with self._changing(tenant) as token:
             public_key, private_key = token.session.generate_keypair(
                 KEY_TYPES[Family.RSA],
                 info.bits,
@@ -478,7 +513,7 @@ class Pkcs11Backend:
         """
         oaep = WRAPPING_OAEP[algorithm]
         self._require_encryption(oaep)
-        with self._token(tenant) as token:
+        with self._changing(tenant) as token:
             rsa_key = self._object(token, import_object_id, ObjectClass.PRIVATE_KEY)
             if algorithm in _ONE_STEP:
                 return self._unwrap_secret(
@@ -660,21 +695,46 @@ class Pkcs11Backend:
                 for object_id in object_ids
             )
 
-    def object_ids(self, tenant: str) -> set[bytes]:
+    def objects(self, tenant: str) -> TokenObjects:
+        """Every object's CKA_ID, one object at a time, so that one the library cannot read
+        (a damaged file) is counted and skipped instead of ending the scan."""
         ids = set()
-        with self._token(tenant) as token:
-            for obj in token.session.get_objects({}):
+        unreadable = 0
+        with self._token(tenant) as token, SearchIter(token.session, {}, 1) as search:
+            for batch in search:
                 try:
-                    object_id = bytes(obj[Attribute.ID])
-                    token.objects[(object_id, ObjectClass(obj[Attribute.CLASS]))] = obj
-                except p11.PKCS11Error:  # a half-written object (SoftHSM2 does not fsync)
-                    log.error("tenant %s: a token object without a readable CKA_ID", tenant)
-                    continue
-                ids.add(object_id)
-        return ids
+                    for obj in batch:
+                        object_id = bytes(obj[Attribute.ID])
+                        token.objects[(object_id, ObjectClass(obj[Attribute.CLASS]))] = obj
+                        ids.add(object_id)
+                except (p11.PKCS11Error, ValueError) as exc:
+                    unreadable += 1
+                    log.error(
+                        "tenant %s: a token object the library cannot read (%s)",
+                        tenant,
+                        type(exc).__name__,
+                    )
+        return TokenObjects(frozenset(ids), unreadable)
+
+    def fits(self, tenant: str, object_id: bytes, spec: KeySpec) -> bool:
+        """Whether the objects with this CKA_ID are a key of this spec's type: a secret key,
+        or a private key and its public key."""
+        info = SPECS[spec]
+        wanted = (
+            {ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY}
+            if info.family.asymmetric
+            else {ObjectClass.SECRET_KEY}
+        )
+        found = set()
+        with self._token(tenant) as token:
+            for obj in token.session.get_objects({Attribute.ID: object_id}):
+                if obj[Attribute.KEY_TYPE] != KEY_TYPES[info.family]:
+                    return False
+                found.add(ObjectClass(obj[Attribute.CLASS]))
+        return found == wanted
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
-        with self._token(tenant) as token:
+        with self._changing(tenant) as token:
             for key in [k for k in token.objects if k[0] == object_id]:
                 del token.objects[key]
             token.public_keys.pop(object_id, None)
@@ -814,6 +874,9 @@ class Pkcs11Backend:
                 except p11.PKCS11Error:
                     log.warning("closing a token session failed", exc_info=True)
             self._tokens.clear()
+            if self._durability is not None:
+                self._durability.close()
+                self._durability = None
 
     # Helpers
 
@@ -824,6 +887,29 @@ class Pkcs11Backend:
             if token is None:
                 raise BackendUnavailable(f"the token of tenant {tenant!r} is not attached")
             yield token
+
+    @contextmanager
+    def _changing(self, tenant: str) -> Iterator[_TenantToken]:
+        """Like _token, for calls that change the token: refused up front when its file system
+        cannot take the change, and left only once the change is durable."""
+        self._check_storage()
+        try:
+            with self._token(tenant) as token:
+                yield token
+        except BackendError:
+            self._check_storage()  # a full or read-only disk is the likelier cause
+            raise
+        self._make_durable()
+
+    def _check_storage(self) -> None:
+        if self._token_dir is not None:
+            problem = storage_problem(self._token_dir)
+            if problem is not None:
+                raise problem
+
+    def _make_durable(self) -> None:
+        if self._durability is not None:
+            self._durability.sync()
 
     @staticmethod
     def _object(token: _TenantToken, object_id: bytes, object_class: ObjectClass) -> Any:

@@ -10,16 +10,19 @@ go no further.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hsmd.domain import (
     Alias,
+    ClientRequest,
     ImportParameters,
     Key,
     KeyOrigin,
@@ -28,13 +31,33 @@ from hsmd.domain import (
     KeyState,
     KeyUsage,
     KeyVersion,
+    QuarantinedObject,
     RotationType,
     Tenant,
     TenantState,
     VersionState,
     WrappingAlgorithm,
 )
-from hsmd.errors import AlreadyExists, NotFound, StoreError
+from hsmd.errors import (
+    AlreadyExists,
+    NotFound,
+    StartupRefused,
+    StorageFull,
+    StorageUnavailable,
+    StoreError,
+)
+from hsmd.keystore.store import DamagedRecord
+from hsmd.repair import Inventory, KeyRow, VersionRow
+
+log = logging.getLogger(__name__)
+
+_SQLITE_FULL = 13
+# SQLITE_PERM, SQLITE_BUSY, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
+_SQLITE_UNWRITABLE = frozenset({3, 5, 8, 10, 14})
+_SQLITE_DAMAGED = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+_MAX_REPORTED = 10_000
+_T = TypeVar("_T")
+_E = TypeVar("_E", KeyState, VersionState)
 
 # Each entry moves the schema from version i to i + 1.
 _MIGRATIONS = [
@@ -120,6 +143,28 @@ _MIGRATIONS = [
         FOREIGN KEY (tenant, key_id) REFERENCES keys(tenant, key_id) ON DELETE CASCADE
     );
     """,
+    # Repair and idempotency: the database's identity and what it is bound to (meta), objects
+    # in quarantine, and the client request tokens that make a retried creation return the
+    # first one's result.
+    """
+    CREATE TABLE meta (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    CREATE TABLE quarantine (
+        tenant     TEXT NOT NULL,
+        object_id  BLOB NOT NULL,
+        reason     TEXT NOT NULL,
+        found_at   TEXT NOT NULL,
+        PRIMARY KEY (tenant, object_id)
+    );
+    ALTER TABLE keys ADD COLUMN client_token TEXT;
+    ALTER TABLE keys ADD COLUMN request_fingerprint TEXT;
+    CREATE UNIQUE INDEX keys_client_token ON keys(tenant, client_token)
+        WHERE client_token IS NOT NULL;
+    ALTER TABLE tenants ADD COLUMN client_token TEXT;
+    ALTER TABLE tenants ADD COLUMN request_fingerprint TEXT;
+    """,
 ]
 
 _KEY_COLUMNS = (
@@ -137,6 +182,9 @@ class SqliteKeyStore:
     def __init__(self, path: Path) -> None:
         if not path.exists():
             path.touch(mode=0o600)
+        self._path = path
+        self._lock = threading.Lock()
+        self._reported: set[tuple[str, str, str]] = set()  # damaged records already logged
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -144,8 +192,16 @@ class SqliteKeyStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_DAMAGED:
+                raise StartupRefused(
+                    f"the metadata database {path} is damaged ({exc}). Restore it from a"
+                    " backup; hsmd changes nothing until then."
+                ) from exc
             raise StoreError(f"cannot open the metadata database {path}: {exc}") from exc
-        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -175,14 +231,17 @@ class SqliteKeyStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                    self._db.execute("COMMIT")
+                finally:
+                    if self._db.in_transaction:  # the body or the COMMIT failed
+                        self._db.execute("ROLLBACK")
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists("the resource exists already") from exc
             except sqlite3.Error as exc:
-                raise StoreError(f"metadata store failure: {exc}") from exc
+                raise self._failure(exc) from exc
+            except DamagedRecord as exc:
+                self.report_damage(exc)
+                raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -191,26 +250,169 @@ class SqliteKeyStore:
             try:
                 yield self._db
             except sqlite3.Error as exc:
-                raise StoreError(f"metadata store failure: {exc}") from exc
+                raise self._failure(exc) from exc
+            except DamagedRecord as exc:
+                self.report_damage(exc)
+                raise
+
+    def report_damage(self, damage: DamagedRecord) -> None:
+        """One loud line per damaged record and process, naming tenant, record and file."""
+        seen = (damage.tenant, damage.kind, damage.name)
+        if seen in self._reported:
+            return
+        if len(self._reported) < _MAX_REPORTED:
+            self._reported.add(seen)
+        log.error(
+            "tenant %s: %s %s has a damaged row in %s (%s); it answers DATA_LOSS and is left"
+            " out of lists until an operator repairs or restores the row",
+            damage.tenant,
+            damage.kind,
+            damage.name,
+            self._path,
+            damage.detail,
+        )
+
+    def _intact(self, rows: Iterable[tuple[Any, ...]], decode: Callable[[Any], _T]) -> list[_T]:
+        """Decoded rows, leaving out (and reporting) damaged ones: one bad row must not stop
+        a list, a start-up or a maintenance pass."""
+        decoded = []
+        for row in rows:
+            try:
+                decoded.append(decode(row))
+            except DamagedRecord as exc:
+                self.report_damage(exc)
+        return decoded
+
+    def _keys(self, db: sqlite3.Connection, rows: Iterable[tuple[str, str]]) -> list[Key]:
+        """The keys of (tenant, key_id) rows, leaving out (and reporting) damaged ones."""
+        keys = []
+        for tenant, key_id in rows:
+            try:
+                keys.append(_load_key(db, tenant, key_id))
+            except DamagedRecord as exc:
+                self.report_damage(exc)
+        return keys
+
+    def _failure(self, exc: sqlite3.Error) -> Exception:
+        """The hsmd error for a failed statement: a full disk and an unwritable file are
+        the operator's to fix and the caller's to retry; anything else is internal."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_FULL:
+            return StorageFull(f"the metadata database {self._path} is out of space: {exc}")
+        if code in _SQLITE_UNWRITABLE:
+            return StorageUnavailable(
+                f"the metadata database {self._path} cannot be written: {exc}"
+            )
+        return StoreError(f"metadata store failure ({self._path}): {exc}")
+
+    # The database itself
+
+    def integrity_problems(self) -> list[str]:
+        """What PRAGMA integrity_check finds (at most 20 lines); empty when the file is sound."""
+        with self._lock:
+            try:
+                rows = self._db.execute("PRAGMA integrity_check(20)").fetchall()
+            except sqlite3.DatabaseError as exc:  # too damaged to walk at all
+                return [str(exc)]
+        problems = [str(row[0]) for row in rows]
+        return [] if problems == ["ok"] else problems
+
+    def database_id(self) -> str:
+        """A random id made when the database is first opened; copies of the file share it."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'database_id'").fetchone()
+            if row is not None:
+                return str(row[0])
+            database_id = str(uuid.uuid4())
+            db.execute("INSERT INTO meta (name, value) VALUES ('database_id', ?)", (database_id,))
+            return database_id
+
+    def token_dir(self) -> str | None:
+        """The token directory this database was last bound to (hsmd.repair), if any."""
+        return self._meta("token_dir")
+
+    def bind_token_dir(self, token_dir: str) -> None:
+        self._set_meta("token_dir", token_dir)
+
+    @staticmethod
+    def read_binding(path: Path) -> tuple[str, str] | None:
+        """(database id, token directory) of another hsmd database file, read-only; None if
+        there is no such database or it names no token directory."""
+        if not path.is_file():
+            return None
+        try:
+            other = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = dict(other.execute("SELECT name, value FROM meta").fetchall())
+            finally:
+                other.close()
+        except sqlite3.Error:
+            return None
+        if "database_id" not in rows or "token_dir" not in rows:
+            return None
+        return str(rows["database_id"]), str(rows["token_dir"])
+
+    def clock_high_water(self) -> datetime | None:
+        """The latest time the daemon is known to have acted at (hsmd.clock)."""
+        value = self._meta("clock_high_water")
+        return _parse_time(value) if value else None
+
+    def record_clock(self, moment: datetime) -> None:
+        """Raises the remembered high-water time to `moment` (never lowers it)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES ('clock_high_water', ?) ON CONFLICT (name)"
+                " DO UPDATE SET value = MAX(value, excluded.value)",
+                (_iso(moment),),
+            )
+
+    def _meta(self, name: str) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def _set_meta(self, name: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     # Tenants
 
     def add_tenant(
-        self, name: str, token_label: str, created_at: datetime, admin_principals: Iterable[str]
+        self,
+        name: str,
+        token_label: str,
+        created_at: datetime,
+        admin_principals: Iterable[str],
+        request: ClientRequest | None = None,
     ) -> None:
         """Records a tenant in state CREATING. Raises AlreadyExists if the name is taken."""
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO tenants (name, token_label, state, created_at, admin_principals)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO tenants (name, token_label, state, created_at, admin_principals,"
+                " client_token, request_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     token_label,
                     TenantState.CREATING,
                     _iso(created_at),
                     json.dumps(list(admin_principals)),
+                    *_request_columns(request),
                 ),
             )
+
+    def tenant_request(self, name: str) -> ClientRequest | None:
+        """The client request that created the tenant, if it named a token."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT client_token, request_fingerprint FROM tenants"
+                " WHERE name = ? AND client_token IS NOT NULL",
+                (name,),
+            ).fetchone()
+        return ClientRequest(row[0], row[1]) if row else None
 
     def activate_tenant(self, name: str, token_serial: str) -> None:
         with self._transaction() as db:
@@ -232,17 +434,23 @@ class SqliteKeyStore:
             rows = db.execute(
                 f"SELECT {_TENANT_COLUMNS} FROM tenants ORDER BY name"  # noqa: S608
             ).fetchall()
-        return [_tenant(row) for row in rows]
+        return self._intact(rows, _tenant)
 
     # Keys
 
-    def add_key(self, key: Key, version: KeyVersion | None) -> None:
+    def add_key(
+        self, key: Key, version: KeyVersion | None, request: ClientRequest | None = None
+    ) -> None:
         """Records a new key, its tags and its first version (none for a key whose material
-        will be imported) in one transaction."""
+        will be imported) in one transaction.
+
+        Raises:
+            AlreadyExists: the tenant has a key made by a request with the same client token.
+        """
         with self._transaction() as db:
             db.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO keys ({_KEY_COLUMNS}, client_token, request_fingerprint)"  # noqa: S608
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.tenant,
                     key.key_id,
@@ -260,6 +468,7 @@ class SqliteKeyStore:
                     int(key.exportable),
                     _iso_or_none(key.valid_to),
                     key.material_fingerprint,
+                    *_request_columns(request),
                 ),
             )
             _write_tags(db, key.tenant, key.key_id, dict(key.tags), ())
@@ -307,6 +516,18 @@ class SqliteKeyStore:
             _write_tags(db, tenant, key_id, add, remove)
             return _load_key(db, tenant, key_id)
 
+    def key_for_request(self, tenant: str, token: str) -> tuple[Key, ClientRequest] | None:
+        """The key a request with this client token made in the tenant, and that request."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT key_id, request_fingerprint FROM keys"
+                " WHERE tenant = ? AND client_token = ?",
+                (tenant, token),
+            ).fetchone()
+            if row is None:
+                return None
+            return _load_key(db, tenant, row[0]), ClientRequest(token, row[1])
+
     def remove_key(self, tenant: str, key_id: str) -> None:
         """Deletes a key and its versions (the roll-back of an unfinished creation)."""
         with self._transaction() as db:
@@ -335,7 +556,7 @@ class SqliteKeyStore:
                 " ORDER BY k.seq LIMIT ?",
                 (*arguments, limit + 1),
             ).fetchall()
-            keys = [_load_key(db, tenant, row[1]) for row in rows[:limit]]
+            keys = self._keys(db, [(tenant, row[1]) for row in rows[:limit]])
         next_cursor = rows[limit - 1][0] if len(rows) > limit else None
         return keys, next_cursor
 
@@ -344,7 +565,7 @@ class SqliteKeyStore:
             rows = db.execute(
                 "SELECT key_id FROM keys WHERE tenant = ? AND state = ?", (tenant, state)
             ).fetchall()
-            return [_load_key(db, tenant, row[0]) for row in rows]
+            return self._keys(db, [(tenant, row[0]) for row in rows])
 
     def keys_due(self, column: str, state: KeyState, now: datetime) -> list[Key]:
         """Keys of every tenant in `state` whose `column` (next_rotation_at or deletion_at) has
@@ -357,7 +578,7 @@ class SqliteKeyStore:
                 f" ORDER BY {column}",
                 (state, _iso(now)),
             ).fetchall()
-            return [_load_key(db, row[0], row[1]) for row in rows]
+            return self._keys(db, rows)
 
     def mark_destroyed(self, tenant: str, key_id: str) -> bool:
         """A PENDING_DELETION key becomes DESTROYED (the row stays, its aliases go). False if
@@ -441,21 +662,36 @@ class SqliteKeyStore:
             )
             return _load_key(db, version.tenant, version.key_id)
 
-    def remove_material(self, tenant: str, key_id: str) -> list[KeyVersion]:
-        """Forgets a key's imported material (PENDING_IMPORT again) and returns the versions
-        whose objects the caller must now destroy."""
+    def forget_material(self, tenant: str, key_id: str) -> list[KeyVersion]:
+        """Forgets a key's imported material (PENDING_IMPORT again): its versions become
+        DESTROYED, so repair can finish their destruction if a crash interrupts it. Returns
+        the versions whose objects the caller must now destroy."""
         with self._transaction() as db:
             rows = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM key_versions"  # noqa: S608
-                " WHERE tenant = ? AND key_id = ?",
-                (tenant, key_id),
+                " WHERE tenant = ? AND key_id = ? AND state = ?",
+                (tenant, key_id, VersionState.ENABLED),
             ).fetchall()
-            db.execute("DELETE FROM key_versions WHERE tenant = ? AND key_id = ?", (tenant, key_id))
+            db.execute(
+                "UPDATE key_versions SET state = ? WHERE tenant = ? AND key_id = ?",
+                (VersionState.DESTROYED, tenant, key_id),
+            )
             db.execute(
                 "UPDATE keys SET state = ?, valid_to = NULL WHERE tenant = ? AND key_id = ?",
                 (KeyState.PENDING_IMPORT, tenant, key_id),
             )
         return [_version(row) for row in rows]
+
+    def drop_forgotten_versions(self, tenant: str, key_id: str) -> None:
+        """Deletes the DESTROYED versions of a PENDING_IMPORT key once their objects are gone,
+        so a re-import of the same material takes the same version numbers (and old
+        ciphertexts decrypt again, as in AWS KMS)."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM key_versions WHERE tenant = ? AND key_id = ? AND state = ?"
+                " AND EXISTS (SELECT 1 FROM keys WHERE tenant = ? AND key_id = ? AND state = ?)",
+                (tenant, key_id, VersionState.DESTROYED, tenant, key_id, KeyState.PENDING_IMPORT),
+            )
 
     def keys_expired(self, now: datetime) -> list[Key]:
         """Keys of every tenant whose imported material's valid_to has passed."""
@@ -464,7 +700,7 @@ class SqliteKeyStore:
                 "SELECT tenant, key_id FROM keys WHERE state IN (?, ?) AND valid_to <= ?",
                 (KeyState.ENABLED, KeyState.DISABLED, _iso(now)),
             ).fetchall()
-            return [_load_key(db, row[0], row[1]) for row in rows]
+            return self._keys(db, rows)
 
     # Import parameters
 
@@ -503,17 +739,18 @@ class SqliteKeyStore:
                 " WHERE expires_at <= ?",
                 (_iso(now),),
             ).fetchall()
-        return [_import_parameters(row) for row in rows]
+        return self._intact(rows, _import_parameters)
 
     def remove_import_parameters(self, token: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM import_parameters WHERE token = ?", (token,))
 
-    def remove_version(self, version: KeyVersion) -> None:
+    def remove_version(self, tenant: str, key_id: str, version: int) -> None:
+        """Deletes an unfinished version's row (the roll-back of a rotation or import)."""
         with self._transaction() as db:
             db.execute(
                 "DELETE FROM key_versions WHERE tenant = ? AND key_id = ? AND version = ?",
-                (version.tenant, version.key_id, version.version),
+                (tenant, key_id, version),
             )
 
     def get_version(self, tenant: str, key_id: str, version: int) -> KeyVersion:
@@ -546,7 +783,7 @@ class SqliteKeyStore:
                 " WHERE tenant = ? AND state = ?",
                 (tenant, state),
             ).fetchall()
-        return [_version(row) for row in rows]
+        return self._intact(rows, _version)
 
     def object_ids(self, tenant: str) -> set[bytes]:
         """The CKA_ID of every version whose object should be in the tenant's token."""
@@ -557,6 +794,105 @@ class SqliteKeyStore:
                 (tenant, VersionState.DESTROYED, tenant),
             ).fetchall()
         return {bytes(row[0]) for row in rows}
+
+    # Repair
+
+    def inventory(self, tenant: str) -> Inventory:
+        """Every key and version row of the tenant as repair sees them: damaged rows too, with
+        their state unknown, so their objects are never taken for strangers."""
+        with self._read() as db:
+            keys = db.execute("SELECT key_id, state FROM keys WHERE tenant = ?", (tenant,))
+            key_rows = tuple(KeyRow(row[0], _state(KeyState, row[1])) for row in keys)
+            versions = db.execute(
+                "SELECT key_id, version, object_id, state FROM key_versions WHERE tenant = ?",
+                (tenant,),
+            )
+            version_rows = tuple(
+                VersionRow(row[0], row[1], _blob(row[2]), _state(VersionState, row[3]))
+                for row in versions
+            )
+            imports = db.execute(
+                "SELECT object_id FROM import_parameters WHERE tenant = ?", (tenant,)
+            ).fetchall()
+        return Inventory(key_rows, version_rows, frozenset(_blob(row[0]) for row in imports))
+
+    def record_quarantine(
+        self, tenant: str, object_ids: Iterable[bytes], reason: str, now: datetime
+    ) -> None:
+        """Makes the tenant's quarantine list exactly these objects (keeping when each was
+        first found)."""
+        keep = set(object_ids)
+        with self._transaction() as db:
+            rows = db.execute("SELECT object_id FROM quarantine WHERE tenant = ?", (tenant,))
+            listed = {bytes(row[0]) for row in rows}
+            db.executemany(
+                "DELETE FROM quarantine WHERE tenant = ? AND object_id = ?",
+                [(tenant, object_id) for object_id in listed - keep],
+            )
+            db.executemany(
+                "INSERT INTO quarantine (tenant, object_id, reason, found_at) VALUES (?, ?, ?, ?)",
+                [(tenant, object_id, reason, _iso(now)) for object_id in keep - listed],
+            )
+
+    def quarantined(
+        self, tenant: str | None, after: int, limit: int
+    ) -> tuple[list[QuarantinedObject], int | None]:
+        """One page of objects in quarantine, of one tenant or (None) of all, oldest first,
+        and the cursor of the next page (None at the end)."""
+        condition = " AND tenant = ?" if tenant else ""
+        arguments = (after, *([tenant] if tenant else []), limit + 1)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT rowid, tenant, object_id, reason, found_at FROM quarantine"  # noqa: S608
+                f" WHERE rowid > ?{condition} ORDER BY rowid LIMIT ?",
+                arguments,
+            ).fetchall()
+        objects = [
+            QuarantinedObject(row[1], bytes(row[2]), row[3], _parse_time(row[4]))
+            for row in rows[:limit]
+        ]
+        return objects, rows[limit - 1][0] if len(rows) > limit else None
+
+    def is_quarantined(self, tenant: str, object_id: bytes) -> bool:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM quarantine WHERE tenant = ? AND object_id = ?", (tenant, object_id)
+            ).fetchone()
+        return row is not None
+
+    def release_quarantined(self, tenant: str, object_id: bytes) -> None:
+        """Takes an object out of quarantine (it was destroyed).
+
+        Raises:
+            NotFound: the object is not in the tenant's quarantine.
+        """
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM quarantine WHERE tenant = ? AND object_id = ?", (tenant, object_id)
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"object {object_id.hex()} is not in quarantine")
+
+    def adopt_object(self, tenant: str, key_id: str, version: int, object_id: bytes) -> None:
+        """Makes a quarantined object the object of a key version, in one transaction.
+
+        Raises:
+            NotFound: the object is not in the tenant's quarantine, or the key has no such
+                enabled version.
+        """
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM quarantine WHERE tenant = ? AND object_id = ?", (tenant, object_id)
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"object {object_id.hex()} is not in quarantine")
+            cursor = db.execute(
+                "UPDATE key_versions SET object_id = ?"
+                " WHERE tenant = ? AND key_id = ? AND version = ? AND state = ?",
+                (object_id, tenant, key_id, version, VersionState.ENABLED),
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"key {key_id!r} has no enabled version {version}")
 
     # Aliases
 
@@ -661,6 +997,11 @@ def _load_key(db: sqlite3.Connection, tenant: str, key_id: str) -> Key:
         "SELECT tag_key, tag_value FROM key_tags WHERE tenant = ? AND key_id = ? ORDER BY tag_key",
         (tenant, key_id),
     ).fetchall()
+    with _decoding("key", tenant, key_id):
+        return _key(row, tags)
+
+
+def _key(row: tuple[Any, ...], tags: list[tuple[str, str]]) -> Key:
     policy = json.loads(row[9])
     return Key(
         tenant=row[0],
@@ -684,15 +1025,16 @@ def _load_key(db: sqlite3.Connection, tenant: str, key_id: str) -> Key:
 
 
 def _import_parameters(row: tuple[Any, ...]) -> ImportParameters:
-    return ImportParameters(
-        row[0],
-        row[1],
-        row[2],
-        bytes(row[3]),
-        WrappingAlgorithm(row[4]),
-        KeySpec(row[5]),
-        _parse_time(row[6]),
-    )
+    with _decoding("import token of key", row[1], row[2]):
+        return ImportParameters(
+            row[0],
+            row[1],
+            row[2],
+            bytes(row[3]),
+            WrappingAlgorithm(row[4]),
+            KeySpec(row[5]),
+            _parse_time(row[6]),
+        )
 
 
 def _column_value(value: Any) -> Any:
@@ -721,27 +1063,57 @@ def _parse_time(text: str) -> datetime:
 
 
 def _tenant(row: tuple[str, ...]) -> Tenant:
-    return Tenant(
-        row[0],
-        row[1],
-        row[2],
-        TenantState(row[3]),
-        _parse_time(row[4]),
-        tuple(json.loads(row[5])),
-    )
+    with _decoding("tenant", row[0], row[0]):
+        return Tenant(
+            row[0],
+            row[1],
+            row[2],
+            TenantState(row[3]),
+            _parse_time(row[4]),
+            tuple(json.loads(row[5])),
+        )
 
 
 def _version(row: tuple[Any, ...]) -> KeyVersion:
-    return KeyVersion(
-        row[0],
-        row[1],
-        row[2],
-        bytes(row[3]),
-        _parse_time(row[4]),
-        VersionState(row[5]),
-        RotationType(row[6]) if row[6] else None,
-    )
+    with _decoding("version of key", row[0], row[1]):
+        return KeyVersion(
+            row[0],
+            row[1],
+            row[2],
+            bytes(row[3]),
+            _parse_time(row[4]),
+            VersionState(row[5]),
+            RotationType(row[6]) if row[6] else None,
+        )
+
+
+def _request_columns(request: ClientRequest | None) -> tuple[str | None, str | None]:
+    return (request.token, request.fingerprint) if request else (None, None)
+
+
+def _state(kind: type[_E], value: Any) -> _E | None:
+    """A state column's value, or None when it holds something this hsmd does not know."""
+    try:
+        return kind(value)
+    except ValueError:
+        return None
+
+
+def _blob(value: Any) -> bytes:
+    """An object id column as bytes (a damaged row may hold text)."""
+    return bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
 
 
 def _alias(row: tuple[str, ...]) -> Alias:
-    return Alias(row[0], row[1], row[2], _parse_time(row[3]), _parse_time(row[4]))
+    with _decoding("alias", row[0], row[1]):
+        return Alias(row[0], row[1], row[2], _parse_time(row[3]), _parse_time(row[4]))
+
+
+@contextmanager
+def _decoding(kind: str, tenant: str, name: str) -> Iterator[None]:
+    """Turns a row that does not decode (a value this hsmd does not know, a broken time or
+    policy) into DamagedRecord, naming what it belongs to."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DamagedRecord(kind, tenant, str(name), f"{type(exc).__name__}: {exc}") from None

@@ -131,7 +131,7 @@ class ImportOps:
                 raise UnwrapFailed()  # AWS: a key takes only the material it first took
         except Exception:
             self._backend.destroy(key.tenant, version.object_id)
-            self._store.remove_version(version)
+            self._store.remove_version(key.tenant, key.key_id, version.version)
             raise
         imported = self._store.complete_import(version, fingerprint, valid_to)
         log.info("imported key material into key %s", key.key_id)
@@ -155,10 +155,12 @@ class ImportOps:
         return len(expired)
 
     def _forget(self, key: Key) -> None:
-        """Metadata first: a crash before the objects go leaves orphans the next start
-        destroys, never a key that claims material it lost."""
-        for version in self._store.remove_material(key.tenant, key.key_id):
+        """Metadata first: a crash before the objects go leaves DESTROYED versions whose
+        objects the next start destroys (hsmd.repair), never a key that claims material it
+        lost."""
+        for version in self._store.forget_material(key.tenant, key.key_id):
             self._backend.destroy(key.tenant, version.object_id)
+        self._store.drop_forgotten_versions(key.tenant, key.key_id)
 
     def _parameters(self, key: Key, token: str) -> ImportParameters:
         try:

@@ -1,10 +1,10 @@
-"""Key management: create, describe, list, description and tags, and the start-up
-reconciliation of keys and token objects.
+"""Key management: create, describe, list, description and tags (start-up repair is in
+hsmd.ops.reconcile).
 
 Creation spans a metadata row and a token object and no transaction can hold both, so it is a
 recoverable protocol (DESIGN §7): commit a CREATING row naming the object's CKA_ID, generate the
-object, then mark the row ENABLED. `reconcile` repairs whatever a crash left between the steps;
-rotations (hsmd.ops.rotation) follow the same protocol with CREATING versions.
+object, then mark the row ENABLED. hsmd.ops.reconcile repairs whatever a crash left between the
+steps; rotations (hsmd.ops.rotation) follow the same protocol with CREATING versions.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from hsmd.domain import (
     KeyUsage,
     KeyVersion,
     RequestContext,
-    VersionState,
 )
 from hsmd.errors import InvalidArgument, Unimplemented
 from hsmd.keystore.store import KeyStore
@@ -52,13 +51,6 @@ _TAG_KEY = re.compile(r".{1,128}", re.DOTALL)
 class KeyPage:
     keys: list[Key]
     next_page_token: str
-
-
-@dataclass(frozen=True)
-class ReconcileReport:
-    rolled_back: int
-    orphans_destroyed: int
-    unavailable: int
 
 
 def new_object_id() -> bytes:
@@ -178,47 +170,6 @@ class KeyOps:
             raise InvalidArgument("tag_keys must name at least one tag")
         key = usable_key(self._store, ctx, key_id, Operation.UNTAG)
         return self._store.tag_key(key.tenant, key.key_id, {}, tag_keys)
-
-    def reconcile(self, tenant: str) -> ReconcileReport:
-        """Repairs what a crash left: unfinished creations and rotations, orphan objects, lost
-        objects.
-
-        CREATING keys and versions were never acknowledged, so they are rolled back (objects
-        and rows). Objects whose CKA_ID no live version names are destroyed. An ENABLED key
-        whose object is missing or unreadable becomes UNAVAILABLE, loudly, and ENABLED again
-        once it is back (for example after the token directory is restored).
-        """
-        creating = self._store.keys_in_state(tenant, KeyState.CREATING)
-        for key in creating:
-            self._roll_back(key, self._store.versions(tenant, key.key_id))
-        unfinished = self._store.versions_in_state(tenant, VersionState.CREATING)
-        for version in unfinished:
-            self._backend.destroy(tenant, version.object_id)
-            self._store.remove_version(version)
-            log.warning("rolled back the unfinished rotation of key %s", version.key_id)
-        present = self._backend.object_ids(tenant)
-        orphans = present - self._store.object_ids(tenant)
-        for object_id in orphans:
-            log.warning("destroying orphan object %s in tenant %s", object_id.hex(), tenant)
-            self._backend.destroy(tenant, object_id)
-        for key in self._store.keys_in_state(tenant, KeyState.ENABLED):
-            if not self._objects_present(key, present):
-                log.error("key %s of tenant %s has lost its token object", key.key_id, tenant)
-                self._store.set_key_state(tenant, key.key_id, KeyState.UNAVAILABLE)
-        for key in self._store.keys_in_state(tenant, KeyState.UNAVAILABLE):
-            if self._objects_present(key, present):
-                log.warning("key %s of tenant %s has its token object back", key.key_id, tenant)
-                self._store.set_key_state(tenant, key.key_id, KeyState.ENABLED)
-        unavailable = len(self._store.keys_in_state(tenant, KeyState.UNAVAILABLE))
-        return ReconcileReport(len(creating) + len(unfinished), len(orphans), unavailable)
-
-    def _objects_present(self, key: Key, present: set[bytes]) -> bool:
-        versions = self._store.versions(key.tenant, key.key_id)
-        return all(
-            version.object_id in present
-            for version in versions
-            if version.state is VersionState.ENABLED
-        )
 
     def _roll_back(self, key: Key, versions: list[KeyVersion]) -> None:
         for version in versions:

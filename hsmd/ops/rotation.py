@@ -113,7 +113,7 @@ class RotationOps:
             try:
                 self._backend.destroy(key.tenant, version.object_id)
             finally:
-                self._store.remove_version(version)
+                self._store.remove_version(key.tenant, key.key_id, version.version)
             raise
         next_rotation = None  # on demand leaves the automatic schedule alone, as in AWS KMS
         if how is RotationType.AUTOMATIC and key.rotation_period_days is not None:

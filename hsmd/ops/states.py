@@ -12,7 +12,7 @@ import logging
 from datetime import timedelta
 
 from hsmd.backend.api import CryptoBackend
-from hsmd.domain import Clock, Key, KeyOrigin, KeyState, RequestContext
+from hsmd.domain import Clock, Key, KeyOrigin, KeyState, RequestContext, VersionState
 from hsmd.errors import FailedPrecondition, InvalidArgument
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import TRANSITIONS, Operation
@@ -46,17 +46,22 @@ class StateOps:
         """Back to DISABLED, as in AWS KMS: the caller enables it when ready (UNAVAILABLE if
         its token objects are gone, as for a key scheduled while UNAVAILABLE)."""
         key = self._move(ctx, key_id, Operation.CANCEL_DELETION, deletion_at=None)
-        if key.origin is KeyOrigin.EXTERNAL and not self._store.versions(key.tenant, key.key_id):
+        if key.origin is KeyOrigin.EXTERNAL and not self._live_objects(key):
             return self._store.update_key(key.tenant, key.key_id, state=KeyState.PENDING_IMPORT)
         if not self._objects_present(key):
             key = self._store.update_key(key.tenant, key.key_id, state=KeyState.UNAVAILABLE)
         return key
 
+    def _live_objects(self, key: Key) -> list[bytes]:
+        return [
+            version.object_id
+            for version in self._store.versions(key.tenant, key.key_id)
+            if version.state is VersionState.ENABLED
+        ]
+
     def _objects_present(self, key: Key) -> bool:
-        versions = self._store.versions(key.tenant, key.key_id)
-        return bool(versions) and self._backend.has_objects(
-            key.tenant, [v.object_id for v in versions]
-        )
+        live = self._live_objects(key)
+        return bool(live) and self._backend.has_objects(key.tenant, live)
 
     def schedule_deletion(self, ctx: RequestContext, key_id: str, window_days: int) -> Key:
         """Raises InvalidArgument unless the window is 7-30 days (0 means 30)."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from hsmd import policy
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Tenant, TenantState
-from hsmd.errors import AlreadyExists, BackendUnavailable, InvalidArgument, NotFound
+from hsmd.errors import AlreadyExists, InvalidArgument, NotFound
 from hsmd.keystore.store import KeyStore
 from hsmd.names import token_label, validate_tenant_name
 
@@ -74,8 +74,9 @@ class TenantOps:
     def start(self) -> list[Tenant]:
         """Finishes interrupted tenant creations and attaches every tenant's token.
 
-        A tenant whose token cannot be reached is logged and left out, so one lost token does
-        not take the others down; its callers get UNAVAILABLE until it is restored.
+        A tenant whose token cannot be reached or read is logged and left out, whatever the
+        failure, so one bad token does not take the others down; its callers get UNAVAILABLE
+        until it is restored.
         """
         served = []
         for tenant in self._store.list_tenants():
@@ -86,6 +87,12 @@ class TenantOps:
                 else:
                     self._backend.attach_token(tenant.name, tenant.token_serial)
                     served.append(tenant)
-            except BackendUnavailable as exc:
-                log.error("tenant %s is not served: %s", tenant.name, exc)
+            except Exception as exc:
+                log.error(
+                    "tenant %s is not served: its token %r (serial %s) cannot be used: %s",
+                    tenant.name,
+                    tenant.token_label,
+                    tenant.token_serial or "not yet known",
+                    exc,
+                )
         return served

@@ -16,7 +16,15 @@ from google.protobuf import timestamp_pb2
 
 from hsmd import keyspecs
 from hsmd.audit.events import RecordedEvent
-from hsmd.domain import Alias, Key, KeyPolicy, KeyVersion, Tenant, WrappingAlgorithm
+from hsmd.domain import (
+    Alias,
+    Key,
+    KeyPolicy,
+    KeyVersion,
+    QuarantinedObject,
+    Tenant,
+    WrappingAlgorithm,
+)
 from hsmd.errors import InvalidArgument
 from hsmd.names import key_resource_name
 from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
@@ -184,3 +192,23 @@ def audit_event(record: RecordedEvent) -> resources_pb2.AuditEvent:
         previous_hash=record.previous_hash,
         hash=record.hash,
     )
+
+
+def quarantined_object(entry: QuarantinedObject) -> admin_pb2.QuarantinedObject:
+    return admin_pb2.QuarantinedObject(
+        tenant=entry.tenant,
+        object_id=entry.object_id.hex(),
+        reason=entry.reason,
+        found_time=timestamp(entry.found_at),
+    )
+
+
+def object_id(text: str) -> bytes:
+    """A CKA_ID from its hex form. Raises InvalidArgument for anything else."""
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise InvalidArgument("object_id must be the object's CKA_ID in hex") from None
+    if not value:
+        raise InvalidArgument("object_id is required")
+    return value

@@ -22,6 +22,7 @@ from hsmd.domain import (
     SigningAlgorithm,
 )
 from hsmd.errors import InvalidArgument
+from hsmd.names import parse_key_id, validate_tenant_name
 from hsmd.ops import paging
 from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps, Sealed
@@ -30,6 +31,7 @@ from hsmd.ops.imports import ImportOps
 from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.policies import PolicyOps
+from hsmd.ops.reconcile import Reconciler
 from hsmd.ops.rotation import RotationOps, RotationStatus
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
@@ -620,8 +622,9 @@ def _rotation_status(status: RotationStatus) -> service_pb2.GetKeyRotationStatus
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, tenants: TenantOps, audit: AuditLog) -> None:
+    def __init__(self, tenants: TenantOps, reconciler: Reconciler, audit: AuditLog) -> None:
         self._tenants = tenants
+        self._reconciler = reconciler
         self._audit = audit
 
     def ListAuditEvents(
@@ -652,3 +655,31 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListTenantsResponse(
             tenants=[convert.tenant(t) for t in self._tenants.list_tenants()]
         )
+
+    def ListQuarantinedObjects(
+        self, request: admin_pb2.ListQuarantinedObjectsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListQuarantinedObjectsResponse:
+        page = self._reconciler.quarantined(request.tenant, request.page_size, request.page_token)
+        return admin_pb2.ListQuarantinedObjectsResponse(
+            objects=[convert.quarantined_object(entry) for entry in page.objects],
+            next_page_token=page.next_page_token,
+        )
+
+    def DestroyQuarantinedObject(
+        self, request: admin_pb2.DestroyQuarantinedObjectRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DestroyQuarantinedObjectResponse:
+        self._reconciler.destroy_quarantined(
+            validate_tenant_name(request.tenant), convert.object_id(request.object_id)
+        )
+        return admin_pb2.DestroyQuarantinedObjectResponse()
+
+    def AdoptQuarantinedObject(
+        self, request: admin_pb2.AdoptQuarantinedObjectRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.AdoptQuarantinedObjectResponse:
+        key = self._reconciler.adopt(
+            validate_tenant_name(request.tenant),
+            convert.object_id(request.object_id),
+            parse_key_id(request.key_id),
+            request.key_version,
+        )
+        return admin_pb2.AdoptQuarantinedObjectResponse(key_metadata=convert.key_metadata(key))

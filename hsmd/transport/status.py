@@ -19,7 +19,10 @@ _CODES: dict[type[errors.HsmdError], grpc.StatusCode] = {
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

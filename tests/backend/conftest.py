@@ -25,7 +25,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pkcs11Backend]
         f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\n"
         "log.level = ERROR\nslots.removable = false\n"
     )
-    instance = Pkcs11Backend(SOFTHSM_LIB, PinDeriver(secrets.token_bytes(32)), conf)
+    instance = Pkcs11Backend(
+        SOFTHSM_LIB, PinDeriver(secrets.token_bytes(32)), conf, directory / "tokens"
+    )
     yield instance
     instance.close()
 

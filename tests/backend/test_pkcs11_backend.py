@@ -55,18 +55,18 @@ def test_one_tenants_object_is_not_reachable_from_another(backend: Pkcs11Backend
     for name in names:
         backend.attach_token(name, backend.ensure_token(name))
     object_id = _new_key(backend, names[0])
-    assert object_id in backend.object_ids(names[0])
-    assert object_id not in backend.object_ids(names[1])
+    assert object_id in backend.objects(names[0]).ids
+    assert object_id not in backend.objects(names[1]).ids
     with pytest.raises(BackendError):
         backend.encrypt(names[1], object_id, b"x", b"")
 
 
-def test_destroy_and_object_ids(backend: Pkcs11Backend, tenant: str) -> None:
+def test_destroy_and_objects(backend: Pkcs11Backend, tenant: str) -> None:
     kept, gone = _new_key(backend, tenant), _new_key(backend, tenant)
-    assert backend.object_ids(tenant) == {kept, gone}
+    assert backend.objects(tenant).ids == {kept, gone}
     backend.destroy(tenant, gone)
     backend.destroy(tenant, gone)
-    assert backend.object_ids(tenant) == {kept}
+    assert backend.objects(tenant).ids == {kept}
     with pytest.raises(BackendError):
         backend.encrypt(tenant, gone, b"x", b"")
 
@@ -133,4 +133,4 @@ def test_many_threads_creating_using_and_destroying_keys_do_not_crash(
     for thread in threads:
         thread.join()
     assert failures == []
-    assert backend.object_ids(tenant) == set()
+    assert backend.objects(tenant).ids == frozenset()

@@ -20,6 +20,8 @@ from hsmd.transport.status import to_status
         (errors.PermissionDenied("bad"), grpc.StatusCode.PERMISSION_DENIED),
         (errors.Unauthenticated("bad"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.Unimplemented("bad"), grpc.StatusCode.UNIMPLEMENTED),
+        (errors.Aborted("bad"), grpc.StatusCode.ABORTED),
+        (errors.DataLoss("bad"), grpc.StatusCode.DATA_LOSS),
     ],
 )
 def test_user_errors_keep_their_message(error: errors.HsmdError, code: grpc.StatusCode) -> None:
@@ -45,3 +47,18 @@ def test_an_unavailable_backend_is_retryable_without_details() -> None:
     code, message = to_status(errors.BackendUnavailable("token hsmd/acme serial 1234 missing"), "r")
     assert code is grpc.StatusCode.UNAVAILABLE
     assert "hsmd/acme" not in message and "request_id=r" in message
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.StorageFull("/var/lib/hsmd/tokens: no space"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.StorageUnavailable("/var/lib/hsmd: read-only"), grpc.StatusCode.UNAVAILABLE),
+    ],
+)
+def test_storage_faults_are_retryable_statuses_without_paths(
+    error: errors.HsmdError, code: grpc.StatusCode
+) -> None:
+    got, message = to_status(error, "r7")
+    assert got is code
+    assert "/var/lib" not in message and "request_id=r7" in message
