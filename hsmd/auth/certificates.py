@@ -11,7 +11,8 @@ client sent. What that verifier checks, in cryptography 51:
   and keyCertSign on every CA, and every CA's path length constraint;
 - the leaf: not CA:TRUE, no keyCertSign, clientAuth in its EKU if it has one, a SAN extension
   and an authorityKeyIdentifier present, X.509 v3;
-- Web PKI algorithms: RSA of 2,048 bits or more, or EC P-256, P-384, P-521 (no Ed25519 CA);
+- Web PKI algorithms: CA keys RSA of 2,048 bits or more or EC P-256, P-384, P-521 (no Ed25519
+  CA), signatures RSA or ECDSA with SHA-2 (the leaf's own key is not constrained);
 - every certificate of the chain valid at the validation time.
 
 It returns the leaf's SANs without judging them; `identity.principal_from_san` then requires
@@ -176,6 +177,9 @@ class ClientCertificateVerifier:
 
 
 def _trust_anchors(bundle: bytes) -> list[x509.Certificate]:
+    """The certificates of the CA file. Refuses, at start, anchors that pyca's verifier would
+    refuse as issuers of every client (it wants a critical CA:TRUE and keyCertSign), so that
+    such a file stops the daemon instead of making every call UNAUTHENTICATED."""
     try:
         anchors = x509.load_pem_x509_certificates(bundle)
     except ValueError:
@@ -183,13 +187,17 @@ def _trust_anchors(bundle: bytes) -> list[x509.Certificate]:
             "tls.ca_cert holds no PEM certificate, or one that cannot be parsed"
         ) from None
     for anchor in anchors:
+        extensions = anchor.extensions
         try:
-            constraints = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value
+            constraints = extensions.get_extension_for_class(x509.BasicConstraints)
+            usage = extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:
-            constraints = None
-        if constraints is None or not constraints.ca:
+            constraints, usage = None, None
+        is_ca = constraints and constraints.critical and constraints.value.ca
+        if not (is_ca and usage and usage.key_cert_sign):
             raise ConfigError(
-                f"tls.ca_cert: {anchor.subject.rfc4514_string()} is not a CA certificate"
+                f"tls.ca_cert: {anchor.subject.rfc4514_string()} is not a CA certificate "
+                "(it needs basicConstraints CA:TRUE, marked critical, and keyUsage keyCertSign)"
             )
     return anchors
 

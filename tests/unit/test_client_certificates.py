@@ -12,6 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from hsmd import devpki
 from hsmd.auth.certificates import MAX_PRESENTED_BYTES, ClientCertificateVerifier
@@ -186,20 +190,50 @@ def test_every_certificate_of_the_ca_file_is_a_trust_anchor(
         assert verifier.identify(devpki.issue(issuer, "app", uris=[uri]).cert_pem()).name == "app"
 
 
+def _root(*, critical: bool = True, key_cert_sign: bool = True) -> devpki.Issued:
+    """A self-signed CA whose basicConstraints may be non-critical, or keyUsage without
+    keyCertSign."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd root")])
+    usage = x509.KeyUsage(True, False, False, False, False, key_cert_sign, True, False, False)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(minutes=5))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=critical)
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return devpki.Issued(certificate, key)
+
+
 @pytest.mark.parametrize(
     "bundle",
     [
         b"",
         b"not a certificate",
         devpki.issue(devpki.create_ca("ca", NOW), "leaf", uris=[ALPHA]).cert_pem(),
+        devpki.create_ca("ca", NOW).cert_pem() + _root(critical=False).cert_pem(),
+        _root(key_cert_sign=False).cert_pem(),
     ],
-    ids=["empty", "garbage", "a-leaf"],
+    ids=["empty", "garbage", "a-leaf", "non-critical-ca", "no-key-cert-sign"],
 )
-def test_a_ca_file_without_ca_certificates_stops_the_start(
-    clock: MovableClock, bundle: bytes
-) -> None:
+def test_a_ca_file_pyca_cannot_use_stops_the_start(clock: MovableClock, bundle: bytes) -> None:
     with pytest.raises(ConfigError, match=r"tls\.ca_cert"):
         ClientCertificateVerifier(bundle, DOMAIN, clock)
+
+
+def test_pyca_refuses_every_client_of_what_the_start_refuses() -> None:
+    # The start-time check is no stricter than pyca's verifier (and notices if pyca relaxes).
+    for root in (_root(critical=False), _root(key_cert_sign=False)):
+        leaf = devpki.issue(root, "app", uris=[ALPHA])
+        verifier = PolicyBuilder().store(Store([root.certificate])).time(NOW)
+        with pytest.raises(VerificationError):
+            verifier.build_client_verifier().verify(leaf.certificate, [])
 
 
 def test_the_refusal_says_why_and_nothing_else(
