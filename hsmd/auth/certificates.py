@@ -82,9 +82,6 @@ class _Lru(Generic[_K, _V]):
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 class ClientCertificateVerifier:
     """Turns the client certificate of a TLS connection into a Principal, or refuses it.
