@@ -26,6 +26,7 @@ from hsmclient import AdminClient, ConfigurationError, HsmError
 
 from hsmd import config, devpki, repair
 from hsmd.audit.log import AuditLog
+from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.backend import softhsm_files
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
@@ -254,7 +255,10 @@ def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) 
 def serve(settings: config.Settings, client_env: Path | None) -> int:
     daemon = Daemon.build(settings)
     audit = daemon.operations.audit
-    guard = RequestGuard(settings.tls.trust_domain, daemon.tenants.is_served, audit, daemon.clock)
+    certificates = ClientCertificateVerifier(
+        settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock
+    )
+    guard = RequestGuard(certificates, daemon.tenants.is_served, audit, daemon.clock)
     running = grpc_server.bind(
         settings,
         guard,

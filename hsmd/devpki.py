@@ -53,19 +53,39 @@ def operator_uri(trust_domain: str, name: str) -> str:
     return f"spiffe://{trust_domain}/operator/{name}"
 
 
-def create_ca(common_name: str, now: datetime, days: int = 3650) -> Issued:
+def create_ca(
+    common_name: str,
+    now: datetime,
+    days: int = 3650,
+    *,
+    path_length: int | None = 0,
+    issuer: Issued | None = None,
+) -> Issued:
+    """A self-signed root CA, or an intermediate CA signed by `issuer`.
+
+    `path_length` is how many CA certificates may follow it in a chain (0: it signs only leaves).
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    certificate = (
+    signer = issuer.private_key if issuer else key
+    builder = (
         _builder(
-            name, name, key.public_key(), now - timedelta(minutes=5), now + timedelta(days=days)
+            name,
+            issuer.certificate.subject if issuer else name,
+            key.public_key(),
+            now - timedelta(minutes=5),
+            now + timedelta(days=days),
         )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return Issued(certificate, key)
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False,
+        )
+    return Issued(builder.sign(signer, hashes.SHA256()), key)
 
 
 def issue(

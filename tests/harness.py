@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,21 @@ class TestPki:
 
     __test__ = False
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        path_length: int = 0,
+        also_trusted: Sequence[devpki.Issued] = (),
+    ) -> None:
+        """A CA whose certificates may be followed by path_length CAs; the daemon's CA file
+        holds it and also_trusted (more trust anchors)."""
         self.directory = directory
         now = datetime.now(UTC)
-        self.ca = devpki.create_ca("hsmd test CA", now)
+        self.ca = devpki.create_ca("hsmd test CA", now, path_length=path_length)
         self.ca_cert = directory / "ca.pem"
         self.ca_cert.parent.mkdir(parents=True, exist_ok=True)
-        self.ca_cert.write_bytes(self.ca.cert_pem())
+        self.ca_cert.write_bytes(b"".join(ca.cert_pem() for ca in (self.ca, *also_trusted)))
         self.server_cert = directory / "server.pem"
         self.server_key = directory / "server-key.pem"
         devpki.issue(self.ca, "localhost", hosts=["localhost", "127.0.0.1"], server=True).write(

@@ -1,33 +1,37 @@
-"""The caller's identity, from the client certificate of the TLS handshake and nothing else.
+"""The caller's identity, from the SAN of its verified client certificate and nothing else.
 
-The certificate must carry exactly one SPIFFE URI SAN in our trust domain:
+The certificate must carry exactly one URI SAN in all, whatever its scheme (SPIFFE's X509-SVID
+rule; other kinds of name, such as DNS names, are allowed and ignored), and that URI must be
 `spiffe://<trust-domain>/tenant/<tenant>/<principal>` for a tenant principal or
-`spiffe://<trust-domain>/operator/<name>` for an operator, and, if it has an extended key
-usage extension, clientAuth in it. The TLS layer has already checked the chain and validity.
+`spiffe://<trust-domain>/operator/<name>` for an operator. The chain, the leaf's key usages
+and its validity are checked before, by `hsmd.auth.certificates`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hsmd.domain import Principal, PrincipalKind
 from hsmd.errors import InvalidArgument, Unauthenticated
 from hsmd.names import is_valid_principal_name, validate_tenant_name
 
 
-def principal_from_certificate(pem: bytes, trust_domain: str) -> Principal:
-    """Raises Unauthenticated unless the certificate names exactly one identity we accept."""
-    try:
-        certificate = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise Unauthenticated("the client certificate cannot be parsed") from None
-    _require_client_auth(certificate)
-    uris = _spiffe_uris(certificate)
+def principal_from_san(names: Sequence[x509.GeneralName], trust_domain: str) -> Principal:
+    """The principal a certificate's subject alternative names give.
+
+    Raises:
+        Unauthenticated: not exactly one URI among the names, or that URI names no identity
+            of the trust domain.
+    """
+    uris = [name.value for name in names if isinstance(name, x509.UniformResourceIdentifier)]
     if len(uris) != 1:
-        raise Unauthenticated("the client certificate must carry exactly one spiffe:// URI SAN")
+        raise Unauthenticated(
+            f"the client certificate must carry exactly one URI SAN, a spiffe:// identity; "
+            f"it has {len(uris)}"
+        )
     return principal_from_uri(uris[0], trust_domain)
 
 
@@ -51,21 +55,3 @@ def _valid_tenant(name: str) -> bool:
     except InvalidArgument:
         return False
     return True
-
-
-def _spiffe_uris(certificate: x509.Certificate) -> list[str]:
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
-    return [uri for uri in uris if uri.lower().startswith("spiffe://")]
-
-
-def _require_client_auth(certificate: x509.Certificate) -> None:
-    try:
-        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku.value:
-        raise Unauthenticated("the client certificate is not for client authentication")

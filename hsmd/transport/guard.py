@@ -3,10 +3,11 @@ default.
 
 gRPC server interceptors do not see the TLS auth context, so the guard wraps each handler
 instead: it gives the request an id, takes the identity from the peer certificate (never from
-metadata), checks the principal kind the service is for, checks that the audit log can be
-written before anything happens (fail closed), hands the RequestContext to the servicer
-through a context variable, turns every exception into a status through the one table, records
-one audit event of the outcome (durably, before the reply), and logs one access line.
+metadata) once hsmd.auth.certificates has verified it beyond the handshake, checks the principal
+kind the service is for, checks that the audit log can be written before anything happens (fail
+closed), hands the RequestContext to the servicer through a context variable, turns every
+exception into a status through the one table, records one audit event of the outcome (durably,
+before the reply), and logs one access line (with the reason when a certificate is refused).
 
 The audit event is built here from the request and response messages: only their key id,
 key version and encryption-context keys are read, never a plaintext, key or context value.
@@ -26,7 +27,7 @@ import grpc
 from hsmd.audit.events import AuditEvent
 from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
-from hsmd.auth.identity import principal_from_certificate
+from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
 from hsmd.errors import PermissionDenied, Unauthenticated
 from hsmd.transport.status import is_internal, to_status
@@ -52,12 +53,12 @@ def current_request() -> RequestContext:
 class RequestGuard(grpc.ServerInterceptor):
     def __init__(
         self,
-        trust_domain: str,
+        certificates: ClientCertificateVerifier,
         is_tenant_served: Callable[[str], bool],
         audit: AuditLog,
         clock: Clock,
     ) -> None:
-        self._trust_domain = trust_domain
+        self._certificates = certificates
         self._is_tenant_served = is_tenant_served
         self._audit = audit
         self._clock = clock
@@ -114,13 +115,14 @@ class RequestGuard(grpc.ServerInterceptor):
                 log.info("%s %s %s OK %.1fms", request_id, method, principal, elapsed_ms)
                 return response
             log.log(
-                logging.ERROR if is_internal(failure) else logging.INFO,
-                "%s %s %s %s %.1fms",
+                _level(failure),
+                "%s %s %s %s %.1fms%s",
                 request_id,
                 method,
                 principal or context.peer(),
                 code.name,
                 elapsed_ms,
+                f": {failure}" if isinstance(failure, Unauthenticated) else "",
                 exc_info=failure if is_internal(failure) else None,
             )
             context.abort(code, message)
@@ -159,16 +161,28 @@ class RequestGuard(grpc.ServerInterceptor):
 
     def _identify(self, context: grpc.ServicerContext) -> Principal:
         """Who the certificate names; separate from _authorize so refusals are attributed."""
-        # grpc-stubs types each value as bytes; at run time it is a list of bytes.
-        certificates = cast(Sequence[bytes], context.auth_context().get("x509_pem_cert", ()))
+        # grpc-stubs types each value as bytes; at run time it is a list of bytes. gRPC puts
+        # the leaf in x509_pem_cert and the certificates the client sent after it, as one
+        # PEM string, in x509_pem_cert_chain (absent when it sent only the leaf).
+        properties = context.auth_context()
+        certificates = cast(Sequence[bytes], properties.get("x509_pem_cert", ()))
         if not certificates:
             raise Unauthenticated("a client certificate is required")
-        return principal_from_certificate(certificates[0], self._trust_domain)
+        chain = b"".join(cast(Sequence[bytes], properties.get("x509_pem_cert_chain", ())))
+        return self._certificates.identify(certificates[0], chain)
 
     def _authorize(self, principal: Principal, required: PrincipalKind) -> None:
         require_kind(principal, required)
         if principal.tenant is not None and not self._is_tenant_served(principal.tenant):
             raise PermissionDenied(f"tenant {principal.tenant!r} is not served by this daemon")
+
+
+def _level(failure: Exception) -> int:
+    """Internal errors are ERROR, refused certificates WARNING (a misissued certificate or an
+    attempt), other user errors INFO."""
+    if is_internal(failure):
+        return logging.ERROR
+    return logging.WARNING if isinstance(failure, Unauthenticated) else logging.INFO
 
 
 _KEY_FIELDS = ("key_id", "target_key_id", "destination_key_id", "source_key_id")

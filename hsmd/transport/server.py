@@ -58,7 +58,7 @@ def bind(
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
-            # Certificates are checked at the handshake only: bound how long one stays in use.
+            # Nothing checks revocation: bound how long one connection (and handshake) lasts.
             ("grpc.max_connection_age_ms", int(settings.server.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", 30_000),
         ],
@@ -75,6 +75,8 @@ def bind(
     reflection.enable_server_reflection(
         [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
+    # The handshake alone is not enough (docs/security.md#authentication): the guard verifies
+    # every client certificate again with hsmd.auth.certificates.
     credentials = grpc.ssl_server_credentials(
         [(settings.tls.server_key.read_bytes(), settings.tls.server_cert.read_bytes())],
         root_certificates=settings.tls.ca_cert.read_bytes(),

@@ -1,16 +1,13 @@
-"""Identity from the certificate's SPIFFE URI SAN, and nothing else."""
+"""Identity from the certificate's one URI SAN, and nothing else (the certificate itself:
+test_client_certificates.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from hsmd import devpki
 from hsmd.auth.authorize import require_kind
-from hsmd.auth.identity import principal_from_certificate, principal_from_uri
+from hsmd.auth.identity import principal_from_san, principal_from_uri
 from hsmd.domain import Principal, PrincipalKind
 from hsmd.errors import PermissionDenied, Unauthenticated
 
@@ -51,22 +48,19 @@ def test_refused_identities(uri: str) -> None:
         principal_from_uri(uri, DOMAIN)
 
 
-def test_certificate_needs_exactly_one_spiffe_uri() -> None:
-    ca = devpki.create_ca("ca", datetime.now(UTC))
-    one = devpki.issue(ca, "x", uris=[devpki.tenant_uri(DOMAIN, "acme", "x")])
-    assert principal_from_certificate(one.cert_pem(), DOMAIN).tenant == "acme"
-    for uris in ([], [devpki.tenant_uri(DOMAIN, "a", "x"), devpki.tenant_uri(DOMAIN, "b", "x")]):
-        with pytest.raises(Unauthenticated):
-            principal_from_certificate(devpki.issue(ca, "x", uris=uris).cert_pem(), DOMAIN)
-
-
-def test_a_server_only_certificate_is_not_a_client_identity() -> None:
-    ca = devpki.create_ca("ca", datetime.now(UTC))
-    server = devpki.issue(ca, "x", uris=[devpki.tenant_uri(DOMAIN, "acme", "x")], server=True)
-    eku = server.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.CLIENT_AUTH not in eku
-    with pytest.raises(Unauthenticated, match="client authentication"):
-        principal_from_certificate(server.cert_pem(), DOMAIN)
+def test_exactly_one_uri_san_of_any_scheme() -> None:
+    uri = x509.UniformResourceIdentifier(f"spiffe://{DOMAIN}/tenant/acme/x")
+    other_kinds = [x509.DNSName("x.example"), x509.RFC822Name("x@example.com")]
+    assert principal_from_san([*other_kinds, uri], DOMAIN).tenant == "acme"
+    for names in (
+        [],
+        other_kinds,
+        [uri, x509.UniformResourceIdentifier("https://example.com/x")],
+        [x509.UniformResourceIdentifier("urn:x"), uri],
+        [uri, x509.UniformResourceIdentifier(f"spiffe://{DOMAIN}/tenant/other/x")],
+    ):
+        with pytest.raises(Unauthenticated, match="exactly one URI SAN"):
+            principal_from_san(names, DOMAIN)
 
 
 def test_principal_kind_is_checked_per_service() -> None:
