@@ -9,14 +9,17 @@ config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import logging
 import os
+import queue
 import secrets
 import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -252,7 +255,7 @@ def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) 
         maintenance.run_once()
 
 
-def serve(settings: config.Settings, client_env: Path | None) -> int:
+def serve(settings: config.Settings, config_path: Path, client_env: Path | None) -> int:
     daemon = Daemon.build(settings)
     audit = daemon.operations.audit
     certificates = ClientCertificateVerifier(
@@ -276,8 +279,9 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
         daemon=True,
     )
     maintainer.start()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()  # put() is safe in a signal handler
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda number, _: signals.put(number))
     log.info("listening on %s:%d (mutual TLS)", settings.server.host, running.port)
     if client_env is not None:
         print(
@@ -288,15 +292,67 @@ def serve(settings: config.Settings, client_env: Path | None) -> int:
             f"Stop with Ctrl-C.\n",
             flush=True,
         )
-    stop.wait()
-    log.info(
-        "stopping: letting in-flight requests finish (up to %ss)", settings.server.grace_seconds
+    while signals.get() == signal.SIGHUP:
+        settings = _reload(config_path, settings)
+    _stop(daemon, running, guard, stop, maintainer)
+    return 0
+
+
+def _reload(config_path: Path, running: config.Settings) -> config.Settings:
+    """SIGHUP: applies what can change without a restart (the log level); says which other
+    changes wait for one. A file that does not load changes nothing."""
+    try:
+        loaded = config.load(config_path)
+    except ConfigError as exc:
+        log.error("SIGHUP: %s is not reloaded, the running settings stay: %s", config_path, exc)
+        return running
+    logging.getLogger().setLevel(loaded.log_level)
+    waiting = [
+        name
+        for name in ("server", "tls", "pkcs11", "storage", "lifecycle")
+        if getattr(loaded, name) != getattr(running, name)
+    ]
+    log.warning(
+        "SIGHUP: reloaded %s: log level %s%s",
+        config_path,
+        loaded.log_level,
+        f"; changes to [{'], ['.join(waiting)}] take effect at the next start" if waiting else "",
     )
-    running.stop(settings.server.grace_seconds)
-    maintainer.join(timeout=60)  # a pass in progress finishes before the store closes
+    return dataclasses.replace(running, log_level=loaded.log_level)
+
+
+def _stop(
+    daemon: Daemon,
+    running: grpc_server.RunningServer,
+    guard: RequestGuard,
+    stop: threading.Event,
+    maintainer: threading.Thread,
+) -> None:
+    """Stops taking calls, waits for the running ones up to the grace period, then closes the
+    audit log, then the token backend, then the store (DESIGN §7).
+
+    A handler still running after the grace period is cancelled (its caller gets CANCELLED or
+    UNAVAILABLE); the backend turns away its next token call, and an audit event it still
+    writes goes to this process's log as "audit event not durable" (docs/operations.md). The
+    process exits once the one token operation in progress, if any, returns.
+    """
+    grace = daemon.settings.server.grace_seconds
+    deadline = time.monotonic() + grace
+    log.info("stopping: letting in-flight requests finish (up to %ss)", grace)
+    running.stop(grace)
+    stop.set()
+    still_running = guard.drain(grace)
+    if still_running:
+        log.warning(
+            "%d call(s) still running after the %ss grace period are cancelled; any audit"
+            " event they write from now on goes to this log",
+            still_running,
+            grace,
+        )
+    daemon.backend.begin_close()
+    maintainer.join(timeout=max(0.0, deadline - time.monotonic()))
     daemon.close()
     log.info("stopped")
-    return 0
 
 
 def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
@@ -477,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = config.load(args.config)
             logging.getLogger().setLevel(settings.log_level)
             client_env = args.config.parent / "client.env"
-            return serve(settings, client_env if client_env.exists() else None)
+            return serve(settings, args.config, client_env if client_env.exists() else None)
         if args.command == "init":
             path = init_dev(args.dir, args.listen)
             print(f"development set-up ready: {path}")

@@ -62,7 +62,7 @@ def new_daemon(
     """A factory of daemons of a test's own, for tests that stop, kill or restart them."""
     started: list[DaemonProcess] = []
 
-    def make(**kwargs: int) -> DaemonProcess:
+    def make(**kwargs: float) -> DaemonProcess:
         process = DaemonProcess(tmp_path_factory.mktemp("daemon"), pki, **kwargs)
         process.start()
         started.append(process)

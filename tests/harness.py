@@ -88,7 +88,13 @@ class DaemonProcess:
     """A real `hsmd serve` in a subprocess with its own token directory and database."""
 
     def __init__(
-        self, directory: Path, pki: TestPki, workers: int = 16, *, existing: bool = False
+        self,
+        directory: Path,
+        pki: TestPki,
+        workers: int = 16,
+        *,
+        grace_seconds: float = 5,
+        existing: bool = False,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it)."""
@@ -113,16 +119,17 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            self._write_config(workers)
+            self._write_config(workers, grace_seconds)
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
         )
 
-    def _write_config(self, workers: int) -> None:
+    def _write_config(self, workers: int, grace_seconds: float) -> None:
         pki = self.pki
         self.config.write_text(
-            f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\ngrace_seconds = 5\n\n'
+            f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\n'
+            f"grace_seconds = {grace_seconds}\n\n"
             f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
             f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'
@@ -153,6 +160,11 @@ class DaemonProcess:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"hsmd did not start:\n{self.log.read_text()[-4000:]}")
+
+    def send(self, signum: int) -> None:
+        """Sends a signal and returns at once (stop() waits for the exit)."""
+        assert self.process is not None
+        self.process.send_signal(signum)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None

@@ -13,6 +13,7 @@ import sys
 
 import pkcs11
 from pkcs11 import Attribute
+from pkcs11._pkcs11 import SearchIter
 
 BOOLEANS = {
     "token": Attribute.TOKEN,
@@ -48,12 +49,25 @@ def describe(obj):
     return facts
 
 
+def readable(session, query):
+    """The objects matching query that the library can read (a torn or damaged one, which a
+    crash can leave, is stepped over as the daemon does)."""
+    found = []
+    with SearchIter(session, query, 1) as search:
+        for batch in search:
+            try:
+                found.extend(batch)
+            except pkcs11.PKCS11Error:
+                continue
+    return found
+
+
 def main():
     library, label, action, *ids = sys.argv[1:]
     token = pkcs11.lib(library).get_token(token_label=label)
     with token.open(rw=True, user_pin=os.environ["HSMD_TEST_PIN"]) as session:
         wanted = [{Attribute.ID: bytes.fromhex(i)} for i in ids] or [{}]
-        found = [obj for query in wanted for obj in session.get_objects(query)]
+        found = [obj for query in wanted for obj in readable(session, query)]
         if action == "list":
             json.dump([describe(obj) for obj in found], sys.stdout)
         elif action == "destroy":

@@ -150,6 +150,7 @@ class AuditLog:
         """
         with self._write_lock:
             if self._closed or self._failure is not None:
+                self._lost(encode_line(chain(event, 0, GENESIS_HASH)))
                 raise AuditUnavailable(
                     f"audit log unavailable: {self._path}: {self._failure or 'closed'}"
                 )

@@ -240,6 +240,7 @@ class Pkcs11Backend:
             # SoftHSM2 reads its configuration once, at C_Initialize.
             os.environ["SOFTHSM2_CONF"] = str(softhsm2_conf)
         self._pins = pins
+        self._closing = False
         self._token_dir = token_dir
         self._durability = TokenSync(token_dir) if token_dir is not None else None
         self._lock = threading.Lock()
@@ -866,7 +867,13 @@ class Pkcs11Backend:
         with self._token(tenant) as token:
             return bytes(token.session.generate_random(size * 8))
 
+    def begin_close(self) -> None:
+        """From now on every call fails at once with BackendUnavailable instead of waiting for
+        the token (shutdown: handlers still queued give up; the call in progress finishes)."""
+        self._closing = True
+
     def close(self) -> None:
+        self._closing = True
         with self._lock:
             for token in self._tokens.values():
                 try:
@@ -882,7 +889,11 @@ class Pkcs11Backend:
 
     @contextmanager
     def _token(self, tenant: str) -> Iterator[_TenantToken]:
+        if self._closing:
+            raise BackendUnavailable("the daemon is stopping")
         with self._lock, self._translate():
+            if self._closing:
+                raise BackendUnavailable("the daemon is stopping")
             token = self._tokens.get(tenant)
             if token is None:
                 raise BackendUnavailable(f"the token of tenant {tenant!r} is not attached")

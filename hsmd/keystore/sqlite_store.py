@@ -183,6 +183,7 @@ class SqliteKeyStore:
         if not path.exists():
             path.touch(mode=0o600)
         self._path = path
+        self._closed = False
         self._lock = threading.Lock()
         self._reported: set[tuple[str, str, str]] = set()  # damaged records already logged
         try:
@@ -221,12 +222,14 @@ class SqliteKeyStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: all or nothing, committed with a full sync."""
         with self._lock:
+            self._check_open()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -247,6 +250,7 @@ class SqliteKeyStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """Reads under the lock, so several queries see one consistent state."""
         with self._lock:
+            self._check_open()
             try:
                 yield self._db
             except sqlite3.Error as exc:
@@ -254,6 +258,10 @@ class SqliteKeyStore:
             except DamagedRecord as exc:
                 self.report_damage(exc)
                 raise
+
+    def _check_open(self) -> None:
+        if self._closed:  # a handler that outlived shutdown's grace period
+            raise StorageUnavailable("the metadata store is closed: the daemon is stopping")
 
     def report_damage(self, damage: DamagedRecord) -> None:
         """One loud line per damaged record and process, naming tenant, record and file."""

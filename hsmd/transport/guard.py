@@ -11,25 +11,34 @@ before the reply), and logs one access line (with the reason when a certificate 
 
 The audit event is built here from the request and response messages: only their key id,
 key version and encryption-context keys are read, never a plaintext, key or context value.
+
+A request that does not parse as its message type is answered INVALID_ARGUMENT and audited like
+any refusal, with one WARNING line at most a few times a second (gRPC itself would answer
+INTERNAL and log a traceback). The guard also counts the handlers running, so that shutdown can
+wait for them before it closes the audit log (drain).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from hsmd.audit.events import AuditEvent
 from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
-from hsmd.errors import PermissionDenied, Unauthenticated
+from hsmd.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from hsmd.transport.status import is_internal, to_status
 
 log = logging.getLogger("hsmd.access")
@@ -62,6 +71,29 @@ class RequestGuard(grpc.ServerInterceptor):
         self._is_tenant_served = is_tenant_served
         self._audit = audit
         self._clock = clock
+        self._running = 0
+        self._idle = threading.Condition()
+        self._malformed_log = _RateLimitedLog(log, per_second=5)
+
+    def drain(self, timeout: float) -> int:
+        """Waits up to timeout seconds for every running handler to finish; returns how many
+        are still running (shutdown: the server has stopped taking calls)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._running and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            return self._running
+
+    @contextmanager
+    def _handling(self) -> Iterator[None]:
+        with self._idle:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
 
     def intercept_service(
         self,
@@ -78,7 +110,7 @@ class RequestGuard(grpc.ServerInterceptor):
             raise AssertionError(f"{method}: only unary RPCs are guarded; add streaming support")
         return grpc.unary_unary_rpc_method_handler(
             self._guarded(method, required, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -88,6 +120,10 @@ class RequestGuard(grpc.ServerInterceptor):
         operation = method.rsplit("/", 1)[-1]
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            with self._handling():
+                return handle(request, context)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
             context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
             started = time.perf_counter()
@@ -97,6 +133,11 @@ class RequestGuard(grpc.ServerInterceptor):
             try:
                 principal = self._identify(context)
                 self._authorize(principal, required)
+                if isinstance(request, Malformed):
+                    self._malformed_log.warning(
+                        "%s %s %s: %s", request_id, method, principal, request.problem
+                    )
+                    raise InvalidArgument(f"the request is not a valid message: {request.problem}")
                 self._audit.ensure_writable()
                 token = _current.set(RequestContext(request_id, principal))
                 try:
@@ -194,10 +235,60 @@ _CONTEXT_FIELDS = (
 
 
 def _field(message: Any, name: str) -> Any:
-    """A field of a message if the message type has it (None otherwise)."""
-    if message is None or name not in message.DESCRIPTOR.fields_by_name:
+    """A field of a message if the message type has it (None otherwise, and for a request
+    that did not parse)."""
+    if message is None or isinstance(message, Malformed):
+        return None
+    if name not in message.DESCRIPTOR.fields_by_name:
         return None
     return getattr(message, name)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What the guard's deserializer gives the handler for bytes that are not the message."""
+
+    problem: str
+
+
+def _lenient(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        if parse is None:
+            return data
+        try:
+            return parse(data)
+        except (DecodeError, ValueError, TypeError) as exc:  # bad wire format or bad UTF-8
+            return Malformed(str(exc)[:200] or type(exc).__name__)
+
+    return deserialize
+
+
+class _RateLimitedLog:
+    """WARNING lines, at most per_second of them each second; the rest are counted and the
+    count logged with the next line that passes, so a flood of bad requests cannot flood the
+    log."""
+
+    def __init__(self, logger: logging.Logger, per_second: int) -> None:
+        self._logger = logger
+        self._per_second = per_second
+        self._lock = threading.Lock()
+        self._second = 0
+        self._used = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = int(time.monotonic())
+        with self._lock:
+            if now != self._second:
+                self._second, self._used = now, 0
+            if self._used >= self._per_second:
+                self._suppressed += 1
+                return
+            self._used += 1
+            suppressed, self._suppressed = self._suppressed, 0
+        if suppressed:
+            self._logger.warning("(%d similar lines suppressed)", suppressed)
+        self._logger.warning(message, *args)
 
 
 def _request_key(request: Any) -> str:

@@ -38,9 +38,11 @@ class RunningServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_seconds: float) -> None:
-        """Refuses new calls, lets in-flight ones finish for up to grace_seconds, then stops."""
+        """Refuses new calls at once and cancels those still running after grace_seconds.
+        Returns at once: the caller waits for its handlers (RequestGuard.drain), since gRPC
+        can cancel a call but not stop the thread running its handler."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace_seconds).wait()
+        self.server.stop(grace_seconds)
 
 
 def bind(

@@ -1,20 +1,34 @@
-"""Crash safety: kill -9 in the middle of a burst, restart, and nothing acknowledged is lost.
+"""Crash safety: kill -9, or a power cut, in the middle of a burst; restart, and nothing
+acknowledged is lost.
 
 Every key whose CreateKey was answered must work, every answered ciphertext must decrypt, and
-reconciliation must leave no CREATING row and no orphan object in the token.
+start-up repair must leave no CREATING row and no object that no row names.
+
+The power cut is simulated on a small ext4 file system in a loop device holding the whole state
+directory (database, audit log, tokens): FS_IOC_SHUTDOWN with NOLOGFLUSH makes the file system
+drop everything not yet durable, as a power cut would (SoftHSM2 never fsyncs, so before hsmd
+synced token changes itself, 14 of 15 acknowledged keys were lost this way). It needs root and
+loop devices; elsewhere it is skipped with the reason.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import shutil
+import struct
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
 from hsmclient import HsmError
 
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, TestPki
 
 TENANT = "crash"
 
@@ -46,13 +60,18 @@ def _burst(daemon: DaemonProcess, seen: Acknowledged, stop: threading.Event) -> 
                 return  # the daemon is gone: nothing after this was acknowledged
 
 
-def _kill_during_burst(daemon: DaemonProcess, seen: Acknowledged, clients: int = 8) -> None:
+def _crash_during_burst(
+    daemon: DaemonProcess, seen: Acknowledged, crash: Callable[[], None], clients: int = 8
+) -> None:
+    """Crashes the daemon at a random moment once the burst has acknowledged some work."""
     stop = threading.Event()
     threads = [threading.Thread(target=_burst, args=(daemon, seen, stop)) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    time.sleep(random.uniform(1.0, 2.0))
-    daemon.kill()
+    started = len(seen.keys) + len(seen.ciphertexts)
+    daemon.wait_for(lambda: len(seen.keys) + len(seen.ciphertexts) >= started + 20, timeout=60)
+    time.sleep(random.uniform(0.0, 1.0))  # a random moment of the burst, not a wait for it
+    crash()
     stop.set()
     for thread in threads:
         thread.join(30)
@@ -80,7 +99,84 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(
     daemon.create_tenant(TENANT)
     seen = Acknowledged()
     for _ in range(3):
-        _kill_during_burst(daemon, seen)
+        _crash_during_burst(daemon, seen, daemon.kill)
         daemon.start()
         _assert_everything_acknowledged_survived(daemon, seen)
     assert len(seen.keys) > 10 and len(seen.ciphertexts) > 10
+
+
+_FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+_SHUTDOWN_NOLOGFLUSH = 2  # drop what is not yet in the journal: a power cut
+
+
+class LoopFileSystem:
+    """A small ext4 file system in a file, mounted on a loop device, that can lose power."""
+
+    def __init__(self, image: Path, mount_point: Path) -> None:
+        self.image = image
+        self.mount_point = mount_point
+        subprocess.run(["truncate", "-s", "256M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+        mount_point.mkdir()
+
+    def mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mount_point)], check=True)
+
+    def power_cut(self) -> None:
+        descriptor = os.open(self.mount_point, os.O_RDONLY)
+        try:
+            fcntl.ioctl(descriptor, _FS_IOC_SHUTDOWN, struct.pack("I", _SHUTDOWN_NOLOGFLUSH))
+        finally:
+            os.close(descriptor)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", str(self.mount_point)], check=True)
+
+
+def _loop_devices_reason() -> str | None:
+    """Why this machine cannot simulate a power cut, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root to mount a loop device"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices (/dev/loop-control)"
+    if shutil.which("mkfs.ext4") is None:
+        return "no mkfs.ext4"
+    return None
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[LoopFileSystem]:
+    reason = _loop_devices_reason()
+    if reason is not None:
+        pytest.skip(f"power-cut simulation: {reason}")
+    file_system = LoopFileSystem(tmp_path / "state.img", tmp_path / "state")
+    try:
+        file_system.mount()
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"power-cut simulation: cannot mount a loop device ({exc})")
+    yield file_system
+    subprocess.run(["umount", "-l", str(file_system.mount_point)], check=False)
+
+
+def test_a_power_cut_during_a_burst_loses_nothing_acknowledged(
+    volume: LoopFileSystem, pki: TestPki
+) -> None:
+    daemon = DaemonProcess(volume.mount_point / "hsmd", pki)
+    daemon.start()
+    daemon.create_tenant(TENANT)
+    seen = Acknowledged()
+    try:
+        for _ in range(POWER_CUTS):
+            _crash_during_burst(daemon, seen, volume.power_cut)
+            daemon.kill()
+            volume.unmount()
+            volume.mount()
+            daemon.start()
+            _assert_everything_acknowledged_survived(daemon, seen)
+    finally:
+        if daemon.process is not None:
+            daemon.kill()
+    assert len(seen.keys) > 10 and len(seen.ciphertexts) > 10
+
+
+POWER_CUTS = 3
