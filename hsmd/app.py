@@ -3,7 +3,8 @@
 `hsmd serve --config FILE` builds every object from one validated Settings and runs the daemon;
 `hsmd init --dir DIR` makes a complete development set-up (PKI, token directory, master secret,
 config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator;
-`hsmd pki issue ...` issues development client certificates.
+`hsmd pki issue ...` issues development client certificates; `hsmd audit verify ...` checks a
+copy of an audit log offline, and `hsmd audit reset --config FILE` archives a broken one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from pathlib import Path
 from hsmclient import AdminClient, ConfigurationError, HsmError
 
 from hsmd import config, devpki
+from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
+from hsmd.audit.errors import AuditBroken
 from hsmd.audit.log import AuditLog
+from hsmd.audit.reset import ResetOutcome, reset_log
+from hsmd.audit.verify import VerifyUsageError, report, verify_files
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
 from hsmd.clock import OffsetClock
@@ -98,17 +103,23 @@ class Daemon:
 
         Raises:
             StateInUse: another hsmd process holds this database and its tokens.
+            AuditBroken: the audit log does not match its checkpoint (start-up must stop).
         """
         state_lock = _lock_state(settings.storage.database)
-        offset_file = settings.lifecycle.clock_offset_file
-        clock: Clock = OffsetClock(offset_file) if offset_file else SystemClock()
+        clock = _clock(settings)
         store = SqliteKeyStore(settings.storage.database)
-        audit = AuditLog(settings.storage.audit_log)
-        backend = Pkcs11Backend(
-            settings.pkcs11.library,
-            PinDeriver(config.read_master_secret(settings)),
-            settings.pkcs11.softhsm2_conf,
-        )
+        backend = _backend(settings)
+        try:
+            audit = AuditLog(
+                settings.storage.audit_log,
+                clock=clock,
+                checkpoints=_checkpointing(settings, backend.daemon_key()),
+            )
+        except BaseException:
+            backend.close()
+            store.close()
+            os.close(state_lock)
+            raise
         crypto = CryptoOps(store, backend)
         operations = Operations(
             keys=KeyOps(store, backend, clock),
@@ -152,6 +163,30 @@ class Daemon:
         self.backend.close()
         self.store.close()
         os.close(self.state_lock)
+
+
+def _clock(settings: config.Settings) -> Clock:
+    offset_file = settings.lifecycle.clock_offset_file
+    return OffsetClock(offset_file) if offset_file else SystemClock()
+
+
+def _backend(settings: config.Settings) -> Pkcs11Backend:
+    return Pkcs11Backend(
+        settings.pkcs11.library,
+        PinDeriver(config.read_master_secret(settings)),
+        settings.pkcs11.softhsm2_conf,
+    )
+
+
+def _checkpointing(settings: config.Settings, signer: CheckpointSigner) -> Checkpointing:
+    """The audit log's checkpoints, signed by the daemon key of the backend."""
+    return Checkpointing(
+        signer=signer,
+        checkpoint_file=settings.audit.checkpoint_file,
+        public_key_file=settings.audit.public_key_file,
+        every_events=settings.audit.checkpoint_every_events,
+        interval_seconds=settings.audit.checkpoint_interval_seconds,
+    )
 
 
 def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) -> None:
@@ -308,6 +343,64 @@ def _tenant_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Verifies a copy of a log offline: 0 if all is well, 1 for any problem or finding, 2 if
+    it cannot run (a file cannot be read, the key is not a key)."""
+    try:
+        result = verify_files(args.log, args.checkpoint, args.public_key)
+    except VerifyUsageError as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        return 2
+    print(report(result, str(args.log)), end="")
+    return 0 if result.all_well else 1
+
+
+def _audit_reset(config_path: Path) -> int:
+    """Archives the audit log and its checkpoint files and starts a new chain; the daemon
+    must be stopped (the state lock says so)."""
+    settings = config.load(config_path)
+    state_lock = _lock_state(settings.storage.database)
+    try:
+        backend = _backend(settings)
+        try:
+            outcome = reset_log(
+                settings.storage.audit_log,
+                _checkpointing(settings, backend.daemon_key()),
+                _clock(settings),
+            )
+        finally:
+            backend.close()
+    finally:
+        os.close(state_lock)
+    print(_reset_report(settings.storage.audit_log, outcome), end="")
+    return 0
+
+
+def _reset_report(log_path: Path, outcome: ResetOutcome) -> str:
+    lines = []
+    result = outcome.verification
+    if result is None:
+        lines.append(f"there was no audit log at {log_path}")
+    elif result.valid:
+        lines.append(f"the audit log verified ({result.events_checked} lines); archived anyway")
+    else:
+        where = f"line {result.first_broken_position}: " if result.first_broken_position else ""
+        lines.append(f"the audit log is broken: {where}{result.problem}")
+    lines.extend(f"archived {source} as {target}" for source, target in outcome.archived)
+    if outcome.reset is not None:
+        reset = outcome.reset
+        lines.append(
+            f"new log {log_path}: line 1 continues from {reset.archived_log}, whose last "
+            f"verified line is {reset.archived_sequence} (hash {reset.archived_hash})"
+        )
+    else:
+        lines.append(f"new log {log_path}: empty")
+    if outcome.checkpoint is not None:
+        lines.append(f"signed by the checkpoint at line {outcome.checkpoint.sequence}")
+    lines.append("start the daemon again")
+    return "\n".join(lines) + "\n"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmd", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -334,6 +427,31 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--tenant", required=True)
     issue.add_argument("--principal", required=True)
     issue.add_argument("--dir", type=Path, default=Path("var"))
+    audit = commands.add_parser("audit", help="check or archive the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    check = audit_commands.add_parser(
+        "verify",
+        help="verify a copy of an audit log offline (no daemon, no token)",
+        description="Walks the hash chain, checks every checkpoint's signature, and compares "
+        "the log with the checkpoint file. Exit 0 if all is well, 1 for any problem or "
+        "finding (a broken chain, a bad signature, a cut or rewritten log, time going "
+        "backwards), 2 if it cannot run.",
+    )
+    check.add_argument("--log", type=Path, required=True, help="the audit log (a copy)")
+    check.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the checkpoint file; without it, lines cut from the log's end are not detected",
+    )
+    check.add_argument(
+        "--public-key", type=Path, required=True, help="the daemon's checkpoint key, PEM"
+    )
+    reset = audit_commands.add_parser(
+        "reset",
+        help="archive the audit log and its checkpoint files, and start a new chain "
+        "(daemon stopped)",
+    )
+    reset.add_argument("--config", type=Path, required=True, help="the daemon's TOML settings")
     return parser
 
 
@@ -356,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tenant":
             return _tenant_command(args)
+        if args.command == "audit":
+            if args.audit_command == "verify":
+                return _audit_verify(args)
+            return _audit_reset(args.config)
         validate_tenant_name(args.tenant)
         if not is_valid_principal_name(args.principal):
             raise InvalidArgument("principal must be 1-128 characters of A-Z a-z 0-9 . _ @ -")
@@ -367,6 +489,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hsmd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except AuditBroken as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        if args.command == "serve":
+            print(
+                f"hsmd: to archive the audit files and start a new chain: "
+                f"hsmd audit reset --config {args.config}",
+                file=sys.stderr,
+            )
+        return 1
     except HsmdError as exc:
         print(f"hsmd: {exc}", file=sys.stderr)
         return 1
