@@ -78,7 +78,13 @@ class TestPki:
 class DaemonProcess:
     """A real `hsmd serve` in a subprocess with its own token directory and database."""
 
-    def __init__(self, directory: Path, pki: TestPki, workers: int = 16) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        pki: TestPki,
+        workers: int = 16,
+        audit: dict[str, int | float] | None = None,
+    ) -> None:
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
@@ -94,9 +100,12 @@ class DaemonProcess:
         secret_file.chmod(0o600)
         self.database = directory / "hsmd.db"
         self.audit_log = directory / "audit.jsonl"
+        self.checkpoint_file = directory / "audit.jsonl.checkpoint"
+        self.public_key_file = directory / "audit.jsonl.pub.pem"
         self.clock_file = directory / "clock.offset"
         self.clock_offset = timedelta()
         self.config = directory / "hsmd.toml"
+        audit_table = "".join(f"{name} = {value}\n" for name, value in (audit or {}).items())
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\ngrace_seconds = 5\n\n'
             f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
@@ -105,6 +114,7 @@ class DaemonProcess:
             f'[storage]\ndatabase = "{self.database}"\nmaster_secret_file = "{secret_file}"\n'
             f'audit_log = "{self.audit_log}"\n\n'
             f'[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "{self.clock_file}"\n'
+            + (f"\n[audit]\n{audit_table}" if audit_table else "")
         )
         self.log = directory / "hsmd.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -132,6 +142,27 @@ class DaemonProcess:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"hsmd did not start:\n{self.log.read_text()[-4000:]}")
+
+    def start_fails(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Starts the daemon expecting it to refuse: its exit code and what it printed."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hsmd", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"hsmd started:\n{self.log.read_text()[-4000:]}") from None
+        return code, self.log.read_bytes()[offset:].decode(errors="replace")
+
+    def hsmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Runs an `hsmd` command (not the daemon) and returns its exit code and output."""
+        return run_hsmd(*args)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
@@ -170,12 +201,22 @@ class DaemonProcess:
         objects: list[dict[str, Any]] = json.loads(self.probe(tenant, "list", *object_ids))
         return objects
 
+    def daemon_token_objects(self) -> list[dict[str, Any]]:
+        """The objects of the daemon's own token (its checkpoint key), read by another process."""
+        pin = PinDeriver(self.master_secret).daemon_user_pin()
+        objects: list[dict[str, Any]] = json.loads(self._run_probe("hsmd:daemon", pin, "list", ()))
+        return objects
+
     def probe(self, tenant: str, action: str, *object_ids: bytes) -> bytes:
         """Runs tests/token_probe.py on the tenant's token (stop the daemon first to change it)."""
+        pin = PinDeriver(self.master_secret).user_pin(tenant)
+        return self._run_probe(f"hsmd/{tenant}", pin, action, object_ids)
+
+    def _run_probe(self, label: str, pin: str, action: str, object_ids: tuple[bytes, ...]) -> bytes:
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
-        env["HSMD_TEST_PIN"] = PinDeriver(self.master_secret).user_pin(tenant)
+        env["HSMD_TEST_PIN"] = pin
         result = subprocess.run(
-            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), f"hsmd/{tenant}", action]
+            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), label, action]
             + [object_id.hex() for object_id in object_ids],
             env=env,
             capture_output=True,
@@ -199,3 +240,10 @@ class DaemonProcess:
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:
             return db.execute(sql, args).fetchall()
+
+
+def run_hsmd(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m hsmd ARGS` in a process of its own, with its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "hsmd", *args], capture_output=True, text=True, timeout=120
+    )
