@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -346,6 +347,36 @@ def test_events_are_timed_under_the_write_lock_with_a_clock(files: Files) -> Non
         record = log.append(_event(0))
     assert record.event.time == T0 + timedelta(days=1)
     assert decode_record(files.lines()[0]) == record
+
+
+def test_concurrent_appends_and_checkpoints_make_one_valid_signed_chain(files: Files) -> None:
+    class Wall:
+        def now(self) -> datetime:
+            return datetime.now(UTC)
+
+    signer = FakeSigner("ed25519")
+    log = AuditLog(files.log, clock=Wall(), checkpoints=files.checkpointing(signer, every=7))
+    threads, each = 8, 60
+
+    def work(worker: int) -> None:
+        for n in range(each):
+            log.append(_event(worker * each + n))
+
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    log.close()
+    result = files.verify()
+    assert result.all_well, result  # no break, and no time going back under contention
+    kinds = [_kind(line) for line in files.lines()]
+    assert kinds.count("event") == threads * each
+    assert kinds[-1] == "checkpoint"
+    assert kinds.count("checkpoint") == result.checkpoints_verified == signer.calls
+    # Each checkpoint signs at most 7 + the lines that landed while it was signed.
+    heads = [c.statement.head_sequence for c in files.checkpoints()]
+    assert heads == sorted(heads)
 
 
 # The offline verifier
