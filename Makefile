@@ -51,6 +51,7 @@ $(GEN): $(PROTOS) $(VENV)/.installed
 # Speed, as ratios to the raw token rate measured in the same run; never fails on timing.
 bench: dev
 	$(BIN)/python -m bench.rates
+	$(BIN)/python -m bench.checkpoint
 
 clean:
 	rm -rf $(VENV) hsmd/v1 .pytest_cache .mypy_cache .ruff_cache

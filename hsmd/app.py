@@ -3,12 +3,14 @@
 `hsmd serve --config FILE` builds every object from one validated Settings and runs the daemon;
 `hsmd init --dir DIR` makes a complete development set-up (PKI, token directory, master secret,
 config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator;
-`hsmd pki issue ...` issues development client certificates.
+`hsmd pki issue ...` issues development client certificates; `hsmd audit verify ...` checks a
+copy of an audit log offline, and `hsmd audit reset --config FILE` archives a broken one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -28,7 +30,11 @@ from pathlib import Path
 from hsmclient import AdminClient, ConfigurationError, HsmError
 
 from hsmd import config, devpki, repair
+from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
+from hsmd.audit.errors import AuditBroken
 from hsmd.audit.log import AuditLog
+from hsmd.audit.reset import ResetOutcome, reset_log
+from hsmd.audit.verify import VerifyUsageError, report, verify_files
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.backend import softhsm_files
 from hsmd.backend.pins import PinDeriver
@@ -108,37 +114,26 @@ class Daemon:
             StateInUse: another hsmd process holds this database and its tokens.
             StartupRefused: the database is damaged, the token directory belongs to another
                 database, or holds a copied token (see hsmd.repair, softhsm_files).
+            AuditBroken: the audit log does not match its checkpoint (start-up must stop).
         """
         state_lock = _lock_state(settings.storage.database)
-        try:
+        clock = _clock(settings)
+        with contextlib.ExitStack() as undo:  # on any failure, closes what was opened
+            undo.callback(os.close, state_lock)
             store = SqliteKeyStore(settings.storage.database)
+            undo.callback(store.close)
             _check_integrity(store)
-            pkcs11 = settings.pkcs11
-            token_dir = softhsm_files.token_dir_of(pkcs11.token_dir, pkcs11.softhsm2_conf)
-            softhsm2_conf = pkcs11.softhsm2_conf
-            token_dirs: dict[str, Path] = {}
-            if token_dir is None:
-                log.warning(
-                    "no SoftHSM2 token directory is known: hsmd cannot bind it to this database"
-                    " or make its changes durable; the PKCS#11 library must do so itself"
-                )
-            else:
-                _bind_token_dir(store, token_dir)
-                token_dirs = {t.serial: t.directory for t in softhsm_files.scan_tokens(token_dir)}
-                if pkcs11.token_dir is not None:
-                    softhsm2_conf = softhsm_files.write_softhsm2_conf(token_dir)
-        except BaseException:
-            os.close(state_lock)
-            raise
-        offset_file = settings.lifecycle.clock_offset_file
-        clock: Clock = OffsetClock(offset_file) if offset_file else SystemClock()
-        audit = AuditLog(settings.storage.audit_log)
-        backend = Pkcs11Backend(
-            pkcs11.library,
-            PinDeriver(config.read_master_secret(settings)),
-            softhsm2_conf,
-            token_dir,
-        )
+            tokens = _token_files(settings)
+            if tokens.directory is not None:
+                _bind_token_dir(store, tokens.directory)
+            backend = _backend(settings, tokens)
+            undo.callback(backend.close)
+            audit = AuditLog(
+                settings.storage.audit_log,
+                clock=clock,
+                checkpoints=_checkpointing(settings, backend.daemon_key()),
+            )
+            undo.pop_all()  # the daemon owns them now; close() releases them
         crypto = CryptoOps(store, backend)
         operations = Operations(
             keys=KeyOps(store, backend, clock),
@@ -164,7 +159,7 @@ class Daemon:
             state_lock=state_lock,
             clock=clock,
             maintenance=Maintenance(operations.rotation, operations.states, operations.imports),
-            token_dirs=token_dirs,
+            token_dirs=tokens.by_serial,
         )
 
     def start(self) -> None:
@@ -174,7 +169,7 @@ class Daemon:
         for tenant in self.tenants.start():
             where = str(self.token_dirs.get(tenant.token_serial, f"token {tenant.token_label!r}"))
             try:
-                report = self.reconciler.reconcile(tenant.name, where)
+                repaired = self.reconciler.reconcile(tenant.name, where)
             except Exception:
                 log.exception(
                     "tenant %s is not served: start-up repair of %s failed", tenant.name, where
@@ -185,11 +180,11 @@ class Daemon:
                 "tenant %s ready (rolled back %d, destroyed %d, quarantined %d, unavailable %d,"
                 " unreadable %d)",
                 tenant.name,
-                report.rolled_back,
-                report.destroyed,
-                report.quarantined,
-                report.unavailable,
-                report.unreadable,
+                repaired.rolled_back,
+                repaired.destroyed,
+                repaired.quarantined,
+                repaired.unavailable,
+                repaired.unreadable,
             )
 
     def close(self) -> None:
@@ -248,6 +243,63 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def _clock(settings: config.Settings) -> Clock:
+    offset_file = settings.lifecycle.clock_offset_file
+    return OffsetClock(offset_file) if offset_file else SystemClock()
+
+
+@dataclass(frozen=True)
+class _TokenFiles:
+    """Where SoftHSM2 keeps the tokens (None if unknown), the configuration it is to read,
+    and each token's directory by serial (for log lines)."""
+
+    directory: Path | None
+    softhsm2_conf: Path | None
+    by_serial: dict[str, Path]
+
+
+def _token_files(settings: config.Settings) -> _TokenFiles:
+    """Checks the token directory before the library loads it (SoftHSM2 aborts on duplicate
+    serials) and writes SoftHSM2's configuration for pkcs11.token_dir.
+
+    Raises:
+        StartupRefused: two token directories hold the same serial.
+    """
+    pkcs11 = settings.pkcs11
+    directory = softhsm_files.token_dir_of(pkcs11.token_dir, pkcs11.softhsm2_conf)
+    if directory is None:
+        log.warning(
+            "no SoftHSM2 token directory is known: hsmd cannot bind it to this database or make"
+            " its changes durable; the PKCS#11 library must do so itself"
+        )
+        return _TokenFiles(None, pkcs11.softhsm2_conf, {})
+    by_serial = {token.serial: token.directory for token in softhsm_files.scan_tokens(directory)}
+    conf = pkcs11.softhsm2_conf
+    if pkcs11.token_dir is not None:
+        conf = softhsm_files.write_softhsm2_conf(directory)
+    return _TokenFiles(directory, conf, by_serial)
+
+
+def _backend(settings: config.Settings, tokens: _TokenFiles) -> Pkcs11Backend:
+    return Pkcs11Backend(
+        settings.pkcs11.library,
+        PinDeriver(config.read_master_secret(settings)),
+        tokens.softhsm2_conf,
+        tokens.directory,
+    )
+
+
+def _checkpointing(settings: config.Settings, signer: CheckpointSigner) -> Checkpointing:
+    """The audit log's checkpoints, signed by the daemon key of the backend."""
+    return Checkpointing(
+        signer=signer,
+        checkpoint_file=settings.audit.checkpoint_file,
+        public_key_file=settings.audit.public_key_file,
+        every_events=settings.audit.checkpoint_every_events,
+        interval_seconds=settings.audit.checkpoint_interval_seconds,
+    )
 
 
 def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) -> None:
@@ -475,6 +527,64 @@ def _quarantine_command(admin: AdminClient, args: argparse.Namespace) -> None:
         )
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Verifies a copy of a log offline: 0 if all is well, 1 for any problem or finding, 2 if
+    it cannot run (a file cannot be read, the key is not a key)."""
+    try:
+        result = verify_files(args.log, args.checkpoint, args.public_key)
+    except VerifyUsageError as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        return 2
+    print(report(result, str(args.log)), end="")
+    return 0 if result.all_well else 1
+
+
+def _audit_reset(config_path: Path) -> int:
+    """Archives the audit log and its checkpoint files and starts a new chain; the daemon
+    must be stopped (the state lock says so)."""
+    settings = config.load(config_path)
+    state_lock = _lock_state(settings.storage.database)
+    try:
+        backend = _backend(settings, _token_files(settings))
+        try:
+            outcome = reset_log(
+                settings.storage.audit_log,
+                _checkpointing(settings, backend.daemon_key()),
+                _clock(settings),
+            )
+        finally:
+            backend.close()
+    finally:
+        os.close(state_lock)
+    print(_reset_report(settings.storage.audit_log, outcome), end="")
+    return 0
+
+
+def _reset_report(log_path: Path, outcome: ResetOutcome) -> str:
+    lines = []
+    result = outcome.verification
+    if result is None:
+        lines.append(f"there was no audit log at {log_path}")
+    elif result.valid:
+        lines.append(f"the audit log verified ({result.events_checked} lines); archived anyway")
+    else:
+        where = f"line {result.first_broken_position}: " if result.first_broken_position else ""
+        lines.append(f"the audit log is broken: {where}{result.problem}")
+    lines.extend(f"archived {source} as {target}" for source, target in outcome.archived)
+    if outcome.reset is not None:
+        reset = outcome.reset
+        lines.append(
+            f"new log {log_path}: line 1 continues from {reset.archived_log}, whose last "
+            f"verified line is {reset.archived_sequence} (hash {reset.archived_hash})"
+        )
+    else:
+        lines.append(f"new log {log_path}: empty")
+    if outcome.checkpoint is not None:
+        lines.append(f"signed by the checkpoint at line {outcome.checkpoint.sequence}")
+    lines.append("start the daemon again")
+    return "\n".join(lines) + "\n"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmd", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -518,6 +628,31 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--tenant", required=True)
     issue.add_argument("--principal", required=True)
     issue.add_argument("--dir", type=Path, default=Path("var"))
+    audit = commands.add_parser("audit", help="check or archive the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    check = audit_commands.add_parser(
+        "verify",
+        help="verify a copy of an audit log offline (no daemon, no token)",
+        description="Walks the hash chain, checks every checkpoint's signature, and compares "
+        "the log with the checkpoint file. Exit 0 if all is well, 1 for any problem or "
+        "finding (a broken chain, a bad signature, a cut or rewritten log, time going "
+        "backwards), 2 if it cannot run.",
+    )
+    check.add_argument("--log", type=Path, required=True, help="the audit log (a copy)")
+    check.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the checkpoint file; without it, lines cut from the log's end are not detected",
+    )
+    check.add_argument(
+        "--public-key", type=Path, required=True, help="the daemon's checkpoint key, PEM"
+    )
+    reset = audit_commands.add_parser(
+        "reset",
+        help="archive the audit log and its checkpoint files, and start a new chain "
+        "(daemon stopped)",
+    )
+    reset.add_argument("--config", type=Path, required=True, help="the daemon's TOML settings")
     return parser
 
 
@@ -540,6 +675,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("tenant", "quarantine"):
             return _admin_command(args)
+        if args.command == "audit":
+            if args.audit_command == "verify":
+                return _audit_verify(args)
+            return _audit_reset(args.config)
         validate_tenant_name(args.tenant)
         if not is_valid_principal_name(args.principal):
             raise InvalidArgument("principal must be 1-128 characters of A-Z a-z 0-9 . _ @ -")
@@ -551,6 +690,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hsmd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except AuditBroken as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        if args.command == "serve":
+            print(
+                f"hsmd: to archive the audit files and start a new chain: "
+                f"hsmd audit reset --config {args.config}",
+                file=sys.stderr,
+            )
+        return 1
     except HsmdError as exc:
         print(f"hsmd: {exc}", file=sys.stderr)
         return 1

@@ -57,6 +57,16 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """Signed checkpoints of the audit log (hsmd/audit/checkpoint.py)."""
+
+    checkpoint_every_events: int
+    checkpoint_interval_seconds: float
+    checkpoint_file: Path
+    public_key_file: Path
+
+
+@dataclass(frozen=True)
 class LifecycleSettings:
     check_interval_seconds: float
     clock_offset_file: Path | None
@@ -70,6 +80,7 @@ class Settings:
     storage: StorageSettings
     lifecycle: LifecycleSettings
     log_level: str
+    audit: AuditSettings
 
 
 class _Section:
@@ -143,7 +154,7 @@ def load(path: Path) -> Settings:
 
 
 def parse(doc: Mapping[str, Any], base: Path) -> Settings:
-    unknown = sorted(set(doc) - {"server", "tls", "pkcs11", "storage", "lifecycle", "log"})
+    unknown = sorted(set(doc) - {"server", "tls", "pkcs11", "storage", "lifecycle", "log", "audit"})
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(unknown)}")
 
@@ -191,6 +202,30 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     storage.done()
     _check_private(storage_settings.master_secret_file, "storage.master_secret_file")
 
+    audit = _Section(doc, "audit", base)
+    log_file = storage_settings.audit_log
+    audit_settings = AuditSettings(
+        checkpoint_every_events=audit.integer("checkpoint_every_events", 1000, 1, 1_000_000),
+        checkpoint_interval_seconds=audit.number(
+            "checkpoint_interval_seconds", 60.0, 0.05, 86400.0
+        ),
+        checkpoint_file=audit.optional_path("checkpoint_file", must_exist=False)
+        or log_file.with_name(log_file.name + ".checkpoint"),
+        public_key_file=audit.optional_path("public_key_file", must_exist=False)
+        or log_file.with_name(log_file.name + ".pub.pem"),
+    )
+    audit.done()
+    files = {
+        "storage.audit_log": log_file,
+        "audit.checkpoint_file": audit_settings.checkpoint_file,
+        "audit.public_key_file": audit_settings.public_key_file,
+    }
+    if len({path.resolve() for path in files.values()}) != len(files):
+        raise ConfigError(
+            "storage.audit_log, audit.checkpoint_file and audit.public_key_file must be "
+            "three different files"
+        )
+
     lifecycle = _Section(doc, "lifecycle", base)
     lifecycle_settings = LifecycleSettings(
         check_interval_seconds=lifecycle.number("check_interval_seconds", 60.0, 0.05, 86400.0),
@@ -211,6 +246,7 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         storage_settings,
         lifecycle_settings,
         level,
+        audit_settings,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ def new_daemon(
     """A factory of daemons of a test's own, for tests that stop, kill or restart them."""
     started: list[DaemonProcess] = []
 
-    def make(**kwargs: float) -> DaemonProcess:
+    def make(**kwargs: Any) -> DaemonProcess:
         process = DaemonProcess(tmp_path_factory.mktemp("daemon"), pki, **kwargs)
         process.start()
         started.append(process)

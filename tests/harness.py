@@ -28,6 +28,9 @@ from hsmd.config import DEFAULT_PKCS11_LIBRARY
 
 SOFTHSM_LIB = Path(DEFAULT_PKCS11_LIBRARY)
 TRUST_DOMAIN = "hsmd.test"
+# Tests move the daemon's clock (which also checks client certificates) back by hours: the test
+# CA and its client certificates are valid from a day before now.
+CLOCK_SLACK = timedelta(days=1)
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 _PROBE = Path(__file__).with_name("token_probe.py")
 
@@ -47,7 +50,7 @@ class TestPki:
         """A CA whose certificates may be followed by path_length CAs; the daemon's CA file
         holds it and also_trusted (more trust anchors)."""
         self.directory = directory
-        now = datetime.now(UTC)
+        now = datetime.now(UTC) - CLOCK_SLACK
         self.ca = devpki.create_ca("hsmd test CA", now, path_length=path_length)
         self.ca_cert = directory / "ca.pem"
         self.ca_cert.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ class TestPki:
         not_after: datetime | None = None,
     ) -> tuple[bytes, bytes]:
         """(certificate PEM, key PEM) for a client with these URI SANs."""
-        not_before = None
+        not_before = datetime.now(UTC) - CLOCK_SLACK
         if not_after is not None:
             not_before = not_after - timedelta(days=1)
         issued = devpki.issue(
@@ -94,15 +97,19 @@ class DaemonProcess:
         workers: int = 16,
         *,
         grace_seconds: float = 5,
+        audit: dict[str, int | float] | None = None,
         existing: bool = False,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
-        a copy of another daemon's (every path in its config is relative to it)."""
+        a copy of another daemon's (every path in its config is relative to it). `audit` holds
+        settings of the config's [audit] table."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
         self.database = directory / "hsmd.db"
         self.audit_log = directory / "audit.jsonl"
+        self.checkpoint_file = directory / "audit.jsonl.checkpoint"
+        self.public_key_file = directory / "audit.jsonl.pub.pem"
         self.clock_file = directory / "clock.offset"
         self.clock_offset = timedelta()
         self.config = directory / "hsmd.toml"
@@ -119,14 +126,17 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            self._write_config(workers, grace_seconds)
+            self._write_config(workers, grace_seconds, audit or {})
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
         )
 
-    def _write_config(self, workers: int, grace_seconds: float) -> None:
+    def _write_config(
+        self, workers: int, grace_seconds: float, audit: dict[str, int | float]
+    ) -> None:
         pki = self.pki
+        audit_table = "".join(f"{name} = {value}\n" for name, value in audit.items())
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\n'
             f"grace_seconds = {grace_seconds}\n\n"
@@ -136,6 +146,7 @@ class DaemonProcess:
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
             'audit_log = "audit.jsonl"\n\n'
             '[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "clock.offset"\n'
+            + (f"\n[audit]\n{audit_table}" if audit_table else "")
         )
 
     @property
@@ -165,6 +176,27 @@ class DaemonProcess:
         """Sends a signal and returns at once (stop() waits for the exit)."""
         assert self.process is not None
         self.process.send_signal(signum)
+
+    def start_fails(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Starts the daemon expecting it to refuse: its exit code and what it printed."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hsmd", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"hsmd started:\n{self.log.read_text()[-4000:]}") from None
+        return code, self.log.read_bytes()[offset:].decode(errors="replace")
+
+    def hsmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Runs an `hsmd` command (not the daemon) and returns its exit code and output."""
+        return run_hsmd(*args)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
@@ -203,12 +235,22 @@ class DaemonProcess:
         objects: list[dict[str, Any]] = json.loads(self.probe(tenant, "list", *object_ids))
         return objects
 
+    def daemon_token_objects(self) -> list[dict[str, Any]]:
+        """The objects of the daemon's own token (its checkpoint key), read by another process."""
+        pin = PinDeriver(self.master_secret).daemon_user_pin()
+        objects: list[dict[str, Any]] = json.loads(self._run_probe("hsmd:daemon", pin, "list", ()))
+        return objects
+
     def probe(self, tenant: str, action: str, *object_ids: bytes) -> bytes:
         """Runs tests/token_probe.py on the tenant's token (stop the daemon first to change it)."""
+        pin = PinDeriver(self.master_secret).user_pin(tenant)
+        return self._run_probe(f"hsmd/{tenant}", pin, action, object_ids)
+
+    def _run_probe(self, label: str, pin: str, action: str, object_ids: tuple[bytes, ...]) -> bytes:
         env = dict(os.environ, SOFTHSM2_CONF=str(self.softhsm_conf))
-        env["HSMD_TEST_PIN"] = PinDeriver(self.master_secret).user_pin(tenant)
+        env["HSMD_TEST_PIN"] = pin
         result = subprocess.run(
-            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), f"hsmd/{tenant}", action]
+            [sys.executable, str(_PROBE), str(SOFTHSM_LIB), label, action]
             + [object_id.hex() for object_id in object_ids],
             env=env,
             capture_output=True,
@@ -232,3 +274,10 @@ class DaemonProcess:
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.database) as db:
             return db.execute(sql, args).fetchall()
+
+
+def run_hsmd(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m hsmd ARGS` in a process of its own, with its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "hsmd", *args], capture_output=True, text=True, timeout=120
+    )

@@ -5,9 +5,9 @@ Subcommand and option names, JSON field names, blob arguments (base64 or fileb:/
 the request, 255 when it cannot be reached or the connection settings are wrong. Commands for which
 aws prints nothing (enable-key, tag-resource, create-alias, ...) print nothing. Enum values are
 hsmd's proto names (KeyState "PENDING_DELETION", not "PendingDeletion"). `hsm audit verify` exits
-1 when the audit log's hash chain is broken, so that scripts can test it. Beyond aws: `hsm
-import-key` does the whole import flow from a local key file, `hsm wrap-key` and `hsm unwrap-key`
-move exportable keys.
+1 when the audit log is broken or a time in it goes backwards, so that scripts can test it.
+Beyond aws: `hsm import-key` does the whole import flow from a local key file, `hsm wrap-key` and
+`hsm unwrap-key` move exportable keys.
 """
 
 import argparse
@@ -492,13 +492,33 @@ def _list_audit_events(client: HsmClient | AdminClient, args: argparse.Namespace
 
 
 def _verify_audit_log(client: AdminClient, args: argparse.Namespace) -> _Result:
-    return _aws(
-        client.verify_audit_log(), "Valid", "EventsChecked", "FirstBrokenPosition", "Problem"
-    )
+    result = client.verify_audit_log()
+    return {
+        **_aws(
+            result,
+            "Valid",
+            "EventsChecked",
+            "FirstBrokenPosition",
+            "Problem",
+            "CheckpointsVerified",
+            "LastCheckpointPosition",
+            "LastCheckpointTime?",
+            "LastCheckpointHead",
+            "CheckpointFilePosition",
+        ),
+        "TimeReversals": [
+            _aws(reversal, "Position", "Time", "PreviousPosition", "PreviousTime")
+            for reversal in result.time_reversals
+        ],
+        **_aws(
+            result, "TimeReversalCount", "PreviousLog?", "PreviousLogPosition?", "PreviousLogHash?"
+        ),
+    }
 
 
 def _verification_status(result: _Result) -> int:
-    return 0 if result["Valid"] else EXIT_AUDIT_CHAIN_BROKEN
+    """1 if the log is broken, or if any of its times goes backwards (a finding to look at)."""
+    return 0 if result["Valid"] and not result["TimeReversalCount"] else EXIT_AUDIT_CHAIN_BROKEN
 
 
 def _wrap_key(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -1128,7 +1148,8 @@ def _build_parser() -> _Parser:
     sub = command(
         "verify",
         None,
-        "Check the audit log's hash chain (operator certificate); exit 1 if it is broken.",
+        "Check the audit log's hash chain and signed checkpoints (operator certificate); exit 1"
+        " if it is broken or a time in it goes backwards.",
         audit_commands,
     )
     sub.set_defaults(

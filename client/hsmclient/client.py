@@ -366,14 +366,35 @@ class AuditEvent:
 
 
 @dataclass(frozen=True)
+class TimeReversal:
+    """Line `position` of the audit log has a time before that of the line before it."""
+
+    position: int
+    time: datetime
+    previous_position: int
+    previous_time: datetime
+
+
+@dataclass(frozen=True)
 class AuditVerification:
-    """The result of walking the audit log's hash chain; when not `valid`, the 1-based position of
-    the first event that breaks it and what is wrong there."""
+    """The result of walking the audit log's hash chain and checking its signed checkpoints;
+    when not `valid`, the 1-based line that breaks it (0: the checkpoint file itself) and what
+    is wrong there. Times that go backwards are findings, listed apart."""
 
     valid: bool
     events_checked: int
     first_broken_position: int
     problem: str
+    checkpoints_verified: int = 0
+    last_checkpoint_position: int = 0
+    last_checkpoint_time: datetime | None = None
+    last_checkpoint_head: int = 0
+    checkpoint_file_position: int = 0
+    time_reversals: tuple[TimeReversal, ...] = ()
+    time_reversal_count: int = 0
+    previous_log: str = ""
+    previous_log_position: int = 0
+    previous_log_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -1219,9 +1240,16 @@ class AdminClient(_Client):
         )
 
     def verify_audit_log(self) -> AuditVerification:
-        """Walk the whole audit log's hash chain; a broken chain is an answer, not an error."""
-        request = admin_pb2.VerifyAuditLogRequest()
-        return self._result(self._stub.VerifyAuditLog, request, AuditVerification)
+        """Walk the whole audit log's hash chain and check its checkpoints; a broken chain is
+        an answer, not an error (after it, the daemon refuses every call until an operator
+        acts)."""
+        response = self._call(self._stub.VerifyAuditLog, admin_pb2.VerifyAuditLogRequest())
+        return dataclasses.replace(
+            _from_message(AuditVerification, response),
+            time_reversals=tuple(
+                _from_message(TimeReversal, reversal) for reversal in response.time_reversals
+            ),
+        )
 
     def list_quarantined_objects(
         self, tenant: str | None = None, page_size: int = 0, page_token: str = ""

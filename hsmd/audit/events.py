@@ -42,8 +42,32 @@ The chain::
 A verifier reads line n, checks that it is canonical (re-encoding the parsed object gives the
 same bytes), that sequence = n, that previous_hash is the hash of line n-1, and recomputes
 hash. Deleting, editing or reordering a line breaks one of these at that line. The chain has
-no secret, so it shows tampering by anyone who does not also rewrite every later line; binding
-the head to something outside the file (a signed checkpoint) is what would stop that.
+no secret, so it shows tampering by anyone who does not also rewrite every later line; signed
+checkpoints (below) bind the head to a key outside the file.
+
+Other line kinds. An event line has no "kind" member. Two more kinds of line have one; they
+obey the same chain rule (sequence = line number, previous_hash, hash over the line without
+"hash"), so a verifier walks every line the same way and only then looks at the kind::
+
+    kind = "checkpoint"   members: sequence, kind, time, head_sequence, head_hash, head_offset,
+                          offset, public_key_sha256, signature_algorithm, signature,
+                          previous_hash, hash
+    kind = "reset"        members: sequence, kind, time, archived_log, archived_sequence,
+                          archived_hash, previous_hash, hash
+
+A checkpoint says, signed by the daemon's key, that line head_sequence (< sequence, and at most
+MAX_CHECKPOINT_LAG lines before it: events can land while the daemon signs) had hash head_hash
+and started at byte head_offset of the file. offset is the byte at which the checkpoint line
+itself starts. public_key_sha256 is the hex SHA-256 of the key's DER SubjectPublicKeyInfo;
+signature_algorithm is "ED25519_SHA_512" (pure Ed25519, 64 bytes) or "ECDSA_SHA_256" (P-256,
+DER); signature is lowercase hex. The signature input is::
+
+    ASCII("hsmd audit checkpoint v1") || LF || JCS({head_hash, head_offset, head_sequence,
+                                                   public_key_sha256, signature_algorithm, time})
+
+A reset line can only be line 1: it starts a new chain after an operator archived a broken log
+(`hsmd audit reset`) and names the archive's file, its last line that verified, and that
+line's hash (archived_sequence 0 and the 64 zeros if none did).
 """
 
 from __future__ import annotations
@@ -76,6 +100,44 @@ LINE_FIELDS = ("sequence", *EVENT_FIELDS, "previous_hash", "hash")
 _STRING_FIELDS = ("request_id", "tenant", "principal", "operation", "key_id", "outcome", "peer")
 _MAX_KEY_VERSION = 2**32 - 1  # uint32 in the API
 _HEX_HASH = re.compile(r"[0-9a-f]{64}")
+_HEX_SIGNATURE = re.compile(r"(?:[0-9a-f]{2}){1,256}")
+_MAX_OFFSET = 2**63 - 1
+
+KIND_CHECKPOINT = "checkpoint"
+KIND_RESET = "reset"
+CHECKPOINT_FIELDS = (
+    "sequence",
+    "kind",
+    "time",
+    "head_sequence",
+    "head_hash",
+    "head_offset",
+    "offset",
+    "public_key_sha256",
+    "signature_algorithm",
+    "signature",
+    "previous_hash",
+    "hash",
+)
+RESET_FIELDS = (
+    "sequence",
+    "kind",
+    "time",
+    "archived_log",
+    "archived_sequence",
+    "archived_hash",
+    "previous_hash",
+    "hash",
+)
+# The signature algorithms a checkpoint can name, by the API's names for them.
+ED25519 = "ED25519_SHA_512"
+ECDSA_P256 = "ECDSA_SHA_256"
+SIGNATURE_ALGORITHMS = (ED25519, ECDSA_P256)
+SIGNATURE_CONTEXT = b"hsmd audit checkpoint v1\n"
+# How far before its own line a checkpoint's head may be: the events appended while the daemon
+# signed. A verifier keeps this many lines' hashes and offsets, so its memory stays bounded.
+MAX_CHECKPOINT_LAG = 10_000
+_MAX_ARCHIVED_LOG = 255
 
 
 class MalformedEvent(ValueError):
@@ -135,6 +197,72 @@ class RecordedEvent:
     hash: str
 
 
+@dataclass(frozen=True)
+class CheckpointStatement:
+    """What a checkpoint signs: that line head_sequence, starting at byte head_offset, had
+    head_hash at `time`, under the key public_key_sha256 names."""
+
+    head_sequence: int
+    head_hash: str
+    head_offset: int
+    time: datetime
+    public_key_sha256: str
+    signature_algorithm: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.time, datetime) or self.time.utcoffset() is None:
+            raise ValueError("a checkpoint needs a timezone-aware time")
+        _check_count("head_sequence", self.head_sequence, 1)
+        _check_count("head_offset", self.head_offset, 0)
+        _check_hex_hash("head_hash", self.head_hash)
+        _check_hex_hash("public_key_sha256", self.public_key_sha256)
+        if self.signature_algorithm not in SIGNATURE_ALGORITHMS:
+            raise ValueError(f"signature_algorithm must be one of {SIGNATURE_ALGORITHMS}")
+        object.__setattr__(self, "time", self.time.astimezone(UTC))
+
+    def signed_bytes(self) -> bytes:
+        """The signature input of the module docstring."""
+        return SIGNATURE_CONTEXT + _canonical(
+            {
+                "head_hash": self.head_hash,
+                "head_offset": self.head_offset,
+                "head_sequence": self.head_sequence,
+                "public_key_sha256": self.public_key_sha256,
+                "signature_algorithm": self.signature_algorithm,
+                "time": format_time(self.time),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint line: a signed statement placed in the chain at `sequence`, whose line
+    starts at byte `offset`."""
+
+    sequence: int
+    statement: CheckpointStatement
+    signature: bytes
+    offset: int
+    previous_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ResetRecord:
+    """Line 1 of a chain that an operator started after archiving a broken log."""
+
+    sequence: int
+    time: datetime
+    archived_log: str
+    archived_sequence: int
+    archived_hash: str
+    previous_hash: str
+    hash: str
+
+
+Record = RecordedEvent | CheckpointRecord | ResetRecord
+
+
 def chain(event: AuditEvent, sequence: int, previous_hash: str) -> RecordedEvent:
     """Places an event at a position after a hash: the one way a RecordedEvent is made."""
     return RecordedEvent(
@@ -155,8 +283,68 @@ def encode_line(record: RecordedEvent) -> bytes:
     return _canonical(members) + b"\n"
 
 
+def place_checkpoint(
+    statement: CheckpointStatement,
+    signature: bytes,
+    sequence: int,
+    offset: int,
+    previous_hash: str,
+) -> CheckpointRecord:
+    """Places a signed statement in the chain at `sequence`, its line starting at `offset`."""
+    record = CheckpointRecord(sequence, statement, signature, offset, previous_hash, "")
+    _check_record(record)
+    digest = _hash_members(_record_members(record), previous_hash)
+    return CheckpointRecord(sequence, statement, signature, offset, previous_hash, digest)
+
+
+def reset_record(
+    time: datetime, archived_log: str, archived_sequence: int, archived_hash: str
+) -> ResetRecord:
+    """Line 1 of a new chain that continues from an archived log.
+
+    Raises:
+        ValueError: a value the format cannot hold (a naive time, an empty or overlong file
+            name, a negative sequence, a malformed hash).
+    """
+    if not isinstance(time, datetime) or time.utcoffset() is None:
+        raise ValueError("a reset record needs a timezone-aware time")
+    record = ResetRecord(
+        1, time.astimezone(UTC), archived_log, archived_sequence, archived_hash, GENESIS_HASH, ""
+    )
+    _check_record(record)
+    digest = _hash_members(_record_members(record), GENESIS_HASH)
+    return ResetRecord(
+        1, record.time, archived_log, archived_sequence, archived_hash, GENESIS_HASH, digest
+    )
+
+
+def record_hash(record: Record) -> str:
+    """What the record's hash should be, computed from its other members (hash(n) above)."""
+    if isinstance(record, RecordedEvent):
+        return compute_hash(record.event, record.sequence, record.previous_hash)
+    return _hash_members(_record_members(record), record.previous_hash)
+
+
+def record_time(record: Record) -> datetime:
+    if isinstance(record, RecordedEvent):
+        return record.event.time
+    if isinstance(record, CheckpointRecord):
+        return record.statement.time
+    return record.time
+
+
+def encode_record(record: Record) -> bytes:
+    """Any record's line in the log, LF included."""
+    if isinstance(record, RecordedEvent):
+        return encode_line(record)
+    members = _record_members(record)
+    members["hash"] = record.hash
+    return _canonical(members) + b"\n"
+
+
 def decode_line(line: bytes) -> RecordedEvent:
-    """Parses one line (with or without its LF) strictly: canonical encoding, exact members.
+    """Parses one event line (with or without its LF) strictly: canonical encoding, exact
+    members. decode_record reads lines of every kind.
 
     Does not check the hash; that needs the line before (see AuditLog.verify).
 
@@ -165,22 +353,43 @@ def decode_line(line: bytes) -> RecordedEvent:
             of the wrong type, or is not in canonical form.
     """
     raw = line.removesuffix(b"\n")
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEvent(f"not a JSON line: {exc}") from None
-    if not isinstance(obj, dict):
-        raise MalformedEvent("not a JSON object")
-    if set(obj) != set(LINE_FIELDS):
-        missing = sorted(set(LINE_FIELDS) - set(obj))
-        extra = sorted(set(obj) - set(LINE_FIELDS))
-        raise MalformedEvent(f"wrong members: missing {missing}, unexpected {extra}")
-    sequence = obj["sequence"]
-    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
-        raise MalformedEvent("sequence must be a positive integer")
-    for name in ("previous_hash", "hash"):
-        if not isinstance(obj[name], str) or not _HEX_HASH.fullmatch(obj[name]):
-            raise MalformedEvent(f"{name} must be 64 lowercase hex digits")
+    record = _decode_event(_parse_object(raw))
+    _require_canonical(record, raw)
+    return record
+
+
+def decode_record(line: bytes) -> Record:
+    """Parses one line of any kind (with or without its LF) strictly, like decode_line.
+
+    Raises:
+        MalformedEvent: the line is not a record of a known kind in canonical form.
+    """
+    raw = line.removesuffix(b"\n")
+    obj = _parse_object(raw)
+    kind = obj.get("kind")
+    record: Record
+    if kind is None:
+        record = _decode_event(obj)
+    elif kind == KIND_CHECKPOINT:
+        record = _decode_checkpoint(obj)
+    elif kind == KIND_RESET:
+        record = _decode_reset(obj)
+    else:
+        raise MalformedEvent("kind must be absent (an event), checkpoint or reset")
+    _require_canonical(record, raw)
+    return record
+
+
+def _require_canonical(record: Record, raw: bytes) -> None:
+    # Values that parse the same but are spelled differently (escapes, spacing, member order,
+    # an unsorted key list) would hash the same; insisting on the canonical bytes makes every
+    # byte of a line count.
+    if encode_record(record) != raw + b"\n":
+        raise MalformedEvent("not in canonical form")
+
+
+def _decode_event(obj: dict[str, Any]) -> RecordedEvent:
+    _check_members(obj, LINE_FIELDS)
     keys = obj["encryption_context_keys"]
     if not isinstance(keys, list):
         raise MalformedEvent("encryption_context_keys must be an array")
@@ -199,13 +408,138 @@ def decode_line(line: bytes) -> RecordedEvent:
         )
     except (TypeError, ValueError) as exc:
         raise MalformedEvent(str(exc)) from None
-    record = RecordedEvent(sequence, event, obj["previous_hash"], obj["hash"])
-    # Values that parse the same but are spelled differently (escapes, spacing, member order,
-    # an unsorted key list) would hash the same; insisting on the canonical bytes makes every
-    # byte of a line count.
-    if encode_line(record) != raw + b"\n":
-        raise MalformedEvent("not in canonical form")
+    return RecordedEvent(obj["sequence"], event, obj["previous_hash"], obj["hash"])
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEvent(f"not a JSON line: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedEvent("not a JSON object")
+    return obj
+
+
+def _check_members(obj: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Exact members, and the chain members every kind shares, well typed."""
+    if set(obj) != set(fields):
+        # Member names come from the file: show a bounded number of bounded names.
+        missing = sorted(set(fields) - set(obj))
+        extra = [name[:40] for name in sorted(set(obj) - set(fields))[:5]]
+        raise MalformedEvent(f"wrong members: missing {missing}, unexpected {extra}")
+    sequence = obj["sequence"]
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+        raise MalformedEvent("sequence must be a positive integer")
+    for name in ("previous_hash", "hash"):
+        if not isinstance(obj[name], str) or not _HEX_HASH.fullmatch(obj[name]):
+            raise MalformedEvent(f"{name} must be 64 lowercase hex digits")
+
+
+def _decode_checkpoint(obj: dict[str, Any]) -> CheckpointRecord:
+    _check_members(obj, CHECKPOINT_FIELDS)
+    signature = obj["signature"]
+    if not isinstance(signature, str) or not _HEX_SIGNATURE.fullmatch(signature):
+        raise MalformedEvent("signature must be 1-256 bytes in lowercase hex")
+    try:
+        statement = CheckpointStatement(
+            head_sequence=obj["head_sequence"],
+            head_hash=obj["head_hash"],
+            head_offset=obj["head_offset"],
+            time=_parse_time(obj["time"]),
+            public_key_sha256=obj["public_key_sha256"],
+            signature_algorithm=obj["signature_algorithm"],
+        )
+        record = CheckpointRecord(
+            obj["sequence"],
+            statement,
+            bytes.fromhex(signature),
+            obj["offset"],
+            obj["previous_hash"],
+            obj["hash"],
+        )
+        _check_record(record)
+    except (TypeError, ValueError) as exc:
+        raise MalformedEvent(str(exc)) from None
     return record
+
+
+def _decode_reset(obj: dict[str, Any]) -> ResetRecord:
+    _check_members(obj, RESET_FIELDS)
+    try:
+        record = ResetRecord(
+            obj["sequence"],
+            _parse_time(obj["time"]),
+            obj["archived_log"],
+            obj["archived_sequence"],
+            obj["archived_hash"],
+            obj["previous_hash"],
+            obj["hash"],
+        )
+        _check_record(record)
+    except (TypeError, ValueError) as exc:
+        raise MalformedEvent(str(exc)) from None
+    return record
+
+
+def _check_record(record: CheckpointRecord | ResetRecord) -> None:
+    """Raises TypeError or ValueError for a value the format cannot hold."""
+    if isinstance(record, CheckpointRecord):
+        _check_count("offset", record.offset, 0)
+        if not 1 <= len(record.signature) <= 256:
+            raise ValueError("a signature is 1-256 bytes")
+        return
+    if record.time.utcoffset() is None:
+        raise ValueError("a reset record needs a timezone-aware time")
+    _check_text("archived_log", record.archived_log)
+    if not 1 <= len(record.archived_log) <= _MAX_ARCHIVED_LOG or "/" in record.archived_log:
+        raise ValueError(f"archived_log must be a file name of 1-{_MAX_ARCHIVED_LOG} characters")
+    _check_count("archived_sequence", record.archived_sequence, 0)
+    _check_hex_hash("archived_hash", record.archived_hash)
+
+
+def _check_count(name: str, value: object, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer")
+    if not low <= value <= _MAX_OFFSET:
+        raise ValueError(f"{name} {value} is out of range")
+
+
+def _check_hex_hash(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _HEX_HASH.fullmatch(value):
+        raise ValueError(f"{name} must be 64 lowercase hex digits")
+
+
+def _record_members(record: CheckpointRecord | ResetRecord) -> dict[str, Any]:
+    """The members of a checkpoint or reset line without "hash"."""
+    if isinstance(record, CheckpointRecord):
+        statement = record.statement
+        return {
+            "sequence": record.sequence,
+            "kind": KIND_CHECKPOINT,
+            "time": format_time(statement.time),
+            "head_sequence": statement.head_sequence,
+            "head_hash": statement.head_hash,
+            "head_offset": statement.head_offset,
+            "offset": record.offset,
+            "public_key_sha256": statement.public_key_sha256,
+            "signature_algorithm": statement.signature_algorithm,
+            "signature": record.signature.hex(),
+            "previous_hash": record.previous_hash,
+        }
+    return {
+        "sequence": record.sequence,
+        "kind": KIND_RESET,
+        "time": format_time(record.time),
+        "archived_log": record.archived_log,
+        "archived_sequence": record.archived_sequence,
+        "archived_hash": record.archived_hash,
+        "previous_hash": record.previous_hash,
+    }
+
+
+def _hash_members(members: dict[str, Any], previous_hash: str) -> str:
+    return hashlib.sha256(previous_hash.encode("ascii") + b"\n" + _canonical(members)).hexdigest()
 
 
 def format_time(moment: datetime) -> str:

@@ -5,14 +5,32 @@ fork the chain. append() assigns the next sequence, writes the whole line with o
 returns only after an fsync that covers it. fsync is the cost (0.1-10 ms by disk), so it is
 shared: callers write under one lock, then whoever finds no fsync running starts one for
 everything written so far, and callers whose line an fsync already covered return without
-their own. Under load that is one fsync per group of requests, not per event.
+their own. Under load that is one fsync per group of requests, not per event. With a clock,
+append stamps each event under the write lock, so the file's order and its times agree unless
+the clock itself goes back (which the verifier reports).
+
+Before each write the file's size must be what this process wrote (one fstat): a file cut or
+appended to by someone else is never written to again, so the chain is not broken for good.
+
+Checkpoints (checkpoint.py). With a CheckpointSigner, a thread signs the head every
+`every_events` events or `interval_seconds` after the first unsigned event, whichever comes
+first, and at close. It signs outside the write lock (the token may be busy with another
+tenant's work, and appends must not wait for it), then appends the checkpoint line, waits for
+it to be durable, and only then replaces the checkpoint file beside the log. Nothing of this
+is on a request's path: an append never signs and never waits for more than its own fsync.
+At start, the log is checked against the checkpoint file with two preads and a signature
+check (check_anchor), so start-up does not depend on the log's size.
 
 Fail closed. Any OSError (ENOSPC, EIO, EBADF, ...) raises AuditUnavailable (UNAVAILABLE at
 the transport) and marks the log failed: every later append and pre-flight is refused until
 the daemon restarts. After a failed write or fsync the daemon cannot know what reached the
 disk (Linux may drop unsynced pages after an fsync error, and a later fsync then succeeds), so
 chaining on would build on a line that may not be there; a restart reads the file's real tail.
-A short write (disk full mid-line) is cut off again with ftruncate when possible.
+A short write (disk full mid-line) is cut off again with ftruncate when possible. A break found
+by verify(), read(), the pre-flight (a file shorter than what was written) or a write (a file
+of the wrong size) marks the log failed the same way, with one ERROR line: nothing is appended
+to a log that no longer holds what the daemon wrote, until an operator restores it or archives
+it (`hsmd audit reset`) and restarts.
 
 The guard calls ensure_writable() before an operation, so an unwritable log stops the request
 before anything changes. A window remains: the log can fail between the pre-flight and the
@@ -30,38 +48,70 @@ the daemon refuses to start and says which file, at which byte, and how to cut i
 Reading. read() and verify() scan the file from the start through their own read-only
 descriptor (after checking it is the same file as the one being written); only complete lines
 count, so an append in flight is never half-seen. That is O(size) per page; an index of
-sequence to offset is the next step when logs grow. verify() also compares the file with the
-head this process wrote, so a tail cut off while the daemon runs is reported; one cut while it
-is stopped is not (the file's own last line becomes the head), nor is a rewrite of the whole
-chain from some line on: that needs the head anchored outside the file (future work).
+sequence to offset is the next step when logs grow. verify() (verify.py) also compares the
+file with the head this process wrote and with the checkpoint file, so a tail cut off while
+the daemon runs or while it is stopped is reported, and so is a rewrite of the chain up to the
+last checkpoint. Lines after the last checkpoint can still be rewritten unseen by someone who
+also holds the checkpoint file: keep a copy of it elsewhere (docs/security.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NoReturn
 
+from hsmd.audit.checkpoint import (
+    Checkpointing,
+    check_anchor,
+    fingerprint,
+    publish_public_key,
+    read_checkpoint_file,
+    signature_algorithm,
+    signature_valid,
+    write_atomically,
+)
+from hsmd.audit.errors import AuditBroken, AuditCorrupt, AuditUnavailable
 from hsmd.audit.events import (
     GENESIS_HASH,
+    MAX_CHECKPOINT_LAG,
     AuditEvent,
+    CheckpointRecord,
+    CheckpointStatement,
     MalformedEvent,
     RecordedEvent,
+    ResetRecord,
     chain,
-    compute_hash,
-    decode_line,
+    decode_record,
     encode_line,
+    encode_record,
+    place_checkpoint,
+    record_hash,
+    reset_record,
 )
-from hsmd.errors import BackendUnavailable, InternalError, InvalidArgument
+from hsmd.audit.verify import CheckpointFile, VerifyResult, verify_lines
+from hsmd.domain import Clock
+from hsmd.errors import InternalError, InvalidArgument
+
+__all__ = [
+    "AuditBroken",
+    "AuditCorrupt",
+    "AuditLog",
+    "AuditUnavailable",
+    "VerifyResult",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,54 +119,132 @@ _TAIL_CHUNK = 4096
 DEFAULT_MIN_FREE_BYTES = 1 << 20
 
 
-class AuditUnavailable(BackendUnavailable):
-    """The audit log cannot take an event now; the request fails closed (UNAVAILABLE)."""
-
-
-class AuditCorrupt(InternalError):
-    """The log file does not hold what the daemon wrote; an operator has to look at it."""
-
-
 @dataclass(frozen=True)
-class VerifyResult:
-    """The outcome of walking the chain; first_broken_position is a 1-based line, 0 if valid."""
+class _Tail:
+    """Where the log ends: its last line's sequence, hash and offset, and its size."""
 
-    valid: bool
-    events_checked: int
-    first_broken_position: int
-    problem: str
+    sequence: int
+    hash: str
+    offset: int
+    size: int
 
 
 class AuditLog:
     """One audit log file, written by one process; thread-safe.
 
+    clock: when given, each event's time is taken from it under the write lock.
+    checkpoints: when given, the log signs checkpoints and keeps the files beside it.
+
     Raises (on construction):
         AuditUnavailable: the file cannot be opened or created, or another process holds it.
-        AuditCorrupt: its last line is incomplete or not a valid event.
+        AuditCorrupt: its last line is incomplete or not a valid record.
+        AuditBroken: the log does not match its checkpoint file, or the public key file holds
+            another key (only with checkpoints).
     """
 
-    def __init__(self, path: Path, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        clock: Clock | None = None,
+        checkpoints: Checkpointing | None = None,
+    ) -> None:
         self._path = path
         self._min_free_bytes = min_free_bytes
+        self._clock = clock
+        self._checkpointing = checkpoints
+        self._public_key: bytes | None = None
+        self._algorithm = ""
+        # The last checkpoint known: the line it signs, its own line, and the line the
+        # checkpoint file holds (0: none). Guarded by _write_lock.
+        self._signed_through = 0
+        self._checkpoint_line = 0
+        self._file_sequence = 0
         self._fd = _open_for_append(path)
         try:
-            self._head_sequence, self._head_hash = _recover_head(path, self._fd)
+            tail = self._open_checks(path, checkpoints)
         except BaseException:
             os.close(self._fd)
             raise
-        # Lock order: _write_lock, then _synced. _write_lock guards the head and the write;
-        # _synced guards everything below it and is where callers wait for an fsync.
+        self._head_sequence, self._head_hash = tail.sequence, tail.hash
+        self._head_offset, self._end = tail.offset, tail.size
+        # Lock order: _checkpoint_lock, then _write_lock, then _synced. _write_lock guards the
+        # head and the write; _synced guards everything below it and is where callers wait for
+        # an fsync; _checkpoint_lock keeps one checkpoint (sign, append, file) at a time.
         self._write_lock = threading.Lock()
         self._synced = threading.Condition(threading.Lock())
+        self._checkpoint_lock = threading.Lock()
+        self._wake = threading.Condition(self._write_lock)
         self._written = self._head_sequence  # last sequence written to the file
         self._durable = self._head_sequence  # last sequence covered by a completed fsync
         self._syncing = False
         self._failure: str | None = None
         self._closed = False
+        self._stopping = False
+        self._first_unsigned_at: float | None = time.monotonic() if self._unsigned() else None
+        self._retry_at = 0.0
+        self._checkpointer: threading.Thread | None = None
+        if checkpoints is not None:
+            self._checkpointer = threading.Thread(
+                target=self._run_checkpoints, name="hsmd-audit-checkpoints", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _open_checks(self, path: Path, checkpoints: Checkpointing | None) -> _Tail:
+        try:
+            reader = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot read the audit log {path}: {exc.strerror}") from None
+        try:
+            try:
+                info = os.fstat(reader)
+                if not _same_file(info, os.fstat(self._fd)):
+                    raise AuditUnavailable(f"the audit log {path} was replaced while opening it")
+            except OSError as exc:
+                raise AuditUnavailable(
+                    f"cannot read the audit log {path}: {exc.strerror}"
+                ) from None
+            tail = _recover_head(path, reader, info.st_size)
+            if checkpoints is not None:
+                self._open_checkpoints(path, reader, tail, checkpoints)
+            return tail
+        finally:
+            os.close(reader)
+
+    def _open_checkpoints(
+        self, path: Path, reader: int, tail: _Tail, checkpoints: Checkpointing
+    ) -> None:
+        public_key = checkpoints.signer.public_key()
+        try:
+            self._algorithm = signature_algorithm(public_key)
+        except ValueError:
+            raise InternalError("the checkpoint key is neither Ed25519 nor EC P-256") from None
+        self._public_key = public_key
+        publish_public_key(checkpoints.public_key_file, public_key)
+        try:
+            anchor = check_anchor(path, reader, tail.size, checkpoints.checkpoint_file, public_key)
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot read the audit log {path}: {exc.strerror}") from None
+        if anchor is not None:
+            self._signed_through = anchor.statement.head_sequence
+            self._checkpoint_line = anchor.sequence
+            self._file_sequence = anchor.sequence
+            log.info(
+                "audit log %s matches its checkpoint (line %d, signed %s)",
+                path,
+                anchor.sequence,
+                anchor.statement.time.isoformat(),
+            )
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def public_key(self) -> bytes | None:
+        """The DER SPKI that checkpoints are signed with (None without checkpoints)."""
+        return self._public_key
 
     def __enter__(self) -> AuditLog:
         return self
@@ -129,15 +257,19 @@ class AuditLog:
     ) -> None:
         self.close()
 
-    def ensure_writable(self) -> None:
+    def ensure_writable(self, *, check_length: bool = True) -> None:
         """Cheap pre-flight before an operation runs: a few syscalls, no write.
+
+        check_length=False skips the comparison of the file's length with what this process
+        wrote; VerifyAuditLog uses it, so that it can report a cut log instead of being refused.
 
         Raises:
             AuditUnavailable: the log is failed or closed, its descriptor is unusable, the path
-                no longer names the open file (moved, deleted, replaced), or the disk has less
-                than min_free_bytes left. Moving the same file back makes it pass again.
+                no longer names the open file (moved, deleted, replaced), the disk has less
+                than min_free_bytes left, or the file is shorter than what this process wrote
+                (which marks the log failed). Moving the same file back makes it pass again.
         """
-        reason = self._unusable_reason()
+        reason = self._unusable_reason(check_length)
         if reason is not None:
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
 
@@ -149,19 +281,47 @@ class AuditLog:
                 before; the log then refuses every further event until restart.
         """
         with self._write_lock:
+            if self._clock is not None:
+                event = dataclasses.replace(event, time=self._clock.now())
             if self._closed or self._failure is not None:
                 self._lost(encode_line(chain(event, 0, GENESIS_HASH)))
-                raise AuditUnavailable(
-                    f"audit log unavailable: {self._path}: {self._failure or 'closed'}"
-                )
+            self._check_open()
             record = chain(event, self._head_sequence + 1, self._head_hash)
             line = encode_line(record)
-            self._write(line)
-            self._head_sequence, self._head_hash = record.sequence, record.hash
-            with self._synced:
-                self._written = record.sequence
+            self._write_line(record.sequence, record.hash, line)
         self._wait_durable(record.sequence, line)
         return record
+
+    def start_chain(
+        self, archived_log: str, archived_sequence: int, archived_hash: str
+    ) -> ResetRecord:
+        """Writes the reset record that starts a new, empty log after an archived one.
+
+        Raises:
+            InvalidArgument: the log is not empty.
+            AuditUnavailable: it could not be written or synced.
+        """
+        with self._write_lock:
+            self._check_open()
+            if self._head_sequence != 0:
+                raise InvalidArgument("a reset record can only start an empty log")
+            record = reset_record(self._now(), archived_log, archived_sequence, archived_hash)
+            line = encode_record(record)
+            self._write_line(record.sequence, record.hash, line)
+        self._wait_durable(record.sequence, line)
+        return record
+
+    def checkpoint(self) -> CheckpointRecord | None:
+        """Signs and writes a checkpoint now, if any line is not yet signed; returns it.
+
+        Raises:
+            InvalidArgument: the log was made without checkpoints.
+            AuditUnavailable: the log is failed or closed, or the line could not be written.
+            HsmdError: the signer could not sign.
+        """
+        if self._checkpointing is None:
+            raise InvalidArgument("this audit log has no checkpoint signer")
+        return self._checkpoint(self._checkpointing)
 
     def read(
         self,
@@ -172,14 +332,15 @@ class AuditLog:
     ) -> tuple[list[RecordedEvent], int | None]:
         """Events with sequence > after_sequence, in order, filtered, at most limit of them.
 
-        tenant=None means every tenant (operators); key_id=None means any key. Returns the
-        events and the after_sequence of the next page, or None when no matching event
-        follows.
+        tenant=None means every tenant (operators); key_id=None means any key. Checkpoint and
+        reset lines are not events and are skipped. Returns the events and the after_sequence
+        of the next page, or None when no matching event follows.
 
         Raises:
             InvalidArgument: after_sequence < 0 or limit < 1.
             AuditUnavailable: the log is closed or the path no longer names it.
-            AuditCorrupt: a line is not a valid event or sits at the wrong position.
+            AuditCorrupt: a line is not a valid record or sits at the wrong position; the log
+                is then marked failed.
         """
         if after_sequence < 0:
             raise InvalidArgument("after_sequence must not be negative")
@@ -193,15 +354,13 @@ class AuditLog:
                 if position <= after_sequence:
                     continue
                 try:
-                    record = decode_line(raw)
+                    record = decode_record(raw)
                 except MalformedEvent as exc:
-                    raise AuditCorrupt(
-                        f"audit log {self._path} line {position} is not a valid event: {exc}"
-                    ) from None
+                    self._corrupt(position, f"not a valid record: {exc}")
                 if record.sequence != position:
-                    raise AuditCorrupt(
-                        f"audit log {self._path} line {position} holds sequence {record.sequence}"
-                    )
+                    self._corrupt(position, f"holds sequence {record.sequence}")
+                if not isinstance(record, RecordedEvent):
+                    continue
                 if tenant is not None and record.event.tenant != tenant:
                     continue
                 if key_id is not None and record.event.key_id != key_id:
@@ -212,47 +371,57 @@ class AuditLog:
         return found, None
 
     def verify(self) -> VerifyResult:
-        """Walks the whole chain and reports the first line that breaks it.
+        """Walks the whole chain up to the head, checks every checkpoint, and compares the file
+        with the head this process wrote and with the checkpoint file (verify.py). A break
+        marks the log failed: nothing more is appended.
 
         Raises:
             AuditUnavailable: the log is closed or the path no longer names it.
         """
-        with self._write_lock:
-            head_sequence, head_hash = self._head_sequence, self._head_hash
-        running = GENESIS_HASH
-        checked = 0
+        checkpoint_file = None
+        with self._checkpoint_lock:  # no checkpoint between reading its file and the head
+            with self._write_lock:
+                head = (self._head_sequence, self._head_hash)
+                file_sequence = self._file_sequence
+                # Past the head, a healthy log's lines are appends in flight; a failed log's
+                # are what its failure left (a torn line), and they are read.
+                stop_after = head[0] if self._failure is None else None
+            if self._checkpointing is not None and file_sequence:
+                # Only once a checkpoint file was there: one that never could be written is
+                # logged when that happens, not a sign of tampering.
+                path = self._checkpointing.checkpoint_file
+                checkpoint_file = CheckpointFile(str(path), read_checkpoint_file(path))
         with self._reader() as reader:
-            for position, raw in enumerate(reader, start=1):
-                if not raw.endswith(b"\n"):
-                    # Past the head and with the log healthy this is an append in flight.
-                    if position <= head_sequence or self._failure is not None:
-                        return _broken(position, "the line is incomplete (a torn write)")
-                    break
-                try:
-                    record = _check_line(raw, position, running)
-                except _Broken as exc:
-                    return _broken(position, str(exc))
-                if position == head_sequence and record.hash != head_hash:
-                    return _broken(
-                        position, "differs from the event this process wrote there (rewritten)"
-                    )
-                running = record.hash
-                checked = position
-        if checked < head_sequence:
-            return _broken(
-                checked + 1,
-                f"log truncated: it ends after event {checked}, "
-                f"but this process wrote up to event {head_sequence}",
+            result = verify_lines(
+                reader,
+                public_key=self._public_key,
+                checkpoint_file=checkpoint_file,
+                stop_after=stop_after,
+                expected_head=head if head[0] else None,
             )
-        return VerifyResult(True, checked, 0, "")
+        if not result.valid:
+            where = result.first_broken_position
+            self._break(f"line {where}: {result.problem}" if where else result.problem)
+        return result
 
     def close(self) -> None:
-        """Syncs what was written and releases the file (and its lock). Idempotent."""
+        """Writes a last checkpoint (with checkpoints), syncs what was written and releases
+        the file (and its lock). Idempotent."""
+        with self._write_lock:
+            if self._stopping:  # closed, or being closed by another thread
+                return
+            self._stopping = True
+            self._wake.notify_all()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        if self._checkpointing is not None and self._failure is None:
+            try:
+                self._checkpoint(self._checkpointing)
+            except Exception as exc:  # the log closes anyway; say why it has no checkpoint
+                log.error("audit log %s: no checkpoint at close: %s", self._path, exc)
         with self._write_lock, self._synced:
             while self._syncing:
                 self._synced.wait()
-            if self._closed:
-                return
             self._closed = True
             try:
                 os.fsync(self._fd)
@@ -265,6 +434,145 @@ class AuditLog:
                 os.close(self._fd)
             except OSError as exc:
                 log.error("audit log %s: close failed: %s", self._path, exc.strerror)
+
+    # Checkpoints
+
+    def _unsigned(self) -> int:
+        """Lines after the last checkpoint's head, its own line not counted."""
+        return self._head_sequence - self._signed_through - (1 if self._checkpoint_line else 0)
+
+    def _due_in(self, checkpoints: Checkpointing) -> float | None:
+        """Seconds until the next checkpoint is due (0: now), or None if none is (nothing
+        unsigned, or the log failed)."""
+        unsigned = self._unsigned()
+        if self._failure is not None or unsigned <= 0:
+            return None
+        now = time.monotonic()
+        if now < self._retry_at:
+            return self._retry_at - now
+        if unsigned >= checkpoints.every_events:
+            return 0.0
+        first = self._first_unsigned_at if self._first_unsigned_at is not None else now
+        return max(0.0, first + checkpoints.interval_seconds - now)
+
+    def _run_checkpoints(self) -> None:
+        checkpoints = self._checkpointing
+        assert checkpoints is not None
+        while True:
+            with self._write_lock:
+                while True:
+                    if self._stopping:
+                        return
+                    due = self._due_in(checkpoints)
+                    if due is not None and due <= 0:
+                        break
+                    self._wake.wait(due)
+            try:
+                self._checkpoint(checkpoints)
+            except Exception:  # a checkpoint is retried; the log itself is not affected
+                log.exception(
+                    "audit log %s: checkpoint failed; retrying in %ss",
+                    self._path,
+                    checkpoints.interval_seconds,
+                )
+                with self._write_lock:
+                    self._retry_at = time.monotonic() + checkpoints.interval_seconds
+
+    def _checkpoint(self, checkpoints: Checkpointing) -> CheckpointRecord | None:
+        assert self._public_key is not None
+        with self._checkpoint_lock:
+            with self._write_lock:
+                self._check_open()
+                if self._unsigned() <= 0:
+                    return None
+                head = (self._head_sequence, self._head_hash, self._head_offset)
+                statement = CheckpointStatement(
+                    head_sequence=head[0],
+                    head_hash=head[1],
+                    head_offset=head[2],
+                    time=self._now(),
+                    public_key_sha256=fingerprint(self._public_key),
+                    signature_algorithm=self._algorithm,
+                )
+            # Outside the write lock: appends go on while the token signs.
+            signed = statement.signed_bytes()
+            signature = checkpoints.signer.sign(signed)
+            if not signature_valid(self._public_key, self._algorithm, signed, signature):
+                raise InternalError("the checkpoint key's signature does not verify")
+            with self._write_lock:
+                self._check_open()
+                if self._head_sequence - head[0] >= MAX_CHECKPOINT_LAG:
+                    log.warning(
+                        "audit log %s: %d events arrived while a checkpoint was signed; "
+                        "signing again",
+                        self._path,
+                        self._head_sequence - head[0],
+                    )
+                    return None
+                record = place_checkpoint(
+                    statement, signature, self._head_sequence + 1, self._end, self._head_hash
+                )
+                line = encode_record(record)
+                self._write_line(record.sequence, record.hash, line)
+                self._signed_through, self._checkpoint_line = head[0], record.sequence
+                self._first_unsigned_at = time.monotonic() if self._unsigned() > 0 else None
+                self._retry_at = 0.0
+            self._wait_durable(record.sequence, line)
+            # Only a durable line may be named by the file, or a crash could leave the file
+            # naming a line the log lost.
+            try:
+                write_atomically(checkpoints.checkpoint_file, line)
+            except OSError as exc:
+                log.error(
+                    "audit log %s: cannot write the checkpoint file %s (%s); it still names "
+                    "line %d, and the next checkpoint tries again",
+                    self._path,
+                    checkpoints.checkpoint_file,
+                    exc.strerror,
+                    self._file_sequence,
+                )
+                return record
+            with self._write_lock:
+                self._file_sequence = record.sequence
+            return record
+
+    # Writing
+
+    def _now(self) -> datetime:
+        return self._clock.now() if self._clock is not None else datetime.now(UTC)
+
+    def _check_open(self) -> None:
+        """Under the write lock: refuses a closed or failed log."""
+        if self._closed or self._failure is not None:
+            raise AuditUnavailable(
+                f"audit log unavailable: {self._path}: {self._failure or 'closed'}"
+            )
+
+    def _write_line(self, sequence: int, digest: str, line: bytes) -> None:
+        """Under the write lock: writes one record's line after the head, which it becomes."""
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self._fail(f"cannot stat the file: {exc.strerror}", line)
+        if size != self._end:
+            self._break(
+                f"the file has {size} bytes, but this process wrote {self._end}: it was cut "
+                f"or written to by someone else"
+            )
+            self._lost(line)
+            raise AuditUnavailable(f"audit log unavailable: {self._path}: {self._failure}")
+        self._write(line)
+        self._head_sequence, self._head_hash = sequence, digest
+        self._head_offset, self._end = self._end, self._end + len(line)
+        with self._synced:
+            self._written = sequence
+        if self._checkpointing is not None:
+            unsigned = self._unsigned()
+            if self._first_unsigned_at is None:
+                self._first_unsigned_at = time.monotonic()
+                self._wake.notify()
+            elif unsigned >= self._checkpointing.every_events:
+                self._wake.notify()
 
     def _write(self, line: bytes) -> None:
         try:
@@ -331,18 +639,45 @@ class AuditLog:
         self._lost(line)
         raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
 
+    def _break(self, problem: str) -> None:
+        """The file no longer holds what this process wrote: refuse everything from now on."""
+        with self._synced:
+            first = self._failure is None
+            if first:
+                self._failure = f"the log is broken: {problem}"
+            self._synced.notify_all()
+        if first:
+            log.error(
+                "audit log %s is broken: %s. Every call is refused from now on, until an "
+                "operator restores the log and its checkpoint file, or archives them with "
+                "`hsmd audit reset`, and restarts the daemon",
+                self._path,
+                problem,
+            )
+
+    def _corrupt(self, position: int, problem: str) -> NoReturn:
+        self._break(f"line {position}: {problem}")
+        raise AuditCorrupt(f"audit log {self._path} line {position}: {problem}")
+
     def _lost(self, line: bytes) -> None:
         log.error("audit event not durable: %s", line.decode("utf-8").rstrip("\n"))
 
-    def _unusable_reason(self) -> str | None:
+    def _unusable_reason(self, check_length: bool) -> str | None:
         if self._closed:
             return "closed"
         if self._failure is not None:
             return self._failure
+        written = self._end  # read before the fstat: the file only grows past it
         try:
             open_file = os.fstat(self._fd)
         except OSError as exc:
             return f"descriptor unusable: {exc.strerror}"
+        if check_length and open_file.st_size < written:
+            self._break(
+                f"the file has {open_file.st_size} bytes, fewer than the {written} this process "
+                f"wrote: lines were cut from its end"
+            )
+            return self._failure
         try:
             named = os.stat(self._path)
         except FileNotFoundError:
@@ -429,24 +764,14 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _recover_head(path: Path, append_fd: int) -> tuple[int, str]:
+def _recover_head(path: Path, reader: int, size: int) -> _Tail:
+    if size == 0:
+        return _Tail(0, GENESIS_HASH, 0, 0)
     try:
-        reader = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AuditUnavailable(f"cannot read the audit log {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(reader)
-        if not _same_file(info, os.fstat(append_fd)):
-            raise AuditUnavailable(f"the audit log {path} was replaced while opening it")
-        size = info.st_size
-        if size == 0:
-            return 0, GENESIS_HASH
         complete = os.pread(reader, 1, size - 1) == b"\n"
         start, last = _last_line(reader, size if not complete else size - 1)
     except OSError as exc:
         raise AuditUnavailable(f"cannot read the audit log {path}: {exc.strerror}") from None
-    finally:
-        os.close(reader)
     if not complete:
         raise AuditCorrupt(
             f"the audit log {path} ends with an incomplete line ({size - start} bytes at byte "
@@ -455,14 +780,14 @@ def _recover_head(path: Path, append_fd: int) -> tuple[int, str]:
             f"Look at it, keep a copy, then cut it (truncate -s {start} {path}) and start again."
         )
     try:
-        record = decode_line(last)
+        record = decode_record(last)
     except MalformedEvent as exc:
         raise AuditCorrupt(
             f"the last line of the audit log {path} (at byte {start}) is not a valid event: {exc}"
         ) from None
-    if compute_hash(record.event, record.sequence, record.previous_hash) != record.hash:
+    if record_hash(record) != record.hash:
         raise AuditCorrupt(f"the last line of the audit log {path} does not match its hash")
-    return record.sequence, record.hash
+    return _Tail(record.sequence, record.hash, start, size)
 
 
 def _last_line(fd: int, end: int) -> tuple[int, bytes]:
@@ -490,27 +815,5 @@ def _complete_lines(reader: BinaryIO) -> Iterator[bytes]:
         yield raw
 
 
-class _Broken(Exception):
-    """Why a line breaks the chain; verify() turns it into a VerifyResult."""
-
-
-def _check_line(raw: bytes, position: int, previous_hash: str) -> RecordedEvent:
-    try:
-        record = decode_line(raw)
-    except MalformedEvent as exc:
-        raise _Broken(f"not a valid event: {exc}") from None
-    if record.sequence != position:
-        raise _Broken(f"holds sequence {record.sequence} (a line was deleted, added or moved)")
-    if record.previous_hash != previous_hash:
-        raise _Broken("previous_hash is not the hash of the line before (deleted or moved)")
-    if compute_hash(record.event, record.sequence, record.previous_hash) != record.hash:
-        raise _Broken("the hash does not match the event (the line was edited)")
-    return record
-
-
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _broken(position: int, problem: str) -> VerifyResult:
-    return VerifyResult(False, position - 1, position, problem)

@@ -2,7 +2,8 @@
 
 HKDF-SHA256 with a label per PIN role and the tenant's name as context: a PIN is as strong as the
 master secret, differs per tenant and role, and rotates when the master secret does (which needs
-a PIN change on every token).
+a PIN change on every token). The daemon's own token (its audit checkpoint key) takes the
+context "hsmd:daemon", which no tenant name can be (tenant names have no ':').
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import base64
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# The HKDF info of the daemon's own token: not a valid tenant name, so no tenant shares its PINs.
+DAEMON_PIN_CONTEXT = "hsmd:daemon"
 
 
 class PinDeriver:
@@ -25,6 +29,12 @@ class PinDeriver:
 
     def so_pin(self, tenant: str) -> str:
         return self._derive(b"hsmd token security officer pin v1", tenant)
+
+    def daemon_user_pin(self) -> str:
+        return self._derive(b"hsmd token user pin v1", DAEMON_PIN_CONTEXT)
+
+    def daemon_so_pin(self) -> str:
+        return self._derive(b"hsmd token security officer pin v1", DAEMON_PIN_CONTEXT)
 
     def _derive(self, role: bytes, tenant: str) -> str:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=24, salt=role, info=tenant.encode())

@@ -19,11 +19,12 @@ Only this module (and the library) sees PKCS#11; its exceptions become hsmd.erro
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,59 @@ def public_template(object_id: bytes, usage: KeyUsage) -> dict[Any, Any]:
     return template
 
 
+# The daemon's own token, which holds its audit checkpoint key. The name keys the backend's
+# token table like a tenant name, but it is not a valid tenant name (':'), and its label is
+# not "hsmd/<tenant>", so no tenant can reach it or collide with it.
+DAEMON_TOKEN = "hsmd:daemon"  # noqa: S105 (a token name, not a password)
+DAEMON_TOKEN_LABEL = "hsmd:daemon"  # noqa: S105 (a label, not a password)
+# The CKA_ID of the checkpoint key pair, by spec (which one exists tells the spec).
+DAEMON_KEY_IDS = {
+    KeySpec.ED25519: b"hsmd audit checkpoint key ED25519 v1",
+    KeySpec.EC_P256: b"hsmd audit checkpoint key EC_P256 v1",
+}
+
+
+@dataclass(frozen=True)
+class _TokenName:
+    """A token this backend serves: its key in the token table, its label, its PINs."""
+
+    name: str
+    label: str
+    user_pin: Callable[[], str]
+    so_pin: Callable[[], str]
+
+
+class DaemonKey:
+    """The daemon's checkpoint signing key: implements hsmd.audit.checkpoint.CheckpointSigner
+    (structurally: the backend does not import the audit layer)."""
+
+    def __init__(self, backend: Pkcs11Backend, object_id: bytes, spec: KeySpec) -> None:
+        self._backend = backend
+        self._object_id = object_id
+        self._spec = spec
+
+    @property
+    def spec(self) -> KeySpec:
+        return self._spec
+
+    def sign(self, data: bytes) -> bytes:
+        """Ed25519 of data (64 bytes), or DER ECDSA over SHA-256(data) on P-256."""
+        if self._spec is KeySpec.ED25519:
+            return self._backend.sign(
+                DAEMON_TOKEN, self._object_id, self._spec, SigningAlgorithm.ED25519_SHA_512, data
+            )
+        return self._backend.sign(
+            DAEMON_TOKEN,
+            self._object_id,
+            self._spec,
+            SigningAlgorithm.ECDSA_SHA_256,
+            hashlib.sha256(data).digest(),
+        )
+
+    def public_key(self) -> bytes:
+        return self._backend.public_key(DAEMON_TOKEN, self._object_id, self._spec)
+
+
 @dataclass
 class _TenantToken:
     session: Any
@@ -261,29 +315,66 @@ class Pkcs11Backend:
     # Tokens
 
     def ensure_token(self, tenant: str) -> str:
-        label = token_label(tenant)
+        return self._ensure_token(self._tenant_token(tenant))
+
+    def attach_token(self, tenant: str, serial: str) -> None:
+        self._attach_token(self._tenant_token(tenant), serial)
+
+    def _tenant_token(self, tenant: str) -> _TokenName:
+        if tenant == DAEMON_TOKEN:  # never a valid tenant name; refused here all the same
+            raise BackendError(f"{DAEMON_TOKEN!r} is the daemon's token, not a tenant's")
+        pins = self._pins
+        return _TokenName(
+            tenant, token_label(tenant), lambda: pins.user_pin(tenant), lambda: pins.so_pin(tenant)
+        )
+
+    def _ensure_token(self, name: _TokenName) -> str:
         with self._lock, self._translate():
-            token = self._find_token(label)
+            token = self._find_token(name.label)
             if token is None:
-                token = self._init_free_token(tenant, label)
+                token = self._init_free_token(name)
             if not token.flags & TokenFlag.USER_PIN_INITIALIZED:
-                with token.open(rw=True, so_pin=self._pins.so_pin(tenant)) as so_session:
-                    so_session.init_pin(self._pins.user_pin(tenant))
+                with token.open(rw=True, so_pin=name.so_pin()) as so_session:
+                    so_session.init_pin(name.user_pin())
             serial = _serial(token)
         self._make_durable()
         return serial
 
-    def attach_token(self, tenant: str, serial: str) -> None:
+    def _attach_token(self, name: _TokenName, serial: str) -> None:
         with self._lock, self._translate():
-            if tenant in self._tokens:
+            if name.name in self._tokens:
                 return
-            token = self._find_token(token_label(tenant))
+            token = self._find_token(name.label)
             if token is None or _serial(token) != serial:
-                raise BackendUnavailable(
-                    f"token {token_label(tenant)!r} serial {serial} is missing"
-                )
-            session = token.open(rw=True, user_pin=self._pins.user_pin(tenant))
-            self._tokens[tenant] = _TenantToken(session)
+                raise BackendUnavailable(f"token {name.label!r} serial {serial} is missing")
+            session = token.open(rw=True, user_pin=name.user_pin())
+            self._tokens[name.name] = _TenantToken(session)
+
+    def daemon_key(self) -> DaemonKey:
+        """The daemon's own signing key (audit checkpoints), in a token of its own labelled
+        DAEMON_TOKEN_LABEL, which no tenant label can equal; the token and the key are made on
+        first use. Ed25519 if the library has it, else EC P-256. The private key has the
+        template of every signing key here: sensitive, non-extractable, sign only.
+
+        Raises:
+            BackendUnavailable: no free slot for the token, or the token cannot be opened.
+            BackendError: the library refused to make the token or the key.
+        """
+        pins = self._pins
+        name = _TokenName(
+            DAEMON_TOKEN, DAEMON_TOKEN_LABEL, pins.daemon_user_pin, pins.daemon_so_pin
+        )
+        self._attach_token(name, self._ensure_token(name))
+        for spec, object_id in DAEMON_KEY_IDS.items():
+            if self.has_objects(DAEMON_TOKEN, [object_id]):
+                return DaemonKey(self, object_id, spec)
+        spec = (
+            KeySpec.ED25519 if KeySpec.ED25519 in self.capabilities().key_specs else KeySpec.EC_P256
+        )
+        object_id = DAEMON_KEY_IDS[spec]
+        self.generate_key(DAEMON_TOKEN, object_id, spec, KeyUsage.SIGN_VERIFY)
+        log.info("created the daemon's %s checkpoint key in token %r", spec, DAEMON_TOKEN_LABEL)
+        return DaemonKey(self, object_id, spec)
 
     def detach_token(self, tenant: str) -> None:
         with self._lock:
@@ -312,7 +403,8 @@ class Pkcs11Backend:
                 )
         return readable
 
-    def _init_free_token(self, tenant: str, label: str) -> Any:
+    def _init_free_token(self, name: _TokenName) -> Any:
+        label = name.label
         free = [
             slot
             for slot, token in self._readable_tokens()
@@ -320,7 +412,7 @@ class Pkcs11Backend:
         ]
         if not free:
             raise BackendUnavailable("the PKCS#11 library has no free slot for a new token")
-        so_pin = self._pins.so_pin(tenant).encode()
+        so_pin = name.so_pin().encode()
         padded_label = label.encode().ljust(_LABEL_SIZE)
         rv = self._c_init_token(free[0].slot_id, so_pin, len(so_pin), padded_label)
         if rv != _CKR_OK:
@@ -868,8 +960,9 @@ class Pkcs11Backend:
             return bytes(token.session.generate_random(size * 8))
 
     def begin_close(self) -> None:
-        """From now on every call fails at once with BackendUnavailable instead of waiting for
-        the token (shutdown: handlers still queued give up; the call in progress finishes)."""
+        """From now on every tenant call fails at once with BackendUnavailable instead of
+        waiting for the token (shutdown: handlers still queued give up; the call in progress
+        finishes). The daemon's own token still signs the audit log's closing checkpoint."""
         self._closing = True
 
     def close(self) -> None:
@@ -889,10 +982,10 @@ class Pkcs11Backend:
 
     @contextmanager
     def _token(self, tenant: str) -> Iterator[_TenantToken]:
-        if self._closing:
+        if self._closing and tenant != DAEMON_TOKEN:
             raise BackendUnavailable("the daemon is stopping")
         with self._lock, self._translate():
-            if self._closing:
+            if self._closing and tenant != DAEMON_TOKEN:
                 raise BackendUnavailable("the daemon is stopping")
             token = self._tokens.get(tenant)
             if token is None:

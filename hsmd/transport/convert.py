@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from hsmd import keyspecs
 from hsmd.audit.events import RecordedEvent
+from hsmd.audit.verify import VerifyResult
 from hsmd.domain import (
     Alias,
     Key,
@@ -212,3 +213,33 @@ def object_id(text: str) -> bytes:
     if not value:
         raise InvalidArgument("object_id is required")
     return value
+
+
+def audit_verification(result: VerifyResult) -> admin_pb2.VerifyAuditLogResponse:
+    response = admin_pb2.VerifyAuditLogResponse(
+        valid=result.valid,
+        events_checked=result.events_checked,
+        first_broken_position=result.first_broken_position,
+        problem=result.problem,
+        checkpoints_verified=result.checkpoints_verified,
+        checkpoint_file_position=result.checkpoint_file_position,
+        time_reversals=[
+            admin_pb2.TimeReversal(
+                position=reversal.position,
+                time=timestamp(reversal.time),
+                previous_position=reversal.previous_position,
+                previous_time=timestamp(reversal.previous_time),
+            )
+            for reversal in result.time_reversals
+        ],
+        time_reversal_count=result.time_reversal_count,
+    )
+    if result.last_checkpoint is not None:
+        response.last_checkpoint_position = result.last_checkpoint.sequence
+        response.last_checkpoint_time.CopyFrom(timestamp(result.last_checkpoint.statement.time))
+        response.last_checkpoint_head = result.last_checkpoint.statement.head_sequence
+    if result.chain_start is not None:
+        response.previous_log = result.chain_start.archived_log
+        response.previous_log_position = result.chain_start.archived_sequence
+        response.previous_log_hash = result.chain_start.archived_hash
+    return response

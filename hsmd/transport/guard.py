@@ -43,6 +43,12 @@ from hsmd.transport.status import is_internal, to_status
 
 log = logging.getLogger("hsmd.access")
 
+# VerifyAuditLog reports a broken log: its pre-flight does not refuse a log cut shorter (the
+# check finds and reports that), and when its check has just found the log broken, which stops
+# the log, its report is still answered though its own event cannot be written (the access
+# line, at ERROR, records the call). Every later call is refused.
+_VERIFY_AUDIT_LOG = "VerifyAuditLog"
+
 # Which kind of principal each service is for. Services not named here (health, reflection)
 # need a client certificate from our CA, like every connection, but no particular identity.
 SERVICE_PRINCIPALS = {
@@ -138,7 +144,7 @@ class RequestGuard(grpc.ServerInterceptor):
                         "%s %s %s: %s", request_id, method, principal, request.problem
                     )
                     raise InvalidArgument(f"the request is not a valid message: {request.problem}")
-                self._audit.ensure_writable()
+                self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
                     response = behaviour(request, context)
@@ -150,6 +156,14 @@ class RequestGuard(grpc.ServerInterceptor):
             try:
                 self._record(request_id, operation, principal, context, request, response, code)
             except AuditUnavailable as exc:
+                if _reports_a_break(operation, failure, response):
+                    log.error(
+                        "%s %s %s OK, answered without its audit event: it found the log broken",
+                        request_id,
+                        method,
+                        principal,
+                    )
+                    return response
                 failure, (code, message) = exc, to_status(exc, request_id)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if failure is None:
@@ -224,6 +238,11 @@ def _level(failure: Exception) -> int:
     if is_internal(failure):
         return logging.ERROR
     return logging.WARNING if isinstance(failure, Unauthenticated) else logging.INFO
+
+
+def _reports_a_break(operation: str, failure: Exception | None, response: Any) -> bool:
+    """A VerifyAuditLog that succeeded and found the log broken (see _VERIFY_AUDIT_LOG)."""
+    return operation == _VERIFY_AUDIT_LOG and failure is None and _field(response, "valid") is False
 
 
 _KEY_FIELDS = ("key_id", "target_key_id", "destination_key_id", "source_key_id")

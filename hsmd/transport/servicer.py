@@ -635,13 +635,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def VerifyAuditLog(
         self, request: admin_pb2.VerifyAuditLogRequest, context: grpc.ServicerContext
     ) -> admin_pb2.VerifyAuditLogResponse:
-        result = self._audit.verify()
-        return admin_pb2.VerifyAuditLogResponse(
-            valid=result.valid,
-            events_checked=result.events_checked,
-            first_broken_position=result.first_broken_position,
-            problem=result.problem,
-        )
+        return convert.audit_verification(self._audit.verify())
 
     def CreateTenant(
         self, request: admin_pb2.CreateTenantRequest, context: grpc.ServicerContext

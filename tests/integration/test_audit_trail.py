@@ -219,7 +219,7 @@ _TAMPERING = [
 
 
 @pytest.mark.parametrize(("tamper", "position"), _TAMPERING)
-def test_tampering_with_one_line_is_reported_at_its_position(
+def test_tampering_with_one_line_is_reported_at_its_position_and_stops_the_log(
     new_daemon: NewDaemon, tamper: Callable[[list[bytes], int], list[bytes]], position: int
 ) -> None:
     daemon = _fresh(new_daemon)
@@ -247,22 +247,35 @@ def test_tampering_with_one_line_is_reported_at_its_position(
         if tamper is _delete and at == len(lines):
             assert "truncated" in result.problem
 
-        # Putting the line back (behind what the daemon appended since) mends the chain.
-        appended = daemon.audit_log.read_bytes()[len(tampered) :]
-        _rewrite_in_place(daemon.audit_log, original + appended)
+        # Nothing more goes into a file that no longer holds what the daemon wrote.
+        with pytest.raises(UnavailableError):
+            admin.list_tenants()
+        with pytest.raises(UnavailableError):
+            admin.verify_audit_log()
+        assert daemon.audit_log.read_bytes() == tampered
+    assert "is broken" in daemon.log.read_text()
+
+    # Putting the line back and restarting mends it.
+    _rewrite_in_place(daemon.audit_log, original)
+    daemon.stop()
+    daemon.start()
+    with daemon.admin() as admin:
         mended = admin.verify_audit_log()
-        assert (mended.valid, mended.events_checked) == (True, 9)
+        assert (mended.valid, mended.events_checked) == (True, 8)
 
 
 def test_a_restarted_daemon_continues_the_chain(new_daemon: NewDaemon) -> None:
     daemon = _fresh(new_daemon)
-    daemon.stop()
+    daemon.stop()  # a clean stop signs a checkpoint: line 2
     daemon.start()
     with daemon.admin() as admin:
         admin.list_tenants()
         result = admin.verify_audit_log()
-        assert (result.valid, result.events_checked) == (True, 2)
-        assert [e.sequence for e in _all_events(admin)] == [1, 2, 3]
+        assert (result.valid, result.events_checked) == (True, 3)
+        assert (result.checkpoints_verified, result.last_checkpoint_position) == (1, 2)
+        assert (result.last_checkpoint_head, result.checkpoint_file_position) == (1, 2)
+        # Checkpoints are lines of the chain, not events: the listing skips them.
+        assert [e.sequence for e in _all_events(admin)] == [1, 3, 4]
 
 
 # --- no secrets in the log -----------------------------------------------------------------

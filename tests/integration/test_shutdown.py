@@ -51,7 +51,9 @@ def _audited_creations(daemon: DaemonProcess, *, fallback: bool = False) -> set[
             if marker in line
         ]
     events = [json.loads(line) for line in lines]
-    return {e["key_id"] for e in events if e["operation"] == "CreateKey" and e["outcome"] == "OK"}
+    return {
+        e["key_id"] for e in events if e.get("operation") == "CreateKey" and e["outcome"] == "OK"
+    }
 
 
 def _enabled_keys(daemon: DaemonProcess) -> set[str]:

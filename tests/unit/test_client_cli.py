@@ -43,6 +43,7 @@ from hsmclient.client import (
     ReEncryptResult,
     RotateKeyOnDemandResult,
     SignResult,
+    TimeReversal,
     VerifyMacResult,
     VerifyResult,
     WrappedKey,
@@ -1473,8 +1474,59 @@ def test_audit_verify_exits_zero_when_the_chain_holds(fake, capsys) -> None:
         "EventsChecked": 3,
         "FirstBrokenPosition": 0,
         "Problem": "",
+        "CheckpointsVerified": 0,
+        "LastCheckpointPosition": 0,
+        "LastCheckpointHead": 0,
+        "CheckpointFilePosition": 0,
+        "TimeReversals": [],
+        "TimeReversalCount": 0,
     }
     assert fake.calls == [("admin.verify_audit_log", ())]
+
+
+def test_audit_verify_shows_checkpoints_and_exits_one_when_time_goes_back(fake, capsys) -> None:
+    signed = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    fake.admin.verification = AuditVerification(
+        True,
+        9,
+        0,
+        "",
+        checkpoints_verified=2,
+        last_checkpoint_position=8,
+        last_checkpoint_time=signed,
+        last_checkpoint_head=7,
+        checkpoint_file_position=8,
+        time_reversals=(TimeReversal(5, signed, 4, signed.replace(hour=4)),),
+        time_reversal_count=1,
+        previous_log="audit.jsonl.archived-20250102T030405Z",
+        previous_log_position=41,
+        previous_log_hash="ab" * 32,
+    )
+    code, out, err = run(capsys, "audit", "verify")
+    assert (code, err) == (1, "")
+    assert json.loads(out) == {
+        "Valid": True,
+        "EventsChecked": 9,
+        "FirstBrokenPosition": 0,
+        "Problem": "",
+        "CheckpointsVerified": 2,
+        "LastCheckpointPosition": 8,
+        "LastCheckpointTime": "2025-01-02T03:04:05+00:00",
+        "LastCheckpointHead": 7,
+        "CheckpointFilePosition": 8,
+        "TimeReversals": [
+            {
+                "Position": 5,
+                "Time": "2025-01-02T03:04:05+00:00",
+                "PreviousPosition": 4,
+                "PreviousTime": "2025-01-02T04:04:05+00:00",
+            }
+        ],
+        "TimeReversalCount": 1,
+        "PreviousLog": "audit.jsonl.archived-20250102T030405Z",
+        "PreviousLogPosition": 41,
+        "PreviousLogHash": "ab" * 32,
+    }
 
 
 def test_audit_verify_exits_one_when_the_chain_is_broken(fake, capsys) -> None:

@@ -46,6 +46,7 @@ from hsmclient import (
     NotFoundError,
     PermissionDeniedError,
     PublicKey,
+    TimeReversal,
     UnavailableError,
     WrappedKey,
     cli,
@@ -1471,6 +1472,48 @@ def test_verify_audit_log(admin: AdminClient, admin_fake: FakeAdmin) -> None:
     assert admin.verify_audit_log() == AuditVerification(False, 3, 3, "previous_hash differs")
 
 
+def test_verify_audit_log_reports_checkpoints_and_time_reversals(
+    admin: AdminClient, admin_fake: FakeAdmin
+) -> None:
+    admin_fake.verification = admin_pb2.VerifyAuditLogResponse(
+        valid=True,
+        events_checked=9,
+        checkpoints_verified=2,
+        last_checkpoint_position=8,
+        last_checkpoint_time=timestamp(NOW),
+        last_checkpoint_head=7,
+        checkpoint_file_position=8,
+        time_reversals=[
+            admin_pb2.TimeReversal(
+                position=5,
+                time=timestamp(NOW),
+                previous_position=4,
+                previous_time=timestamp(NOW + timedelta(hours=1)),
+            )
+        ],
+        time_reversal_count=1,
+        previous_log="audit.jsonl.archived-20240701T120000Z",
+        previous_log_position=41,
+        previous_log_hash="ab" * 32,
+    )
+    assert admin.verify_audit_log() == AuditVerification(
+        True,
+        9,
+        0,
+        "",
+        checkpoints_verified=2,
+        last_checkpoint_position=8,
+        last_checkpoint_time=NOW,
+        last_checkpoint_head=7,
+        checkpoint_file_position=8,
+        time_reversals=(TimeReversal(5, NOW, 4, NOW + timedelta(hours=1)),),
+        time_reversal_count=1,
+        previous_log="audit.jsonl.archived-20240701T120000Z",
+        previous_log_position=41,
+        previous_log_hash="ab" * 32,
+    )
+
+
 # --- wrapping and import -----------------------------------------------------------------------
 
 
@@ -1846,6 +1889,12 @@ def test_cli_audit_end_to_end(
         "EventsChecked": 5,
         "FirstBrokenPosition": 0,
         "Problem": "",
+        "CheckpointsVerified": 0,
+        "LastCheckpointPosition": 0,
+        "LastCheckpointHead": 0,
+        "CheckpointFilePosition": 0,
+        "TimeReversals": [],
+        "TimeReversalCount": 0,
     }
     admin_fake.verification = admin_pb2.VerifyAuditLogResponse(
         valid=False, events_checked=2, first_broken_position=2, problem="hash differs"

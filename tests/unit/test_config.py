@@ -44,6 +44,31 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
     assert settings.storage.database == files / "hsmd.db"
     assert settings.tls.trust_domain == "hsmd.local"
     assert settings.pkcs11.softhsm2_conf is None
+    assert settings.audit == config.AuditSettings(
+        checkpoint_every_events=1000,
+        checkpoint_interval_seconds=60.0,
+        checkpoint_file=files / "audit.jsonl.checkpoint",
+        public_key_file=files / "audit.jsonl.pub.pem",
+    )
+
+
+def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
+    (files / "elsewhere").mkdir()
+    moved = config.parse(_doc(storage__audit_log="elsewhere/trail.jsonl"), files)
+    assert moved.audit.checkpoint_file == files / "elsewhere/trail.jsonl.checkpoint"
+    assert moved.audit.public_key_file == files / "elsewhere/trail.jsonl.pub.pem"
+    named = config.parse(
+        _doc(
+            audit__checkpoint_file="elsewhere/cp",
+            audit__public_key_file="elsewhere/key.pem",
+            audit__checkpoint_every_events=5,
+            audit__checkpoint_interval_seconds=1,
+        ),
+        files,
+    )
+    assert named.audit == config.AuditSettings(
+        5, 1.0, files / "elsewhere/cp", files / "elsewhere/key.pem"
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,6 +83,14 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
         ({"storage__master_secret_file": "nope"}, "storage.master_secret_file"),
         ({"log__level": "LOUD"}, "log.level"),
         ({"bogus__x": 1}, "bogus"),
+        ({"audit__checkpoint_every_events": 0}, "audit.checkpoint_every_events"),
+        ({"audit__checkpoint_every_events": 1.5}, "audit.checkpoint_every_events"),
+        ({"audit__checkpoint_interval_seconds": 0.01}, "audit.checkpoint_interval_seconds"),
+        ({"audit__checkpoint_interval_seconds": "1m"}, "audit.checkpoint_interval_seconds"),
+        ({"audit__checkpoint_file": ""}, "audit.checkpoint_file"),
+        ({"audit__checkpoint_file": "audit.jsonl"}, "audit.checkpoint_file"),
+        ({"audit__public_key_file": "audit.jsonl.checkpoint"}, "audit.public_key_file"),
+        ({"audit__every": 3}, "every"),
     ],
 )
 def test_errors_name_the_field(files: Path, overrides: dict[str, Any], field: str) -> None:

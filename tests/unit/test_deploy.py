@@ -27,3 +27,5 @@ def test_the_example_configuration_parses(tmp_path: Path) -> None:
     settings = config.parse(doc, tmp_path)
     assert settings.server.max_concurrent_rpcs == 1000
     assert settings.storage.database == Path("/var/lib/hsmd/hsmd.db")
+    assert settings.audit.checkpoint_file == Path("/var/lib/hsmd/audit.jsonl.checkpoint")
+    assert settings.audit.checkpoint_every_events == 1000
