@@ -39,7 +39,7 @@ from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.backend import softhsm_files
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
-from hsmd.clock import OffsetClock
+from hsmd.clock import GuardedClock, OffsetClock
 from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
 from hsmd.keystore.sqlite_store import SqliteKeyStore
@@ -102,7 +102,7 @@ class Daemon:
     reconciler: Reconciler
     operations: Operations
     state_lock: int
-    clock: Clock
+    clock: GuardedClock
     maintenance: Maintenance
     token_dirs: dict[str, Path]  # token serial -> its directory, for log lines
 
@@ -117,7 +117,7 @@ class Daemon:
             AuditBroken: the audit log does not match its checkpoint (start-up must stop).
         """
         state_lock = _lock_state(settings.storage.database)
-        clock = _clock(settings)
+        system_clock = _clock(settings)
         with contextlib.ExitStack() as undo:  # on any failure, closes what was opened
             undo.callback(os.close, state_lock)
             store = SqliteKeyStore(settings.storage.database)
@@ -130,10 +130,11 @@ class Daemon:
             undo.callback(backend.close)
             audit = AuditLog(
                 settings.storage.audit_log,
-                clock=clock,
+                clock=system_clock,  # the audit log records what the clock says, even set back
                 checkpoints=_checkpointing(settings, backend.daemon_key()),
             )
             undo.pop_all()  # the daemon owns them now; close() releases them
+        clock = GuardedClock(system_clock, store.clock_high_water())
         crypto = CryptoOps(store, backend)
         operations = Operations(
             keys=KeyOps(store, backend, clock),
@@ -158,7 +159,9 @@ class Daemon:
             operations=operations,
             state_lock=state_lock,
             clock=clock,
-            maintenance=Maintenance(operations.rotation, operations.states, operations.imports),
+            maintenance=Maintenance(
+                operations.rotation, operations.states, operations.imports, clock, store, audit
+            ),
             token_dirs=tokens.by_serial,
         )
 
@@ -188,6 +191,7 @@ class Daemon:
             )
 
     def close(self) -> None:
+        self.maintenance.record_clock()
         self.operations.audit.close()
         self.backend.close()
         self.store.close()
@@ -311,9 +315,9 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     daemon = Daemon.build(settings)
     audit = daemon.operations.audit
     certificates = ClientCertificateVerifier(
-        settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock
+        settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock.system
     )
-    guard = RequestGuard(certificates, daemon.tenants.is_served, audit, daemon.clock)
+    guard = RequestGuard(certificates, daemon.tenants.is_served, audit, daemon.clock.system)
     running = grpc_server.bind(
         settings,
         guard,

@@ -68,3 +68,13 @@ def parse_alias_name(name: str) -> str:
 
 def key_resource_name(tenant: str, key_id: str) -> str:
     return f"tenants/{tenant}/keys/{key_id}"
+
+
+_CLIENT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def validate_client_token(token: str) -> str:
+    """Raises InvalidArgument unless the token is 1-64 characters of [A-Za-z0-9_-]."""
+    if not _CLIENT_TOKEN.fullmatch(token):
+        raise InvalidArgument("client_token must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return token

@@ -6,12 +6,15 @@ process, mutual TLS on 127.0.0.1 with certificates from a CA made for the run.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -20,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hsmclient import AdminClient, HsmClient
 
 from hsmd import devpki
@@ -28,9 +32,9 @@ from hsmd.config import DEFAULT_PKCS11_LIBRARY
 
 SOFTHSM_LIB = Path(DEFAULT_PKCS11_LIBRARY)
 TRUST_DOMAIN = "hsmd.test"
-# Tests move the daemon's clock (which also checks client certificates) back by hours: the test
-# CA and its client certificates are valid from a day before now.
-CLOCK_SLACK = timedelta(days=1)
+# Tests move the daemon's clock (which also checks client certificates) back by up to 30 days:
+# the test CA and its client certificates are valid from 60 days before now.
+CLOCK_SLACK = timedelta(days=60)
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 _PROBE = Path(__file__).with_name("token_probe.py")
 
@@ -259,9 +263,23 @@ class DaemonProcess:
         return result.stdout
 
     def advance_clock(self, by: timedelta) -> None:
-        """Moves the daemon's clock forward (hsmd.clock.OffsetClock reads the file)."""
+        """Moves the daemon's clock (hsmd.clock.OffsetClock reads the file); back if negative."""
         self.clock_offset += by
         self.clock_file.write_text(str(self.clock_offset.total_seconds()))
+
+    def clock_high_water(self) -> datetime | None:
+        """The latest time the daemon has stored as acted at (its maintenance passes do)."""
+        rows = self.query("SELECT value FROM meta WHERE name = 'clock_high_water'")
+        return datetime.fromisoformat(rows[0][0]) if rows else None
+
+    def wait_for_maintenance(self) -> None:
+        """Waits for a maintenance pass that ends after this call (each stores the clock)."""
+
+        def recorded() -> list[tuple[Any, ...]]:
+            return self.query("SELECT value FROM meta WHERE name = 'clock_recorded_at'")
+
+        before = recorded()
+        self.wait_for(lambda: recorded() != before)
 
     def wait_for(self, condition: Any, timeout: float = 30.0) -> None:
         """Polls until condition() is true, for what the daemon does on its own schedule."""
@@ -281,3 +299,61 @@ def run_hsmd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hsmd", *args], capture_output=True, text=True, timeout=120
     )
+
+
+_FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+_SHUTDOWN_NOLOGFLUSH = 2  # drop what is not yet in the journal: a power cut
+
+
+class LoopFileSystem:
+    """A small ext4 file system in a file, mounted on a loop device: one that can fill up, turn
+    read-only or lose power. Needs root and loop devices; tests using it are skipped with the
+    reason where the machine has neither."""
+
+    def __init__(self, image: Path, mount_point: Path, size: str) -> None:
+        self.image = image
+        self.mount_point = mount_point
+        subprocess.run(["truncate", "-s", size, str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+        mount_point.mkdir(exist_ok=True)
+
+    @classmethod
+    def mounted(cls, image: Path, mount_point: Path, size: str = "256M") -> LoopFileSystem:
+        reason = _no_loop_devices()
+        if reason is not None:
+            pytest.skip(f"needs a loop-mounted file system: {reason}")
+        file_system = cls(image, mount_point, size)
+        try:
+            file_system.mount()
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"needs a loop-mounted file system: mount failed ({exc})")
+        return file_system
+
+    def mount(self, options: str = "loop") -> None:
+        subprocess.run(["mount", "-o", options, str(self.image), str(self.mount_point)], check=True)
+
+    def read_only(self, read_only: bool = True) -> None:
+        mode = "ro" if read_only else "rw"
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.mount_point)], check=True)
+
+    def power_cut(self) -> None:
+        """Everything not yet durable is lost, as in a power cut (FS_IOC_SHUTDOWN)."""
+        descriptor = os.open(self.mount_point, os.O_RDONLY)
+        try:
+            fcntl.ioctl(descriptor, _FS_IOC_SHUTDOWN, struct.pack("I", _SHUTDOWN_NOLOGFLUSH))
+        finally:
+            os.close(descriptor)
+
+    def unmount(self, *, lazy: bool = False) -> None:
+        subprocess.run(["umount", *(["-l"] if lazy else []), str(self.mount_point)], check=not lazy)
+
+
+def _no_loop_devices() -> str | None:
+    """Why this machine cannot mount a loop device, or None if it can."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices (/dev/loop-control)"
+    if shutil.which("mkfs.ext4") is None:
+        return "no mkfs.ext4"
+    return None

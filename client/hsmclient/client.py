@@ -9,6 +9,9 @@ do, and every failed call raises an `hsmclient.errors` exception.
 
 import dataclasses
 import os
+import random
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 DEFAULT_TIMEOUT = 30.0
+# Pauses (each jittered by +-50%) before the retries of a call that carries a client token.
+RETRY_DELAYS = (0.1, 0.3, 0.9)
+_RETRIED = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+)
 """Seconds each call may take before it fails with DeadlineExceededError."""
 
 _T = TypeVar("_T")
@@ -166,6 +174,10 @@ def _timestamp(name: str, value: datetime | None) -> Timestamp | None:
     timestamp = Timestamp()
     timestamp.FromDatetime(value)
     return timestamp
+
+
+def _new_client_token() -> str:
+    return uuid.uuid4().hex
 
 
 def _crc32c(data: bytes) -> int:
@@ -615,6 +627,19 @@ class _Client:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
 
+    def _call_with_retries(self, method: Callable[..., _T], request: object) -> _T:
+        """A creating call that carries a client token: the daemon answers a repeat with what
+        the first call made, so it is retried (same token) when the daemon is unavailable, the
+        deadline passed, or the first attempt is still running (ABORTED)."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                return method(request, timeout=self._timeout)
+            except grpc.RpcError as error:
+                if delay is None or error.code() not in _RETRIED:
+                    raise from_rpc_error(error) from error
+            time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def _result(
         self, method: Callable[..., Message], request: object, cls: type[_D], part: str = ""
     ) -> _D:
@@ -670,13 +695,17 @@ class HsmClient(_Client):
         tags: Mapping[str, str] | None = None,
         exportable: bool = False,
         origin: str = "GENERATED",
+        client_token: str | None = None,
     ) -> KeyMetadata:
         """A new key. Without `key_usage` the daemon gives the spec's only usage (HMAC_256:
         GENERATE_VERIFY_MAC), else ENCRYPT_DECRYPT; it refuses a usage the spec cannot have.
         Without `policy` the caller and the tenant's admin principals administer the key and the
         caller uses it. An `exportable` key can be exported, wrapped, by wrap_key; that cannot
         change later. Origin EXTERNAL makes a key without material, PENDING_IMPORT until
-        import_key (or import_key_material) gives it some."""
+        import_key (or import_key_material) gives it some.
+
+        The call carries a client token (a new one unless `client_token` is given) and is
+        retried with it when the daemon is unavailable or slow: it makes one key at most."""
         request = service_pb2.CreateKeyRequest(
             key_spec=_enum_value(resources_pb2.KeySpec, key_spec),
             key_usage=_enum_value(resources_pb2.KeyUsage, key_usage),
@@ -685,8 +714,10 @@ class HsmClient(_Client):
             tags=tags,
             exportable=exportable,
             origin=_enum_value(resources_pb2.KeyOrigin, origin),
+            client_token=client_token or _new_client_token(),
         )
-        return self._metadata(self._stub.CreateKey, request)
+        response = self._call_with_retries(self._stub.CreateKey, request)
+        return _from_message(KeyMetadata, response.key_metadata)
 
     def describe_key(self, key_id: str) -> KeyMetadata:
         return self._metadata(self._stub.DescribeKey, service_pb2.DescribeKeyRequest(key_id=key_id))
@@ -864,10 +895,11 @@ class HsmClient(_Client):
         policy: KeyPolicy | None = None,
         tags: Mapping[str, str] | None = None,
         exportable: bool = False,
+        client_token: str | None = None,
     ) -> KeyMetadata:
         """A new key (origin UNWRAPPED) from a blob of wrap_key, unwrapped inside the daemon with
-        the key that wrapped it; not exportable unless asked. `description`, `policy` and `tags`
-        as for create_key."""
+        the key that wrapped it; not exportable unless asked. `description`, `policy`, `tags`
+        and `client_token` as for create_key (retries make one key at most)."""
         request = service_pb2.UnwrapKeyRequest(
             wrapped_key=wrapped_key,
             wrapping_key_id=wrapping_key_id,
@@ -875,8 +907,10 @@ class HsmClient(_Client):
             policy=None if policy is None else _policy_message(policy),
             tags=tags,
             exportable=exportable,
+            client_token=client_token or _new_client_token(),
         )
-        return self._metadata(self._stub.UnwrapKey, request)
+        response = self._call_with_retries(self._stub.UnwrapKey, request)
+        return _from_message(KeyMetadata, response.key_metadata)
 
     def get_parameters_for_import(
         self, key_id: str, wrapping_algorithm: str, wrapping_key_spec: str = "RSA_2048"
@@ -1200,17 +1234,26 @@ class AdminClient(_Client):
         super().__init__(channel, timeout=timeout)
         self._stub = admin_pb2_grpc.AdminServiceStub(channel)
 
-    def create_tenant(self, name: str, admin_principals: Iterable[str] | None = None) -> Tenant:
+    def create_tenant(
+        self,
+        name: str,
+        admin_principals: Iterable[str] | None = None,
+        client_token: str | None = None,
+    ) -> Tenant:
         """Create a tenant and its token; the daemon serves it at once. `admin_principals`
         (principal names or globs; the daemon's default: ["admin"]) administer every new key.
+        Retried like create_key, with a client token.
 
         Raises:
             ValueError: `admin_principals` is a single string.
         """
         request = admin_pb2.CreateTenantRequest(
-            name=name, admin_principals=_strings("admin_principals", admin_principals or ())
+            name=name,
+            admin_principals=_strings("admin_principals", admin_principals or ()),
+            client_token=client_token or _new_client_token(),
         )
-        return self._result(self._stub.CreateTenant, request, Tenant, "tenant")
+        response = self._call_with_retries(self._stub.CreateTenant, request)
+        return _from_message(Tenant, response.tenant)
 
     def list_tenants(self) -> list[Tenant]:
         request = admin_pb2.ListTenantsRequest()

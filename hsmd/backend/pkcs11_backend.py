@@ -827,7 +827,7 @@ class Pkcs11Backend:
         return found == wanted
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
-        with self._changing(tenant) as token:
+        with self._changing(tenant, adds=False) as token:
             for key in [k for k in token.objects if k[0] == object_id]:
                 del token.objects[key]
             token.public_keys.pop(object_id, None)
@@ -993,10 +993,13 @@ class Pkcs11Backend:
             yield token
 
     @contextmanager
-    def _changing(self, tenant: str) -> Iterator[_TenantToken]:
+    def _changing(self, tenant: str, *, adds: bool = True) -> Iterator[_TenantToken]:
         """Like _token, for calls that change the token: refused up front when its file system
-        cannot take the change, and left only once the change is durable."""
-        self._check_storage()
+        cannot take an addition, and left only once the change is durable. A removal (adds
+        False) is not refused up front: it frees space, and finds nothing to remove when the
+        addition it rolls back was refused."""
+        if adds:
+            self._check_storage()
         try:
             with self._token(tenant) as token:
                 yield token

@@ -307,11 +307,18 @@ class SqliteKeyStore:
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
         if code == _SQLITE_FULL:
             return StorageFull(f"the metadata database {self._path} is out of space: {exc}")
-        if code in _SQLITE_UNWRITABLE:
-            return StorageUnavailable(
-                f"the metadata database {self._path} cannot be written: {exc}"
-            )
+        if code in _SQLITE_UNWRITABLE or self._unreadable():
+            # SQLite reports a disk that fails reads as a malformed image: the probe tells.
+            return StorageUnavailable(f"the metadata database {self._path} cannot be used: {exc}")
         return StoreError(f"metadata store failure ({self._path}): {exc}")
+
+    def _unreadable(self) -> bool:
+        try:
+            with self._path.open("rb") as database:
+                database.read(100)  # the header
+        except OSError:
+            return True
+        return False
 
     # The database itself
 
@@ -365,13 +372,19 @@ class SqliteKeyStore:
         value = self._meta("clock_high_water")
         return _parse_time(value) if value else None
 
-    def record_clock(self, moment: datetime) -> None:
-        """Raises the remembered high-water time to `moment` (never lowers it)."""
+    def record_clock(self, high_water: datetime, reading: datetime) -> None:
+        """Raises the remembered high-water time to `high_water` (never lowers it), and notes
+        what the clock read when it was recorded (the last maintenance pass, for operators)."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO meta (name, value) VALUES ('clock_high_water', ?) ON CONFLICT (name)"
                 " DO UPDATE SET value = MAX(value, excluded.value)",
-                (_iso(moment),),
+                (_iso(high_water),),
+            )
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES ('clock_recorded_at', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (_iso(reading),),
             )
 
     def _meta(self, name: str) -> str | None:
@@ -567,13 +580,6 @@ class SqliteKeyStore:
             keys = self._keys(db, [(tenant, row[1]) for row in rows[:limit]])
         next_cursor = rows[limit - 1][0] if len(rows) > limit else None
         return keys, next_cursor
-
-    def keys_in_state(self, tenant: str, state: KeyState) -> list[Key]:
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT key_id FROM keys WHERE tenant = ? AND state = ?", (tenant, state)
-            ).fetchall()
-            return self._keys(db, [(tenant, row[0]) for row in rows])
 
     def keys_due(self, column: str, state: KeyState, now: datetime) -> list[Key]:
         """Keys of every tenant in `state` whose `column` (next_rotation_at or deletion_at) has
@@ -784,25 +790,6 @@ class SqliteKeyStore:
             ).fetchall()
         return [_version(row) for row in rows]
 
-    def versions_in_state(self, tenant: str, state: VersionState) -> list[KeyVersion]:
-        with self._read() as db:
-            rows = db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM key_versions"  # noqa: S608
-                " WHERE tenant = ? AND state = ?",
-                (tenant, state),
-            ).fetchall()
-        return self._intact(rows, _version)
-
-    def object_ids(self, tenant: str) -> set[bytes]:
-        """The CKA_ID of every version whose object should be in the tenant's token."""
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT object_id FROM key_versions WHERE tenant = ? AND state != ?"
-                " UNION SELECT object_id FROM import_parameters WHERE tenant = ?",
-                (tenant, VersionState.DESTROYED, tenant),
-            ).fetchall()
-        return {bytes(row[0]) for row in rows}
-
     # Repair
 
     def inventory(self, tenant: str) -> Inventory:
@@ -839,7 +826,7 @@ class SqliteKeyStore:
             )
             db.executemany(
                 "INSERT INTO quarantine (tenant, object_id, reason, found_at) VALUES (?, ?, ?, ?)",
-                [(tenant, object_id, reason, _iso(now)) for object_id in keep - listed],
+                [(tenant, object_id, reason, _iso(now)) for object_id in sorted(keep - listed)],
             )
 
     def quarantined(

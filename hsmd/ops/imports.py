@@ -142,8 +142,9 @@ class ImportOps:
         self._forget(key)
         return self._store.get_key(key.tenant, key.key_id)
 
-    def expire_due(self) -> int:
-        """Forgets material past its valid_to, and destroys expired import keys."""
+    def expire_due(self) -> list[Key]:
+        """Forgets material past its valid_to (returns those keys), and destroys expired import
+        keys."""
         now = self._clock.now()
         expired = self._store.keys_expired(now)
         for key in expired:
@@ -152,7 +153,7 @@ class ImportOps:
         for parameters in self._store.expired_import_parameters(now):
             self._backend.destroy(parameters.tenant, parameters.object_id)
             self._store.remove_import_parameters(parameters.token)
-        return len(expired)
+        return expired
 
     def _forget(self, key: Key) -> None:
         """Metadata first: a crash before the objects go leaves DESTROYED versions whose

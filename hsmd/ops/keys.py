@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from hsmd import keyspecs, policy
 from hsmd.backend.api import Capabilities, CryptoBackend
 from hsmd.domain import (
+    ClientRequest,
     Clock,
     Key,
     KeyOrigin,
@@ -29,7 +30,7 @@ from hsmd.domain import (
     KeyVersion,
     RequestContext,
 )
-from hsmd.errors import InvalidArgument, Unimplemented
+from hsmd.errors import Aborted, AlreadyExists, InvalidArgument, Unimplemented
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops import paging
@@ -77,15 +78,22 @@ class KeyOps:
         tags: Mapping[str, str] | None = None,
         exportable: bool = False,
         origin: KeyOrigin = KeyOrigin.GENERATED,
+        request: ClientRequest | None = None,
     ) -> Key:
         """Creates a key with one version, generated in the tenant's token (or, for origin
-        EXTERNAL, a PENDING_IMPORT key whose material ImportKeyMaterial brings).
+        EXTERNAL, a PENDING_IMPORT key whose material ImportKeyMaterial brings). With a client
+        request token used before, returns the key that call made instead (replayed).
 
         Raises:
-            InvalidArgument: the usage does not fit the spec, or a field is out of range.
+            InvalidArgument: the usage does not fit the spec, a field is out of range, or the
+                client token was used for a different request.
             FailedPrecondition: the policy would leave no administrator or lock the caller out.
             Unimplemented: the backend cannot make keys of this spec.
+            Aborted: the call that first used the client token is still running.
         """
+        earlier = replayed(self._store, ctx, request)
+        if earlier is not None:
+            return earlier
         usage = usage or keyspecs.default_usage(spec)
         keyspecs.check_usage(spec, usage)
         if spec not in self._backend.capabilities().key_specs:
@@ -114,14 +122,15 @@ class KeyOps:
             exportable=exportable,
         )
         if external:  # its material comes later, through ImportKeyMaterial
-            self._store.add_key(key, None)
-            return key
+            return add_new_key(self._store, ctx, key, None, request) or key
         version = KeyVersion(ctx.tenant, key.key_id, 1, new_object_id(), now)
-        self._store.add_key(key, version)
+        earlier = add_new_key(self._store, ctx, key, version, request)
+        if earlier is not None:
+            return earlier
         try:
             self._backend.generate_key(ctx.tenant, version.object_id, spec, usage, exportable)
         except Exception:
-            self._roll_back(key, [version])
+            roll_back_creation(self._store, self._backend, key, version)
             raise
         log.info("created key %s (%s, %s)", key.key_id, spec, usage)
         return self._store.update_key(ctx.tenant, key.key_id, state=KeyState.ENABLED)
@@ -139,8 +148,11 @@ class KeyOps:
         """One page of the caller's keys, oldest first, optionally only those with given tags.
 
         Raises:
-            InvalidArgument: page_size is out of range or page_token is not one we issued.
+            InvalidArgument: page_size is out of range, page_token is not one we issued, or
+                the filter names more tags than a key can have.
         """
+        if tag_filter and len(tag_filter) > MAX_TAGS:
+            raise InvalidArgument(f"tag_filter names at most {MAX_TAGS} tags (a key has no more)")
         keys, cursor = self._store.list_keys(
             ctx.tenant,
             paging.decode_token(page_token),
@@ -171,11 +183,68 @@ class KeyOps:
         key = usable_key(self._store, ctx, key_id, Operation.UNTAG)
         return self._store.tag_key(key.tenant, key.key_id, {}, tag_keys)
 
-    def _roll_back(self, key: Key, versions: list[KeyVersion]) -> None:
-        for version in versions:
-            self._backend.destroy(key.tenant, version.object_id)
-        self._store.remove_key(key.tenant, key.key_id)
-        log.warning("rolled back the unfinished creation of key %s", key.key_id)
+
+def roll_back_creation(
+    store: KeyStore, backend: CryptoBackend, key: Key, version: KeyVersion
+) -> None:
+    """Undoes a creation that failed after its CREATING row: the object (if any), then the row.
+
+    The row goes even when the object cannot be destroyed now (the token unreachable, the
+    daemon stopping): a retry with the same client token must not find the creation "still
+    running" forever, and an object left behind is quarantined by the next start, never used.
+    """
+    try:
+        backend.destroy(key.tenant, version.object_id)
+    except Exception as exc:
+        log.warning(
+            "tenant %s: the object of the unfinished key %s could not be destroyed (%s); if"
+            " it exists, the next start puts it in quarantine",
+            key.tenant,
+            key.key_id,
+            exc,
+        )
+    store.remove_key(key.tenant, key.key_id)
+    log.info("tenant %s: rolled back the failed creation of key %s", key.tenant, key.key_id)
+
+
+def replayed(store: KeyStore, ctx: RequestContext, request: ClientRequest | None) -> Key | None:
+    """The key an earlier call with the same client token made (as it is now), if any.
+
+    Raises:
+        InvalidArgument: the token was used for a different request (or by another principal).
+        Aborted: the call that used it is still making the key.
+    """
+    if request is None:
+        return None
+    found = store.key_for_request(ctx.tenant, request.token)
+    if found is None:
+        return None
+    key, first = found
+    if first.fingerprint != request.fingerprint:
+        raise InvalidArgument("client_token was used for a different request")
+    if key.state is KeyState.CREATING:
+        raise Aborted("the call that first used this client_token is still running; retry")
+    return key
+
+
+def add_new_key(
+    store: KeyStore,
+    ctx: RequestContext,
+    key: Key,
+    version: KeyVersion | None,
+    request: ClientRequest | None,
+) -> Key | None:
+    """Records a new key (and its first version) under the client token. Returns None when
+    it did; returns the other call's key when a concurrent call with the same token got
+    there first (so the caller answers with that key and makes nothing)."""
+    try:
+        store.add_key(key, version, request)
+    except AlreadyExists:
+        earlier = replayed(store, ctx, request)
+        if earlier is None:
+            raise
+        return earlier
+    return None
 
 
 def check_new_key_fields(

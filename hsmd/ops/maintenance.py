@@ -1,37 +1,102 @@
 """What the daemon does by itself: rotate keys that are due, destroy keys whose deletion
 window has passed, and forget imported material past its expiry. Run at start-up (to catch up
-on anything that came due while the daemon was down) and then periodically."""
+on anything that came due while the daemon was down) and then periodically.
+
+Each pass also keeps the clock honest (hsmd.clock.GuardedClock): it stores the latest time the
+daemon has acted at, and while the system clock reads earlier than that it logs and audits the
+fact once and holds back the destructive work (deletions, expiries), so no clock error shortens
+a deletion window. Every action it takes is audited, as principal "daemon".
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import datetime
 
+from hsmd.audit.events import AuditEvent
+from hsmd.audit.log import AuditLog
+from hsmd.clock import GuardedClock
+from hsmd.keystore.store import KeyStore
 from hsmd.ops.imports import ImportOps
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.states import StateOps
 
 log = logging.getLogger(__name__)
 
+DAEMON_PRINCIPAL = "daemon"
+
 
 class Maintenance:
-    def __init__(self, rotation: RotationOps, states: StateOps, imports: ImportOps) -> None:
+    def __init__(
+        self,
+        rotation: RotationOps,
+        states: StateOps,
+        imports: ImportOps,
+        clock: GuardedClock,
+        store: KeyStore,
+        audit: AuditLog,
+    ) -> None:
         self._rotation = rotation
         self._states = states
         self._imports = imports
+        self._clock = clock
+        self._store = store
+        self._audit = audit
+        self._clock_reported = False
 
     def run_once(self) -> None:
         """One pass; a failure is logged and retried on the next pass, never fatal."""
         try:
-            rotated = self._rotation.rotate_due()
-            destroyed = self._states.destroy_due()
-            expired = self._imports.expire_due()
+            self._pass()
         except Exception:
             log.exception("scheduled maintenance failed; it will be retried")
-            return
-        if rotated or destroyed or expired:
-            log.info(
-                "maintenance: %d key(s) rotated, %d destroyed, %d with expired material",
-                rotated,
-                destroyed,
-                expired,
+
+    def _pass(self) -> None:
+        behind = self._clock.behind()
+        if behind is None:
+            self._clock_reported = False
+        elif not self._clock_reported:
+            self._report_clock(*behind)
+        for version in self._rotation.rotate_due():
+            self._record("RotateKey", version.tenant, version.key_id, version.version)
+        if behind is None:
+            for key in self._states.destroy_due():
+                self._record("DestroyKey", key.tenant, key.key_id)
+            for key in self._imports.expire_due():
+                self._record("ExpireKeyMaterial", key.tenant, key.key_id)
+        self.record_clock()
+
+    def record_clock(self) -> None:
+        """Stores the high-water mark, so a restart on a clock set back still knows it."""
+        mark = self._clock.high_water
+        if mark is not None:
+            self._store.record_clock(mark, self._clock.system.now())
+
+    def _report_clock(self, reading: datetime, mark: datetime) -> None:
+        log.error(
+            "the system clock reads %s, earlier than %s when this daemon last acted: deletions"
+            " and expiries wait until the clock has passed that time again, and new deletion"
+            " windows are counted from it; check the clock (NTP)",
+            reading.isoformat(),
+            mark.isoformat(),
+        )
+        self._record("ClockMovedBackwards", "", "")
+        self._clock_reported = True
+
+    def _record(self, operation: str, tenant: str, key_id: str, key_version: int = 0) -> None:
+        self._audit.append(
+            AuditEvent(
+                time=self._clock.now(),
+                request_id=uuid.uuid4().hex,
+                tenant=tenant,
+                principal=DAEMON_PRINCIPAL,
+                operation=operation,
+                key_id=key_id,
+                key_version=key_version,
+                encryption_context_keys=(),
+                outcome="OK",
+                peer="",
             )
+        )
+        log.info("maintenance: %s %s %s", operation, tenant, key_id)

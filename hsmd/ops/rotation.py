@@ -92,14 +92,14 @@ class RotationOps:
         cursor = versions[limit - 1].version if len(versions) > limit else None
         return RotationPage(page, paging.encode_token(cursor))
 
-    def rotate_due(self) -> int:
-        """Rotates every ENABLED key whose next rotation date has come (once each)."""
+    def rotate_due(self) -> list[KeyVersion]:
+        """Rotates every ENABLED key whose next rotation date has come (once each); returns
+        the new versions."""
         due = self._store.keys_due("next_rotation_at", KeyState.ENABLED, self._clock.now())
-        rotated = 0
+        rotated = []
         for key in due:
             try:
-                self._rotate(key, RotationType.AUTOMATIC)
-                rotated += 1
+                rotated.append(self._rotate(key, RotationType.AUTOMATIC))
             except Exception:  # one key's token trouble must not hold up the others
                 log.exception("automatic rotation of key %s failed; will retry", key.key_id)
         return rotated

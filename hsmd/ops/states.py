@@ -79,10 +79,10 @@ class StateOps:
         log.info("key %s: %s -> %s", key.key_id, key.state, moved.state)
         return moved
 
-    def destroy_due(self) -> int:
-        """Destroys the token objects of every key whose deletion date has come."""
+    def destroy_due(self) -> list[Key]:
+        """Destroys the token objects of every key whose deletion date has come; returns them."""
         due = self._store.keys_due("deletion_at", KeyState.PENDING_DELETION, self._clock.now())
-        destroyed = 0
+        destroyed = []
         for key in due:
             # Claim the key first: a CancelKeyDeletion that wins the race keeps it whole; a
             # crash after the claim leaves objects no live version names, which the next
@@ -92,5 +92,5 @@ class StateOps:
             for version in self._store.versions(key.tenant, key.key_id):
                 self._backend.destroy(key.tenant, version.object_id)
             log.warning("destroyed key %s of tenant %s", key.key_id, key.tenant)
-            destroyed += 1
+            destroyed.append(key)
         return destroyed

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from hsmd import policy
 from hsmd.backend.api import CryptoBackend
-from hsmd.domain import Clock, Tenant, TenantState
+from hsmd.domain import ClientRequest, Clock, Tenant, TenantState
 from hsmd.errors import AlreadyExists, InvalidArgument, NotFound
 from hsmd.keystore.store import KeyStore
 from hsmd.names import token_label, validate_tenant_name
@@ -31,16 +31,28 @@ class TenantOps:
         self._backend = backend
         self._clock = clock
 
-    def create_tenant(self, name: str, admin_principals: Sequence[str] = ()) -> Tenant:
-        """Creates the tenant and its token, and serves it at once.
+    def create_tenant(
+        self,
+        name: str,
+        admin_principals: Sequence[str] = (),
+        request: ClientRequest | None = None,
+    ) -> Tenant:
+        """Creates the tenant and its token, and serves it at once. A retry with the client
+        token of the call that made it returns it.
 
         Raises:
-            InvalidArgument: the name is not a valid tenant name.
-            AlreadyExists: a tenant of that name exists.
+            InvalidArgument: the name is not a valid tenant name, or the client token was
+                used for a different request.
+            AlreadyExists: a tenant of that name exists (made by another request).
         """
         validate_tenant_name(name)
         existing = self._store.get_tenant(name)
         if existing is not None and existing.state is TenantState.ACTIVE:
+            first = self._store.tenant_request(name)
+            if request is not None and first is not None and first.token == request.token:
+                if first.fingerprint != request.fingerprint:
+                    raise InvalidArgument("client_token was used for a different request")
+                return existing
             raise AlreadyExists(f"tenant {name!r} exists already")
         if existing is None:
             administrators = tuple(admin_principals) or DEFAULT_ADMIN_PRINCIPALS
@@ -51,7 +63,9 @@ class TenantOps:
             for pattern in administrators:
                 if not policy.is_valid_pattern(pattern):
                     raise InvalidArgument(f"admin principal pattern {pattern!r} is malformed")
-            self._store.add_tenant(name, token_label(name), self._clock.now(), administrators)
+            self._store.add_tenant(
+                name, token_label(name), self._clock.now(), administrators, request
+            )
         return self._finish(name)
 
     def _finish(self, name: str) -> Tenant:

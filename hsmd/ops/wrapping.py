@@ -15,11 +15,26 @@ from dataclasses import dataclass
 
 from hsmd import wrapped
 from hsmd.backend.api import CryptoBackend, UnwrapTarget
-from hsmd.domain import Clock, Key, KeyOrigin, KeyPolicy, KeyState, KeyVersion, RequestContext
+from hsmd.domain import (
+    ClientRequest,
+    Clock,
+    Key,
+    KeyOrigin,
+    KeyPolicy,
+    KeyState,
+    KeyVersion,
+    RequestContext,
+)
 from hsmd.errors import FailedPrecondition
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
-from hsmd.ops.keys import check_new_key_fields, new_object_id
+from hsmd.ops.keys import (
+    add_new_key,
+    check_new_key_fields,
+    new_object_id,
+    replayed,
+    roll_back_creation,
+)
 from hsmd.ops.resolve import usable_key
 
 log = logging.getLogger(__name__)
@@ -61,13 +76,20 @@ class WrappingOps:
         key_policy: KeyPolicy | None,
         tags: Mapping[str, str],
         exportable: bool,
+        request: ClientRequest | None = None,
     ) -> Key:
-        """A new key from a wrapped-key blob; nothing is created if it does not unwrap.
+        """A new key from a wrapped-key blob; nothing is created if it does not unwrap. With a
+        client token used before, the key that call made (as for CreateKey).
 
         Raises:
-            InvalidArgument: the blob is malformed.
+            InvalidArgument: the blob is malformed, or the client token was used for another
+                request.
             UnwrapFailed: it does not unwrap under this wrapping key into its key spec.
+            Aborted: the call that first used the client token is still running.
         """
+        earlier = replayed(self._store, ctx, request)
+        if earlier is not None:
+            return earlier
         parsed = wrapped.parse(blob)
         wrapping_key = usable_key(self._store, ctx, wrapping_key_id, Operation.UNWRAP)
         key_policy = check_new_key_fields(self._store, ctx, description, key_policy, tags)
@@ -87,7 +109,9 @@ class WrappingOps:
             exportable=exportable,
         )
         version = KeyVersion(ctx.tenant, key.key_id, 1, new_object_id(), now)
-        self._store.add_key(key, version)
+        earlier = add_new_key(self._store, ctx, key, version, request)
+        if earlier is not None:
+            return earlier
         target = UnwrapTarget(version.object_id, parsed.spec, parsed.usage, exportable)
         try:
             fingerprint = self._backend.unwrap(
@@ -98,8 +122,7 @@ class WrappingOps:
                 target,
             )
         except Exception:
-            self._backend.destroy(ctx.tenant, version.object_id)
-            self._store.remove_key(ctx.tenant, key.key_id)
+            roll_back_creation(self._store, self._backend, key, version)
             raise
         log.info("unwrapped key %s under %s", key.key_id, wrapping_key.key_id)
         return self._store.update_key(

@@ -7,18 +7,21 @@ of them; UNSPECIFIED (0) becomes None for the caller to default.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import google_crc32c
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from hsmd import keyspecs
 from hsmd.audit.events import RecordedEvent
 from hsmd.audit.verify import VerifyResult
 from hsmd.domain import (
     Alias,
+    ClientRequest,
     Key,
     KeyPolicy,
     KeyVersion,
@@ -27,7 +30,7 @@ from hsmd.domain import (
     WrappingAlgorithm,
 )
 from hsmd.errors import InvalidArgument
-from hsmd.names import key_resource_name
+from hsmd.names import key_resource_name, validate_client_token
 from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
 from hsmd.v1 import admin_pb2, resources_pb2
 
@@ -55,6 +58,15 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def datetime_from(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """An aware UTC datetime. Raises InvalidArgument for a Timestamp outside what it can hold
+    (years 1-9999) or with nanoseconds out of range."""
+    try:
+        return stamp.ToDatetime(UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(f"{field} is not a valid time (years 1 to 9999)") from None
 
 
 def from_proto(domain: type[E], proto_enum: Any, value: int, field: str) -> E | None:
@@ -243,3 +255,17 @@ def audit_verification(result: VerifyResult) -> admin_pb2.VerifyAuditLogResponse
         response.previous_log_position = result.chain_start.archived_sequence
         response.previous_log_hash = result.chain_start.archived_hash
     return response
+
+
+def client_request(request: Message, caller: str) -> ClientRequest | None:
+    """The request's client token, with a digest of the caller and every other field (so a
+    token reused for anything else is told apart); None when it names no token."""
+    token = getattr(request, "client_token")  # noqa: B009 - every creating request has one
+    if not token:
+        return None
+    validate_client_token(token)
+    rest = type(request)()
+    rest.CopyFrom(request)
+    rest.ClearField("client_token")
+    digest = hashlib.sha256(caller.encode() + b"\n" + rest.SerializeToString(deterministic=True))
+    return ClientRequest(token, digest.hexdigest())

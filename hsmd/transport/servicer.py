@@ -6,13 +6,14 @@ No business logic here; the caller's identity comes from the guard (current_requ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC
 
 import grpc
+from google.protobuf.message import Message
 
 from hsmd import keyspecs
 from hsmd.audit.log import AuditLog
 from hsmd.domain import (
+    ClientRequest,
     EncryptionAlgorithm,
     KeyOrigin,
     KeySpec,
@@ -112,6 +113,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             request.exportable,
             from_proto(KeyOrigin, resources_pb2.KeyOrigin, request.origin, "origin")
             or KeyOrigin.GENERATED,
+            _client_request(request),
         )
         return service_pb2.CreateKeyResponse(key_metadata=convert.key_metadata(key))
 
@@ -417,6 +419,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             convert.key_policy_from(request.policy) if request.HasField("policy") else None,
             request.tags,
             request.exportable,
+            _client_request(request),
         )
         return service_pb2.UnwrapKeyResponse(key_metadata=convert.key_metadata(key))
 
@@ -441,7 +444,11 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
     def ImportKeyMaterial(
         self, request: service_pb2.ImportKeyMaterialRequest, context: grpc.ServicerContext
     ) -> service_pb2.ImportKeyMaterialResponse:
-        valid_to = request.valid_to.ToDatetime(UTC) if request.HasField("valid_to") else None
+        valid_to = (
+            convert.datetime_from(request.valid_to, "valid_to")
+            if request.HasField("valid_to")
+            else None
+        )
         key = self._imports.import_material(
             current_request(),
             request.key_id,
@@ -592,6 +599,10 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         )
 
 
+def _client_request(request: Message) -> ClientRequest | None:
+    return convert.client_request(request, str(current_request().principal))
+
+
 def _audit_page(
     audit: AuditLog, request: service_pb2.ListAuditEventsRequest, tenant: str | None
 ) -> service_pb2.ListAuditEventsResponse:
@@ -640,7 +651,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def CreateTenant(
         self, request: admin_pb2.CreateTenantRequest, context: grpc.ServicerContext
     ) -> admin_pb2.CreateTenantResponse:
-        created = self._tenants.create_tenant(request.name, request.admin_principals)
+        created = self._tenants.create_tenant(
+            request.name, request.admin_principals, _client_request(request)
+        )
         return admin_pb2.CreateTenantResponse(tenant=convert.tenant(created))
 
     def ListTenants(

@@ -13,22 +13,17 @@ loop devices; elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
-import shutil
-import struct
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hsmclient import HsmError
 
-from tests.harness import DaemonProcess, TestPki
+from tests.harness import DaemonProcess, LoopFileSystem, TestPki
 
 TENANT = "crash"
 
@@ -38,6 +33,12 @@ class Acknowledged:
     keys: list[str] = field(default_factory=list)
     ciphertexts: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture(autouse=True)
+def _no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that fails ends its client's burst: nothing after it was acknowledged."""
+    monkeypatch.setattr("hsmclient.client.RETRY_DELAYS", ())
 
 
 def _burst(daemon: DaemonProcess, seen: Acknowledged, stop: threading.Event) -> None:
@@ -105,62 +106,10 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(
     assert len(seen.keys) > 10 and len(seen.ciphertexts) > 10
 
 
-_FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
-_SHUTDOWN_NOLOGFLUSH = 2  # drop what is not yet in the journal: a power cut
-
-
-class LoopFileSystem:
-    """A small ext4 file system in a file, mounted on a loop device, that can lose power."""
-
-    def __init__(self, image: Path, mount_point: Path) -> None:
-        self.image = image
-        self.mount_point = mount_point
-        subprocess.run(["truncate", "-s", "256M", str(image)], check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-        mount_point.mkdir()
-
-    def mount(self) -> None:
-        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mount_point)], check=True)
-
-    def power_cut(self) -> None:
-        descriptor = os.open(self.mount_point, os.O_RDONLY)
-        try:
-            fcntl.ioctl(descriptor, _FS_IOC_SHUTDOWN, struct.pack("I", _SHUTDOWN_NOLOGFLUSH))
-        finally:
-            os.close(descriptor)
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", str(self.mount_point)], check=True)
-
-
-def _loop_devices_reason() -> str | None:
-    """Why this machine cannot simulate a power cut, or None if it can."""
-    if os.geteuid() != 0:
-        return "needs root to mount a loop device"
-    if not Path("/dev/loop-control").exists():
-        return "no loop devices (/dev/loop-control)"
-    if shutil.which("mkfs.ext4") is None:
-        return "no mkfs.ext4"
-    return None
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Iterator[LoopFileSystem]:
-    reason = _loop_devices_reason()
-    if reason is not None:
-        pytest.skip(f"power-cut simulation: {reason}")
-    file_system = LoopFileSystem(tmp_path / "state.img", tmp_path / "state")
-    try:
-        file_system.mount()
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"power-cut simulation: cannot mount a loop device ({exc})")
-    yield file_system
-    subprocess.run(["umount", "-l", str(file_system.mount_point)], check=False)
-
-
 def test_a_power_cut_during_a_burst_loses_nothing_acknowledged(
-    volume: LoopFileSystem, pki: TestPki
+    tmp_path: Path, pki: TestPki
 ) -> None:
+    volume = LoopFileSystem.mounted(tmp_path / "state.img", tmp_path / "state")
     daemon = DaemonProcess(volume.mount_point / "hsmd", pki)
     daemon.start()
     daemon.create_tenant(TENANT)
@@ -176,6 +125,7 @@ def test_a_power_cut_during_a_burst_loses_nothing_acknowledged(
     finally:
         if daemon.process is not None:
             daemon.kill()
+        volume.unmount(lazy=True)
     assert len(seen.keys) > 10 and len(seen.ciphertexts) > 10
 
 

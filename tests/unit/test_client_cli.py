@@ -340,7 +340,7 @@ def b64(data: bytes) -> str:
 def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
     output = run_json(capsys, "create-key", "--description", "payroll")
     assert fake.calls == [
-        ("create_key", ("AES_256", None, "payroll", None, None, False, "GENERATED"))
+        ("create_key", ("AES_256", None, "payroll", None, None, False, "GENERATED", None))
     ]
     assert output == {
         "KeyMetadata": {
@@ -363,7 +363,7 @@ def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
 def test_create_key_passes_spec_and_usage(fake, capsys) -> None:
     run_json(capsys, "create-key", "--key-spec", "RSA_2048", "--key-usage", "SIGN_VERIFY")
     assert fake.calls == [
-        ("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None, False, "GENERATED"))
+        ("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None, False, "GENERATED", None))
     ]
 
 
@@ -1236,7 +1236,7 @@ def test_create_key_with_tags_and_a_policy(fake, capsys) -> None:
     policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
     run_json(capsys, "create-key", "--tags", "TagKey=env,TagValue=prod", "--policy", policy)
     assert fake.calls == [
-        ("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED"))
+        ("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED", None))
     ]
 
 
@@ -1595,7 +1595,7 @@ def test_audit_help_says_which_service_answers(capsys, argv: list[str]) -> None:
 
 def test_create_key_for_import_or_export(fake, capsys) -> None:
     run_json(capsys, "create-key", "--origin", "EXTERNAL", "--exportable")
-    assert fake.calls == [("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL"))]
+    assert fake.calls == [("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL", None))]
 
 
 def test_describe_key_shows_the_origin_exportable_and_valid_to(fake, capsys, monkeypatch) -> None:
@@ -1741,7 +1741,7 @@ def test_unwrap_key(fake, capsys, tmp_path) -> None:
     (tmp_path / "wrapped").write_bytes(BLOB)
     argv = ["unwrap-key", "--wrapped-key", f"fileb://{tmp_path / 'wrapped'}", "--wrapping-key-id"]
     output = run_json(capsys, *argv, "w")
-    assert fake.calls == [("unwrap_key", (BLOB, "w", "", None, None, False))]
+    assert fake.calls == [("unwrap_key", (BLOB, "w", "", None, None, False, None))]
     assert (output["KeyMetadata"]["Origin"], output["KeyMetadata"]["Exportable"]) == (
         "UNWRAPPED",
         True,
@@ -1750,4 +1750,4 @@ def test_unwrap_key(fake, capsys, tmp_path) -> None:
     policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
     options = ["--description", "dr", "--tags", "TagKey=env,TagValue=dr", "--policy", policy]
     run_json(capsys, *argv, "w", *options, "--exportable")
-    assert fake.calls == [("unwrap_key", (BLOB, "w", "dr", POLICY, {"env": "dr"}, True))]
+    assert fake.calls == [("unwrap_key", (BLOB, "w", "dr", POLICY, {"env": "dr"}, True, None))]

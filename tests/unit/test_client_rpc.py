@@ -181,6 +181,7 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.corrupt_response_crc32c = False
         self.ignore_request_crc32c = False
         self.delay = 0.0
+        self.failures: list[grpc.StatusCode] = []  # CreateKey answers these first
 
     def _key(self, key_id: str, context: grpc.ServicerContext) -> resources_pb2.KeyMetadata:
         """The key of an id or, as the daemon resolves them, of an alias/NAME."""
@@ -241,6 +242,8 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
 
     def CreateKey(self, request, context):
         self.requests.append(request)
+        if self.failures:
+            context.abort(self.failures.pop(0), "not now")
         origin = request.origin or resources_pb2.GENERATED
         key = self._new_key(request, request.key_spec, request.key_usage, origin)
         return service_pb2.CreateKeyResponse(key_metadata=key)
@@ -726,12 +729,72 @@ def client(endpoint: str) -> Iterator[HsmClient]:
         yield client
 
 
+# --- client tokens and retries ------------------------------------------------------------------
+
+
+def without_token(request):
+    """A creating request as sent, less the client token it must carry."""
+    assert request.client_token
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("client_token")
+    return copy
+
+
+@pytest.fixture
+def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hsmclient.client.RETRY_DELAYS", (0.001,) * 3)
+
+
+@pytest.mark.usefixtures("no_pauses")
+@pytest.mark.parametrize(
+    "status",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+    ],
+)
+def test_create_key_retries_with_the_same_client_token(
+    client: HsmClient, kms: FakeKms, status: grpc.StatusCode
+) -> None:
+    kms.failures = [status, status]
+    key = client.create_key()
+    tokens = [request.client_token for request in kms.requests]
+    assert len(tokens) == 3 and len(set(tokens)) == 1 and tokens[0]
+    assert key.key_id in kms.keys
+
+
+@pytest.mark.usefixtures("no_pauses")
+def test_a_retried_call_gives_up_after_its_last_attempt(client: HsmClient, kms: FakeKms) -> None:
+    kms.failures = [grpc.StatusCode.UNAVAILABLE] * 10
+    with pytest.raises(UnavailableError):
+        client.create_key()
+    assert len(kms.requests) == 4  # the first attempt and three retries
+
+
+@pytest.mark.usefixtures("no_pauses")
+def test_a_refusal_is_not_retried(client: HsmClient, kms: FakeKms) -> None:
+    kms.failures = [grpc.StatusCode.INVALID_ARGUMENT]
+    with pytest.raises(InvalidArgumentError):
+        client.create_key()
+    assert len(kms.requests) == 1
+
+
+def test_each_call_gets_its_own_token_unless_one_is_given(client: HsmClient, kms: FakeKms) -> None:
+    client.create_key()
+    client.create_key()
+    client.create_key(client_token="mine")
+    tokens = [request.client_token for request in kms.requests]
+    assert tokens[0] != tokens[1] and tokens[2] == "mine"
+
+
 # --- key metadata and enums ---------------------------------------------------------------------
 
 
 def test_create_and_describe_key_return_python_values(client: HsmClient, kms: FakeKms) -> None:
     created = client.create_key(description="payroll")
-    assert kms.requests[0] == service_pb2.CreateKeyRequest(
+    assert without_token(kms.requests[0]) == service_pb2.CreateKeyRequest(
         key_spec=resources_pb2.AES_256, description="payroll", origin=resources_pb2.GENERATED
     )  # no usage: the daemon picks it from the spec
     described = client.describe_key(created.key_id)
@@ -1437,12 +1500,12 @@ def admin(endpoint: str) -> Iterator[AdminClient]:
 
 def test_create_tenant_with_admin_principals(admin: AdminClient, admin_fake: FakeAdmin) -> None:
     tenant = admin.create_tenant("acme", admin_principals=["alice", "ops-*"])
-    assert admin_fake.requests[-1] == admin_pb2.CreateTenantRequest(
+    assert without_token(admin_fake.requests[-1]) == admin_pb2.CreateTenantRequest(
         name="acme", admin_principals=["alice", "ops-*"]
     )
     assert tenant.admin_principals == ("alice", "ops-*")
     admin.create_tenant("beta")
-    assert admin_fake.requests[-1] == admin_pb2.CreateTenantRequest(name="beta")
+    assert without_token(admin_fake.requests[-1]) == admin_pb2.CreateTenantRequest(name="beta")
     with pytest.raises(ValueError, match="must be a list"):
         admin.create_tenant("gamma", admin_principals="alice")
 
@@ -1519,7 +1582,7 @@ def test_verify_audit_log_reports_checkpoints_and_time_reversals(
 
 def test_create_key_for_import_or_export(client: HsmClient, kms: FakeKms) -> None:
     key = client.create_key("HMAC_256", description="byok", origin="EXTERNAL")
-    assert kms.requests[-1] == service_pb2.CreateKeyRequest(
+    assert without_token(kms.requests[-1]) == service_pb2.CreateKeyRequest(
         key_spec=resources_pb2.HMAC_256, description="byok", origin=resources_pb2.EXTERNAL
     )
     assert (key.origin, key.key_state, key.exportable) == ("EXTERNAL", "PENDING_IMPORT", False)
@@ -1677,7 +1740,7 @@ def test_wrap_key_and_unwrap_key(client: HsmClient, kms: FakeKms) -> None:
         {"env": "dr"},
         exportable=True,
     )
-    assert kms.requests[-1] == service_pb2.UnwrapKeyRequest(
+    assert without_token(kms.requests[-1]) == service_pb2.UnwrapKeyRequest(
         wrapped_key=wrapped.wrapped_key,
         wrapping_key_id=wrapping_key_id,
         description="copy",
@@ -1693,7 +1756,7 @@ def test_wrap_key_and_unwrap_key(client: HsmClient, kms: FakeKms) -> None:
     }
     assert len(macs) == 1  # one material
     plain = client.unwrap_key(wrapped.wrapped_key, wrapping_key_id)
-    assert kms.requests[-1] == service_pb2.UnwrapKeyRequest(
+    assert without_token(kms.requests[-1]) == service_pb2.UnwrapKeyRequest(
         wrapped_key=wrapped.wrapped_key, wrapping_key_id=wrapping_key_id
     )  # no policy: the daemon's default, not an empty one
     assert plain.exportable is False
