@@ -365,7 +365,7 @@ def _reload(config_path: Path, running: config.Settings) -> config.Settings:
     logging.getLogger().setLevel(loaded.log_level)
     waiting = [
         name
-        for name in ("server", "tls", "pkcs11", "storage", "lifecycle")
+        for name in ("server", "tls", "pkcs11", "storage", "audit", "lifecycle")
         if getattr(loaded, name) != getattr(running, name)
     ]
     log.warning(
@@ -616,7 +616,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--tenant", help="only this tenant's")
     destroy = quarantine_commands.add_parser("destroy", help="destroy a quarantined object")
     destroy.add_argument("tenant")
-    destroy.add_argument("object_id", help="the object's CKA_ID in hex, as listed")
+    destroy.add_argument(
+        "object_id", help="the object's CKA_ID in hex, as listed ('' for an object with none)"
+    )
     adopt = quarantine_commands.add_parser(
         "adopt", help="make a quarantined object the object of a key version that lost its own"
     )

@@ -28,7 +28,7 @@ import grpc
 from hsmclient import keyimport
 from hsmclient.channel import ConnectionSettings
 from hsmclient.client import AdminClient, HsmClient, KeyMetadata, KeyPolicy
-from hsmclient.errors import ConfigurationError, HsmError
+from hsmclient.errors import ChecksumMismatchError, ConfigurationError, HsmError
 
 EXIT_AUDIT_CHAIN_BROKEN = 1
 EXIT_USAGE = 252
@@ -48,9 +48,11 @@ _AWS_ERRORS: dict[grpc.StatusCode, tuple[str, int]] = {
     grpc.StatusCode.UNIMPLEMENTED: ("UnsupportedOperationException", EXIT_SERVICE_ERROR),
     grpc.StatusCode.UNAVAILABLE: ("ServiceUnavailableException", EXIT_CONNECTION_ERROR),
     grpc.StatusCode.DEADLINE_EXCEEDED: ("DependencyTimeoutException", EXIT_CONNECTION_ERROR),
-    grpc.StatusCode.DATA_LOSS: ("ChecksumMismatchException", EXIT_CONNECTION_ERROR),
+    grpc.StatusCode.ABORTED: ("ConflictException", EXIT_SERVICE_ERROR),
 }
-_AWS_INTERNAL_ERROR = ("KMSInternalException", EXIT_SERVICE_ERROR)
+_AWS_INTERNAL_ERROR = ("KMSInternalException", EXIT_SERVICE_ERROR)  # DATA_LOSS from the daemon too
+# A CRC32C check of the client's own that failed: the data was corrupted on the way.
+_CHECKSUM_MISMATCH = ("ChecksumMismatchException", EXIT_CONNECTION_ERROR)
 
 # Global options (option, ConnectionSettings field, metavar, help); the field's HSM_* variable
 # is the default.
@@ -1240,7 +1242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsm: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except HsmError as error:
-        name, status = _AWS_ERRORS.get(error.code, _AWS_INTERNAL_ERROR)
+        name, status = (
+            _CHECKSUM_MISMATCH
+            if isinstance(error, ChecksumMismatchError)
+            else _AWS_ERRORS.get(error.code, _AWS_INTERNAL_ERROR)
+        )
         print(
             f"An error occurred ({name}) when calling the {_operation(args)} operation: "
             f"{error.message}",

@@ -65,7 +65,8 @@ class UnauthenticatedError(HsmError):
 
 
 class ResourceExhaustedError(HsmError):
-    """The tenant's quota is used up for now; retry later."""
+    """The daemon cannot take the call now (its storage is full, or a limit is reached); retry
+    later."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -101,7 +102,7 @@ class AbortedError(HsmError):
 
 
 class DataLossError(HsmError):
-    """The key's stored record or token object is damaged; the daemon's operator must restore it."""
+    """The key's stored record is damaged; the daemon's operator must restore it."""
 
     code = grpc.StatusCode.DATA_LOSS
 

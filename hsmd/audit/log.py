@@ -40,10 +40,12 @@ no secrets, so that is safe), for the operator to reconcile.
 
 Starting. The head (sequence, hash) comes from the last line, read backwards from the end so
 start-up does not depend on the log's size. A last line without its LF means a write was torn
-(power loss, or a disk full before the cut-off above could run). Its event was never
-acknowledged, since append returns only after the whole line is synced, but a deleted final
-LF looks the same, and silently cutting an audit log would destroy evidence in that case. So
-the daemon refuses to start and says which file, at which byte, and how to cut it after a look.
+(a crash or power loss, or a disk full before the cut-off above could run). Its event was never
+acknowledged, since append returns only after the whole line is synced. A deleted final LF
+would look the same, but only after the last checkpoint, where nothing is protected anyway:
+so, once the complete lines have been checked against the checkpoint, the fragment is moved
+to `<log>.torn-<time>` beside the log (kept for the operator) and cut, and a WARNING says so.
+Refusing to start instead made every power cut an operator's job.
 
 Reading. read() and verify() scan the file from the start through their own read-only
 descriptor (after checking it is the same file as the one being written); only complete lines
@@ -137,7 +139,7 @@ class AuditLog:
 
     Raises (on construction):
         AuditUnavailable: the file cannot be opened or created, or another process holds it.
-        AuditCorrupt: its last line is incomplete or not a valid record.
+        AuditCorrupt: its last complete line is not a valid record.
         AuditBroken: the log does not match its checkpoint file, or the public key file holds
             another key (only with checkpoints).
     """
@@ -205,12 +207,56 @@ class AuditLog:
                 raise AuditUnavailable(
                     f"cannot read the audit log {path}: {exc.strerror}"
                 ) from None
-            tail = _recover_head(path, reader, info.st_size)
+            try:
+                torn = _torn_tail(reader, info.st_size)
+            except OSError as exc:
+                raise AuditUnavailable(
+                    f"cannot read the audit log {path}: {exc.strerror}"
+                ) from None
+            tail = _recover_head(path, reader, torn.start if torn else info.st_size)
             if checkpoints is not None:
                 self._open_checkpoints(path, reader, tail, checkpoints)
+            if torn is not None:
+                self._set_aside(torn)
             return tail
         finally:
             os.close(reader)
+
+    def _set_aside(self, torn: _TornTail) -> None:
+        """Moves a torn last line out of the log, into a file of its own beside it.
+
+        It is the remains of a write cut short by a crash or power loss: append returns only
+        once the whole line is synced, so its event was never acknowledged. The lines before it
+        have been checked against the checkpoint already, and a line after the last checkpoint
+        is not protected by it anyway (docs/security.md), so cutting it hides nothing that was
+        protected; the fragment is kept for the operator all the same.
+        """
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        kept = self._path.with_name(f"{self._path.name}.torn-{stamp}")
+        try:
+            descriptor = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(descriptor, torn.fragment)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.ftruncate(self._fd, torn.start)
+            os.fsync(self._fd)
+            _fsync_directory(self._path.parent)
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"the audit log {self._path} ends with a torn line ({len(torn.fragment)} bytes at"
+                f" byte {torn.start}) that cannot be set aside: {exc.strerror}"
+            ) from None
+        log.warning(
+            "audit log %s ended with a torn line (%d bytes at byte %d), the remains of a write"
+            " cut short by a crash or power loss (its event was never acknowledged): kept in %s"
+            " and cut from the log",
+            self._path,
+            len(torn.fragment),
+            torn.start,
+            kept,
+        )
 
     def _open_checkpoints(
         self, path: Path, reader: int, tail: _Tail, checkpoints: Checkpointing
@@ -764,21 +810,29 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class _TornTail:
+    """The bytes after the log's last LF, and where they start."""
+
+    start: int
+    fragment: bytes
+
+
+def _torn_tail(reader: int, size: int) -> _TornTail | None:
+    if size == 0 or os.pread(reader, 1, size - 1) == b"\n":
+        return None
+    start, fragment = _last_line(reader, size)
+    return _TornTail(start, fragment)
+
+
 def _recover_head(path: Path, reader: int, size: int) -> _Tail:
+    """The head from the last line of the first `size` bytes, which end with an LF."""
     if size == 0:
         return _Tail(0, GENESIS_HASH, 0, 0)
     try:
-        complete = os.pread(reader, 1, size - 1) == b"\n"
-        start, last = _last_line(reader, size if not complete else size - 1)
+        start, last = _last_line(reader, size - 1)
     except OSError as exc:
         raise AuditUnavailable(f"cannot read the audit log {path}: {exc.strerror}") from None
-    if not complete:
-        raise AuditCorrupt(
-            f"the audit log {path} ends with an incomplete line ({size - start} bytes at byte "
-            f"{start}): a write was torn. Its event was never acknowledged, but hsmd cannot "
-            f"tell a torn write from a removed line end, so it does not cut the file itself. "
-            f"Look at it, keep a copy, then cut it (truncate -s {start} {path}) and start again."
-        )
     try:
         record = decode_record(last)
     except MalformedEvent as exc:

@@ -189,8 +189,11 @@ class CryptoBackend(Protocol):
         """Every readable CKA_ID in the tenant's token (one linear pass: start-up only)."""
         ...
 
-    def fits(self, tenant: str, object_id: bytes, spec: KeySpec) -> bool:
-        """Whether the objects with this CKA_ID are a key of the spec's type (for adoption)."""
+    def fits(
+        self, tenant: str, object_id: bytes, spec: KeySpec, usage: KeyUsage, exportable: bool
+    ) -> bool:
+        """Whether the objects with this CKA_ID are a key of this spec, usage and
+        exportability, as hsmd makes them (for adoption)."""
         ...
 
     def destroy(self, tenant: str, object_id: bytes) -> None:

@@ -70,7 +70,7 @@ from hsmd.errors import (
     Unimplemented,
     UnwrapFailed,
 )
-from hsmd.keyspecs import SIGNING, SPECS, WRAPPING_OAEP, Family, SignatureScheme
+from hsmd.keyspecs import SIGNING, SPECS, WRAPPING_OAEP, Family, SignatureScheme, Spec
 from hsmd.names import token_label
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,7 @@ class Pkcs11Backend:
         with self._lock, self._translate():
             token = self._find_token(name.label)
             if token is None:
+                self._check_storage()  # a half-initialised token would take the slot
                 token = self._init_free_token(name)
             if not token.flags & TokenFlag.USER_PIN_INITIALIZED:
                 with token.open(rw=True, so_pin=name.so_pin()) as so_session:
@@ -809,22 +810,35 @@ class Pkcs11Backend:
                     )
         return TokenObjects(frozenset(ids), unreadable)
 
-    def fits(self, tenant: str, object_id: bytes, spec: KeySpec) -> bool:
-        """Whether the objects with this CKA_ID are a key of this spec's type: a secret key,
-        or a private key and its public key."""
+    def fits(
+        self, tenant: str, object_id: bytes, spec: KeySpec, usage: KeyUsage, exportable: bool
+    ) -> bool:
+        """Whether the objects with this CKA_ID are a key hsmd could have made for this spec
+        and usage: a secret key, or a private key and its public key, of the spec's type and
+        size, with exactly the usage's rights, sensitive, and extractable only if the key is
+        exportable (so adopting an object can never loosen what the key allows)."""
         info = SPECS[spec]
-        wanted = (
-            {ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY}
-            if info.family.asymmetric
-            else {ObjectClass.SECRET_KEY}
-        )
-        found = set()
+        found: dict[ObjectClass, Any] = {}
+        capabilities: tuple[Attribute, ...]
         with self._token(tenant) as token:
             for obj in token.session.get_objects({Attribute.ID: object_id}):
-                if obj[Attribute.KEY_TYPE] != KEY_TYPES[info.family]:
+                found[ObjectClass(obj[Attribute.CLASS])] = obj
+            if info.family.asymmetric:
+                if set(found) != {ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY}:
                     return False
-                found.add(ObjectClass(obj[Attribute.CLASS]))
-        return found == wanted
+                key, capabilities = found[ObjectClass.PRIVATE_KEY], _PRIVATE_CAPABILITIES
+            else:
+                if set(found) != {ObjectClass.SECRET_KEY}:
+                    return False
+                key, capabilities = found[ObjectClass.SECRET_KEY], _SECRET_CAPABILITIES
+            rights = _USAGE_CAPABILITIES[(info.family.asymmetric, usage)]
+            return (
+                all(obj[Attribute.KEY_TYPE] == KEY_TYPES[info.family] for obj in found.values())
+                and all(bool(key[right]) == (right in rights) for right in capabilities)
+                and bool(key[Attribute.SENSITIVE])
+                and (exportable or not key[Attribute.EXTRACTABLE])
+                and _has_spec_size(found, info)
+            )
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
         with self._changing(tenant, adds=False) as token:
@@ -1044,6 +1058,18 @@ class Pkcs11Backend:
 def _serial(token: Any) -> str:
     serial = token.serial
     return serial.decode() if isinstance(serial, bytes) else str(serial)
+
+
+def _has_spec_size(found: dict[ObjectClass, Any], info: Spec) -> bool:
+    """Whether a key's objects have its spec's size or curve. A secret key's CKA_VALUE_LEN is
+    0 when SoftHSM2 unwrapped it (see _unwrap_secret), and then cannot be read here."""
+    if info.family is Family.RSA:
+        return len(found[ObjectClass.PRIVATE_KEY][Attribute.MODULUS]) * 8 == info.bits
+    if info.family.asymmetric:
+        wanted = encode_named_curve_parameters(info.curve_oid)
+        return bytes(found[ObjectClass.PUBLIC_KEY][Attribute.EC_PARAMS]) == wanted
+    size = found[ObjectClass.SECRET_KEY][Attribute.VALUE_LEN]
+    return size in (0, info.bits // 8)
 
 
 def _fingerprint(probe: Any, spec: KeySpec) -> str:

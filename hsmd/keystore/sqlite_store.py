@@ -165,6 +165,11 @@ _MIGRATIONS = [
     ALTER TABLE tenants ADD COLUMN client_token TEXT;
     ALTER TABLE tenants ADD COLUMN request_fingerprint TEXT;
     """,
+    # A client token names at most one tenant creation.
+    """
+    CREATE UNIQUE INDEX tenants_client_token ON tenants(client_token)
+        WHERE client_token IS NOT NULL;
+    """,
 ]
 
 _KEY_COLUMNS = (
@@ -425,15 +430,14 @@ class SqliteKeyStore:
                 ),
             )
 
-    def tenant_request(self, name: str) -> ClientRequest | None:
-        """The client request that created the tenant, if it named a token."""
+    def tenant_for_request(self, token: str) -> tuple[str, ClientRequest] | None:
+        """The tenant a request with this client token created, and that request."""
         with self._read() as db:
             row = db.execute(
-                "SELECT client_token, request_fingerprint FROM tenants"
-                " WHERE name = ? AND client_token IS NOT NULL",
-                (name,),
+                "SELECT name, request_fingerprint FROM tenants WHERE client_token = ?",
+                (token,),
             ).fetchone()
-        return ClientRequest(row[0], row[1]) if row else None
+        return (row[0], ClientRequest(token, row[1])) if row else None
 
     def activate_tenant(self, name: str, token_serial: str) -> None:
         with self._transaction() as db:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,7 +93,7 @@ class ImportOps:
             expires_at=self._clock.now() + TOKEN_LIFETIME,
         )
         # The row first: a crash after it leaves a token whose missing object expires away;
-        # an object without a row would be destroyed as an orphan at the next start.
+        # an object without a row would be quarantined at the next start.
         self._store.add_import_parameters(parameters)
         public_key = self._backend.create_import_key(key.tenant, object_id, wrapping_spec)
         return Parameters(key, parameters.token, public_key, parameters.expires_at)
@@ -142,18 +143,33 @@ class ImportOps:
         self._forget(key)
         return self._store.get_key(key.tenant, key.key_id)
 
-    def expire_due(self) -> list[Key]:
-        """Forgets material past its valid_to (returns those keys), and destroys expired import
-        keys."""
+    def expire_due(self) -> Iterator[Key]:
+        """Forgets material past its valid_to, yielding each key as it is done, and destroys
+        expired import keys. One tenant's token trouble does not hold up the others."""
         now = self._clock.now()
-        expired = self._store.keys_expired(now)
-        for key in expired:
+        for key in self._store.keys_expired(now):
             log.warning("key material of key %s expired", key.key_id)
-            self._forget(key)
+            try:
+                self._forget(key)
+            except Exception:
+                log.exception(
+                    "key %s of tenant %s: its expired material is forgotten, but its objects are"
+                    " not yet destroyed: start-up repair destroys them once the token is back",
+                    key.key_id,
+                    key.tenant,
+                )
+            yield key
         for parameters in self._store.expired_import_parameters(now):
-            self._backend.destroy(parameters.tenant, parameters.object_id)
+            try:
+                self._backend.destroy(parameters.tenant, parameters.object_id)
+            except Exception:
+                log.exception(
+                    "tenant %s: the expired import key %s cannot be destroyed yet; retried",
+                    parameters.tenant,
+                    parameters.object_id.hex(),
+                )
+                continue
             self._store.remove_import_parameters(parameters.token)
-        return expired
 
     def _forget(self, key: Key) -> None:
         """Metadata first: a crash before the objects go leaves DESTROYED versions whose

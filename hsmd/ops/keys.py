@@ -13,7 +13,8 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from hsmd import keyspecs, policy
@@ -127,13 +128,11 @@ class KeyOps:
         earlier = add_new_key(self._store, ctx, key, version, request)
         if earlier is not None:
             return earlier
-        try:
+        with rolled_back_unless_finished(self._store, self._backend, key, version):
             self._backend.generate_key(ctx.tenant, version.object_id, spec, usage, exportable)
-        except Exception:
-            roll_back_creation(self._store, self._backend, key, version)
-            raise
+            created = self._store.update_key(ctx.tenant, key.key_id, state=KeyState.ENABLED)
         log.info("created key %s (%s, %s)", key.key_id, spec, usage)
-        return self._store.update_key(ctx.tenant, key.key_id, state=KeyState.ENABLED)
+        return created
 
     def describe_key(self, ctx: RequestContext, key_id: str) -> Key:
         return usable_key(self._store, ctx, key_id, Operation.DESCRIBE)
@@ -184,15 +183,26 @@ class KeyOps:
         return self._store.tag_key(key.tenant, key.key_id, {}, tag_keys)
 
 
-def roll_back_creation(
+@contextmanager
+def rolled_back_unless_finished(
     store: KeyStore, backend: CryptoBackend, key: Key, version: KeyVersion
-) -> None:
-    """Undoes a creation that failed after its CREATING row: the object (if any), then the row.
+) -> Iterator[None]:
+    """Undoes a creation whose block fails after its CREATING row (making the object or
+    marking the row ENABLED): the object (if any), then the row.
 
     The row goes even when the object cannot be destroyed now (the token unreachable, the
     daemon stopping): a retry with the same client token must not find the creation "still
     running" forever, and an object left behind is quarantined by the next start, never used.
+    If the row cannot go either (the database is down), the next start rolls it back.
     """
+    try:
+        yield
+    except BaseException:
+        _roll_back(store, backend, key, version)
+        raise
+
+
+def _roll_back(store: KeyStore, backend: CryptoBackend, key: Key, version: KeyVersion) -> None:
     try:
         backend.destroy(key.tenant, version.object_id)
     except Exception as exc:
@@ -213,6 +223,7 @@ def replayed(store: KeyStore, ctx: RequestContext, request: ClientRequest | None
     Raises:
         InvalidArgument: the token was used for a different request (or by another principal).
         Aborted: the call that used it is still making the key.
+        PermissionDenied: the key's policy no longer lets the caller see it.
     """
     if request is None:
         return None
@@ -224,6 +235,9 @@ def replayed(store: KeyStore, ctx: RequestContext, request: ClientRequest | None
         raise InvalidArgument("client_token was used for a different request")
     if key.state is KeyState.CREATING:
         raise Aborted("the call that first used this client_token is still running; retry")
+    # The answer is the key's metadata as it is now: only for a caller its policy still lets
+    # see it (the policy may have changed since the first call).
+    policy.check_permitted(key.policy, ctx.principal, Operation.DESCRIBE)
     return key
 
 

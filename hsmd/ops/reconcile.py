@@ -143,8 +143,11 @@ class Reconciler:
             raise FailedPrecondition(
                 f"version {version} of key {key.key_id} has its object; nothing to adopt"
             )
-        if not self._backend.fits(tenant, object_id, key.spec):
-            raise FailedPrecondition(f"object {object_id.hex()} is not a {key.spec} key")
+        if not self._backend.fits(tenant, object_id, key.spec, key.usage, key.exportable):
+            raise FailedPrecondition(
+                f"object {object_id.hex()} is not a {key.spec} key for {key.usage}"
+                f"{' (exportable)' if key.exportable else ''} as hsmd makes them"
+            )
         self._store.adopt_object(tenant, key.key_id, version, object_id)
         live = [
             v.object_id

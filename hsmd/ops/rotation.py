@@ -13,6 +13,7 @@ due rotates once when it next checks, not once per missed period.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -92,17 +93,17 @@ class RotationOps:
         cursor = versions[limit - 1].version if len(versions) > limit else None
         return RotationPage(page, paging.encode_token(cursor))
 
-    def rotate_due(self) -> list[KeyVersion]:
-        """Rotates every ENABLED key whose next rotation date has come (once each); returns
-        the new versions."""
+    def rotate_due(self) -> Iterator[KeyVersion]:
+        """Rotates every ENABLED key whose next rotation date has come (once each), yielding
+        each new version as it is made."""
         due = self._store.keys_due("next_rotation_at", KeyState.ENABLED, self._clock.now())
-        rotated = []
         for key in due:
             try:
-                rotated.append(self._rotate(key, RotationType.AUTOMATIC))
+                version = self._rotate(key, RotationType.AUTOMATIC)
             except Exception:  # one key's token trouble must not hold up the others
                 log.exception("automatic rotation of key %s failed; will retry", key.key_id)
-        return rotated
+                continue
+            yield version
 
     def _rotate(self, key: Key, how: RotationType) -> KeyVersion:
         now = self._clock.now()

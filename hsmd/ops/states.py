@@ -2,13 +2,14 @@
 
 Destruction spans the metadata and the token: the row is marked DESTROYED first, in a
 transaction that succeeds only if the key is still PENDING_DELETION, then the objects go. A
-crash between the two leaves objects that no live version names, and the next start destroys
-them as orphans.
+crash between the two leaves objects of DESTROYED versions, which the next start destroys
+(hsmd.repair).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
 from hsmd.backend.api import CryptoBackend
@@ -79,18 +80,26 @@ class StateOps:
         log.info("key %s: %s -> %s", key.key_id, key.state, moved.state)
         return moved
 
-    def destroy_due(self) -> list[Key]:
-        """Destroys the token objects of every key whose deletion date has come; returns them."""
+    def destroy_due(self) -> Iterator[Key]:
+        """Destroys every key whose deletion date has come, yielding each as it is destroyed
+        (so the caller audits each one even if a later one fails)."""
         due = self._store.keys_due("deletion_at", KeyState.PENDING_DELETION, self._clock.now())
-        destroyed = []
         for key in due:
-            # Claim the key first: a CancelKeyDeletion that wins the race keeps it whole; a
-            # crash after the claim leaves objects no live version names, which the next
-            # start destroys as orphans.
+            # Claim the key first: a CancelKeyDeletion that wins the race keeps it whole. After
+            # the claim the key is destroyed whatever happens to its objects: objects that
+            # cannot be destroyed now (a crash, a token not attached) belong to DESTROYED
+            # versions, which start-up repair destroys (hsmd.repair).
             if not self._store.mark_destroyed(key.tenant, key.key_id):
                 continue
-            for version in self._store.versions(key.tenant, key.key_id):
-                self._backend.destroy(key.tenant, version.object_id)
+            try:
+                for version in self._store.versions(key.tenant, key.key_id):
+                    self._backend.destroy(key.tenant, version.object_id)
+            except Exception:
+                log.exception(
+                    "key %s of tenant %s is destroyed, but its token objects are not yet:"
+                    " start-up repair destroys them once the token is back",
+                    key.key_id,
+                    key.tenant,
+                )
             log.warning("destroyed key %s of tenant %s", key.key_id, key.tenant)
-            destroyed.append(key)
-        return destroyed
+            yield key

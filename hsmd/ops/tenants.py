@@ -46,12 +46,12 @@ class TenantOps:
             AlreadyExists: a tenant of that name exists (made by another request).
         """
         validate_tenant_name(name)
+        first = self._store.tenant_for_request(request.token) if request else None
+        if first is not None and (first[0] != name or first[1] != request):
+            raise InvalidArgument("client_token was used for a different request")
         existing = self._store.get_tenant(name)
         if existing is not None and existing.state is TenantState.ACTIVE:
-            first = self._store.tenant_request(name)
-            if request is not None and first is not None and first.token == request.token:
-                if first.fingerprint != request.fingerprint:
-                    raise InvalidArgument("client_token was used for a different request")
+            if first is not None:
                 return existing
             raise AlreadyExists(f"tenant {name!r} exists already")
         if existing is None:

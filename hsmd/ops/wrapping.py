@@ -33,7 +33,7 @@ from hsmd.ops.keys import (
     check_new_key_fields,
     new_object_id,
     replayed,
-    roll_back_creation,
+    rolled_back_unless_finished,
 )
 from hsmd.ops.resolve import usable_key
 
@@ -113,7 +113,7 @@ class WrappingOps:
         if earlier is not None:
             return earlier
         target = UnwrapTarget(version.object_id, parsed.spec, parsed.usage, exportable)
-        try:
+        with rolled_back_unless_finished(self._store, self._backend, key, version):
             fingerprint = self._backend.unwrap(
                 ctx.tenant,
                 self._primary(wrapping_key).object_id,
@@ -121,13 +121,11 @@ class WrappingOps:
                 parsed.padded,
                 target,
             )
-        except Exception:
-            roll_back_creation(self._store, self._backend, key, version)
-            raise
+            unwrapped = self._store.update_key(
+                ctx.tenant, key.key_id, state=KeyState.ENABLED, material_fingerprint=fingerprint
+            )
         log.info("unwrapped key %s under %s", key.key_id, wrapping_key.key_id)
-        return self._store.update_key(
-            ctx.tenant, key.key_id, state=KeyState.ENABLED, material_fingerprint=fingerprint
-        )
+        return unwrapped
 
     def _primary(self, key: Key) -> KeyVersion:
         return self._store.get_version(key.tenant, key.key_id, key.primary_version)

@@ -216,13 +216,14 @@ def quarantined_object(entry: QuarantinedObject) -> admin_pb2.QuarantinedObject:
     )
 
 
-def object_id(text: str) -> bytes:
-    """A CKA_ID from its hex form. Raises InvalidArgument for anything else."""
+def object_id(text: str, *, empty_allowed: bool = False) -> bytes:
+    """A CKA_ID from its hex form. Raises InvalidArgument for anything else. Only a call
+    that can act on an object without an id (destroying one in quarantine) allows ""."""
     try:
         value = bytes.fromhex(text)
     except ValueError:
         raise InvalidArgument("object_id must be the object's CKA_ID in hex") from None
-    if not value:
+    if not value and not empty_allowed:
         raise InvalidArgument("object_id is required")
     return value
 

@@ -676,7 +676,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.DestroyQuarantinedObjectRequest, context: grpc.ServicerContext
     ) -> admin_pb2.DestroyQuarantinedObjectResponse:
         self._reconciler.destroy_quarantined(
-            validate_tenant_name(request.tenant), convert.object_id(request.object_id)
+            validate_tenant_name(request.tenant),
+            convert.object_id(request.object_id, empty_allowed=True),
         )
         return admin_pb2.DestroyQuarantinedObjectResponse()
 

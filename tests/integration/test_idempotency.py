@@ -121,6 +121,15 @@ def test_create_tenant_takes_a_client_token(daemon: DaemonProcess) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             admin.CreateTenant(admin_pb2.CreateTenantRequest(name=name))
         assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        other_name = admin_pb2.CreateTenantRequest(
+            name=f"{name}-b", client_token=request.client_token
+        )
+        with pytest.raises(grpc.RpcError) as reused:
+            admin.CreateTenant(other_name)
+        assert reused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert other_name.name not in [
+            t.name for t in admin.ListTenants(admin_pb2.ListTenantsRequest()).tenants
+        ]
 
 
 def test_the_client_library_sends_a_token_and_retries_with_it(daemon: DaemonProcess) -> None:

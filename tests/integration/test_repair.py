@@ -78,6 +78,19 @@ def test_an_unknown_object_is_quarantined_and_an_operator_destroys_it(
         assert client.decrypt(blob).plaintext == b"before"
 
 
+def test_an_object_without_an_id_is_quarantined_and_can_be_destroyed(
+    stopped: tuple[DaemonProcess, str, bytes],
+) -> None:
+    daemon, key_id, _ = stopped
+    daemon.probe(TENANT, "orphan", b"")  # what a creation torn before it named its object leaves
+    daemon.start()
+    with daemon.admin() as admin:
+        assert [e.object_id for e in admin.iter_quarantined_objects(TENANT)] == [""]
+        admin.destroy_quarantined_object(TENANT, "")
+        assert list(admin.iter_quarantined_objects()) == []
+    assert _token_ids(daemon) == {_object_id(daemon, key_id).hex()}
+
+
 def test_a_flipped_object_id_quarantines_the_object_and_adoption_gives_the_key_back(
     stopped: tuple[DaemonProcess, str, bytes],
 ) -> None:
@@ -86,14 +99,19 @@ def test_a_flipped_object_id_quarantines_the_object_and_adoption_gives_the_key_b
     flipped = bytes([real[0] ^ 0x01]) + real[1:]
     with sqlite3.connect(daemon.database) as db:
         db.execute("UPDATE key_versions SET object_id = ? WHERE key_id = ?", (flipped, key_id))
+    loose = secrets.token_bytes(16)
+    daemon.probe(TENANT, "orphan", loose)  # an AES-256 key with the library's default rights
     daemon.start()
-    assert _token_ids(daemon) == {real.hex()}  # the real key object is still there
+    assert _token_ids(daemon) == {real.hex(), loose.hex()}  # the real key object is still there
     with daemon.client(TENANT) as client:
         assert client.describe_key(key_id).key_state == "UNAVAILABLE"
         with pytest.raises(FailedPreconditionError, match="UNAVAILABLE"):
             client.decrypt(blob)
     with daemon.admin() as admin:
-        assert [e.object_id for e in admin.iter_quarantined_objects(TENANT)] == [real.hex()]
+        quarantined = {e.object_id for e in admin.iter_quarantined_objects(TENANT)}
+        assert quarantined == {real.hex(), loose.hex()}
+        with pytest.raises(FailedPreconditionError, match="as hsmd makes them"):
+            admin.adopt_quarantined_object(TENANT, loose.hex(), key_id, 1)
         adopted = admin.adopt_quarantined_object(TENANT, real.hex(), key_id, 1)
         assert adopted.key_state == "ENABLED"
     with daemon.client(TENANT) as client:

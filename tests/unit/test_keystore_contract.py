@@ -91,8 +91,8 @@ def test_tenants_are_added_activated_and_listed(store: KeyStore) -> None:
 def test_a_tenants_client_request_is_kept(store: KeyStore) -> None:
     request = ClientRequest("token-1", "digest")
     store.add_tenant("gamma", "hsmd/gamma", T, [], request)
-    assert store.tenant_request("gamma") == request
-    assert store.tenant_request(A) is None
+    assert store.tenant_for_request("token-1") == ("gamma", request)
+    assert store.tenant_for_request("token-2") is None
 
 
 # --- keys ---------------------------------------------------------------------------------------
