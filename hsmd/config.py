@@ -29,6 +29,10 @@ class ServerSettings:
     grace_seconds: float
     max_concurrent_rpcs: int
     max_connection_age_seconds: float
+    max_connections: int = 1000
+    handshake_timeout_seconds: float = 5.0
+    idle_timeout_seconds: float = 300.0
+    max_streams_per_connection: int = 100
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,10 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         max_connection_age_seconds=server.number(
             "max_connection_age_seconds", 3600.0, 1.0, 86400.0
         ),
+        max_connections=server.integer("max_connections", 1000, 1, 100_000),
+        handshake_timeout_seconds=server.number("handshake_timeout_seconds", 5.0, 0.1, 120.0),
+        idle_timeout_seconds=server.number("idle_timeout_seconds", 300.0, 1.0, 86400.0),
+        max_streams_per_connection=server.integer("max_streams_per_connection", 100, 1, 10_000),
     )
     server.done()
 

@@ -7,6 +7,7 @@ address fails before it touches anything; `RunningServer.start` then begins serv
 from __future__ import annotations
 
 import logging
+import resource
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 8 * 1024 * 1024
+# File descriptors kept for everything but connections: token object files, the database,
+# the audit log and its index, the log, gRPC's own pipes.
+_RESERVED_DESCRIPTORS = 256
 
 
 @dataclass
@@ -45,6 +49,39 @@ class RunningServer:
         self.server.stop(grace_seconds)
 
 
+def _connection_limits(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC options that keep connections from exhausting the process: a cap on open
+    connections (counted from accept, so connections still in their TLS handshake count), a
+    short handshake, idle connections closed, and a cap on calls per connection.
+
+    The cap must leave file descriptors for tokens, the database and the logs, or a flood of
+    connections that never start TLS would make every new file fail: the soft RLIMIT_NOFILE is
+    raised to the hard one, and the cap lowered (with a warning) to fit under it.
+    """
+    server = settings.server
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    connections = server.max_connections
+    if soft != resource.RLIM_INFINITY and connections > soft - _RESERVED_DESCRIPTORS:
+        connections = max(1, soft - _RESERVED_DESCRIPTORS)
+        log.warning(
+            "server.max_connections %d does not fit the open-file limit %d (less %d for files);"
+            " %d connections at most",
+            server.max_connections,
+            soft,
+            _RESERVED_DESCRIPTORS,
+            connections,
+        )
+    return [
+        ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.server_handshake_timeout_ms", int(server.handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(server.idle_timeout_seconds * 1000)),
+        ("grpc.max_concurrent_streams", server.max_streams_per_connection),
+    ]
+
+
 def bind(
     settings: Settings,
     guard: RequestGuard,
@@ -63,6 +100,7 @@ def bind(
             # Nothing checks revocation: bound how long one connection (and handshake) lasts.
             ("grpc.max_connection_age_ms", int(settings.server.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", 30_000),
+            *_connection_limits(settings),
         ],
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
