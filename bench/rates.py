@@ -8,62 +8,15 @@ Usage: python -m bench.rates [--seconds S]
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from tests.harness import SOFTHSM_LIB, DaemonProcess, TestPki
+from bench.reference import raw_token_rate
+from tests.harness import DaemonProcess, TestPki
 
 PLAINTEXT = b"x" * 1024
-
-
-_RAW = """
-import os, sys, time
-import ctypes
-import pkcs11
-from pkcs11 import Attribute as A, KeyType, Mechanism
-from pkcs11.mechanisms import GCMParams
-lib = pkcs11.lib(sys.argv[1])
-slot = lib.get_slots(token_present=True)[0]
-pin = "1234"
-c = ctypes.CDLL(sys.argv[1])
-c.C_InitToken(ctypes.c_ulong(slot.slot_id), b"5678", 4, b"bench".ljust(32))
-with slot.get_token().open(rw=True, so_pin="5678") as so:
-    so.init_pin(pin)
-s = slot.get_token().open(rw=True, user_pin=pin)
-key = s.generate_key(
-    KeyType.AES, 256, store=False, template={A.ENCRYPT: True, A.SENSITIVE: True}
-)
-data = b"x" * 1024
-n, end = 0, time.monotonic() + float(sys.argv[2])
-start = time.monotonic()
-while time.monotonic() < end:
-    param = GCMParams(os.urandom(12), b"aad")
-    key.encrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=param)
-    n += 1
-print(n / (time.monotonic() - start))
-"""
-
-
-def raw_token_rate(directory: Path, seconds: float) -> float:
-    """AES-256-GCM of 1 KB in-process with python-pkcs11, in a process of its own (SoftHSM2
-    reads its configuration once per process)."""
-    tokens = directory / "raw-tokens"
-    tokens.mkdir()
-    conf = directory / "raw-softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    result = subprocess.run(  # noqa: S603 (our own interpreter and script)
-        [sys.executable, "-c", _RAW, str(SOFTHSM_LIB), str(seconds)],
-        env=dict(os.environ, SOFTHSM2_CONF=str(conf)),
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    return float(result.stdout.strip())
 
 
 def _encrypt_rate(daemon: DaemonProcess, threads: int, seconds: float) -> float:

@@ -1,0 +1,91 @@
+"""Noisy neighbours: tenant B's Encrypt latency alone and while tenant A floods, and aggregate
+Encrypt throughput with 1, 2 and 8 tenants busy at once, all in one run.
+
+Every client runs in a process of its own (bench.load). Latency figures are reported as the
+ratio under flood to alone; throughput as ratios to the raw python-pkcs11 rate and a gRPC echo
+server measured in the same run (bench.reference). Target (issue 9): B's p99 under a flood at
+most 1.5x its p99 alone.
+Usage: python -m bench.isolation [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.load import Credentials, Flood, latencies, run_in_processes
+from bench.reference import echo_rate, raw_token_rate
+from tests.harness import DaemonProcess, TestPki
+
+FLOOD_CLIENTS = 8
+BUSY_CLIENTS = 8
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(times, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def _key(daemon: DaemonProcess, tenant: str) -> str:
+    with daemon.client(tenant, "bench") as client:  # the principal the load runs as
+        return client.create_key().key_id
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    seconds = args.seconds
+    directory = Path(tempfile.mkdtemp(prefix="hsmd-bench-"))
+    pki = TestPki(directory / "pki")
+    raw = raw_token_rate(directory, seconds)
+    echo = echo_rate(pki, seconds)
+    daemon = DaemonProcess(directory / "daemon", pki)
+    daemon.start()
+    try:
+        tenants = [f"t{i}" for i in range(8)]
+        for tenant in tenants:
+            daemon.create_tenant(tenant)
+        who = {t: Credentials.for_tenant(pki, daemon.endpoint, t) for t in tenants}
+        keys = {t: _key(daemon, t) for t in tenants}
+        victim, flooder = "t0", "t1"
+        alone = latencies(who[victim], keys[victim], seconds)
+        floods = {}
+        for action, name in (("rsa4096", "RSA-4096 generation"), ("encrypt4k", "4 KB Encrypt")):
+            with Flood(action, [(who[flooder], keys[flooder])] * FLOOD_CLIENTS) as flood:
+                floods[name] = latencies(who[victim], keys[victim], seconds)
+            print(f"flood of {name}: {flood.calls} calls done, {flood.refused} refused")
+        busy = {}
+        for count in (1, 2, 8):
+            load = [(who[t], keys[t]) for t in tenants[:count]] * (BUSY_CLIENTS // count)
+            busy[count] = run_in_processes("encrypt", load, seconds) / seconds
+    finally:
+        daemon.stop()
+
+    p50, p99 = _percentiles(alone)
+    print(
+        f"\n{'tenant B Encrypt 1 KB, one call at a time':48} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'p99 ratio':>10}"
+    )
+    print(f"{'alone':48} {p50:8.1f} {p99:8.1f} {1.0:10.2f}")
+    for name, times in floods.items():
+        f50, f99 = _percentiles(times)
+        print(f"{'while A floods: ' + name:48} {f50:8.1f} {f99:8.1f} {f99 / p99:10.2f}")
+    print(f"\n{'measurement':60} {'per second':>11} {'/ raw':>7} {'/ echo':>7}")
+    rows = [
+        ("raw python-pkcs11 AES-GCM 1 KB, in-process, 1 thread", raw),
+        (f"gRPC echo 1 KB over mTLS, {BUSY_CLIENTS} clients", echo),
+    ]
+    rows += [
+        (f"Encrypt 1 KB, {n} tenant(s) busy, {BUSY_CLIENTS} clients in all", rate)
+        for n, rate in busy.items()
+    ]
+    for name, rate in rows:
+        print(f"{name:60} {rate:11.0f} {rate / raw:7.4f} {rate / echo:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
