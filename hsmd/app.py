@@ -37,6 +37,7 @@ from hsmd.audit.reset import ResetOutcome, reset_log
 from hsmd.audit.verify import VerifyUsageError, report, verify_files
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.backend import softhsm_files
+from hsmd.backend.lanes import LaneSizes
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
 from hsmd.clock import GuardedClock, OffsetClock
@@ -292,6 +293,7 @@ def _backend(settings: config.Settings, tokens: _TokenFiles) -> Pkcs11Backend:
         PinDeriver(config.read_master_secret(settings)),
         tokens.softhsm2_conf,
         tokens.directory,
+        LaneSizes(settings.pkcs11.fast_sessions, settings.pkcs11.slow_sessions),
     )
 
 

@@ -46,11 +46,14 @@ class TlsSettings:
 @dataclass(frozen=True)
 class Pkcs11Settings:
     """token_dir: SoftHSM2's token directory (hsmd writes SoftHSM2's configuration for it);
-    softhsm2_conf: a SoftHSM2 configuration file of the operator's. At most one of them."""
+    softhsm2_conf: a SoftHSM2 configuration file of the operator's. At most one of them.
+    fast_sessions, slow_sessions: PKCS#11 sessions per tenant in each lane (docs/concurrency.md)."""
 
     library: Path
     softhsm2_conf: Path | None
     token_dir: Path | None = None
+    fast_sessions: int = 2
+    slow_sessions: int = 1
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         library=pkcs11.path("library", DEFAULT_PKCS11_LIBRARY),
         softhsm2_conf=pkcs11.optional_path("softhsm2_conf"),
         token_dir=pkcs11.optional_path("token_dir"),
+        fast_sessions=pkcs11.integer("fast_sessions", 2, 1, 64),
+        slow_sessions=pkcs11.integer("slow_sessions", 1, 1, 64),
     )
     pkcs11.done()
     if pkcs11_settings.softhsm2_conf and pkcs11_settings.token_dir:

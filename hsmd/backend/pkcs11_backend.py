@@ -1,12 +1,10 @@
 """CryptoBackend over python-pkcs11 and a PKCS#11 library (SoftHSM2 by default).
 
-Concurrency model: one lock serialises every call into the library. python-pkcs11 initialises
-the library with C_Initialize(NULL) and releases the GIL around each call, so SoftHSM2 runs with
-its own locking off and two threads inside it can crash the process (DESIGN §9). Serialising
-costs little here: a token AES-GCM operation takes ~30 µs while a gRPC call costs ~220 µs of the
-same GIL. Each tenant has one read-write session, logged in once, that lives as long as the
-daemon; object handles stay valid while it is open, so the handle cache below never goes stale
-and a key lookup costs a dictionary access instead of a linear C_FindObjects.
+Concurrency: each call leases a session of its tenant's token in one lane (hsmd.backend.lanes,
+hsmd.backend.tokens): SLOW for key generation, RSA private-key operations, unwrapping and token
+searches, FAST for the rest. Different tenants never wait for each other here; the lane of each
+method below is the one place that choice is made. A key lookup costs a dictionary access in
+the token's handle cache instead of a linear C_FindObjects.
 
 Templates are always explicit (python-pkcs11's defaults are not safe for a KMS): every secret
 or private key is a private, sensitive, non-extractable, non-modifiable, non-copyable token
@@ -18,21 +16,18 @@ Only this module (and the library) sees PKCS#11; its exceptions become hsmd.erro
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pkcs11
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass, TokenFlag
+from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 
 # Public in the extension module, missing from its stubs; a search in batches of one is the
@@ -44,6 +39,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from hsmd.backend import encoding
 from hsmd.backend.api import Capabilities, TokenObjects, UnwrapTarget
+from hsmd.backend.lanes import Lane, LaneSizes
 from hsmd.backend.mechanisms import (
     GENERATION,
     KEY_TYPES,
@@ -53,7 +49,7 @@ from hsmd.backend.mechanisms import (
     signing_call,
 )
 from hsmd.backend.pins import PinDeriver
-from hsmd.backend.softhsm_files import TokenSync, storage_problem
+from hsmd.backend.tokens import Lease, TokenName, TokenTable, translate
 from hsmd.ciphertext import IV_SIZE
 from hsmd.domain import (
     EncryptionAlgorithm,
@@ -65,7 +61,6 @@ from hsmd.domain import (
 )
 from hsmd.errors import (
     BackendError,
-    BackendUnavailable,
     DecryptionFailed,
     Unimplemented,
     UnwrapFailed,
@@ -75,8 +70,6 @@ from hsmd.names import token_label
 
 log = logging.getLogger(__name__)
 
-_CKR_OK = 0
-_LABEL_SIZE = 32
 _RSA_PUBLIC_EXPONENT = b"\x01\x00\x01"
 
 # Capability attributes a key may have; each usage turns on only its own.
@@ -116,16 +109,6 @@ _PUBLIC_USAGE_CAPABILITIES: dict[KeyUsage, frozenset[Attribute]] = {
     KeyUsage.SIGN_VERIFY: frozenset({Attribute.VERIFY}),
 }
 
-# Library errors that mean the token or session is gone, not that the request was bad.
-_UNAVAILABLE = (
-    p11.SessionClosed,
-    p11.SessionHandleInvalid,
-    p11.DeviceRemoved,
-    p11.DeviceError,
-    p11.TokenNotPresent,
-    p11.TokenNotRecognised,
-    p11.UserNotLoggedIn,
-)
 # What SoftHSM2 answers when a GCM tag or an OAEP padding does not check (CKR_GENERAL_ERROR in
 # 2.6.1) or the input has the wrong size.
 _DECRYPTION_FAILED = (
@@ -229,16 +212,6 @@ DAEMON_KEY_IDS = {
 }
 
 
-@dataclass(frozen=True)
-class _TokenName:
-    """A token this backend serves: its key in the token table, its label, its PINs."""
-
-    name: str
-    label: str
-    user_pin: Callable[[], str]
-    so_pin: Callable[[], str]
-
-
 class DaemonKey:
     """The daemon's checkpoint signing key: implements hsmd.audit.checkpoint.CheckpointSigner
     (structurally: the backend does not import the audit layer)."""
@@ -270,13 +243,6 @@ class DaemonKey:
         return self._backend.public_key(DAEMON_TOKEN, self._object_id, self._spec)
 
 
-@dataclass
-class _TenantToken:
-    session: Any
-    objects: dict[tuple[bytes, ObjectClass], Any] = field(default_factory=dict)
-    public_keys: dict[bytes, bytes] = field(default_factory=dict)
-
-
 class Pkcs11Backend:
     """The CryptoBackend of hsmd.backend.api over a PKCS#11 library."""
 
@@ -286,70 +252,39 @@ class Pkcs11Backend:
         pins: PinDeriver,
         softhsm2_conf: Path | None = None,
         token_dir: Path | None = None,
+        lanes: LaneSizes | None = None,
     ) -> None:
         """token_dir, when the library is SoftHSM2 with its file store, is where its tokens
         are: every change there is made durable (softhsm_files.TokenSync) before it is
-        acknowledged, and refused up front when that file system is full or read-only."""
+        acknowledged, and refused up front when that file system is full or read-only.
+        lanes: sessions per tenant in each lane (hsmd.backend.lanes).
+
+        Raises:
+            StartupRefused: the library cannot be initialised for use by several threads.
+        """
         if softhsm2_conf is not None:
             # SoftHSM2 reads its configuration once, at C_Initialize.
             os.environ["SOFTHSM2_CONF"] = str(softhsm2_conf)
         self._pins = pins
-        self._closing = False
-        self._token_dir = token_dir
-        self._durability = TokenSync(token_dir) if token_dir is not None else None
-        self._lock = threading.Lock()
-        self._tokens: dict[str, _TenantToken] = {}
+        self._tokens = TokenTable(library, lanes or LaneSizes(), token_dir)
+        self._probing = threading.Lock()
         self._capabilities: Capabilities | None = None
-        with self._translate():
-            self._lib = pkcs11.lib(str(library))
-        # python-pkcs11 has no C_InitToken; the same loaded library provides it directly.
-        self._c_init_token = ctypes.CDLL(str(library)).C_InitToken
-        self._c_init_token.argtypes = [
-            ctypes.c_ulong,
-            ctypes.c_char_p,
-            ctypes.c_ulong,
-            ctypes.c_char_p,
-        ]
-        self._c_init_token.restype = ctypes.c_ulong
 
     # Tokens
 
     def ensure_token(self, tenant: str) -> str:
-        return self._ensure_token(self._tenant_token(tenant))
+        return self._tokens.ensure(self._tenant_token(tenant))
 
     def attach_token(self, tenant: str, serial: str) -> None:
-        self._attach_token(self._tenant_token(tenant), serial)
+        self._tokens.attach(self._tenant_token(tenant), serial)
 
-    def _tenant_token(self, tenant: str) -> _TokenName:
+    def _tenant_token(self, tenant: str) -> TokenName:
         if tenant == DAEMON_TOKEN:  # never a valid tenant name; refused here all the same
             raise BackendError(f"{DAEMON_TOKEN!r} is the daemon's token, not a tenant's")
         pins = self._pins
-        return _TokenName(
+        return TokenName(
             tenant, token_label(tenant), lambda: pins.user_pin(tenant), lambda: pins.so_pin(tenant)
         )
-
-    def _ensure_token(self, name: _TokenName) -> str:
-        with self._lock, self._translate():
-            token = self._find_token(name.label)
-            if token is None:
-                self._check_storage()  # a half-initialised token would take the slot
-                token = self._init_free_token(name)
-            if not token.flags & TokenFlag.USER_PIN_INITIALIZED:
-                with token.open(rw=True, so_pin=name.so_pin()) as so_session:
-                    so_session.init_pin(name.user_pin())
-            serial = _serial(token)
-        self._make_durable()
-        return serial
-
-    def _attach_token(self, name: _TokenName, serial: str) -> None:
-        with self._lock, self._translate():
-            if name.name in self._tokens:
-                return
-            token = self._find_token(name.label)
-            if token is None or _serial(token) != serial:
-                raise BackendUnavailable(f"token {name.label!r} serial {serial} is missing")
-            session = token.open(rw=True, user_pin=name.user_pin())
-            self._tokens[name.name] = _TenantToken(session)
 
     def daemon_key(self) -> DaemonKey:
         """The daemon's own signing key (audit checkpoints), in a token of its own labelled
@@ -362,10 +297,8 @@ class Pkcs11Backend:
             BackendError: the library refused to make the token or the key.
         """
         pins = self._pins
-        name = _TokenName(
-            DAEMON_TOKEN, DAEMON_TOKEN_LABEL, pins.daemon_user_pin, pins.daemon_so_pin
-        )
-        self._attach_token(name, self._ensure_token(name))
+        name = TokenName(DAEMON_TOKEN, DAEMON_TOKEN_LABEL, pins.daemon_user_pin, pins.daemon_so_pin)
+        self._tokens.attach(name, self._tokens.ensure(name))
         for spec, object_id in DAEMON_KEY_IDS.items():
             if self.has_objects(DAEMON_TOKEN, [object_id]):
                 return DaemonKey(self, object_id, spec)
@@ -378,61 +311,21 @@ class Pkcs11Backend:
         return DaemonKey(self, object_id, spec)
 
     def detach_token(self, tenant: str) -> None:
-        with self._lock:
-            token = self._tokens.pop(tenant, None)
-            if token is not None:
-                with self._translate():
-                    token.session.close()
-
-    def _find_token(self, label: str) -> Any:
-        matches = [token for _, token in self._readable_tokens() if token.label == label]
-        if len(matches) > 1:
-            raise BackendError(f"{len(matches)} tokens carry the label {label!r}")
-        return matches[0] if matches else None
-
-    def _readable_tokens(self) -> list[tuple[Any, Any]]:
-        """(slot, token) of every slot whose token the library can describe. A damaged token
-        (its token.object unreadable) makes C_GetTokenInfo fail: it is left out, so it costs
-        its own tenant only."""
-        readable = []
-        for slot in self._lib.get_slots(token_present=True):
-            try:
-                readable.append((slot, slot.get_token()))
-            except p11.PKCS11Error as exc:
-                log.error(
-                    "slot %s: its token cannot be read (%s)", slot.slot_id, type(exc).__name__
-                )
-        return readable
-
-    def _init_free_token(self, name: _TokenName) -> Any:
-        label = name.label
-        free = [
-            slot
-            for slot, token in self._readable_tokens()
-            if not token.flags & TokenFlag.TOKEN_INITIALIZED
-        ]
-        if not free:
-            raise BackendUnavailable("the PKCS#11 library has no free slot for a new token")
-        so_pin = name.so_pin().encode()
-        padded_label = label.encode().ljust(_LABEL_SIZE)
-        rv = self._c_init_token(free[0].slot_id, so_pin, len(so_pin), padded_label)
-        if rv != _CKR_OK:
-            raise BackendError(f"C_InitToken for {label!r} failed with CKR 0x{rv:x}")
-        token = self._find_token(label)
-        if token is None:
-            raise BackendError(f"token {label!r} is not visible after C_InitToken")
-        log.info("initialised token %r (serial %s)", label, _serial(token))
-        return token
+        self._tokens.detach(tenant)
 
     # Capabilities
 
     def capabilities(self) -> Capabilities:
         """Probed once a token is attached (trying OAEP needs a session), then remembered."""
-        with self._lock, self._translate():
-            if self._capabilities is not None:
+        return self._capabilities or self._probe_once()
+
+    def _probe_once(self) -> Capabilities:
+        with self._probing, translate():
+            if self._capabilities is not None:  # another thread probed while this one waited
                 return self._capabilities
-            probed = self._probe()
-            if self._tokens:
+            attached = self._tokens.attached()
+            probed = self._probe(attached[0] if attached else None)
+            if attached:
                 self._capabilities = probed
                 log.info(
                     "backend supports key specs %s; notes: %s",
@@ -441,9 +334,10 @@ class Pkcs11Backend:
                 )
             return probed
 
-    def _probe(self) -> Capabilities:
-        """Reads the library's mechanism list, and tries what a list cannot promise."""
-        slots = [slot for slot, _ in self._readable_tokens()]
+    def _probe(self, tenant: str | None) -> Capabilities:
+        """Reads the library's mechanism list, and tries what a list cannot promise (in the
+        token of tenant, if one is attached)."""
+        slots = [slot for slot, _ in self._tokens.readable_tokens()]
         offered = set(slots[0].get_mechanisms()) if slots else set()
         notes = []
         specs = set()
@@ -460,10 +354,10 @@ class Pkcs11Backend:
                 EncryptionAlgorithm.RSAES_OAEP_SHA_1,
                 EncryptionAlgorithm.RSAES_OAEP_SHA_256,
             }
-        elif not self._tokens:
+        elif tenant is None:
             encryption.discard(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
             notes.append("RSAES_OAEP_SHA_256 is not yet probed: no token is attached")
-        elif not self._oaep_works(EncryptionAlgorithm.RSAES_OAEP_SHA_256):
+        elif not self._oaep_works(tenant, EncryptionAlgorithm.RSAES_OAEP_SHA_256):
             encryption.discard(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
             notes.append(
                 "RSAES_OAEP_SHA_256 is not supported: the library refuses OAEP with SHA-256"
@@ -476,29 +370,29 @@ class Pkcs11Backend:
             notes=tuple(notes),
         )
 
-    def _oaep_works(self, algorithm: EncryptionAlgorithm) -> bool:
+    def _oaep_works(self, tenant: str, algorithm: EncryptionAlgorithm) -> bool:
         """Encrypts one byte under a throwaway session public key; the mechanism list says
         RSA_PKCS_OAEP whatever hashes the library accepts for it."""
-        session = next(iter(self._tokens.values())).session
         numbers = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
-        public = session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                Attribute.KEY_TYPE: KEY_TYPES[Family.RSA],
-                Attribute.TOKEN: False,
-                Attribute.ENCRYPT: True,
-                Attribute.MODULUS: numbers.n.to_bytes(256, "big"),
-                Attribute.PUBLIC_EXPONENT: _RSA_PUBLIC_EXPONENT,
-            }
-        )
-        try:
-            public.encrypt(
-                b"x", mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep_param(algorithm)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            public = lease.session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.KEY_TYPE: KEY_TYPES[Family.RSA],
+                    Attribute.TOKEN: False,
+                    Attribute.ENCRYPT: True,
+                    Attribute.MODULUS: numbers.n.to_bytes(256, "big"),
+                    Attribute.PUBLIC_EXPONENT: _RSA_PUBLIC_EXPONENT,
+                }
             )
-        except p11.PKCS11Error:
-            return False
-        finally:
-            public.destroy()
+            try:
+                public.encrypt(
+                    b"x", mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep_param(algorithm)
+                )
+            except p11.PKCS11Error:
+                return False
+            finally:
+                public.destroy()
         return True
 
     # Keys
@@ -513,8 +407,8 @@ class Pkcs11Backend:
     ) -> None:
         info = SPECS[spec]
         rights = _USAGE_CAPABILITIES[(info.family.asymmetric, usage)]
-        with self._changing(tenant) as token:
-            session = token.session
+        with self._changing(tenant) as lease:
+            session = lease.session
             if not info.family.asymmetric:
                 key = session.generate_key(
                     KEY_TYPES[info.family],
@@ -525,7 +419,7 @@ class Pkcs11Backend:
                         object_id, rights, _SECRET_CAPABILITIES, extractable=exportable
                     ),
                 )
-                token.objects[(object_id, ObjectClass.SECRET_KEY)] = key
+                lease.remember(object_id, ObjectClass.SECRET_KEY, key)
                 return
             public = public_template(object_id, usage)
             if info.family is Family.RSA:
@@ -540,16 +434,16 @@ class Pkcs11Backend:
                 public_template=public,
                 private_template=key_template(object_id, rights, _PRIVATE_CAPABILITIES),
             )
-            token.objects[(object_id, ObjectClass.PUBLIC_KEY)] = public_key
-            token.objects[(object_id, ObjectClass.PRIVATE_KEY)] = private_key
+            lease.remember(object_id, ObjectClass.PUBLIC_KEY, public_key)
+            lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
 
     # Wrapping and import
 
     def wrap(self, tenant: str, wrapping_object_id: bytes, object_id: bytes) -> bytes:
         """C_WrapKey with AES key wrap with padding (RFC 5649) of an extractable secret key."""
-        with self._token(tenant) as token:
-            wrapping = self._object(token, wrapping_object_id, ObjectClass.SECRET_KEY)
-            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            wrapping = lease.object(wrapping_object_id, ObjectClass.SECRET_KEY)
+            key = lease.object(object_id, ObjectClass.SECRET_KEY)
             return bytes(wrapping.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
 
     def unwrap(
@@ -563,9 +457,9 @@ class Pkcs11Backend:
         """C_UnwrapKey (RFC 5649, or RFC 3394 if not padded) into a token secret key made with
         our template; returns the material's fingerprint. Raises UnwrapFailed for bad input."""
         mechanism = Mechanism.AES_KEY_WRAP_PAD if padded else Mechanism.AES_KEY_WRAP
-        with self._changing(tenant) as token:
-            wrapping = self._object(token, wrapping_object_id, ObjectClass.SECRET_KEY)
-            return self._unwrap_secret(token, wrapping, mechanism, None, wrapped, target)
+        with self._changing(tenant) as lease:
+            wrapping = lease.object(wrapping_object_id, ObjectClass.SECRET_KEY)
+            return self._unwrap_secret(lease, wrapping, mechanism, None, wrapped, target)
 
     def create_import_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
         """An RSA key pair that can only unwrap, for one import; returns its public SPKI."""
@@ -573,8 +467,8 @@ class Pkcs11Backend:
         public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
         public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
         private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
-        with self._changing(tenant) as token:
-            public_key, private_key = token.session.generate_keypair(
+        with self._changing(tenant) as lease:
+            public_key, private_key = lease.session.generate_keypair(
                 KEY_TYPES[Family.RSA],
                 info.bits,
                 store=True,
@@ -582,7 +476,7 @@ class Pkcs11Backend:
                 public_template=public,
                 private_template=private,
             )
-            token.objects[(object_id, ObjectClass.PRIVATE_KEY)] = private_key
+            lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
             modulus = public_key[Attribute.MODULUS]
             exponent = public_key[Attribute.PUBLIC_EXPONENT]
             public_key.destroy()  # only its SPKI is needed, and that is returned
@@ -607,11 +501,11 @@ class Pkcs11Backend:
         """
         oaep = WRAPPING_OAEP[algorithm]
         self._require_encryption(oaep)
-        with self._changing(tenant) as token:
-            rsa_key = self._object(token, import_object_id, ObjectClass.PRIVATE_KEY)
+        with self._changing(tenant) as lease:
+            rsa_key = lease.object(import_object_id, ObjectClass.PRIVATE_KEY)
             if algorithm in _ONE_STEP:
                 return self._unwrap_secret(
-                    token, rsa_key, Mechanism.RSA_PKCS_OAEP, oaep_param(oaep), wrapped, target
+                    lease, rsa_key, Mechanism.RSA_PKCS_OAEP, oaep_param(oaep), wrapped, target
                 )
             size = len(rsa_key[Attribute.MODULUS])
             if len(wrapped) <= size:
@@ -631,26 +525,26 @@ class Pkcs11Backend:
                 raise UnwrapFailed() from None
             try:
                 return self._unwrap_secret_or_private(
-                    token, ephemeral, Mechanism.AES_KEY_WRAP_PAD, wrapped[size:], target
+                    lease, ephemeral, Mechanism.AES_KEY_WRAP_PAD, wrapped[size:], target
                 )
             finally:
                 ephemeral.destroy()
 
     def _unwrap_secret_or_private(
         self,
-        token: _TenantToken,
+        lease: Lease,
         unwrapping: Any,
         mechanism: Mechanism,
         data: bytes,
         target: UnwrapTarget,
     ) -> str:
         if SPECS[target.spec].family.asymmetric:
-            return self._unwrap_private(token, unwrapping, mechanism, data, target)
-        return self._unwrap_secret(token, unwrapping, mechanism, None, data, target)
+            return self._unwrap_private(lease, unwrapping, mechanism, data, target)
+        return self._unwrap_secret(lease, unwrapping, mechanism, None, data, target)
 
     def _unwrap_secret(
         self,
-        token: _TenantToken,
+        lease: Lease,
         unwrapping: Any,
         mechanism: Mechanism,
         param: Any,
@@ -688,7 +582,7 @@ class Pkcs11Backend:
         except _UNWRAP_FAILED:
             raise UnwrapFailed() from None
         try:
-            if not self._has_size(token, probe, info.bits // 8):
+            if not self._has_size(lease, probe, info.bits // 8):
                 raise UnwrapFailed()
             fingerprint = _fingerprint(probe, target.spec)
         except p11.PKCS11Error:
@@ -712,14 +606,14 @@ class Pkcs11Backend:
                 unwrapped=True,
             ),
         )
-        token.objects[(target.object_id, ObjectClass.SECRET_KEY)] = key
+        lease.remember(target.object_id, ObjectClass.SECRET_KEY, key)
         return fingerprint
 
     @staticmethod
-    def _has_size(token: _TenantToken, probe: Any, size: int) -> bool:
+    def _has_size(lease: Lease, probe: Any, size: int) -> bool:
         """Whether the probe key could be `size` bytes: its AES-KWP wrapping is 8 + its size
         rounded up to 8, so the size is known to within 8 bytes."""
-        measure = token.session.generate_key(
+        measure = lease.session.generate_key(
             KEY_TYPES[Family.AES],
             256,
             store=False,
@@ -734,7 +628,7 @@ class Pkcs11Backend:
 
     def _unwrap_private(
         self,
-        token: _TenantToken,
+        lease: Lease,
         unwrapping: Any,
         mechanism: Mechanism,
         data: bytes,
@@ -759,7 +653,7 @@ class Pkcs11Backend:
             )
         except _UNWRAP_FAILED:
             raise UnwrapFailed() from None
-        token.objects[(target.object_id, ObjectClass.PRIVATE_KEY)] = private
+        lease.remember(target.object_id, ObjectClass.PRIVATE_KEY, private)
         public = public_template(target.object_id, target.usage)
         public.update(
             {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KEY_TYPES[info.family]}
@@ -773,19 +667,18 @@ class Pkcs11Backend:
             else:
                 public[Attribute.EC_PARAMS] = encode_named_curve_parameters(info.curve_oid)
                 public[Attribute.EC_POINT] = encoding.ec_point(target.spec, target.public_key)
-            token.objects[(target.object_id, ObjectClass.PUBLIC_KEY)] = token.session.create_object(
-                public
+            lease.remember(
+                target.object_id, ObjectClass.PUBLIC_KEY, lease.session.create_object(public)
             )
         except (UnwrapFailed, ValueError, p11.PKCS11Error):
-            private.destroy()
-            token.objects.pop((target.object_id, ObjectClass.PRIVATE_KEY), None)
+            lease.destroy(target.object_id)
             raise UnwrapFailed() from None
         return ""
 
     def has_objects(self, tenant: str, object_ids: list[bytes]) -> bool:
-        with self._token(tenant) as token:
+        with self._tokens.lease(tenant, Lane.SLOW) as lease:
             return all(
-                any(True for _ in token.session.get_objects({Attribute.ID: object_id}))
+                any(True for _ in lease.session.get_objects({Attribute.ID: object_id}))
                 for object_id in object_ids
             )
 
@@ -794,12 +687,15 @@ class Pkcs11Backend:
         (a damaged file) is counted and skipped instead of ending the scan."""
         ids = set()
         unreadable = 0
-        with self._token(tenant) as token, SearchIter(token.session, {}, 1) as search:
+        with (
+            self._tokens.lease(tenant, Lane.SLOW) as lease,
+            SearchIter(lease.session, {}, 1) as search,
+        ):
             for batch in search:
                 try:
                     for obj in batch:
                         object_id = bytes(obj[Attribute.ID])
-                        token.objects[(object_id, ObjectClass(obj[Attribute.CLASS]))] = obj
+                        lease.remember(object_id, ObjectClass(obj[Attribute.CLASS]), obj)
                         ids.add(object_id)
                 except (p11.PKCS11Error, ValueError) as exc:
                     unreadable += 1
@@ -820,8 +716,8 @@ class Pkcs11Backend:
         info = SPECS[spec]
         found: dict[ObjectClass, Any] = {}
         capabilities: tuple[Attribute, ...]
-        with self._token(tenant) as token:
-            for obj in token.session.get_objects({Attribute.ID: object_id}):
+        with self._tokens.lease(tenant, Lane.SLOW) as lease:
+            for obj in lease.session.get_objects({Attribute.ID: object_id}):
                 found[ObjectClass(obj[Attribute.CLASS])] = obj
             if info.family.asymmetric:
                 if set(found) != {ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY}:
@@ -841,12 +737,8 @@ class Pkcs11Backend:
             )
 
     def destroy(self, tenant: str, object_id: bytes) -> None:
-        with self._changing(tenant, adds=False) as token:
-            for key in [k for k in token.objects if k[0] == object_id]:
-                del token.objects[key]
-            token.public_keys.pop(object_id, None)
-            for obj in list(token.session.get_objects({Attribute.ID: object_id})):
-                obj.destroy()
+        with self._changing(tenant, adds=False) as lease:
+            lease.destroy(object_id)
 
     # Cryptography
 
@@ -854,8 +746,8 @@ class Pkcs11Backend:
         self, tenant: str, object_id: bytes, plaintext: bytes, aad: bytes
     ) -> tuple[bytes, bytes]:
         iv = secrets.token_bytes(IV_SIZE)
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            key = lease.object(object_id, ObjectClass.SECRET_KEY)
             ciphertext = key.encrypt(
                 plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, aad)
             )
@@ -866,8 +758,8 @@ class Pkcs11Backend:
     ) -> bytes:
         if len(iv) != IV_SIZE:  # SoftHSM2 accepts short IVs; we never do.
             raise DecryptionFailed()
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            key = lease.object(object_id, ObjectClass.SECRET_KEY)
             try:
                 plaintext = key.decrypt(
                     ciphertext_and_tag,
@@ -882,8 +774,8 @@ class Pkcs11Backend:
         self, tenant: str, object_id: bytes, algorithm: EncryptionAlgorithm, plaintext: bytes
     ) -> bytes:
         self._require_encryption(algorithm)
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            key = lease.object(object_id, ObjectClass.PUBLIC_KEY)
             ciphertext = key.encrypt(
                 plaintext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep_param(algorithm)
             )
@@ -893,8 +785,8 @@ class Pkcs11Backend:
         self, tenant: str, object_id: bytes, algorithm: EncryptionAlgorithm, ciphertext: bytes
     ) -> bytes:
         self._require_encryption(algorithm)
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.PRIVATE_KEY)
+        with self._tokens.lease(tenant, Lane.SLOW) as lease:
+            key = lease.object(object_id, ObjectClass.PRIVATE_KEY)
             try:
                 plaintext = key.decrypt(
                     ciphertext,
@@ -913,8 +805,8 @@ class Pkcs11Backend:
         self, tenant: str, object_id: bytes, spec: KeySpec, algorithm: SigningAlgorithm, data: bytes
     ) -> bytes:
         call = signing_call(algorithm, data)
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.PRIVATE_KEY)
+        with self._tokens.lease(tenant, _signing_lane(spec)) as lease:
+            key = lease.object(object_id, ObjectClass.PRIVATE_KEY)
             signature = bytes(
                 key.sign(call.data, mechanism=call.mechanism, mechanism_param=call.param)
             )
@@ -937,8 +829,8 @@ class Pkcs11Backend:
                 return False
             signature = raw
         call = signing_call(algorithm, data)
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            key = lease.object(object_id, ObjectClass.PUBLIC_KEY)
             # python-pkcs11 answers CKR_SIGNATURE_INVALID with False; other refusals of a
             # malformed signature arrive as exceptions.
             try:
@@ -951,113 +843,61 @@ class Pkcs11Backend:
                 return False
 
     def public_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
-        with self._token(tenant) as token:
-            cached = token.public_keys.get(object_id)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            cached = lease.token.public_keys.get(object_id)
             if cached is None:
-                key = self._object(token, object_id, ObjectClass.PUBLIC_KEY)
+                key = lease.object(object_id, ObjectClass.PUBLIC_KEY)
                 if SPECS[spec].family is Family.RSA:
                     cached = encoding.rsa_spki(
                         key[Attribute.MODULUS], key[Attribute.PUBLIC_EXPONENT]
                     )
                 else:
                     cached = encoding.ec_spki(spec, key[Attribute.EC_POINT])
-                token.public_keys[object_id] = cached
+                lease.token.public_keys[object_id] = cached
             return cached
 
     def mac(self, tenant: str, object_id: bytes, algorithm: MacAlgorithm, message: bytes) -> bytes:
-        with self._token(tenant) as token:
-            key = self._object(token, object_id, ObjectClass.SECRET_KEY)
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            key = lease.object(object_id, ObjectClass.SECRET_KEY)
             return bytes(key.sign(message, mechanism=MAC_MECHANISMS[algorithm]))
 
     def generate_random(self, tenant: str, size: int) -> bytes:
-        with self._token(tenant) as token:
-            return bytes(token.session.generate_random(size * 8))
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            return bytes(lease.session.generate_random(size * 8))
 
     def begin_close(self) -> None:
         """From now on every tenant call fails at once with BackendUnavailable instead of
-        waiting for the token (shutdown: handlers still queued give up; the call in progress
-        finishes). The daemon's own token still signs the audit log's closing checkpoint."""
-        self._closing = True
+        waiting for a session (shutdown: handlers still queued give up; the calls in progress
+        finish). The daemon's own token still signs the audit log's closing checkpoint."""
+        self._tokens.stop("the daemon is stopping", except_token=DAEMON_TOKEN)
 
     def close(self) -> None:
-        self._closing = True
-        with self._lock:
-            for token in self._tokens.values():
-                try:
-                    token.session.close()
-                except p11.PKCS11Error:
-                    log.warning("closing a token session failed", exc_info=True)
-            self._tokens.clear()
-            if self._durability is not None:
-                self._durability.close()
-                self._durability = None
+        """Waits for the calls in progress, then closes every session."""
+        self.begin_close()
+        self._tokens.close()
 
     # Helpers
 
     @contextmanager
-    def _token(self, tenant: str) -> Iterator[_TenantToken]:
-        if self._closing and tenant != DAEMON_TOKEN:
-            raise BackendUnavailable("the daemon is stopping")
-        with self._lock, self._translate():
-            if self._closing and tenant != DAEMON_TOKEN:
-                raise BackendUnavailable("the daemon is stopping")
-            token = self._tokens.get(tenant)
-            if token is None:
-                raise BackendUnavailable(f"the token of tenant {tenant!r} is not attached")
-            yield token
-
-    @contextmanager
-    def _changing(self, tenant: str, *, adds: bool = True) -> Iterator[_TenantToken]:
-        """Like _token, for calls that change the token: refused up front when its file system
-        cannot take an addition, and left only once the change is durable. A removal (adds
-        False) is not refused up front: it frees space, and finds nothing to remove when the
-        addition it rolls back was refused."""
+    def _changing(self, tenant: str, *, adds: bool = True) -> Iterator[Lease]:
+        """A SLOW lease for a call that changes the token: refused up front when its file
+        system cannot take an addition, and left only once the change is durable. A removal
+        (adds False) is not refused up front: it frees space, and finds nothing to remove when
+        the addition it rolls back was refused."""
         if adds:
-            self._check_storage()
+            self._tokens.check_storage()
         try:
-            with self._token(tenant) as token:
-                yield token
+            with self._tokens.lease(tenant, Lane.SLOW) as lease:
+                yield lease
         except BackendError:
-            self._check_storage()  # a full or read-only disk is the likelier cause
+            self._tokens.check_storage()  # a full or read-only disk is the likelier cause
             raise
-        self._make_durable()
-
-    def _check_storage(self) -> None:
-        if self._token_dir is not None:
-            problem = storage_problem(self._token_dir)
-            if problem is not None:
-                raise problem
-
-    def _make_durable(self) -> None:
-        if self._durability is not None:
-            self._durability.sync()
-
-    @staticmethod
-    def _object(token: _TenantToken, object_id: bytes, object_class: ObjectClass) -> Any:
-        """The object from the handle cache; a token search only on the first use."""
-        obj = token.objects.get((object_id, object_class))
-        if obj is None:
-            obj = token.session.get_key(object_class=object_class, id=object_id)
-            token.objects[(object_id, object_class)] = obj
-        return obj
-
-    @staticmethod
-    @contextmanager
-    def _translate() -> Iterator[None]:
-        """Turns library exceptions into hsmd errors; the library's name goes to the log only."""
-        try:
-            yield
-        except _UNAVAILABLE as exc:
-            raise BackendUnavailable(f"PKCS#11 token unavailable: {type(exc).__name__}") from exc
-        except (p11.NoSuchKey, p11.MultipleObjectsReturned) as exc:
-            raise BackendError(f"token object lookup failed: {type(exc).__name__}") from exc
-        except p11.PKCS11Error as exc:
-            raise BackendError(f"PKCS#11 call failed: {type(exc).__name__} {exc}") from exc
+        self._tokens.make_durable()
 
 
-def _serial(token: Any) -> str:
-    serial = token.serial
-    return serial.decode() if isinstance(serial, bytes) else str(serial)
+def _signing_lane(spec: KeySpec) -> Lane:
+    """RSA private-key operations take milliseconds (RSA-4096: ~20 ms); EC and Ed25519 ~80 µs."""
+    return Lane.SLOW if SPECS[spec].family is Family.RSA else Lane.FAST
 
 
 def _has_spec_size(found: dict[ObjectClass, Any], info: Spec) -> bool:

@@ -30,12 +30,12 @@ from hsmd.names import TOKEN_LABEL_PREFIX
 def test_the_daemon_key_lives_in_a_token_of_its_own(backend: Pkcs11Backend, tenant: str) -> None:
     key = backend.daemon_key()
     assert key.spec is KeySpec.ED25519  # SoftHSM2 2.6.1 has EdDSA
-    labels = [slot.get_token().label for slot in backend._lib.get_slots(token_present=True)]
+    labels = [token.label for _, token in backend._tokens.readable_tokens()]
     assert labels.count(DAEMON_TOKEN_LABEL) == 1
     assert not DAEMON_TOKEN_LABEL.startswith(TOKEN_LABEL_PREFIX)  # no tenant label equals it
     assert f"{TOKEN_LABEL_PREFIX}{tenant}" in labels
-    daemon_session = backend._tokens[DAEMON_TOKEN].session
-    tenant_session = backend._tokens[tenant].session
+    daemon_session = backend._tokens.token(DAEMON_TOKEN).login
+    tenant_session = backend._tokens.token(tenant).login
     assert daemon_session.token.serial != tenant_session.token.serial
     object_id = DAEMON_KEY_IDS[KeySpec.ED25519]
     assert not list(tenant_session.get_objects({Attribute.ID: object_id}))
@@ -51,7 +51,7 @@ def test_the_private_key_is_sensitive_non_extractable_and_signs_only(
     backend: Pkcs11Backend,
 ) -> None:
     backend.daemon_key()
-    session = backend._tokens[DAEMON_TOKEN].session
+    session = backend._tokens.token(DAEMON_TOKEN).login
     private = session.get_key(
         object_class=ObjectClass.PRIVATE_KEY, id=DAEMON_KEY_IDS[KeySpec.ED25519]
     )

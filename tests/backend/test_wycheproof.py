@@ -51,6 +51,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from hsmd.backend.api import Capabilities
+from hsmd.backend.lanes import Lane
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
 from hsmd.domain import EncryptionAlgorithm, KeySpec, MacAlgorithm, SigningAlgorithm
 from hsmd.errors import BackendError, DecryptionFailed, Unimplemented
@@ -129,9 +130,10 @@ class VectorKeys:
         if object_id is None:
             object_id = secrets.token_bytes(16)
             template = {Attribute.ID: object_id, Attribute.TOKEN: False, **template}
-            # The backend's own session, under its lock (calls into SoftHSM2 are serialised).
-            with self.backend._lock:
-                self.backend._tokens[self.tenant].session.create_object(template)
+            # A session object, on a session the backend leases (it lives as long as that
+            # session, which stays open while the token is attached).
+            with self.backend._tokens.lease(self.tenant, Lane.FAST) as lease:
+                lease.session.create_object(template)
             self._ids[cache_key] = object_id
         return object_id
 

@@ -44,6 +44,7 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
     assert settings.storage.database == files / "hsmd.db"
     assert settings.tls.trust_domain == "hsmd.local"
     assert settings.pkcs11.softhsm2_conf is None
+    assert (settings.pkcs11.fast_sessions, settings.pkcs11.slow_sessions) == (2, 1)
     assert settings.audit == config.AuditSettings(
         checkpoint_every_events=1000,
         checkpoint_interval_seconds=60.0,
@@ -77,6 +78,8 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"server__listen": "nope"}, "server.listen"),
         ({"server__listen": "127.0.0.1:99999"}, "server.listen"),
         ({"server__workers": 0}, "server.workers"),
+        ({"pkcs11__fast_sessions": 0}, "pkcs11.fast_sessions"),
+        ({"pkcs11__slow_sessions": 65}, "pkcs11.slow_sessions"),
         ({"server__workers": "many"}, "server.workers"),
         ({"server__max_connections": 0}, "server.max_connections"),
         ({"server__handshake_timeout_seconds": 0}, "server.handshake_timeout_seconds"),
