@@ -112,7 +112,7 @@ _KILLED_WRITER = textwrap.dedent(
 
 def test_the_index_catches_up_after_kill_9(tmp_path: Path) -> None:
     log_path = tmp_path / "audit.log"
-    writer = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+    writer = subprocess.Popen(
         [sys.executable, "-c", _KILLED_WRITER, str(log_path)],
         stdout=subprocess.PIPE,
         text=True,
