@@ -53,6 +53,7 @@ bench: dev
 	$(BIN)/python -m bench.rates
 	$(BIN)/python -m bench.checkpoint
 	$(BIN)/python -m bench.isolation
+	$(BIN)/python -m bench.audit_index
 
 clean:
 	rm -rf $(VENV) hsmd/v1 .pytest_cache .mypy_cache .ruff_cache

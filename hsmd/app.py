@@ -32,6 +32,7 @@ from hsmclient import AdminClient, ConfigurationError, HsmError
 from hsmd import config, devpki, repair
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
 from hsmd.audit.errors import AuditBroken
+from hsmd.audit.index import index_path_for
 from hsmd.audit.log import AuditLog
 from hsmd.audit.reset import ResetOutcome, reset_log
 from hsmd.audit.verify import VerifyUsageError, report, verify_files
@@ -43,6 +44,7 @@ from hsmd.backend.pkcs11_backend import Pkcs11Backend
 from hsmd.clock import GuardedClock, OffsetClock
 from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
+from hsmd.keystore.audit_index import SqliteAuditIndex
 from hsmd.keystore.sqlite_store import SqliteKeyStore
 from hsmd.names import is_valid_principal_name, validate_tenant_name
 from hsmd.ops.aliases import AliasOps
@@ -129,10 +131,13 @@ class Daemon:
                 _bind_token_dir(store, tokens.directory)
             backend = _backend(settings, tokens)
             undo.callback(backend.close)
+            index = _audit_index(settings)
+            undo.callback(index.close)
             audit = AuditLog(
                 settings.storage.audit_log,
                 clock=system_clock,  # the audit log records what the clock says, even set back
                 checkpoints=_checkpointing(settings, backend.daemon_key()),
+                index=index,  # the log closes it from now on
             )
             undo.pop_all()  # the daemon owns them now; close() releases them
         clock = GuardedClock(system_clock, store.clock_high_water())
@@ -295,6 +300,11 @@ def _backend(settings: config.Settings, tokens: _TokenFiles) -> Pkcs11Backend:
         tokens.directory,
         LaneSizes(settings.pkcs11.fast_sessions, settings.pkcs11.slow_sessions),
     )
+
+
+def _audit_index(settings: config.Settings) -> SqliteAuditIndex:
+    """The audit log's index, beside it (hsmd/audit/index.py; rebuilt from the log at need)."""
+    return SqliteAuditIndex(index_path_for(settings.storage.audit_log))
 
 
 def _checkpointing(settings: config.Settings, signer: CheckpointSigner) -> Checkpointing:
@@ -552,13 +562,16 @@ def _audit_reset(config_path: Path) -> int:
     state_lock = _lock_state(settings.storage.database)
     try:
         backend = _backend(settings, _token_files(settings))
+        index = _audit_index(settings)
         try:
             outcome = reset_log(
                 settings.storage.audit_log,
                 _checkpointing(settings, backend.daemon_key()),
                 _clock(settings),
+                index,
             )
         finally:
+            index.close()
             backend.close()
     finally:
         os.close(state_lock)

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hsmd import limits
 from hsmd.errors import DecryptionFailed, InvalidArgument
 
 FORMAT_V1 = 0x01
@@ -35,12 +36,10 @@ IV_SIZE = 12
 TAG_SIZE = 16
 HEADER_SIZE = 1 + 16 + 4
 PREFIX_SIZE = HEADER_SIZE + IV_SIZE
-MAX_PLAINTEXT = 4096
+MAX_PLAINTEXT = limits.MAX_PLAINTEXT_BYTES
 MAX_BLOB = PREFIX_SIZE + MAX_PLAINTEXT + TAG_SIZE
 MIN_BLOB = PREFIX_SIZE + 1 + TAG_SIZE
 
-MAX_CONTEXT_PAIRS = 64
-MAX_CONTEXT_BYTES = 8192
 _AAD_LABEL = b"hsmd/v1/ciphertext"
 _HEADER = struct.Struct(">B16sI")
 _U32 = struct.Struct(">I")
@@ -83,12 +82,9 @@ def parse(blob: bytes) -> ParsedBlob:
 
 def validate_context(context: Mapping[str, str]) -> None:
     """Raises InvalidArgument if the encryption context is over the documented limits."""
-    if len(context) > MAX_CONTEXT_PAIRS:
-        raise InvalidArgument(f"encryption context has more than {MAX_CONTEXT_PAIRS} entries")
+    limits.check_encryption_context("encryption context", context)
     if any(not name for name in context):
         raise InvalidArgument("encryption context keys must not be empty")
-    if len(encode_context(context)) > MAX_CONTEXT_BYTES:
-        raise InvalidArgument(f"encryption context is larger than {MAX_CONTEXT_BYTES} bytes")
 
 
 def encode_context(context: Mapping[str, str]) -> bytes:

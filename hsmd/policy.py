@@ -14,12 +14,13 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
+from hsmd import limits
 from hsmd.domain import KeyPolicy, Principal
 from hsmd.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from hsmd.lifecycle import USE_OPERATIONS, Operation
 
-_PATTERN = re.compile(r"[A-Za-z0-9._@*?-]{1,128}")
-MAX_PATTERNS = 64
+_PATTERN = re.compile(rf"[A-Za-z0-9._@*?-]{{1,{limits.MAX_PRINCIPAL_PATTERN_CHARS}}}")
+MAX_PATTERNS = limits.MAX_POLICY_PATTERNS
 
 
 class Role(enum.StrEnum):
@@ -80,7 +81,8 @@ def validate(policy: KeyPolicy, author: Principal) -> None:
     for pattern in (*policy.administrators, *policy.users):
         if not is_valid_pattern(pattern):
             raise InvalidArgument(
-                f"policy pattern {pattern!r} must be 1-128 characters of A-Z a-z 0-9 . _ @ - * ?"
+                f"policy pattern {pattern!r} must be 1-{limits.MAX_PRINCIPAL_PATTERN_CHARS}"
+                " characters of A-Z a-z 0-9 . _ @ - * ?"
             )
     if len(policy.administrators) + len(policy.users) > MAX_PATTERNS:
         raise InvalidArgument(f"a policy holds at most {MAX_PATTERNS} patterns")

@@ -16,3 +16,8 @@ class AuditCorrupt(InternalError):
 class AuditBroken(AuditCorrupt):
     """The log does not match its checkpoint, or its checkpoint files are wrong: start-up stops
     until an operator restores the files or archives them with `hsmd audit reset`."""
+
+
+class AuditIndexFailed(AuditUnavailable):
+    """The audit index cannot be read or written; the log itself is unaffected, and a restart
+    builds the index again from it."""

@@ -75,6 +75,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -540,6 +541,42 @@ def _record_members(record: CheckpointRecord | ResetRecord) -> dict[str, Any]:
 
 def _hash_members(members: dict[str, Any], previous_hash: str) -> str:
     return hashlib.sha256(previous_hash.encode("ascii") + b"\n" + _canonical(members)).hexdigest()
+
+
+def bounded_text(value: str, budget: int) -> str:
+    """The value if its JSON encoding takes at most budget bytes, else a stand-in that says
+    how long it was and starts its SHA-256: "oversized:<n> characters:sha256:<32 hex>".
+
+    An event records what a caller sent, but never more than hsmd/limits.py allows, even for a
+    call refused for that very size (docs/formats.md).
+    """
+    if len(value) <= budget and _encoded_size(value) <= budget:
+        return value
+    return _stand_in(f"{len(value)} characters", value.encode("utf-8", "surrogatepass"))
+
+
+def bounded_keys(keys: Iterable[str], budget: int) -> tuple[str, ...]:
+    """The keys, sorted, if their JSON array takes at most budget bytes; else one stand-in,
+    "oversized:<n> keys:sha256:<32 hex>" over the canonical array."""
+    ordered = sorted(set(keys))
+    encoded = _canonical_value(ordered)
+    if len(encoded) <= budget:
+        return tuple(ordered)
+    return (_stand_in(f"{len(ordered)} keys", encoded),)
+
+
+def _stand_in(size: str, data: bytes) -> str:
+    return f"oversized:{size}:sha256:{hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def _encoded_size(value: str) -> int:
+    return len(_canonical_value(value))
+
+
+def _canonical_value(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
 
 
 def format_time(moment: datetime) -> str:

@@ -47,10 +47,21 @@ so, once the complete lines have been checked against the checkpoint, the fragme
 to `<log>.torn-<time>` beside the log (kept for the operator) and cut, and a WARNING says so.
 Refusing to start instead made every power cut an operator's job.
 
-Reading. read() and verify() scan the file from the start through their own read-only
-descriptor (after checking it is the same file as the one being written); only complete lines
-count, so an append in flight is never half-seen. That is O(size) per page; an index of
-sequence to offset is the next step when logs grow. verify() (verify.py) also compares the
+Reading. read() finds a page in the index (index.py: each event's offset and length by
+sequence, tenant and key) and reads just those lines, through its own read-only descriptor
+(after checking it is the same file as the one being written), so a page costs the same at any
+size of log, and a tenant or key filter reads only that tenant's or key's lines. Each line read
+must hold the sequence, tenant and key its entry says, or the log is treated as changed
+underneath (AuditCorrupt, as verify would find). The log collects the entries of the lines it
+writes in memory and adds them to the index in batches (a full batch after an append, and
+everything before a read and at close), so an append does not wait for the index. At start it
+indexes what the index lacks: the lines after the last one the index holds (after a kill -9,
+the entries still in memory), or the whole log when that last line does not match the file
+(index.py). An index that fails leaves the log writable; only reads are refused (UNAVAILABLE)
+until a restart builds the index again.
+
+verify() scans the file from the start; only complete lines count, so an append in flight is
+never half-seen. verify() (verify.py) also compares the
 file with the head this process wrote and with the checkpoint file, so a tail cut off while
 the daemon runs or while it is stopped is reported, and so is a rewrite of the chain up to the
 last checkpoint. Lines after the last checkpoint can still be rewritten unseen by someone who
@@ -62,6 +73,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import os
 import stat
@@ -85,7 +97,7 @@ from hsmd.audit.checkpoint import (
     signature_valid,
     write_atomically,
 )
-from hsmd.audit.errors import AuditBroken, AuditCorrupt, AuditUnavailable
+from hsmd.audit.errors import AuditBroken, AuditCorrupt, AuditIndexFailed, AuditUnavailable
 from hsmd.audit.events import (
     GENESIS_HASH,
     MAX_CHECKPOINT_LAG,
@@ -103,11 +115,13 @@ from hsmd.audit.events import (
     record_hash,
     reset_record,
 )
+from hsmd.audit.index import AuditIndex, IndexedLine, MemoryAuditIndex
 from hsmd.audit.verify import CheckpointFile, VerifyResult, verify_lines
 from hsmd.domain import Clock
 from hsmd.errors import InternalError, InvalidArgument
 
 __all__ = [
+    "Appended",
     "AuditBroken",
     "AuditCorrupt",
     "AuditLog",
@@ -119,6 +133,19 @@ log = logging.getLogger(__name__)
 
 _TAIL_CHUNK = 4096
 DEFAULT_MIN_FREE_BYTES = 1 << 20
+# Entries collected before an append hands them to the index, and lines per index write when
+# catching up at start.
+_INDEX_BATCH = 256
+_CATCH_UP_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class Appended:
+    """An appended event and the bytes its line added to the file (for per-tenant audit
+    volume)."""
+
+    record: RecordedEvent
+    size: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,8 @@ class AuditLog:
 
     clock: when given, each event's time is taken from it under the write lock.
     checkpoints: when given, the log signs checkpoints and keeps the files beside it.
+    index: where reads find their lines (index.py); the log brings it up to date at open and
+        closes it. Without one, an index in memory is built from the whole log at open.
 
     Raises (on construction):
         AuditUnavailable: the file cannot be opened or created, or another process holds it.
@@ -151,8 +180,10 @@ class AuditLog:
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         clock: Clock | None = None,
         checkpoints: Checkpointing | None = None,
+        index: AuditIndex | None = None,
     ) -> None:
         self._path = path
+        self._index: AuditIndex = index if index is not None else MemoryAuditIndex()
         self._min_free_bytes = min_free_bytes
         self._clock = clock
         self._checkpointing = checkpoints
@@ -186,6 +217,15 @@ class AuditLog:
         self._stopping = False
         self._first_unsigned_at: float | None = time.monotonic() if self._unsigned() else None
         self._retry_at = 0.0
+        # Lock order: _index_lock before the others; it keeps the index's entries in order.
+        self._index_lock = threading.Lock()
+        self._index_pending: list[IndexedLine] = []  # guarded by _write_lock
+        self._index_failure: str | None = None
+        try:
+            self._catch_up_index()
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._checkpointer: threading.Thread | None = None
         if checkpoints is not None:
             self._checkpointer = threading.Thread(
@@ -319,8 +359,8 @@ class AuditLog:
         if reason is not None:
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
 
-    def append(self, event: AuditEvent) -> RecordedEvent:
-        """Chains the event after the head and returns once it is on disk.
+    def append(self, event: AuditEvent) -> Appended:
+        """Chains the event after the head and returns once it is on disk, with its size.
 
         Raises:
             AuditUnavailable: it could not be written or synced, or the log failed or was closed
@@ -334,9 +374,11 @@ class AuditLog:
             self._check_open()
             record = chain(event, self._head_sequence + 1, self._head_hash)
             line = encode_line(record)
-            self._write_line(record.sequence, record.hash, line)
+            self._write_line(record.sequence, record.hash, line, event)
         self._wait_durable(record.sequence, line)
-        return record
+        if len(self._index_pending) >= _INDEX_BATCH:
+            self._flush_index(wait=False)
+        return Appended(record, len(line))
 
     def start_chain(
         self, archived_log: str, archived_sequence: int, archived_hash: str
@@ -392,29 +434,35 @@ class AuditLog:
             raise InvalidArgument("after_sequence must not be negative")
         if limit < 1:
             raise InvalidArgument("limit must be at least 1")
+        if self._closed:
+            raise AuditUnavailable(f"audit log unavailable: {self._path}: closed")
+        self._flush_index(wait=True)
+        if self._index_failure is not None:
+            raise AuditIndexFailed(self._index_failure)
+        try:
+            locations = self._index.find(after_sequence, limit + 1, tenant, key_id)
+        except AuditIndexFailed as exc:
+            self._index_failed(str(exc))
+            raise
         found: list[RecordedEvent] = []
         with self._reader() as reader:
-            for position, raw in enumerate(_complete_lines(reader), start=1):
-                # A valid log has sequence = line number (verify checks it), so earlier pages
-                # are skipped without parsing.
-                if position <= after_sequence:
-                    continue
+            for location in locations[:limit]:
+                position = location.sequence
+                raw = os.pread(reader.fileno(), location.length, location.offset)
+                if len(raw) != location.length or not raw.endswith(b"\n"):
+                    self._corrupt(position, "is shorter than when it was written")
                 try:
                     record = decode_record(raw)
                 except MalformedEvent as exc:
                     self._corrupt(position, f"not a valid record: {exc}")
-                if record.sequence != position:
-                    self._corrupt(position, f"holds sequence {record.sequence}")
-                if not isinstance(record, RecordedEvent):
-                    continue
-                if tenant is not None and record.event.tenant != tenant:
-                    continue
-                if key_id is not None and record.event.key_id != key_id:
-                    continue
-                if len(found) == limit:
-                    return found, found[-1].sequence
+                if not isinstance(record, RecordedEvent) or record.sequence != position:
+                    self._corrupt(position, "holds another record than when it was written")
+                if (tenant is not None and record.event.tenant != tenant) or (
+                    key_id is not None and record.event.key_id != key_id
+                ):
+                    self._corrupt(position, "names another tenant or key than when written")
                 found.append(record)
-        return found, None
+        return found, found[-1].sequence if len(locations) > limit else None
 
     def verify(self) -> VerifyResult:
         """Walks the whole chain up to the head, checks every checkpoint, and compares the file
@@ -465,6 +513,11 @@ class AuditLog:
                 self._checkpoint(self._checkpointing)
             except Exception as exc:  # the log closes anyway; say why it has no checkpoint
                 log.error("audit log %s: no checkpoint at close: %s", self._path, exc)
+        self._flush_index(wait=True)
+        try:
+            self._index.close()
+        except AuditIndexFailed as exc:
+            log.error("audit log %s: %s", self._path, exc)
         with self._write_lock, self._synced:
             while self._syncing:
                 self._synced.wait()
@@ -582,6 +635,78 @@ class AuditLog:
                 self._file_sequence = record.sequence
             return record
 
+    # The index
+
+    def _catch_up_index(self) -> None:
+        """Indexes the lines the index lacks (module docstring); a line that is not a record
+        breaks the log, as a read of it would."""
+        try:
+            with self._reader() as reader:
+                offset, sequence = self._index_start(reader.fileno())
+                reader.seek(offset)
+                batch: list[IndexedLine] = []
+                for raw in _complete_lines(reader):
+                    if offset >= self._end:
+                        break
+                    line = _indexed_line(raw, offset, sequence)
+                    if line is None:
+                        self._break(f"line {sequence}: not a valid record")
+                        break
+                    batch.append(line)
+                    offset, sequence = offset + len(raw), sequence + 1
+                    if len(batch) == _CATCH_UP_BATCH:
+                        self._index.add(batch)
+                        batch = []
+                self._index.add(batch)
+        except AuditIndexFailed as exc:
+            self._index_failed(str(exc))
+
+    def _index_start(self, reader: int) -> tuple[int, int]:
+        """Where to start indexing (offset, sequence): after the index's last line if the file
+        still holds it there, else from the start, with the index cleared."""
+        last = self._index.last()
+        if last is None:
+            self._index.clear()
+            return 0, 1
+        if last.offset + last.length <= self._end:
+            raw = os.pread(reader, last.length, last.offset)
+            found = _indexed_line(raw, last.offset, last.sequence)
+            if found is not None and found.hash == last.hash:
+                return last.offset + last.length, last.sequence + 1
+        log.warning(
+            "audit log %s: its index does not match the log (another or a reset log, or a "
+            "lost index); building the index again from the whole log",
+            self._path,
+        )
+        self._index.clear()
+        return 0, 1
+
+    def _flush_index(self, *, wait: bool) -> None:
+        """Hands the entries collected so far to the index. Without wait, gives up at once
+        if another thread is doing it (it takes these entries too)."""
+        if not self._index_lock.acquire(blocking=wait):
+            return
+        try:
+            with self._write_lock:
+                batch, self._index_pending = self._index_pending, []
+            if batch and self._index_failure is None:
+                self._index.add(batch)
+        except AuditIndexFailed as exc:
+            self._index_failed(str(exc))
+        finally:
+            self._index_lock.release()
+
+    def _index_failed(self, reason: str) -> None:
+        with self._write_lock:
+            first = self._index_failure is None
+            self._index_failure = (
+                f"the audit index failed ({reason}); the log is unaffected, and a restart "
+                f"builds the index again from it"
+            )
+            self._index_pending = []
+        if first:
+            log.error("audit log %s: %s", self._path, self._index_failure)
+
     # Writing
 
     def _now(self) -> datetime:
@@ -594,8 +719,11 @@ class AuditLog:
                 f"audit log unavailable: {self._path}: {self._failure or 'closed'}"
             )
 
-    def _write_line(self, sequence: int, digest: str, line: bytes) -> None:
-        """Under the write lock: writes one record's line after the head, which it becomes."""
+    def _write_line(
+        self, sequence: int, digest: str, line: bytes, event: AuditEvent | None = None
+    ) -> None:
+        """Under the write lock: writes one record's line after the head, which it becomes,
+        and notes where it is for the index."""
         try:
             size = os.fstat(self._fd).st_size
         except OSError as exc:
@@ -608,6 +736,17 @@ class AuditLog:
             self._lost(line)
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {self._failure}")
         self._write(line)
+        if self._index_failure is None:
+            self._index_pending.append(
+                IndexedLine(
+                    sequence,
+                    self._end,
+                    len(line),
+                    digest,
+                    event.tenant if event else None,
+                    event.key_id if event else "",
+                )
+            )
         self._head_sequence, self._head_hash = sequence, digest
         self._head_offset, self._end = self._end, self._end + len(line)
         with self._synced:
@@ -860,6 +999,28 @@ def _last_line(fd: int, end: int) -> tuple[int, bytes]:
         chunks.append(chunk)
         position = start
     return 0, b"".join(reversed(chunks))
+
+
+def _indexed_line(raw: bytes, offset: int, sequence: int) -> IndexedLine | None:
+    """The index entry of a line expected to hold `sequence`, or None if it does not (or is
+    not a record). Only the members the index needs are checked; verify() checks the rest."""
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        members = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(members, dict) or members.get("sequence") != sequence:
+        return None
+    digest = members.get("hash")
+    if not isinstance(digest, str):
+        return None
+    if "kind" in members:
+        return IndexedLine(sequence, offset, len(raw), digest, None, "")
+    tenant, key_id = members.get("tenant"), members.get("key_id")
+    if not isinstance(tenant, str) or not isinstance(key_id, str):
+        return None
+    return IndexedLine(sequence, offset, len(raw), digest, tenant, key_id)
 
 
 def _complete_lines(reader: BinaryIO) -> Iterator[bytes]:

@@ -6,6 +6,8 @@ key and the checkpoint file), renames the log, its checkpoint file and its publi
 archive's file name, its last line that verified, and that line's hash. A checkpoint signs
 that record at once, so the new chain is anchored from its first line. Nothing is deleted or
 cut: the break stays visible in the archive, and the new log says where it continues from.
+The log's index is emptied and indexes the new log (it is derived data: the archive can be
+read with `hsmd audit verify`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from hsmd.audit.checkpoint import Checkpointing, read_checkpoint_file
 from hsmd.audit.errors import AuditUnavailable
 from hsmd.audit.events import CheckpointRecord, ResetRecord
+from hsmd.audit.index import AuditIndex
 from hsmd.audit.log import AuditLog
 from hsmd.audit.verify import CheckpointFile, VerifyResult, verify_lines
 from hsmd.domain import Clock
@@ -33,8 +36,11 @@ class ResetOutcome:
     checkpoint: CheckpointRecord | None
 
 
-def reset_log(log_path: Path, checkpoints: Checkpointing, clock: Clock) -> ResetOutcome:
+def reset_log(
+    log_path: Path, checkpoints: Checkpointing, clock: Clock, index: AuditIndex
+) -> ResetOutcome:
     """Archives the log and its checkpoint files and starts a new chain (module docstring).
+    The index is cleared and then holds the new log; the caller closes it.
 
     The caller holds the daemon's state lock, so no daemon writes the log meanwhile.
 
@@ -70,7 +76,8 @@ def reset_log(log_path: Path, checkpoints: Checkpointing, clock: Clock) -> Reset
             _fsync_directory(directory)
     except OSError as exc:
         raise AuditUnavailable(f"cannot archive the audit files: {exc}") from None
-    with AuditLog(log_path, clock=clock, checkpoints=checkpoints) as log:
+    index.clear()
+    with AuditLog(log_path, clock=clock, checkpoints=checkpoints, index=index) as log:
         reset = None
         if verification is not None:
             reset = log.start_chain(

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from hsmd import keyspecs, policy
+from hsmd import keyspecs, limits, policy
 from hsmd.backend.api import Capabilities, CryptoBackend
 from hsmd.domain import (
     ClientRequest,
@@ -43,10 +43,10 @@ IMPORTABLE = frozenset(KeySpec) - {KeySpec.ED25519}
 
 log = logging.getLogger(__name__)
 
-MAX_DESCRIPTION = 8192
+MAX_DESCRIPTION = limits.MAX_DESCRIPTION_CHARS
 OBJECT_ID_SIZE = 16
-MAX_TAGS = 50
-_TAG_KEY = re.compile(r".{1,128}", re.DOTALL)
+MAX_TAGS = limits.MAX_TAGS
+_TAG_KEY = re.compile(rf".{{1,{limits.MAX_TAG_KEY_CHARS}}}", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,10 @@ def _check_description(description: str) -> None:
 
 def _check_tags(add: Mapping[str, str], existing: Iterable[tuple[str, str]]) -> None:
     for name, value in add.items():
-        if not _TAG_KEY.fullmatch(name) or len(value) > 256:
-            raise InvalidArgument("tag keys are 1-128 characters and tag values 0-256")
+        if not _TAG_KEY.fullmatch(name) or len(value) > limits.MAX_TAG_VALUE_CHARS:
+            raise InvalidArgument(
+                f"tag keys are 1-{limits.MAX_TAG_KEY_CHARS} characters and tag values"
+                f" 0-{limits.MAX_TAG_VALUE_CHARS}"
+            )
     if len(set(add) | {name for name, _ in existing}) > MAX_TAGS:
         raise InvalidArgument(f"a key has at most {MAX_TAGS} tags")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 
+from hsmd import limits
 from hsmd.errors import InvalidArgument
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = limits.DEFAULT_PAGE_SIZE
+MAX_PAGE_SIZE = limits.MAX_PAGE_SIZE
 
 
 def page_size(requested: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from hsmd import keyspecs
+from hsmd import keyspecs, limits
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Key, KeyVersion, MessageType, RequestContext, SigningAlgorithm
 from hsmd.errors import InvalidArgument, Unimplemented
@@ -19,7 +19,7 @@ from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops.resolve import usable_key
 
-MAX_MESSAGE = 4096
+MAX_MESSAGE = limits.MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

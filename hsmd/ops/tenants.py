@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hsmd import policy
+from hsmd import limits, policy
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import ClientRequest, Clock, Tenant, TenantState
 from hsmd.errors import AlreadyExists, InvalidArgument, NotFound
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # Who administers every new key of a tenant unless its creation says otherwise.
 DEFAULT_ADMIN_PRINCIPALS = ("admin",)
 # Leaves room in a default key policy (policy.MAX_PATTERNS) for the creator.
-MAX_ADMIN_PRINCIPALS = 32
+MAX_ADMIN_PRINCIPALS = limits.MAX_ADMIN_PRINCIPALS
 
 
 class TenantOps:

@@ -11,6 +11,10 @@ before the reply), and logs one access line (with the reason when a certificate 
 
 The audit event is built here from the request and response messages: only their key id,
 key version and encryption-context keys are read, never a plaintext, key or context value.
+Every request's sizes are checked (hsmd/transport/bounds.py) as soon as the caller is known,
+before anything is looked up, and what the event records of the caller's input is bounded by
+the audit budgets of hsmd/limits.py whatever was sent, so a refused call too makes one event
+of at most limits.MAX_AUDIT_EVENT_BYTES.
 
 A request that does not parse as its message type is answered INVALID_ARGUMENT and audited like
 any refusal, with one WARNING line at most a few times a second (gRPC itself would answer
@@ -33,12 +37,14 @@ from typing import Any, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from hsmd.audit.events import AuditEvent
+from hsmd import limits
+from hsmd.audit.events import AuditEvent, bounded_keys, bounded_text
 from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
 from hsmd.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from hsmd.transport.bounds import check_request
 from hsmd.transport.status import is_internal, to_status
 
 log = logging.getLogger("hsmd.access")
@@ -144,6 +150,7 @@ class RequestGuard(grpc.ServerInterceptor):
                         "%s %s %s: %s", request_id, method, principal, request.problem
                     )
                     raise InvalidArgument(f"the request is not a valid message: {request.problem}")
+                check_request(request)
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
@@ -206,11 +213,13 @@ class RequestGuard(grpc.ServerInterceptor):
                 tenant=(principal.tenant or "") if principal else "",
                 principal=str(principal) if principal else "",
                 operation=operation,
-                key_id=key_id,
+                key_id=bounded_text(key_id, limits.AUDIT_KEY_ID_BYTES),
                 key_version=int(_field(response, "key_version") or 0),
-                encryption_context_keys=tuple(_context_keys(request)),
+                encryption_context_keys=bounded_keys(
+                    _context_keys(request), limits.AUDIT_CONTEXT_KEYS_BYTES
+                ),
                 outcome=code.name,
-                peer=context.peer(),
+                peer=bounded_text(context.peer(), limits.AUDIT_PEER_BYTES),
             )
         )
 

@@ -74,5 +74,7 @@ def test_mac_refusals(client: HsmClient) -> None:
     with pytest.raises(InvalidArgumentError, match="does not fit"):
         client.generate_mac(key_id, b"m", "HMAC_SHA_256")
     for message in (b"", b"m" * 4097):
-        with pytest.raises(InvalidArgumentError, match="message must be 1 to 4096"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"message (must be 1 to|is longer than) 4096"
+        ):
             client.generate_mac(key_id, message, "HMAC_SHA_384")

@@ -57,7 +57,7 @@ def audit(path: Path) -> Iterator[AuditLog]:
 
 
 def _fill(log: AuditLog, count: int) -> list[RecordedEvent]:
-    return [log.append(_event(n)) for n in range(count)]
+    return [log.append(_event(n)).record for n in range(count)]
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -77,7 +77,7 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
 
 def test_append_then_read_back(audit: AuditLog) -> None:
     sent = _event(1, encryption_context_keys=("b", "a", "b"))
-    record = audit.append(sent)
+    record = audit.append(sent).record
     assert (record.sequence, record.previous_hash) == (1, events.GENESIS_HASH)
     assert record.event == sent
     assert sent.encryption_context_keys == ("a", "b")
@@ -131,7 +131,7 @@ def test_a_line_holds_exactly_the_declared_fields(audit: AuditLog) -> None:
 
 def test_no_field_can_split_a_line(audit: AuditLog) -> None:
     sneaky = _event(1, peer='x"\n{"sequence":2}', encryption_context_keys=("a\nb", "\u2028"))
-    record = audit.append(sneaky)
+    record = audit.append(sneaky).record
     assert len(_lines(audit.path)) == 1
     assert audit.read()[0] == [record]
     assert audit.verify().valid
@@ -334,7 +334,7 @@ def test_a_restart_continues_the_chain(path: Path) -> None:
     with AuditLog(path) as first:
         records = _fill(first, 5)
     with AuditLog(path) as second:
-        sixth = second.append(_event(6))
+        sixth = second.append(_event(6)).record
         assert (sixth.sequence, sixth.previous_hash) == (6, records[-1].hash)
         assert _outcome(second.verify()) == events_ok(6)
 
@@ -342,10 +342,12 @@ def test_a_restart_continues_the_chain(path: Path) -> None:
 def test_the_head_is_found_behind_a_long_last_line(path: Path) -> None:
     with AuditLog(path) as first:
         first.append(_event(1))
-        long = first.append(_event(2, encryption_context_keys=tuple(f"k{i}" for i in range(3000))))
+        long = first.append(
+            _event(2, encryption_context_keys=tuple(f"k{i}" for i in range(3000)))
+        ).record
     assert len(_lines(path)[1]) > 3 * 4096
     with AuditLog(path) as second:
-        assert second.append(_event(3)).previous_hash == long.hash
+        assert second.append(_event(3)).record.previous_hash == long.hash
 
 
 def test_a_torn_last_line_is_set_aside_and_the_chain_goes_on(
@@ -362,7 +364,7 @@ def test_a_torn_last_line_is_set_aside_and_the_chain_goes_on(
         assert path.stat().st_size == intact
         (kept,) = path.parent.glob(f"{path.name}.torn-*")
         assert kept.read_bytes() == fragment
-        assert second.append(_event(4)).previous_hash == records[-1].hash
+        assert second.append(_event(4)).record.previous_hash == records[-1].hash
     assert any(
         "torn line" in r.getMessage() and str(kept) in r.getMessage() for r in caplog.records
     )
@@ -403,7 +405,7 @@ def test_concurrent_appends_make_one_valid_chain(audit: AuditLog) -> None:
     def work(worker: int) -> None:
         start.wait()
         for n in range(each):
-            record = audit.append(_event(n, tenant=f"t{worker}"))
+            record = audit.append(_event(n, tenant=f"t{worker}")).record
             with lock:
                 results.append(record)
 
@@ -552,7 +554,7 @@ def test_a_failed_write_refuses_every_later_event(
     _assert_refused_from_now_on(log)
     log.close()
     with AuditLog(path) as restarted:
-        assert restarted.append(_event(3)).previous_hash == records[-1].hash
+        assert restarted.append(_event(3)).record.previous_hash == records[-1].hash
         assert _outcome(restarted.verify()) == events_ok(3)
 
 
@@ -598,7 +600,7 @@ def test_a_short_write_is_cut_off(path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert path.read_bytes().endswith(b"\n")
     log.close()
     with AuditLog(path) as restarted:
-        assert restarted.append(_event(3)).previous_hash == records[-1].hash
+        assert restarted.append(_event(3)).record.previous_hash == records[-1].hash
 
 
 def test_a_short_write_that_cannot_be_cut_stops_start_up(
@@ -639,7 +641,9 @@ def test_a_closed_log_refuses_everything(path: Path) -> None:
 
 
 def test_read_filters_by_tenant_and_key_and_pages(audit: AuditLog) -> None:
-    records = [audit.append(_event(n, tenant="ab"[n % 2], key_id=f"k{n % 3}")) for n in range(30)]
+    records = [
+        audit.append(_event(n, tenant="ab"[n % 2], key_id=f"k{n % 3}")).record for n in range(30)
+    ]
 
     def pages(**filters: str | None) -> list[RecordedEvent]:
         got: list[RecordedEvent] = []

@@ -24,6 +24,7 @@ from hsmd.audit import events
 from hsmd.audit.checkpoint import Checkpointing
 from hsmd.audit.errors import AuditBroken, AuditCorrupt, AuditUnavailable
 from hsmd.audit.events import AuditEvent, CheckpointRecord, ResetRecord, decode_record
+from hsmd.audit.index import MemoryAuditIndex
 from hsmd.audit.log import AuditLog
 from hsmd.audit.reset import reset_log
 from hsmd.audit.verify import CheckpointFileState, VerifyResult, verify_files, verify_lines
@@ -344,7 +345,7 @@ def test_events_are_timed_under_the_write_lock_with_a_clock(files: Files) -> Non
             return T0 + timedelta(days=1)
 
     with AuditLog(files.log, clock=Clock()) as log:
-        record = log.append(_event(0))
+        record = log.append(_event(0)).record
     assert record.event.time == T0 + timedelta(days=1)
     assert decode_record(files.lines()[0]) == record
 
@@ -758,7 +759,7 @@ def test_reset_archives_a_broken_log_and_starts_a_chain_that_names_it(
         def now(self) -> datetime:
             return T0
 
-    outcome = reset_log(files.log, files.checkpointing(signer), Clock())
+    outcome = reset_log(files.log, files.checkpointing(signer), Clock(), MemoryAuditIndex())
     suffix = ".archived-20250304T050607Z"
     archive = files.log.with_name(files.log.name + suffix)
     assert [(a.name, b.name) for a, b in outcome.archived] == [
@@ -783,7 +784,7 @@ def test_reset_archives_a_broken_log_and_starts_a_chain_that_names_it(
     with AuditLog(files.log, checkpoints=files.checkpointing(signer)) as again:
         again.append(_event(1))
     with pytest.raises(AuditUnavailable, match="exists already"):
-        reset_log(files.log, files.checkpointing(signer), Clock())
+        reset_log(files.log, files.checkpointing(signer), Clock(), MemoryAuditIndex())
 
 
 # The daemon's token PINs
