@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ from hsmd.backend.mechanisms import (
     signing_call,
 )
 from hsmd.backend.pins import PinDeriver
-from hsmd.backend.softhsm_files import TokenSync, storage_problem
+from hsmd.backend.softhsm_files import TokenSync, scan_tokens, storage_problem
 from hsmd.ciphertext import IV_SIZE
 from hsmd.domain import (
     EncryptionAlgorithm,
@@ -1053,6 +1054,46 @@ class Pkcs11Backend:
             raise BackendError(f"token object lookup failed: {type(exc).__name__}") from exc
         except p11.PKCS11Error as exc:
             raise BackendError(f"PKCS#11 call failed: {type(exc).__name__} {exc}") from exc
+
+    # Removing a tenant's token (tenant deletion)
+
+    def remove_token(self, tenant: str, serial: str) -> None:
+        """Destroys the tenant's token: C_InitToken with its SO PIN erases every object in it
+        through the library (which blanks the label), then, with SoftHSM2's file store, the
+        token's directory goes and the removal is made durable. Found by serial, so a removal
+        a crash interrupted (label already blank) is finished; no error if the token is gone.
+
+        SoftHSM2 keeps the slot until the library is next initialised; reading it fails
+        meanwhile (logged once per token scan, as for any unreadable slot).
+
+        Raises:
+            BackendError: the token with that serial carries another tenant's label, or the
+                library refused to erase it.
+        """
+        name = self._tenant_token(tenant)
+        self.detach_token(tenant)  # C_InitToken needs the token's sessions closed
+        with self._lock, self._translate():
+            found = [
+                (slot, token) for slot, token in self._readable_tokens() if _serial(token) == serial
+            ]
+            if found:
+                slot, token = found[0]
+                if token.label.rstrip() not in (name.label, ""):
+                    raise BackendError(
+                        f"token serial {serial} is {token.label!r}, not {name.label!r}"
+                    )
+                so_pin = name.so_pin().encode()
+                rv = self._c_init_token(slot.slot_id, so_pin, len(so_pin), b"".ljust(_LABEL_SIZE))
+                if rv != _CKR_OK:
+                    raise BackendError(
+                        f"C_InitToken erasing {name.label!r} failed with CKR 0x{rv:x}"
+                    )
+            if self._token_dir is not None:
+                for files in scan_tokens(self._token_dir):
+                    if files.serial == serial:
+                        shutil.rmtree(files.directory)
+        self._make_durable()
+        log.warning("removed token %r (serial %s) of tenant %s", name.label, serial, tenant)
 
 
 def _serial(token: Any) -> str:
