@@ -46,7 +46,7 @@ from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
 from hsmd.keystore.audit_index import SqliteAuditIndex
 from hsmd.keystore.sqlite_store import SqliteKeyStore
-from hsmd.names import is_valid_principal_name, validate_tenant_name
+from hsmd.names import is_valid_principal_name, is_valid_tenant_name, validate_tenant_name
 from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps
 from hsmd.ops.datakeys import DataKeyOps
@@ -118,7 +118,11 @@ class Daemon:
             StartupRefused: the database is damaged, the token directory belongs to another
                 database, or holds a copied token (see hsmd.repair, softhsm_files).
             AuditBroken: the audit log does not match its checkpoint (start-up must stop).
+            ConfigError: tenancy.tenant is not a valid tenant name.
         """
+        dedicated = settings.tenancy.dedicated_tenant
+        if dedicated is not None and not is_valid_tenant_name(dedicated):
+            raise ConfigError("tenancy.tenant must be 1-26 characters of a-z 0-9 -, from a letter")
         state_lock = _lock_state(settings.storage.database)
         system_clock = _clock(settings)
         with contextlib.ExitStack() as undo:  # on any failure, closes what was opened
@@ -156,17 +160,24 @@ class Daemon:
             imports=ImportOps(store, backend, clock),
             audit=audit,
         )
+        tenants = TenantOps(store, backend, clock, dedicated)
         return cls(
             settings=settings,
             store=store,
             backend=backend,
-            tenants=TenantOps(store, backend, clock),
+            tenants=tenants,
             reconciler=Reconciler(store, backend, clock),
             operations=operations,
             state_lock=state_lock,
             clock=clock,
             maintenance=Maintenance(
-                operations.rotation, operations.states, operations.imports, clock, store, audit
+                operations.rotation,
+                operations.states,
+                operations.imports,
+                tenants,
+                clock,
+                store,
+                audit,
             ),
             token_dirs=tokens.by_serial,
         )
@@ -329,11 +340,11 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     certificates = ClientCertificateVerifier(
         settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock.system
     )
-    guard = RequestGuard(certificates, daemon.tenants.is_served, audit, daemon.clock.system)
+    guard = RequestGuard(certificates, daemon.tenants.admit, audit, daemon.clock.system)
     running = grpc_server.bind(
         settings,
         guard,
-        KeyManagementServicer(daemon.operations),
+        KeyManagementServicer(daemon.operations, daemon.tenants.mode),
         AdminServicer(daemon.tenants, daemon.reconciler, audit),
     )
     daemon.start()
@@ -377,7 +388,7 @@ def _reload(config_path: Path, running: config.Settings) -> config.Settings:
     logging.getLogger().setLevel(loaded.log_level)
     waiting = [
         name
-        for name in ("server", "tls", "pkcs11", "storage", "audit", "lifecycle")
+        for name in ("server", "tls", "pkcs11", "storage", "audit", "lifecycle", "tenancy")
         if getattr(loaded, name) != getattr(running, name)
     ]
     log.warning(
@@ -460,7 +471,7 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
         ).write(pki / "operator.pem", pki / "operator-key.pem")
     daemon = Daemon.build(settings)
     try:
-        if not daemon.tenants.is_served(DEV_TENANT):
+        if not daemon.tenants.exists(DEV_TENANT):
             daemon.tenants.create_tenant(DEV_TENANT)
     finally:
         daemon.close()
@@ -516,15 +527,34 @@ def _admin_command(args: argparse.Namespace) -> int:
 
 
 def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
-    if args.tenant_command == "create":
+    command = args.tenant_command
+    if command == "create":
         tenant = admin.create_tenant(args.name)
         print(
             f"created tenant {tenant.name}"
             f" (token {tenant.token_label}, serial {tenant.token_serial})"
         )
-    else:
+    elif command == "list":
         for tenant in admin.list_tenants():
-            print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+            print(
+                f"{tenant.name}\t{tenant.state}\t{_when(tenant.deletion_time)}"
+                f"\t{tenant.token_label}\t{tenant.token_serial}"
+            )
+    elif command == "delete":
+        tenant = admin.delete_tenant(args.name, args.pending_window_days)
+        print(f"tenant {tenant.name} will be destroyed at {_when(tenant.deletion_time)}")
+    else:
+        change = {
+            "disable": admin.disable_tenant,
+            "enable": admin.enable_tenant,
+            "cancel-deletion": admin.cancel_tenant_deletion,
+        }[command]
+        tenant = change(args.name)
+        print(f"tenant {tenant.name} is {tenant.state}")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "-"
 
 
 def _quarantine_command(admin: AdminClient, args: argparse.Namespace) -> None:
@@ -621,7 +651,23 @@ def _parser() -> argparse.ArgumentParser:
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
     create = tenant_commands.add_parser("create", help="create a tenant and its token")
     create.add_argument("name")
-    tenant_commands.add_parser("list", help="list tenants")
+    tenant_commands.add_parser(
+        "list", help="list tenants: name, state, deletion time, token label and serial"
+    )
+    for command, what in (
+        ("disable", "refuse every call of the tenant's principals; keys untouched"),
+        ("enable", "serve a disabled tenant again"),
+        ("delete", "destroy the tenant, its token and every key, after a waiting period"),
+        ("cancel-deletion", "keep a tenant pending deletion (it becomes DISABLED)"),
+    ):
+        change = tenant_commands.add_parser(command, help=what)
+        change.add_argument("name")
+        if command == "delete":
+            change.add_argument(
+                "--pending-window-days",
+                type=int,
+                help="7-30 days before it is destroyed (default 30)",
+            )
     quarantine = commands.add_parser(
         "quarantine",
         help="token objects that start-up repair kept aside (operator credentials from HSM_*)",

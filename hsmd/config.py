@@ -19,6 +19,8 @@ from hsmd.errors import ConfigError
 
 DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TENANCY_MULTI = "multi"
+TENANCY_SINGLE = "single"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,20 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True)
+class TenancySettings:
+    """mode "multi" (the default) serves every tenant operators create; "single" serves
+    `tenant` alone (created at start if missing) and refuses every other identity."""
+
+    mode: str
+    tenant: str | None = None
+
+    @property
+    def dedicated_tenant(self) -> str | None:
+        """The one tenant a single-tenant instance serves; None for a shared instance."""
+        return self.tenant if self.mode == TENANCY_SINGLE else None
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     tls: TlsSettings
@@ -88,6 +104,7 @@ class Settings:
     lifecycle: LifecycleSettings
     log_level: str
     audit: AuditSettings
+    tenancy: TenancySettings = TenancySettings(TENANCY_MULTI)
 
 
 class _Section:
@@ -143,6 +160,9 @@ class _Section:
             return None
         return self.path(field, must_exist=must_exist)
 
+    def __contains__(self, field: str) -> bool:
+        return field in self._table
+
     def done(self) -> None:
         unknown = sorted(set(self._table) - self._read)
         if unknown:
@@ -161,7 +181,8 @@ def load(path: Path) -> Settings:
 
 
 def parse(doc: Mapping[str, Any], base: Path) -> Settings:
-    unknown = sorted(set(doc) - {"server", "tls", "pkcs11", "storage", "lifecycle", "log", "audit"})
+    known = {"server", "tls", "pkcs11", "storage", "lifecycle", "log", "audit", "tenancy"}
+    unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(unknown)}")
 
@@ -260,7 +281,21 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         lifecycle_settings,
         level,
         audit_settings,
+        _tenancy(_Section(doc, "tenancy", base)),
     )
+
+
+def _tenancy(section: _Section) -> TenancySettings:
+    mode = section.string("mode", TENANCY_MULTI)
+    if mode not in (TENANCY_MULTI, TENANCY_SINGLE):
+        raise ConfigError(f'tenancy.mode must be "{TENANCY_MULTI}" or "{TENANCY_SINGLE}"')
+    tenant = section.string("tenant") if "tenant" in section else None
+    section.done()
+    if mode == TENANCY_SINGLE and tenant is None:
+        raise ConfigError('tenancy.tenant is required when tenancy.mode is "single"')
+    if mode == TENANCY_MULTI and tenant is not None:
+        raise ConfigError('tenancy.tenant is only for tenancy.mode = "single"')
+    return TenancySettings(mode, tenant)  # the name is checked by hsmd.names at start
 
 
 def _check_private(path: Path, field: str) -> None:

@@ -102,8 +102,21 @@ class KeyOrigin(enum.StrEnum):
 
 
 class TenantState(enum.StrEnum):
+    """CREATING -> ACTIVE <-> DISABLED; ACTIVE or DISABLED -> PENDING_DELETION -> (cancel)
+    DISABLED, or (window passed) DELETING -> gone. Only ACTIVE tenants are served."""
+
     CREATING = "CREATING"
     ACTIVE = "ACTIVE"
+    DISABLED = "DISABLED"
+    PENDING_DELETION = "PENDING_DELETION"
+    DELETING = "DELETING"
+
+
+class TenancyMode(enum.StrEnum):
+    """SHARED: the instance serves many tenants; DEDICATED: exactly one (single-tenant mode)."""
+
+    SHARED = "SHARED"
+    DEDICATED = "DEDICATED"
 
 
 class PrincipalKind(enum.StrEnum):
@@ -148,6 +161,7 @@ class Tenant:
     state: TenantState
     created_at: datetime
     admin_principals: tuple[str, ...] = ("admin",)
+    deletion_at: datetime | None = None  # while PENDING_DELETION or DELETING
 
 
 @dataclass(frozen=True)

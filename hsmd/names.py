@@ -13,9 +13,13 @@ _PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 TOKEN_LABEL_PREFIX = "hsmd/"  # noqa: S105 (a label, not a password)
 
 
+def is_valid_tenant_name(name: str) -> bool:
+    return _TENANT_NAME.fullmatch(name) is not None
+
+
 def validate_tenant_name(name: str) -> str:
     """Raises InvalidArgument unless name is 1-26 characters of [a-z0-9-] starting with a letter."""
-    if not _TENANT_NAME.fullmatch(name):
+    if not is_valid_tenant_name(name):
         raise InvalidArgument(
             "tenant name must be 1-26 characters of a-z, 0-9 and '-', starting with a letter"
         )

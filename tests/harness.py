@@ -103,10 +103,11 @@ class DaemonProcess:
         grace_seconds: float = 5,
         audit: dict[str, int | float] | None = None,
         existing: bool = False,
+        tenancy: dict[str, str] | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
-        a copy of another daemon's (every path in its config is relative to it). `audit` holds
-        settings of the config's [audit] table."""
+        a copy of another daemon's (every path in its config is relative to it). `audit` and
+        `tenancy` hold settings of the config's [audit] and [tenancy] tables."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
@@ -130,17 +131,22 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            self._write_config(workers, grace_seconds, audit or {})
+            self._write_config(workers, grace_seconds, audit or {}, tenancy or {})
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
         )
 
     def _write_config(
-        self, workers: int, grace_seconds: float, audit: dict[str, int | float]
+        self,
+        workers: int,
+        grace_seconds: float,
+        audit: dict[str, int | float],
+        tenancy: dict[str, str],
     ) -> None:
         pki = self.pki
         audit_table = "".join(f"{name} = {value}\n" for name, value in audit.items())
+        tenancy_table = "".join(f'{name} = "{value}"\n' for name, value in tenancy.items())
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\n'
             f"grace_seconds = {grace_seconds}\n\n"
@@ -151,6 +157,7 @@ class DaemonProcess:
             'audit_log = "audit.jsonl"\n\n'
             '[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "clock.offset"\n'
             + (f"\n[audit]\n{audit_table}" if audit_table else "")
+            + (f"\n[tenancy]\n{tenancy_table}" if tenancy_table else "")
         )
 
     @property

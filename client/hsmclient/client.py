@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import google_crc32c
 import grpc
@@ -263,7 +263,8 @@ class KeyMetadata:
     KeyMetadata unhashable (compare key ids instead). `deletion_date` is set only while the key
     is PENDING_DELETION. `exportable` says whether wrap_key may export the key (wrapped);
     `valid_to`, set only for imported material that expires, when the key returns to
-    PENDING_IMPORT.
+    PENDING_IMPORT. `tenancy_mode` is "DEDICATED" when the instance holding the key serves
+    its tenant alone, "SHARED" when it serves other tenants too.
     """
 
     key_id: str
@@ -283,6 +284,7 @@ class KeyMetadata:
     deletion_date: datetime | None
     exportable: bool
     valid_to: datetime | None
+    tenancy_mode: str
 
 
 @dataclass(frozen=True)
@@ -541,24 +543,31 @@ class VerifyMacResult:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What this daemon's backend supports; `notes` say what is missing and why."""
+    """What this daemon's backend supports; `notes` say what is missing and why.
+    `tenancy_mode`: "DEDICATED" if the instance serves the caller's tenant alone, "SHARED"
+    if it serves other tenants too."""
 
     key_specs: tuple[str, ...]
     encryption_algorithms: tuple[str, ...]
     signing_algorithms: tuple[str, ...]
     mac_algorithms: tuple[str, ...]
     notes: tuple[str, ...]
+    tenancy_mode: str
 
 
 @dataclass(frozen=True)
 class Tenant:
-    """A tenant; `admin_principals` administer every new key of it by default."""
+    """A tenant; `admin_principals` administer every new key of it by default. `state` is
+    "ACTIVE", "DISABLED", "PENDING_DELETION" or "DELETING"; `deletion_time` is set while it
+    is PENDING_DELETION or DELETING."""
 
     name: str
     token_label: str
     token_serial: str
     creation_time: datetime
     admin_principals: tuple[str, ...]
+    state: str
+    deletion_time: datetime | None
 
 
 @dataclass(frozen=True)
@@ -1259,6 +1268,38 @@ class AdminClient(_Client):
         request = admin_pb2.ListTenantsRequest()
         response: admin_pb2.ListTenantsResponse = self._call(self._stub.ListTenants, request)
         return [_from_message(Tenant, tenant) for tenant in response.tenants]
+
+    def disable_tenant(self, name: str) -> Tenant:
+        """Refuse every call of the tenant's principals (FailedPreconditionError) until
+        enable_tenant; its keys are untouched."""
+        request = admin_pb2.DisableTenantRequest(name=name)
+        return self._tenant_call(self._stub.DisableTenant, request)
+
+    def enable_tenant(self, name: str) -> Tenant:
+        """Serve a disabled tenant again."""
+        request = admin_pb2.EnableTenantRequest(name=name)
+        return self._tenant_call(self._stub.EnableTenant, request)
+
+    def delete_tenant(self, name: str, pending_window_in_days: int | None = None) -> Tenant:
+        """Schedule the tenant's destruction (its token, every key, all its metadata) after
+        7-30 days (the daemon's default: 30); it is refused like a disabled tenant meanwhile.
+
+        Raises:
+            ValueError: `pending_window_in_days` is not positive.
+        """
+        request = admin_pb2.DeleteTenantRequest(
+            name=name,
+            pending_window_in_days=_count("pending_window_in_days", pending_window_in_days),
+        )
+        return self._tenant_call(self._stub.DeleteTenant, request)
+
+    def cancel_tenant_deletion(self, name: str) -> Tenant:
+        """Keep a tenant pending deletion; it becomes DISABLED (enable_tenant serves it)."""
+        request = admin_pb2.CancelTenantDeletionRequest(name=name)
+        return self._tenant_call(self._stub.CancelTenantDeletion, request)
+
+    def _tenant_call(self, method: Callable[..., Any], request: Message) -> Tenant:
+        return _from_message(Tenant, self._call(method, request).tenant)
 
     def list_audit_events(
         self,

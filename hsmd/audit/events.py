@@ -14,7 +14,8 @@ event with sequence n, as one JSON object with exactly these members::
     sequence                 integer, = the line number
     time                     string, UTC, "YYYY-MM-DDTHH:MM:SS.ffffffZ" (always 6 fraction digits)
     request_id               string
-    tenant                   string, "" for operators and unauthenticated callers
+    tenant                   string, the caller's; for operators the tenant a tenant
+                             administration call names, else ""; "" for unauthenticated
     principal                string, "tenant/<t>/<name>", "operator/<name>" or ""
     operation                string, the RPC name, e.g. "Encrypt"
     key_id                   string, "" if the RPC named no key

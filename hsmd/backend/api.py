@@ -73,6 +73,11 @@ class CryptoBackend(Protocol):
         """Stops serving the tenant's token (its calls get UNAVAILABLE); no error if detached."""
         ...
 
+    def remove_token(self, tenant: str, serial: str) -> None:
+        """Detaches and destroys the tenant's token (serial `serial`) with every object in it;
+        no error if it is gone already (so an interrupted removal can be finished)."""
+        ...
+
     def capabilities(self) -> Capabilities:
         """The key specs and algorithms the library supports (probed once, then remembered)."""
         ...

@@ -894,6 +894,17 @@ class Pkcs11Backend:
             raise
         self._tokens.make_durable()
 
+    # Removing a tenant's token (tenant deletion)
+
+    def remove_token(self, tenant: str, serial: str) -> None:
+        """Destroys the tenant's token (hsmd.backend.tokens.TokenTable.remove).
+
+        Raises:
+            BackendError: the token with that serial carries another tenant's label, or the
+                library refused to erase it.
+        """
+        self._tokens.remove(self._tenant_token(tenant), serial)
+
 
 def _signing_lane(spec: KeySpec) -> Lane:
     """RSA private-key operations take milliseconds (RSA-4096: ~20 ms); EC and Ed25519 ~80 µs."""

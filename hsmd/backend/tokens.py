@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from pkcs11 import exceptions as p11
 from pkcs11._pkcs11 import lib as _Library
 
 from hsmd.backend.lanes import Lane, LaneSizes, SessionLane
-from hsmd.backend.softhsm_files import TokenSync, storage_problem
+from hsmd.backend.softhsm_files import TokenSync, scan_tokens, storage_problem
 from hsmd.errors import BackendError, BackendUnavailable, StartupRefused
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ class TokenTable:
         self._tokens: dict[str, TenantToken] = {}
         self._stopping: str | None = None
         self._stopping_except: str | None = None
+        self._removed_slots: set[int] = set()  # emptied by remove(), unreadable until restart
         # python-pkcs11 has no C_InitToken; the same loaded library provides it directly.
         self._c_init_token = ctypes.CDLL(str(library)).C_InitToken
         self._c_init_token.argtypes = [
@@ -317,12 +319,49 @@ class TokenTable:
         if token is not None:
             token.close()
 
+    def remove(self, name: TokenName, serial: str) -> None:
+        """Destroys a token: detached first (C_InitToken needs its sessions closed), then
+        C_InitToken with its SO PIN erases every object through the library (and blanks the
+        label); with SoftHSM2's file store its directory goes and the removal is made durable.
+        Found by serial, so a removal a crash interrupted (label already blank) is finished;
+        no error if the token is gone. SoftHSM2 keeps the emptied slot until the library is
+        next initialised: it is not scanned again meanwhile.
+
+        Raises:
+            BackendError: the token with that serial carries another label, or the library
+                refused to erase it.
+        """
+        self.detach(name.name)
+        with self._slots, translate():
+            found = [(slot, tok) for slot, tok in self.readable_tokens() if _serial(tok) == serial]
+            if found:
+                slot, token = found[0]
+                if token.label.rstrip() not in (name.label, ""):
+                    raise BackendError(
+                        f"token serial {serial} is {token.label!r}, not {name.label!r}"
+                    )
+                so_pin = name.so_pin().encode()
+                rv = self._c_init_token(slot.slot_id, so_pin, len(so_pin), b"".ljust(_LABEL_SIZE))
+                if rv != _CKR_OK:
+                    raise BackendError(
+                        f"C_InitToken erasing {name.label!r} failed with CKR 0x{rv:x}"
+                    )
+                self._removed_slots.add(slot.slot_id)
+            if self._token_dir is not None:
+                for files in scan_tokens(self._token_dir):
+                    if files.serial == serial:
+                        shutil.rmtree(files.directory)
+        self.make_durable()
+        log.warning("removed token %r (serial %s)", name.label, serial)
+
     def readable_tokens(self) -> list[tuple[Any, Any]]:
         """(slot, token) of every slot whose token the library can describe. A damaged token
         (its token.object unreadable) makes C_GetTokenInfo fail: it is left out, so it costs
         its own tenant only."""
         readable = []
         for slot in self._lib.get_slots(token_present=True):
+            if slot.slot_id in self._removed_slots:
+                continue
             try:
                 readable.append((slot, slot.get_token()))
             except p11.PKCS11Error as exc:

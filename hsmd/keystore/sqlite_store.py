@@ -170,6 +170,10 @@ _MIGRATIONS = [
     CREATE UNIQUE INDEX tenants_client_token ON tenants(client_token)
         WHERE client_token IS NOT NULL;
     """,
+    # Tenant administration: a tenant DISABLED or PENDING_DELETION, and when it is destroyed.
+    """
+    ALTER TABLE tenants ADD COLUMN deletion_at TEXT;
+    """,
 ]
 
 _KEY_COLUMNS = (
@@ -179,7 +183,11 @@ _KEY_COLUMNS = (
 )
 _IMPORT_COLUMNS = "token, tenant, key_id, object_id, algorithm, wrapping_spec, expires_at"
 _VERSION_COLUMNS = "tenant, key_id, version, object_id, created_at, state, rotation_type"
-_TENANT_COLUMNS = "name, token_label, token_serial, state, created_at, admin_principals"
+_TENANT_COLUMNS = (
+    "name, token_label, token_serial, state, created_at, admin_principals, deletion_at"
+)
+# Every table with a tenant column, children before parents, for removing a tenant's rows.
+_TENANT_TABLES = ("import_parameters", "aliases", "key_tags", "key_versions", "keys", "quarantine")
 _ALIAS_COLUMNS = "tenant, name, key_id, created_at, updated_at"
 
 
@@ -460,6 +468,62 @@ class SqliteKeyStore:
                 f"SELECT {_TENANT_COLUMNS} FROM tenants ORDER BY name"  # noqa: S608
             ).fetchall()
         return self._intact(rows, _tenant)
+
+    def move_tenant(
+        self,
+        name: str,
+        allowed: Iterable[TenantState],
+        state: TenantState,
+        deletion_at: datetime | None = None,
+    ) -> tuple[Tenant | None, bool]:
+        """Sets the tenant's state (and deletion_at) if its state is one of `allowed`, in one
+        transaction. Returns the tenant as it is now (None if it has no row) and whether it
+        was moved: a tenant in any other state is left alone (the caller says why)."""
+        allowed = tuple(allowed)
+        marks = ", ".join("?" * len(allowed))
+        with self._transaction() as db:
+            moved = db.execute(
+                f"UPDATE tenants SET state = ?, deletion_at = ?"  # noqa: S608
+                f" WHERE name = ? AND state IN ({marks})",
+                (state, _iso(deletion_at) if deletion_at else None, name, *allowed),
+            ).rowcount
+            row = db.execute(
+                f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE name = ?",  # noqa: S608
+                (name,),
+            ).fetchone()
+        return (_tenant(row) if row else None), moved == 1
+
+    def tenants_due(self, now: datetime) -> list[Tenant]:
+        """Tenants PENDING_DELETION whose deletion date has come, and tenants DELETING (a
+        destruction that has begun and not finished)."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_TENANT_COLUMNS} FROM tenants"  # noqa: S608
+                " WHERE (state = ? AND deletion_at <= ?) OR state = ? ORDER BY name",
+                (TenantState.PENDING_DELETION, _iso(now), TenantState.DELETING),
+            ).fetchall()
+        return self._intact(rows, _tenant)
+
+    def claim_tenant_deletion(self, name: str, now: datetime) -> bool:
+        """PENDING_DELETION -> DELETING, only if its deletion date has come by `now`: a
+        CancelTenantDeletion (or a new, later deletion date) that won the race keeps it."""
+        with self._transaction() as db:
+            claimed = db.execute(
+                "UPDATE tenants SET state = ? WHERE name = ? AND state = ? AND deletion_at <= ?",
+                (TenantState.DELETING, name, TenantState.PENDING_DELETION, _iso(now)),
+            ).rowcount
+        return claimed == 1
+
+    def remove_tenant(self, name: str) -> None:
+        """Removes every row of a DELETING tenant (keys, versions, tags, aliases, import
+        tokens, quarantine, the tenant) in one transaction; no-op for any other state."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM tenants WHERE name = ?", (name,)).fetchone()
+            if row is None or row[0] != TenantState.DELETING:
+                return
+            for table in _TENANT_TABLES:
+                db.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))  # noqa: S608
+            db.execute("DELETE FROM tenants WHERE name = ?", (name,))
 
     # Keys
 
@@ -1070,6 +1134,7 @@ def _tenant(row: tuple[str, ...]) -> Tenant:
             TenantState(row[3]),
             _parse_time(row[4]),
             tuple(json.loads(row[5])),
+            _parse_time(row[6]) if row[6] else None,
         )
 
 

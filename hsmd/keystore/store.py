@@ -19,6 +19,7 @@ from hsmd.domain import (
     QuarantinedObject,
     RotationType,
     Tenant,
+    TenantState,
 )
 from hsmd.errors import DataLoss
 from hsmd.repair import Inventory
@@ -59,6 +60,16 @@ class KeyStore(Protocol):
     def activate_tenant(self, name: str, token_serial: str) -> None: ...
     def get_tenant(self, name: str) -> Tenant | None: ...
     def list_tenants(self) -> list[Tenant]: ...
+    def move_tenant(
+        self,
+        name: str,
+        allowed: Iterable[TenantState],
+        state: TenantState,
+        deletion_at: datetime | None = None,
+    ) -> tuple[Tenant | None, bool]: ...
+    def tenants_due(self, now: datetime) -> list[Tenant]: ...
+    def claim_tenant_deletion(self, name: str, now: datetime) -> bool: ...
+    def remove_tenant(self, name: str) -> None: ...
 
     def add_key(
         self, key: Key, version: KeyVersion | None, request: ClientRequest | None = None

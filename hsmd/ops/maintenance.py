@@ -1,5 +1,6 @@
 """What the daemon does by itself: rotate keys that are due, destroy keys whose deletion
-window has passed, and forget imported material past its expiry. Run at start-up (to catch up
+window has passed, forget imported material past its expiry, and destroy tenants whose
+deletion window has passed. Run at start-up (to catch up
 on anything that came due while the daemon was down) and then periodically.
 
 Each pass also keeps the clock honest (hsmd.clock.GuardedClock): it stores the latest time the
@@ -21,6 +22,7 @@ from hsmd.keystore.store import KeyStore
 from hsmd.ops.imports import ImportOps
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.states import StateOps
+from hsmd.ops.tenants import TenantOps
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Maintenance:
         rotation: RotationOps,
         states: StateOps,
         imports: ImportOps,
+        tenants: TenantOps,
         clock: GuardedClock,
         store: KeyStore,
         audit: AuditLog,
@@ -40,6 +43,7 @@ class Maintenance:
         self._rotation = rotation
         self._states = states
         self._imports = imports
+        self._tenants = tenants
         self._clock = clock
         self._store = store
         self._audit = audit
@@ -65,6 +69,8 @@ class Maintenance:
                 self._record("DestroyKey", key.tenant, key.key_id)
             for key in self._imports.expire_due():
                 self._record("ExpireKeyMaterial", key.tenant, key.key_id)
+            for tenant in self._tenants.destroy_due():
+                self._record("DestroyTenant", tenant.name, "")
         self.record_clock()
 
     def record_clock(self) -> None:

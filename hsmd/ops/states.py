@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Key, KeyOrigin, KeyState, RequestContext, VersionState
@@ -24,6 +24,21 @@ log = logging.getLogger(__name__)
 MIN_WINDOW_DAYS = 7
 MAX_WINDOW_DAYS = 30
 DEFAULT_WINDOW_DAYS = 30
+
+
+def deletion_date(clock: Clock, window_days: int) -> datetime:
+    """When a deletion scheduled now with this waiting period is carried out: keys and tenants
+    share the rule. The clock is the guarded one, so the window is never shorter than asked.
+
+    Raises:
+        InvalidArgument: the window is not 7-30 days (0 means 30).
+    """
+    window_days = window_days or DEFAULT_WINDOW_DAYS
+    if not MIN_WINDOW_DAYS <= window_days <= MAX_WINDOW_DAYS:
+        raise InvalidArgument(
+            f"pending_window_in_days must be {MIN_WINDOW_DAYS} to {MAX_WINDOW_DAYS}"
+        )
+    return clock.now() + timedelta(days=window_days)
 
 
 class StateOps:
@@ -66,12 +81,7 @@ class StateOps:
 
     def schedule_deletion(self, ctx: RequestContext, key_id: str, window_days: int) -> Key:
         """Raises InvalidArgument unless the window is 7-30 days (0 means 30)."""
-        window_days = window_days or DEFAULT_WINDOW_DAYS
-        if not MIN_WINDOW_DAYS <= window_days <= MAX_WINDOW_DAYS:
-            raise InvalidArgument(
-                f"pending_window_in_days must be {MIN_WINDOW_DAYS} to {MAX_WINDOW_DAYS}"
-            )
-        deletion_at = self._clock.now() + timedelta(days=window_days)
+        deletion_at = deletion_date(self._clock, window_days)
         return self._move(ctx, key_id, Operation.SCHEDULE_DELETION, deletion_at=deletion_at)
 
     def _move(self, ctx: RequestContext, key_id: str, operation: Operation, **also: object) -> Key:

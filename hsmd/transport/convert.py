@@ -26,6 +26,7 @@ from hsmd.domain import (
     KeyPolicy,
     KeyVersion,
     QuarantinedObject,
+    TenancyMode,
     Tenant,
     WrappingAlgorithm,
 )
@@ -123,7 +124,8 @@ def data_key_size(spec: int, number_of_bytes: int) -> int:
     raise InvalidArgument(f"key_spec {spec} is not a known data key spec")
 
 
-def key_metadata(key: Key) -> resources_pb2.KeyMetadata:
+def key_metadata(key: Key, tenancy: TenancyMode) -> resources_pb2.KeyMetadata:
+    """tenancy: the instance's mode, so a caller can tell a dedicated key from a shared one."""
     algorithms = keyspecs.algorithms(key.spec, key.usage)
     metadata = resources_pb2.KeyMetadata(
         key_id=key.key_id,
@@ -141,6 +143,7 @@ def key_metadata(key: Key) -> resources_pb2.KeyMetadata:
         mac_algorithms=to_proto_list(_MAC, algorithms.mac),
         tags=dict(key.tags),
         exportable=key.exportable,
+        tenancy_mode=to_proto(resources_pb2.TenancyMode, tenancy),
     )
     if key.deletion_at is not None:
         metadata.deletion_date.CopyFrom(timestamp(key.deletion_at))
@@ -179,13 +182,17 @@ def key_rotation(version: KeyVersion) -> resources_pb2.KeyRotation:
 
 
 def tenant(value: Tenant) -> admin_pb2.Tenant:
-    return admin_pb2.Tenant(
+    message = admin_pb2.Tenant(
         name=value.name,
         token_label=value.token_label,
         token_serial=value.token_serial,
         creation_time=timestamp(value.created_at),
         admin_principals=list(value.admin_principals),
+        state=to_proto(admin_pb2.Tenant.State, value.state),
     )
+    if value.deletion_at is not None:
+        message.deletion_time.CopyFrom(timestamp(value.deletion_at))
+    return message
 
 
 def audit_event(record: RecordedEvent) -> resources_pb2.AuditEvent:

@@ -43,7 +43,8 @@ from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
-from hsmd.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from hsmd.errors import InvalidArgument, Unauthenticated
+from hsmd.names import is_valid_tenant_name
 from hsmd.transport.bounds import check_request
 from hsmd.transport.status import is_internal, to_status
 
@@ -75,12 +76,12 @@ class RequestGuard(grpc.ServerInterceptor):
     def __init__(
         self,
         certificates: ClientCertificateVerifier,
-        is_tenant_served: Callable[[str], bool],
+        admit_tenant: Callable[[str], None],
         audit: AuditLog,
         clock: Clock,
     ) -> None:
         self._certificates = certificates
-        self._is_tenant_served = is_tenant_served
+        self._admit_tenant = admit_tenant
         self._audit = audit
         self._clock = clock
         self._running = 0
@@ -210,7 +211,7 @@ class RequestGuard(grpc.ServerInterceptor):
             AuditEvent(
                 time=self._clock.now(),
                 request_id=request_id,
-                tenant=(principal.tenant or "") if principal else "",
+                tenant=_event_tenant(principal, request),
                 principal=str(principal) if principal else "",
                 operation=operation,
                 key_id=bounded_text(key_id, limits.AUDIT_KEY_ID_BYTES),
@@ -237,8 +238,32 @@ class RequestGuard(grpc.ServerInterceptor):
 
     def _authorize(self, principal: Principal, required: PrincipalKind) -> None:
         require_kind(principal, required)
-        if principal.tenant is not None and not self._is_tenant_served(principal.tenant):
-            raise PermissionDenied(f"tenant {principal.tenant!r} is not served by this daemon")
+        _admit(principal, self._admit_tenant)
+
+
+# Tenancy: which tenants' principals are let in, and which tenant an operator's call is about.
+
+
+def _admit(principal: Principal, admit_tenant: Callable[[str], None]) -> None:
+    """A tenant principal is let in only while its tenant is served: admit_tenant
+    (hsmd.ops.tenants.TenantOps.admit) raises PERMISSION_DENIED for a tenant this daemon does
+    not serve, the same words for every other tenant on a dedicated instance, and
+    FAILED_PRECONDITION for a tenant an operator disabled or scheduled for deletion."""
+    if principal.tenant is not None:
+        admit_tenant(principal.tenant)
+
+
+def _event_tenant(principal: Principal | None, request: Any) -> str:
+    """The audit event's tenant: the caller's; for an operator's tenant administration
+    (CreateTenant, DisableTenant, ...: the requests with a `name`) the tenant it names, so
+    that tenant's own trail shows what was done to it. Only a valid tenant name is taken,
+    so the event stays small whatever the request holds."""
+    if principal is None:
+        return ""
+    if principal.tenant is not None:
+        return principal.tenant
+    name = _field(request, "name")
+    return name if isinstance(name, str) and is_valid_tenant_name(name) else ""
 
 
 def _level(failure: Exception) -> int:

@@ -5,6 +5,7 @@ No business logic here; the caller's identity comes from the guard (current_requ
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +22,7 @@ from hsmd.domain import (
     MacAlgorithm,
     MessageType,
     SigningAlgorithm,
+    TenancyMode,
 )
 from hsmd.errors import InvalidArgument
 from hsmd.names import parse_key_id, validate_tenant_name
@@ -85,7 +87,9 @@ class Operations:
 
 
 class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
-    def __init__(self, ops: Operations) -> None:
+    def __init__(self, ops: Operations, tenancy: TenancyMode) -> None:
+        self._tenancy = tenancy
+        self._key_metadata = functools.partial(convert.key_metadata, tenancy=tenancy)
         self._keys = ops.keys
         self._crypto = ops.crypto
         self._datakeys = ops.datakeys
@@ -115,13 +119,13 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             or KeyOrigin.GENERATED,
             _client_request(request),
         )
-        return service_pb2.CreateKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.CreateKeyResponse(key_metadata=self._key_metadata(key))
 
     def DescribeKey(
         self, request: service_pb2.DescribeKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.DescribeKeyResponse:
         key = self._keys.describe_key(current_request(), request.key_id)
-        return service_pb2.DescribeKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.DescribeKeyResponse(key_metadata=self._key_metadata(key))
 
     def ListKeys(
         self, request: service_pb2.ListKeysRequest, context: grpc.ServicerContext
@@ -130,7 +134,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             current_request(), request.page_size, request.page_token, request.tag_filter
         )
         return service_pb2.ListKeysResponse(
-            keys=[convert.key_metadata(key) for key in page.keys],
+            keys=[self._key_metadata(key) for key in page.keys],
             next_page_token=page.next_page_token,
         )
 
@@ -385,6 +389,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             signing_algorithms=to_proto_list(_SIGNING, tuple(sorted(capabilities.signing))),
             mac_algorithms=to_proto_list(_MAC, tuple(sorted(capabilities.mac))),
             notes=capabilities.notes,
+            tenancy_mode=to_proto(resources_pb2.TenancyMode, self._tenancy),
         )
 
     def ListAuditEvents(
@@ -421,7 +426,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             request.exportable,
             _client_request(request),
         )
-        return service_pb2.UnwrapKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.UnwrapKeyResponse(key_metadata=self._key_metadata(key))
 
     def GetParametersForImport(
         self, request: service_pb2.GetParametersForImportRequest, context: grpc.ServicerContext
@@ -457,13 +462,13 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             valid_to,
             request.public_key or None,
         )
-        return service_pb2.ImportKeyMaterialResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.ImportKeyMaterialResponse(key_metadata=self._key_metadata(key))
 
     def DeleteImportedKeyMaterial(
         self, request: service_pb2.DeleteImportedKeyMaterialRequest, context: grpc.ServicerContext
     ) -> service_pb2.DeleteImportedKeyMaterialResponse:
         key = self._imports.delete_material(current_request(), request.key_id)
-        return service_pb2.DeleteImportedKeyMaterialResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.DeleteImportedKeyMaterialResponse(key_metadata=self._key_metadata(key))
 
     # Key states
 
@@ -471,13 +476,13 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         self, request: service_pb2.EnableKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.EnableKeyResponse:
         key = self._states.enable(current_request(), request.key_id)
-        return service_pb2.EnableKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.EnableKeyResponse(key_metadata=self._key_metadata(key))
 
     def DisableKey(
         self, request: service_pb2.DisableKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.DisableKeyResponse:
         key = self._states.disable(current_request(), request.key_id)
-        return service_pb2.DisableKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.DisableKeyResponse(key_metadata=self._key_metadata(key))
 
     def ScheduleKeyDeletion(
         self, request: service_pb2.ScheduleKeyDeletionRequest, context: grpc.ServicerContext
@@ -485,13 +490,13 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         key = self._states.schedule_deletion(
             current_request(), request.key_id, request.pending_window_in_days
         )
-        return service_pb2.ScheduleKeyDeletionResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.ScheduleKeyDeletionResponse(key_metadata=self._key_metadata(key))
 
     def CancelKeyDeletion(
         self, request: service_pb2.CancelKeyDeletionRequest, context: grpc.ServicerContext
     ) -> service_pb2.CancelKeyDeletionResponse:
         key = self._states.cancel_deletion(current_request(), request.key_id)
-        return service_pb2.CancelKeyDeletionResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.CancelKeyDeletionResponse(key_metadata=self._key_metadata(key))
 
     # Description, tags, policy
 
@@ -499,19 +504,19 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         self, request: service_pb2.UpdateKeyDescriptionRequest, context: grpc.ServicerContext
     ) -> service_pb2.UpdateKeyDescriptionResponse:
         key = self._keys.update_description(current_request(), request.key_id, request.description)
-        return service_pb2.UpdateKeyDescriptionResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.UpdateKeyDescriptionResponse(key_metadata=self._key_metadata(key))
 
     def TagKey(
         self, request: service_pb2.TagKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.TagKeyResponse:
         key = self._keys.tag_key(current_request(), request.key_id, request.tags)
-        return service_pb2.TagKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.TagKeyResponse(key_metadata=self._key_metadata(key))
 
     def UntagKey(
         self, request: service_pb2.UntagKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.UntagKeyResponse:
         key = self._keys.untag_key(current_request(), request.key_id, request.tag_keys)
-        return service_pb2.UntagKeyResponse(key_metadata=convert.key_metadata(key))
+        return service_pb2.UntagKeyResponse(key_metadata=self._key_metadata(key))
 
     def GetKeyPolicy(
         self, request: service_pb2.GetKeyPolicyRequest, context: grpc.ServicerContext
@@ -637,6 +642,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._tenants = tenants
         self._reconciler = reconciler
         self._audit = audit
+        self._key_metadata = functools.partial(convert.key_metadata, tenancy=tenants.mode)
 
     def ListAuditEvents(
         self, request: service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
@@ -662,6 +668,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListTenantsResponse(
             tenants=[convert.tenant(t) for t in self._tenants.list_tenants()]
         )
+
+    def DisableTenant(
+        self, request: admin_pb2.DisableTenantRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DisableTenantResponse:
+        tenant = convert.tenant(self._tenants.disable(request.name))
+        return admin_pb2.DisableTenantResponse(tenant=tenant)
+
+    def EnableTenant(
+        self, request: admin_pb2.EnableTenantRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.EnableTenantResponse:
+        tenant = convert.tenant(self._tenants.enable(request.name))
+        return admin_pb2.EnableTenantResponse(tenant=tenant)
+
+    def DeleteTenant(
+        self, request: admin_pb2.DeleteTenantRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.DeleteTenantResponse:
+        scheduled = self._tenants.schedule_deletion(request.name, request.pending_window_in_days)
+        return admin_pb2.DeleteTenantResponse(tenant=convert.tenant(scheduled))
+
+    def CancelTenantDeletion(
+        self, request: admin_pb2.CancelTenantDeletionRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.CancelTenantDeletionResponse:
+        tenant = convert.tenant(self._tenants.cancel_deletion(request.name))
+        return admin_pb2.CancelTenantDeletionResponse(tenant=tenant)
 
     def ListQuarantinedObjects(
         self, request: admin_pb2.ListQuarantinedObjectsRequest, context: grpc.ServicerContext
@@ -690,4 +720,4 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             parse_key_id(request.key_id),
             request.key_version,
         )
-        return admin_pb2.AdoptQuarantinedObjectResponse(key_metadata=convert.key_metadata(key))
+        return admin_pb2.AdoptQuarantinedObjectResponse(key_metadata=self._key_metadata(key))

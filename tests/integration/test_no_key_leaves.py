@@ -371,9 +371,15 @@ def test_no_rpc_answers_with_a_stored_keys_material(
         assert walk.codes["UnwrapKey"] == [grpc.StatusCode.INVALID_ARGUMENT]
 
 
+# A tenant the walk creates, then disables, enables, schedules for deletion and keeps.
+THROWAWAY_TENANT = f"leaks-{secrets.token_hex(4)}"
 ADMIN_REQUESTS: dict[str, Callable[[], Message]] = {
-    "CreateTenant": lambda: admin_pb2.CreateTenantRequest(name=f"leaks-{secrets.token_hex(4)}"),
+    "CreateTenant": lambda: admin_pb2.CreateTenantRequest(name=THROWAWAY_TENANT),
     "ListTenants": lambda: admin_pb2.ListTenantsRequest(),
+    "DisableTenant": lambda: admin_pb2.DisableTenantRequest(name=THROWAWAY_TENANT),
+    "EnableTenant": lambda: admin_pb2.EnableTenantRequest(name=THROWAWAY_TENANT),
+    "DeleteTenant": lambda: admin_pb2.DeleteTenantRequest(name=THROWAWAY_TENANT),
+    "CancelTenantDeletion": lambda: admin_pb2.CancelTenantDeletionRequest(name=THROWAWAY_TENANT),
     "ListAuditEvents": lambda: svc.ListAuditEventsRequest(page_size=1000),
     "VerifyAuditLog": lambda: admin_pb2.VerifyAuditLogRequest(),
     "ListQuarantinedObjects": lambda: admin_pb2.ListQuarantinedObjectsRequest(),

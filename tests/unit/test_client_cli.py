@@ -69,6 +69,7 @@ KEY = KeyMetadata(
     deletion_date=None,
     exportable=False,
     valid_to=None,
+    tenancy_mode="SHARED",
 )
 POLICY = KeyPolicy(("admin", "ops-*"), ("app",))
 IMPORTED = replace(KEY, origin="EXTERNAL", valid_to=LATER)
@@ -268,6 +269,7 @@ class _FakeClient(HsmClient):
             ("ED25519_SHA_512",),
             (),
             ("no HMAC: the token lacks CKM_SHA256_HMAC",),
+            "SHARED",
         )
 
     def generate_random(self, number_of_bytes):

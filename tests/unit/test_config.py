@@ -91,6 +91,11 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"log__level": "LOUD"}, "log.level"),
         ({"bogus__x": 1}, "bogus"),
         ({"audit__checkpoint_every_events": 0}, "audit.checkpoint_every_events"),
+        ({"tenancy__mode": "dual"}, "tenancy.mode"),
+        ({"tenancy__mode": "single"}, "tenancy.tenant"),
+        ({"tenancy__tenant": "acme"}, "tenancy.tenant"),
+        ({"tenancy__mode": "single", "tenancy__tenant": ""}, "tenancy.tenant"),
+        ({"tenancy__mode": "single", "tenancy__tenant": "a", "tenancy__x": 1}, "x"),
         ({"audit__checkpoint_every_events": 1.5}, "audit.checkpoint_every_events"),
         ({"audit__checkpoint_interval_seconds": 0.01}, "audit.checkpoint_interval_seconds"),
         ({"audit__checkpoint_interval_seconds": "1m"}, "audit.checkpoint_interval_seconds"),
@@ -116,3 +121,10 @@ def test_load_reports_bad_toml(tmp_path: Path) -> None:
     path.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.load(path)
+
+
+def test_tenancy_is_multi_unless_a_single_tenant_is_named(files: Path) -> None:
+    shared = config.parse(_doc(), files).tenancy
+    assert (shared.mode, shared.dedicated_tenant) == ("multi", None)
+    dedicated = config.parse(_doc(tenancy__mode="single", tenancy__tenant="acme"), files).tenancy
+    assert (dedicated.mode, dedicated.dedicated_tenant) == ("single", "acme")

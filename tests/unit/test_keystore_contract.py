@@ -27,6 +27,7 @@ from hsmd.domain import (
     KeyUsage,
     KeyVersion,
     RotationType,
+    TenantState,
     VersionState,
     WrappingAlgorithm,
 )
@@ -93,6 +94,55 @@ def test_a_tenants_client_request_is_kept(store: KeyStore) -> None:
     store.add_tenant("gamma", "hsmd/gamma", T, [], request)
     assert store.tenant_for_request("token-1") == ("gamma", request)
     assert store.tenant_for_request("token-2") is None
+
+
+def test_a_tenant_moves_only_from_the_states_allowed(store: KeyStore) -> None:
+    changeable = (TenantState.ACTIVE, TenantState.DISABLED)
+    tenant, moved = store.move_tenant(A, changeable, TenantState.PENDING_DELETION, T)
+    assert moved and tenant is not None
+    assert (tenant.state, tenant.deletion_at) == (TenantState.PENDING_DELETION, T)
+    tenant, moved = store.move_tenant(A, changeable, TenantState.DISABLED)
+    assert not moved and tenant is not None and tenant.state is TenantState.PENDING_DELETION
+    tenant, moved = store.move_tenant(A, [TenantState.PENDING_DELETION], TenantState.DISABLED)
+    assert moved and tenant == store.get_tenant(A)
+    assert tenant is not None and (tenant.state, tenant.deletion_at) == (TenantState.DISABLED, None)
+    assert store.move_tenant("nobody", changeable, TenantState.DISABLED) == (None, False)
+    other = store.get_tenant(B)
+    assert other is not None and other.state is TenantState.ACTIVE
+
+
+def test_a_tenant_is_claimed_for_deletion_only_once_due(store: KeyStore) -> None:
+    store.move_tenant(A, [TenantState.ACTIVE], TenantState.PENDING_DELETION, T + timedelta(days=7))
+    assert store.tenants_due(T + timedelta(days=6)) == []
+    assert not store.claim_tenant_deletion(A, T + timedelta(days=6))
+    (due,) = store.tenants_due(T + timedelta(days=7))
+    assert due.name == A
+    assert store.claim_tenant_deletion(A, T + timedelta(days=7))
+    assert not store.claim_tenant_deletion(A, T + timedelta(days=7))
+    # A claimed (DELETING) tenant stays due until it is removed, whatever the time.
+    assert [t.state for t in store.tenants_due(T)] == [TenantState.DELETING]
+
+
+def test_removing_a_tenant_takes_every_row_of_it_and_nothing_else(store: KeyStore) -> None:
+    kept = _key(B)
+    _add(store, kept)
+    for tenant in (A, B):
+        key = _key(tenant, tags=(("env", "prod"),))
+        _add(store, key)
+        store.add_alias(Alias(tenant, "alias/x", key.key_id, T, T))
+        store.record_quarantine(tenant, [b"orphan"], "unknown", T)
+    store.remove_tenant(A)  # not DELETING: nothing happens
+    assert store.get_tenant(A) is not None and store.list_keys(A, 0, 10)[0]
+    store.move_tenant(A, [TenantState.ACTIVE], TenantState.PENDING_DELETION, T)
+    store.claim_tenant_deletion(A, T)
+    store.remove_tenant(A)
+    assert store.get_tenant(A) is None
+    assert store.list_keys(A, 0, 10)[0] == []
+    assert store.quarantined(A, 0, 10)[0] == []
+    assert len(store.list_keys(B, 0, 10)[0]) == 2
+    assert store.get_alias(B, "alias/x").tenant == B
+    assert len(store.quarantined(B, 0, 10)[0]) == 1
+    store.add_tenant(A, f"hsmd/{A}", T, ["admin"])  # the name is free again
 
 
 # --- keys ---------------------------------------------------------------------------------------
