@@ -679,7 +679,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     tenant = commands.add_parser(
         "tenant",
-        help="manage tenants of a running daemon (operator credentials from HSM_* variables)",
+        help="manage tenants of a running daemon (operator credentials from HSM_* variables),"
+        " or move one between stopped instances (export, import)",
     )
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
     create = tenant_commands.add_parser("create", help="create a tenant and its token")
