@@ -2,7 +2,8 @@
 
 `hsmd serve --config FILE` builds every object from one validated Settings and runs the daemon;
 `hsmd init --dir DIR` makes a complete development set-up (PKI, token directory, master secret,
-config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator;
+config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator, except
+`hsmd tenant export|import`, which move a tenant between stopped instances;
 `hsmd pki issue ...` issues development client certificates; `hsmd audit verify ...` checks a
 copy of an audit log offline, and `hsmd audit reset --config FILE` archives a broken one.
 """
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from hsmclient import AdminClient, ConfigurationError, HsmError
 
@@ -41,6 +44,7 @@ from hsmd.backend import softhsm_files
 from hsmd.backend.lanes import LaneSizes
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.pkcs11_backend import Pkcs11Backend
+from hsmd.backend.token_transfer import repin_token
 from hsmd.clock import GuardedClock, OffsetClock
 from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
@@ -59,6 +63,7 @@ from hsmd.ops.reconcile import Reconciler
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
+from hsmd.ops.tenant_move import MoveRefused, TenantMove
 from hsmd.ops.tenants import TenantOps
 from hsmd.ops.wrapping import WrappingOps
 from hsmd.transport import server as grpc_server
@@ -573,6 +578,79 @@ def _quarantine_command(admin: AdminClient, args: argparse.Namespace) -> None:
         )
 
 
+# --- Moving a tenant between stopped instances: `hsmd tenant export|import` ---------------------
+
+MOVE_COMMANDS = ("export", "import")
+
+
+def _add_move_commands(tenant_commands: Any) -> None:
+    move = "the daemon using --config must be stopped; see docs/operations.md"
+    export = tenant_commands.add_parser(
+        "export",
+        help="write a tenant's token and metadata to a bundle (daemon stopped)",
+        description=f"Writes a bundle to move the tenant to another instance; {move}.",
+    )
+    export.add_argument("--config", type=Path, required=True, help="the source's TOML settings")
+    export.add_argument("--tenant", required=True)
+    export.add_argument("--out", type=Path, required=True, help="the bundle directory to make")
+    export.add_argument(
+        "--transfer-secret",
+        type=Path,
+        required=True,
+        help="the file to make for the bundle's one-time secret: send it apart from the bundle",
+    )
+    load = tenant_commands.add_parser(
+        "import",
+        help="add a tenant from a bundle, keys keeping their ids (daemon stopped)",
+        description=f"Verifies the bundle, then adds its tenant; {move}.",
+    )
+    load.add_argument("--config", type=Path, required=True, help="the destination's settings")
+    load.add_argument("--bundle", type=Path, required=True, help="the bundle directory")
+    load.add_argument(
+        "--transfer-secret", type=Path, required=True, help="the secret file the export made"
+    )
+
+
+def _move_command(args: argparse.Namespace) -> int:
+    """Takes the state lock (refused while the daemon runs), checks the token directory belongs
+    to the database as start-up does, then exports or imports (hsmd.ops.tenant_move)."""
+    settings = config.load(args.config)
+    state_lock = _lock_state(settings.storage.database)
+    try:
+        store = SqliteKeyStore(settings.storage.database)
+        try:
+            _check_integrity(store)
+            tokens = _token_files(settings)
+            if tokens.directory is None:
+                raise MoveRefused("moving a tenant needs a SoftHSM2 token directory (pkcs11)")
+            _bind_token_dir(store, tokens.directory)
+            move = TenantMove(
+                store,
+                tokens.directory,
+                PinDeriver(config.read_master_secret(settings)),
+                functools.partial(repin_token, settings.pkcs11.library),
+                _clock(settings),
+            )
+            if args.tenant_command == "export":
+                moved = move.export(args.tenant, args.out, args.transfer_secret)
+                done = f"exported to {args.out}; the transfer secret is {args.transfer_secret}"
+            else:
+                moved = move.import_bundle(args.bundle, args.transfer_secret)
+                done = f"imported from {args.bundle}"
+        finally:
+            store.close()
+    finally:
+        os.close(state_lock)
+    print(
+        f"tenant {moved.tenant} (token serial {moved.token_serial}, {moved.keys} keys,"
+        f" {moved.aliases} aliases) {done}"
+    )
+    return 0
+
+
+# --- end of tenant moves -----------------------------------------------------------------------
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     """Verifies a copy of a log offline: 0 if all is well, 1 for any problem or finding, 2 if
     it cannot run (a file cannot be read, the key is not a key)."""
@@ -646,7 +724,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     tenant = commands.add_parser(
         "tenant",
-        help="manage tenants of a running daemon (operator credentials from HSM_* variables)",
+        help="manage tenants of a running daemon (operator credentials from HSM_* variables),"
+        " or move one between stopped instances (export, import)",
     )
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
     create = tenant_commands.add_parser("create", help="create a tenant and its token")
@@ -668,6 +747,7 @@ def _parser() -> argparse.ArgumentParser:
                 type=int,
                 help="7-30 days before it is destroyed (default 30)",
             )
+    _add_move_commands(tenant_commands)
     quarantine = commands.add_parser(
         "quarantine",
         help="token objects that start-up repair kept aside (operator credentials from HSM_*)",
@@ -740,6 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = init_dev(args.dir, args.listen)
             print(f"development set-up ready: {path}")
             return 0
+        if args.command == "tenant" and args.tenant_command in MOVE_COMMANDS:
+            return _move_command(args)
         if args.command in ("tenant", "quarantine"):
             return _admin_command(args)
         if args.command == "audit":

@@ -24,6 +24,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,3 +253,36 @@ class TokenSync:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def copy_token(source: Path, target: Path) -> None:
+    """Copies a token's directory (its regular files: token.object, the object and lock files)
+    to target, which must not exist, and makes the copy durable."""
+    target.mkdir(mode=0o700)
+    for entry in sorted(source.iterdir()):
+        if entry.is_file() and not entry.is_symlink():
+            shutil.copyfile(entry, target / entry.name, follow_symlinks=False)
+    sync_token(target)
+    sync_directory(target.parent)
+
+
+def sync_token(directory: Path) -> None:
+    """fsyncs every file of a token's directory, then the directory: SoftHSM2 itself never
+    does, and a moved token must survive a power cut before it is acknowledged."""
+    for entry in directory.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            descriptor = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    sync_directory(directory)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsyncs a directory, so the entries made or renamed in it survive a power cut."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

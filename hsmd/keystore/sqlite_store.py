@@ -40,13 +40,15 @@ from hsmd.domain import (
 )
 from hsmd.errors import (
     AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
     NotFound,
     StartupRefused,
     StorageFull,
     StorageUnavailable,
     StoreError,
 )
-from hsmd.keystore.store import DamagedRecord
+from hsmd.keystore.store import DamagedRecord, TableRows, TenantRecords
 from hsmd.repair import Inventory, KeyRow, VersionRow
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,29 @@ _TENANT_COLUMNS = (
 # Every table with a tenant column, children before parents, for removing a tenant's rows.
 _TENANT_TABLES = ("import_parameters", "aliases", "key_tags", "key_versions", "keys", "quarantine")
 _ALIAS_COLUMNS = "tenant, name, key_id, created_at, updated_at"
+
+# What moves with a tenant (tenant_records), in the order rows are added at the destination
+# (parents first), each with the column naming the tenant. A table with a tenant column must be
+# here or in _STAYING_TABLES: tenant_records refuses a tenant that has rows in any other, so a
+# new table is never left behind unnoticed.
+_MOVING_TABLES = (
+    ("tenants", "name"),
+    ("keys", "tenant"),
+    ("key_versions", "tenant"),
+    ("key_tags", "tenant"),
+    ("aliases", "tenant"),
+    ("import_parameters", "tenant"),
+    ("quarantine", "tenant"),
+)
+# Tables with a tenant column whose rows mean nothing at another instance.
+_STAYING_TABLES: frozenset[str] = frozenset()
+# Columns that stay: row sequence numbers (the destination numbers rows in its own order) and
+# the source's CreateTenant request (its client token names a creation at the source only).
+_STAYING_COLUMNS = {
+    "tenants": frozenset({"client_token", "request_fingerprint"}),
+    "keys": frozenset({"seq"}),
+    "aliases": frozenset({"seq"}),
+}
 
 
 class SqliteKeyStore:
@@ -1014,6 +1039,102 @@ class SqliteKeyStore:
         aliases = [_alias(row[1:]) for row in rows[:limit]]
         next_cursor = rows[limit - 1][0] if len(rows) > limit else None
         return aliases, next_cursor
+
+    # Moving a tenant to another instance (hsmd.ops.tenant_move)
+
+    def tenant_records(self, tenant: str) -> TenantRecords:
+        """Every row of the tenant, as stored, read in one consistent view.
+
+        Raises:
+            NotFound: there is no such tenant.
+            FailedPrecondition: the tenant has rows in a table this hsmd does not know how to
+                move.
+        """
+        with self._read() as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (tenant,)).fetchone() is None:
+                raise NotFound(f"tenant {tenant!r} not found")
+            moving = {table for table, _ in _MOVING_TABLES} | _STAYING_TABLES
+            for table in _tables_with_column(db, "tenant") - moving:
+                if db.execute(
+                    f"SELECT 1 FROM {table} WHERE tenant = ? LIMIT 1",  # noqa: S608
+                    (tenant,),
+                ).fetchone():
+                    raise FailedPrecondition(
+                        f"tenant {tenant!r} has rows in table {table}, which this hsmd does not"
+                        " know how to move"
+                    )
+            tables = {}
+            for table, tenant_column in _MOVING_TABLES:
+                columns = tuple(
+                    column
+                    for column in _columns(db, table)
+                    if column not in _STAYING_COLUMNS.get(table, ())
+                )
+                rows = db.execute(
+                    f"SELECT {', '.join(columns)} FROM {table}"  # noqa: S608
+                    f" WHERE {tenant_column} = ? ORDER BY rowid",
+                    (tenant,),
+                ).fetchall()
+                tables[table] = TableRows(columns, tuple(tuple(row) for row in rows))
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        return TenantRecords(tenant, version, tables)
+
+    def add_tenant_records(self, records: TenantRecords) -> None:
+        """Adds a tenant moved from another instance, all its rows in one transaction.
+
+        Raises:
+            AlreadyExists: a tenant of that name, or with that token serial, exists here.
+            FailedPrecondition: the records name a table or column this database does not
+                have (they come from a newer hsmd).
+            InvalidArgument: a row belongs to another tenant, or the tenant row is missing.
+        """
+        known = dict(_MOVING_TABLES)
+        unknown = set(records.tables) - set(known)
+        if unknown:
+            raise FailedPrecondition(
+                f"the records hold tables this hsmd does not know: {', '.join(sorted(unknown))}"
+            )
+        tenant_rows = records.tables.get("tenants")
+        if tenant_rows is None or len(tenant_rows.rows) != 1:
+            raise InvalidArgument("the records must hold exactly one tenant row")
+        tenant_row = dict(zip(tenant_rows.columns, tenant_rows.rows[0], strict=True))
+        with self._transaction() as db:
+            name, serial = tenant_row.get("name"), tenant_row.get("token_serial")
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
+                raise AlreadyExists(f"tenant {name!r} exists already")
+            holder = db.execute(
+                "SELECT name FROM tenants WHERE token_serial = ? AND token_serial != ''",
+                (serial,),
+            ).fetchone()
+            if holder is not None:
+                raise AlreadyExists(f"token serial {serial} is tenant {holder[0]!r}'s already")
+            for table, tenant_column in _MOVING_TABLES:
+                moved = records.tables.get(table)
+                if moved is None:  # from an hsmd before the table existed
+                    continue
+                extra = set(moved.columns) - set(_columns(db, table))
+                if extra:
+                    raise FailedPrecondition(
+                        f"table {table} of the records has columns this hsmd does not know:"
+                        f" {', '.join(sorted(extra))}"
+                    )
+                owner = moved.columns.index(tenant_column)
+                if any(row[owner] != records.tenant for row in moved.rows):
+                    raise InvalidArgument(f"table {table} holds a row of another tenant")
+                db.executemany(
+                    f"INSERT INTO {table} ({', '.join(moved.columns)})"  # noqa: S608
+                    f" VALUES ({', '.join('?' * len(moved.columns))})",
+                    moved.rows,
+                )
+
+
+def _tables_with_column(db: sqlite3.Connection, column: str) -> set[str]:
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {table for (table,) in tables if column in _columns(db, table)}
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")]
 
 
 def _insert_version(db: sqlite3.Connection, version: KeyVersion) -> None:

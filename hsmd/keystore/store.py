@@ -6,6 +6,7 @@ Every key method takes the tenant first: isolation holds by construction, not by
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -37,6 +38,28 @@ class DamagedRecord(DataLoss):
         self.tenant = tenant
         self.name = name
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """One table's rows of a tenant, as stored: column names and values (None, int, float, str
+    or bytes), in the order they were written."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class TenantRecords:
+    """Every row of one tenant, by table, to move it to another instance (hsmd.ops.tenant_move).
+
+    schema_version is the source database's; a destination accepts the rows if it knows every
+    column they name.
+    """
+
+    tenant: str
+    schema_version: int
+    tables: Mapping[str, TableRows]
 
 
 class KeyStore(Protocol):
@@ -132,5 +155,9 @@ class KeyStore(Protocol):
     def list_aliases(
         self, tenant: str, key_id: str | None, after: int, limit: int
     ) -> tuple[list[Alias], int | None]: ...
+
+    # Moving a tenant to another instance
+    def tenant_records(self, tenant: str) -> TenantRecords: ...
+    def add_tenant_records(self, records: TenantRecords) -> None: ...
 
     def close(self) -> None: ...

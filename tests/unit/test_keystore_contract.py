@@ -31,9 +31,18 @@ from hsmd.domain import (
     VersionState,
     WrappingAlgorithm,
 )
-from hsmd.errors import AlreadyExists, DataLoss, NotFound, StorageFull, StorageUnavailable
+from hsmd.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StorageFull,
+    StorageUnavailable,
+)
+from hsmd.keystore import sqlite_store as sqlite_module
 from hsmd.keystore.sqlite_store import SqliteKeyStore
-from hsmd.keystore.store import KeyStore
+from hsmd.keystore.store import KeyStore, TableRows, TenantRecords
 from hsmd.repair import KeyRow, VersionRow
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -45,8 +54,13 @@ STORES: dict[str, Callable[[Path], KeyStore]] = {
 
 
 @pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
-    made = STORES[request.param](tmp_path)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store(kind: str, tmp_path: Path) -> Iterator[KeyStore]:
+    made = STORES[kind](tmp_path)
     for tenant in (A, B):
         made.add_tenant(tenant, f"hsmd/{tenant}", T, ["admin"])
         made.activate_tenant(tenant, f"serial-{tenant}")
@@ -360,6 +374,103 @@ def test_the_database_knows_itself_and_its_clock(store: KeyStore) -> None:
     assert store.integrity_problems() == []
 
 
+# --- moving a tenant to another instance --------------------------------------------------------
+
+
+@pytest.fixture
+def other(kind: str, tmp_path: Path) -> Iterator[KeyStore]:
+    """Another instance's store, with a tenant of its own."""
+    (tmp_path / "other").mkdir()
+    made = STORES[kind](tmp_path / "other")
+    made.add_tenant("gamma", "hsmd/gamma", T, ["admin"])
+    made.activate_tenant("gamma", "serial-gamma")
+    yield made
+    made.close()
+
+
+def _snapshot(store: KeyStore, tenant: str) -> tuple[object, ...]:
+    keys = store.list_keys(tenant, 0, 100)[0]
+    return (
+        store.get_tenant(tenant),
+        keys,
+        [store.versions(tenant, key.key_id) for key in keys],
+        store.list_aliases(tenant, None, 0, 100)[0],
+        store.quarantined(tenant, 0, 100)[0],
+        store.inventory(tenant),
+    )
+
+
+def test_a_tenants_rows_move_to_another_store_and_only_its_rows(
+    store: KeyStore, other: KeyStore
+) -> None:
+    key = _key(tags=(("team", "payments"),), description="moving")
+    _add(store, key, ClientRequest("key-token", "digest"))
+    store.add_version(A, key.key_id, b"\x02" * 16, T, RotationType.ON_DEMAND)
+    pending = _key(origin=KeyOrigin.EXTERNAL, state=KeyState.PENDING_IMPORT)
+    store.add_key(pending, None)
+    parameters = ImportParameters(
+        "tok", A, pending.key_id, b"\x09" * 16, WrappingAlgorithm.RSAES_OAEP_SHA_1,
+        KeySpec.RSA_2048, T,
+    )  # fmt: skip
+    store.add_import_parameters(parameters)
+    store.add_alias(Alias(A, "alias/app", key.key_id, T, T))
+    store.record_quarantine(A, [b"\x07" * 16], "no row", T)
+    _add(store, _key(tenant=B))
+    records = store.tenant_records(A)
+    assert records.tenant == A
+    for table, rows in records.tables.items():
+        owner = rows.columns.index("name" if table == "tenants" else "tenant")
+        assert {row[owner] for row in rows.rows} == {A}, table
+    other.add_tenant_records(records)
+    assert _snapshot(other, A) == _snapshot(store, A)
+    assert other.get_import_parameters(A, "tok") == parameters
+    assert other.key_for_request(A, "key-token") is not None
+    assert other.get_tenant("gamma") is not None
+    with pytest.raises(AlreadyExists, match="exists already"):
+        other.add_tenant_records(records)
+
+
+def test_moved_rows_are_refused_whole_when_anything_clashes_or_is_foreign(
+    store: KeyStore, other: KeyStore
+) -> None:
+    _add(store, _key())
+    records = store.tenant_records(A)
+    tenants = records.tables["tenants"]
+    serial = tenants.columns.index("token_serial")
+    same_serial = _with_table(
+        records,
+        "tenants",
+        TableRows(
+            tenants.columns,
+            ((*tenants.rows[0][:serial], "serial-gamma", *tenants.rows[0][serial + 1 :]),),
+        ),
+    )
+    keys = records.tables["keys"]
+    foreign_key = _with_table(
+        records, "keys", TableRows(keys.columns, (*keys.rows, (B, *keys.rows[0][1:])))
+    )
+    newer = _with_table(
+        records, "keys", TableRows((*keys.columns, "future"), tuple((*r, 1) for r in keys.rows))
+    )
+    unknown_table = _with_table(records, "future", TableRows(("tenant",), ((A,),)))
+    for bad, error in (
+        (same_serial, AlreadyExists),
+        (foreign_key, InvalidArgument),
+        (newer, FailedPrecondition),
+        (unknown_table, FailedPrecondition),
+    ):
+        with pytest.raises(error):
+            other.add_tenant_records(bad)
+        assert other.get_tenant(A) is None
+        assert other.list_keys(A, 0, 10) == ([], None)
+    with pytest.raises(NotFound):
+        store.tenant_records("nobody")
+
+
+def _with_table(records: TenantRecords, table: str, rows: TableRows) -> TenantRecords:
+    return TenantRecords(records.tenant, records.schema_version, {**records.tables, table: rows})
+
+
 # --- SQLite in particular -----------------------------------------------------------------------
 
 
@@ -401,3 +512,27 @@ def test_a_closed_store_is_unavailable(sqlite_store: SqliteKeyStore) -> None:
     sqlite_store.close()
     with pytest.raises(StorageUnavailable):
         sqlite_store.get_tenant(A)
+
+
+def test_every_table_with_a_tenant_column_moves_with_it_or_stays_by_decision(
+    sqlite_store: SqliteKeyStore,
+) -> None:
+    """A table added with a tenant column must be sorted here, so a move never silently
+    leaves a tenant's rows behind (tenant_records also refuses at run time)."""
+    with sqlite3.connect(sqlite_store.path) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        with_tenant = {
+            table
+            for table in tables
+            if "tenant" in [column[1] for column in db.execute(f"PRAGMA table_info({table})")]
+        }
+    moving = {table for table, _ in sqlite_module._MOVING_TABLES}
+    assert with_tenant <= moving | sqlite_module._STAYING_TABLES
+
+
+def test_a_tenant_with_rows_in_an_unknown_table_is_not_moved(sqlite_store: SqliteKeyStore) -> None:
+    with sqlite3.connect(sqlite_store.path) as db:
+        db.execute("CREATE TABLE future (tenant TEXT NOT NULL)")
+        db.execute("INSERT INTO future VALUES (?)", (A,))
+    with pytest.raises(FailedPrecondition, match="future"):
+        sqlite_store.tenant_records(A)
