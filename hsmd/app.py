@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hsmclient import AdminClient, ConfigurationError, HsmError
+from hsmclient import AdminClient, ConfigurationError, HsmError, TenantQuota, TenantQuotas
 
 from hsmd import config, devpki, repair
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
@@ -52,14 +52,17 @@ from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.maintenance import Maintenance
 from hsmd.ops.policies import PolicyOps
+from hsmd.ops.quotas import QuotaOps
 from hsmd.ops.reconcile import Reconciler
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.ops.wrapping import WrappingOps
+from hsmd.quotas import FIELD_BOUNDS
+from hsmd.scheduler import Scheduler
 from hsmd.transport import server as grpc_server
-from hsmd.transport.guard import RequestGuard
+from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
 
 log = logging.getLogger("hsmd")
@@ -101,6 +104,7 @@ class Daemon:
     tenants: TenantOps
     reconciler: Reconciler
     operations: Operations
+    quotas: QuotaOps
     state_lock: int
     clock: GuardedClock
     maintenance: Maintenance
@@ -136,18 +140,25 @@ class Daemon:
             undo.pop_all()  # the daemon owns them now; close() releases them
         clock = GuardedClock(system_clock, store.clock_high_water())
         crypto = CryptoOps(store, backend)
+        quotas = QuotaOps(
+            store,
+            settings.quotas.defaults,
+            time.monotonic,
+            settings.quotas.audit_period_seconds,
+        )
+        limits = quotas.limits
         operations = Operations(
-            keys=KeyOps(store, backend, clock),
+            keys=KeyOps(store, backend, clock, limits),
             crypto=crypto,
             datakeys=DataKeyOps(store, backend, crypto),
             signing=SigningOps(store, backend),
             mac=MacOps(store, backend),
             states=StateOps(store, backend, clock),
             rotation=RotationOps(store, backend, clock),
-            aliases=AliasOps(store, clock),
+            aliases=AliasOps(store, clock, limits),
             policies=PolicyOps(store),
-            wrapping=WrappingOps(store, backend, clock),
-            imports=ImportOps(store, backend, clock),
+            wrapping=WrappingOps(store, backend, clock, limits),
+            imports=ImportOps(store, backend, clock, limits),
             audit=audit,
         )
         return cls(
@@ -157,6 +168,7 @@ class Daemon:
             tenants=TenantOps(store, backend, clock),
             reconciler=Reconciler(store, backend, clock),
             operations=operations,
+            quotas=quotas,
             state_lock=state_lock,
             clock=clock,
             maintenance=Maintenance(
@@ -317,12 +329,18 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     certificates = ClientCertificateVerifier(
         settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock.system
     )
-    guard = RequestGuard(certificates, daemon.tenants.is_served, audit, daemon.clock.system)
+    guard = RequestGuard(
+        certificates,
+        daemon.tenants.is_served,
+        audit,
+        daemon.clock.system,
+        Admission(daemon.quotas.meters, Scheduler(settings.scheduler, time.monotonic)),
+    )
     running = grpc_server.bind(
         settings,
         guard,
         KeyManagementServicer(daemon.operations),
-        AdminServicer(daemon.tenants, daemon.reconciler, audit),
+        AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas),
     )
     daemon.start()
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
@@ -498,13 +516,15 @@ def _admin_command(args: argparse.Namespace) -> int:
             else:
                 _quarantine_command(admin, args)
     except (HsmError, ConfigurationError) as exc:
-        print(f"hsmd: {exc}", file=sys.stderr)
+        print(f"hsmd: {exc}", file=sys.stderr)  # a ResourceExhaustedError names its delay
         return 1
     return 0
 
 
 def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
-    if args.tenant_command == "create":
+    if args.tenant_command == "quota":
+        _quota_command(admin, args)
+    elif args.tenant_command == "create":
         tenant = admin.create_tenant(args.name)
         print(
             f"created tenant {tenant.name}"
@@ -512,7 +532,32 @@ def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
         )
     else:
         for tenant in admin.list_tenants():
-            print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}")
+            usage = tenant.usage
+            used = (
+                f"\tkeys {usage.keys}/{tenant.quota.max_keys}"
+                f" aliases {usage.aliases}/{tenant.quota.max_aliases}"
+                f" imports {usage.pending_imports}/{tenant.quota.max_pending_imports}"
+                f" audit {usage.audit_bytes}/{tenant.quota.audit_bytes_per_period}B"
+                if usage is not None and tenant.quota is not None
+                else ""
+            )
+            print(f"{tenant.name}\t{tenant.token_label}\t{tenant.token_serial}{used}")
+
+
+def _quota_command(admin: AdminClient, args: argparse.Namespace) -> None:
+    """`hsmd tenant quota get|set`: prints each quota, marking those set for the tenant."""
+    if args.quota_command == "get":
+        quotas = admin.get_tenant_quota(args.name)
+    else:
+        fields = {name: getattr(args, name) for name in FIELD_BOUNDS}
+        quotas = admin.set_tenant_quota(args.name, TenantQuota(**fields))
+    _print_quotas(quotas)
+
+
+def _print_quotas(quotas: TenantQuotas) -> None:
+    for name in FIELD_BOUNDS:
+        own = getattr(quotas.overrides, name) is not None
+        print(f"{name}\t{getattr(quotas.effective, name):g}\t{'set' if own else 'default'}")
 
 
 def _quarantine_command(admin: AdminClient, args: argparse.Namespace) -> None:
@@ -606,7 +651,26 @@ def _parser() -> argparse.ArgumentParser:
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
     create = tenant_commands.add_parser("create", help="create a tenant and its token")
     create.add_argument("name")
-    tenant_commands.add_parser("list", help="list tenants")
+    tenant_commands.add_parser("list", help="list tenants, with their usage of their quotas")
+    quota = tenant_commands.add_parser("quota", help="a tenant's quotas (rates and limits)")
+    quota_commands = quota.add_subparsers(dest="quota_command", required=True)
+    quota_get = quota_commands.add_parser("get", help="show what applies and what is set")
+    quota_get.add_argument("name")
+    quota_set = quota_commands.add_parser(
+        "set",
+        help="set the quotas given for the tenant; the others follow the daemon's defaults",
+        description="Replaces the tenant's quota overrides with the options given: a quota"
+        " not named follows the config file's [quotas] (no option: all the defaults again).",
+    )
+    quota_set.add_argument("name")
+    for field, (low, high) in FIELD_BOUNDS.items():
+        rate = field.endswith("_per_second")
+        quota_set.add_argument(
+            f"--{field.replace('_', '-')}",
+            dest=field,
+            type=float if rate else int,
+            help=f"{low:g}-{high:g}",
+        )
     quarantine = commands.add_parser(
         "quarantine",
         help="token objects that start-up repair kept aside (operator credentials from HSM_*)",

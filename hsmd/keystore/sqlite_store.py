@@ -41,12 +41,14 @@ from hsmd.domain import (
 from hsmd.errors import (
     AlreadyExists,
     NotFound,
+    ResourceExhausted,
     StartupRefused,
     StorageFull,
     StorageUnavailable,
     StoreError,
 )
 from hsmd.keystore.store import DamagedRecord
+from hsmd.quotas import ResourceCounts
 from hsmd.repair import Inventory, KeyRow, VersionRow
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,14 @@ _MIGRATIONS = [
     """
     CREATE UNIQUE INDEX tenants_client_token ON tenants(client_token)
         WHERE client_token IS NOT NULL;
+    """,
+    # Per-tenant quota overrides (SetTenantQuota): a JSON object of the QuotaLimits fields
+    # set for the tenant; the config file's [quotas] give the rest.
+    """
+    CREATE TABLE tenant_quotas (
+        tenant     TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
+        overrides  TEXT NOT NULL
+    );
     """,
 ]
 
@@ -461,18 +471,55 @@ class SqliteKeyStore:
             ).fetchall()
         return self._intact(rows, _tenant)
 
+    # Quotas
+
+    def get_tenant_quota(self, tenant: str) -> dict[str, float]:
+        """The quota fields SetTenantQuota set for the tenant (empty: the defaults)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT overrides FROM tenant_quotas WHERE tenant = ?", (tenant,)
+            ).fetchone()
+        overrides: dict[str, float] = json.loads(row[0]) if row else {}
+        return overrides
+
+    def set_tenant_quota(self, tenant: str, overrides: Mapping[str, float]) -> None:
+        """Replaces the tenant's overrides. Raises NotFound if there is no such tenant."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (tenant,)).fetchone() is None:
+                raise NotFound(f"tenant {tenant!r} not found")
+            db.execute(
+                "INSERT INTO tenant_quotas (tenant, overrides) VALUES (?, ?)"
+                " ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
+                (tenant, json.dumps(dict(sorted(overrides.items())))),
+            )
+
+    def resource_counts(self, tenant: str) -> ResourceCounts:
+        """What the tenant's resource limits count, read in one consistent state."""
+        with self._read() as db:
+            keys, aliases, imports = (
+                db.execute(query, (tenant,)).fetchone()[0]
+                for query in (_COUNT_KEYS, _COUNT_ALIASES, _COUNT_IMPORTS)
+            )
+        return ResourceCounts(keys=keys, aliases=aliases, pending_imports=imports)
+
     # Keys
 
     def add_key(
-        self, key: Key, version: KeyVersion | None, request: ClientRequest | None = None
+        self,
+        key: Key,
+        version: KeyVersion | None,
+        request: ClientRequest | None = None,
+        max_keys: int | None = None,
     ) -> None:
         """Records a new key, its tags and its first version (none for a key whose material
         will be imported) in one transaction.
 
         Raises:
             AlreadyExists: the tenant has a key made by a request with the same client token.
+            ResourceExhausted: the tenant has max_keys keys (not destroyed) already.
         """
         with self._transaction() as db:
+            _check_limit(db, _COUNT_KEYS, key.tenant, max_keys, "keys")
             db.execute(
                 f"INSERT INTO keys ({_KEY_COLUMNS}, client_token, request_fingerprint)"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -722,8 +769,14 @@ class SqliteKeyStore:
 
     # Import parameters
 
-    def add_import_parameters(self, parameters: ImportParameters) -> None:
+    def add_import_parameters(
+        self, parameters: ImportParameters, max_pending: int | None = None
+    ) -> None:
+        """Raises ResourceExhausted if the tenant has max_pending import tokens already."""
         with self._transaction() as db:
+            _check_limit(
+                db, _COUNT_IMPORTS, parameters.tenant, max_pending, "pending import parameters"
+            )
             db.execute(
                 f"INSERT INTO import_parameters ({_IMPORT_COLUMNS})"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -895,9 +948,11 @@ class SqliteKeyStore:
 
     # Aliases
 
-    def add_alias(self, alias: Alias) -> None:
-        """Raises AlreadyExists if the tenant has an alias of that name."""
+    def add_alias(self, alias: Alias, max_aliases: int | None = None) -> None:
+        """Raises AlreadyExists if the tenant has an alias of that name, ResourceExhausted if
+        it has max_aliases aliases."""
         with self._transaction() as db:
+            _check_limit(db, _COUNT_ALIASES, alias.tenant, max_aliases, "aliases")
             db.execute(
                 f"INSERT INTO aliases ({_ALIAS_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
                 (
@@ -950,6 +1005,21 @@ class SqliteKeyStore:
         aliases = [_alias(row[1:]) for row in rows[:limit]]
         next_cursor = rows[limit - 1][0] if len(rows) > limit else None
         return aliases, next_cursor
+
+
+_COUNT_KEYS = f"SELECT COUNT(*) FROM keys WHERE tenant = ? AND state != '{KeyState.DESTROYED}'"  # noqa: S608
+_COUNT_ALIASES = "SELECT COUNT(*) FROM aliases WHERE tenant = ?"
+_COUNT_IMPORTS = "SELECT COUNT(*) FROM import_parameters WHERE tenant = ?"
+
+
+def _check_limit(
+    db: sqlite3.Connection, count_query: str, tenant: str, limit: int | None, what: str
+) -> None:
+    """Inside the transaction that adds one more: exact however many calls add at once."""
+    if limit is not None and db.execute(count_query, (tenant,)).fetchone()[0] >= limit:
+        raise ResourceExhausted(
+            f"limit exceeded: tenant {tenant!r} may have at most {limit} {what}"
+        )
 
 
 def _insert_version(db: sqlite3.Connection, version: KeyVersion) -> None:

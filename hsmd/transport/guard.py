@@ -33,13 +33,15 @@ from typing import Any, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from hsmd.audit.events import AuditEvent
+from hsmd.audit.events import AuditEvent, RecordedEvent, encode_line
 from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
 from hsmd.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from hsmd.transport.status import is_internal, to_status
+from hsmd.quotas import SLOW_RPCS, TenantMeters
+from hsmd.scheduler import Scheduler
+from hsmd.transport.status import is_internal, to_status, with_details
 
 log = logging.getLogger("hsmd.access")
 
@@ -72,11 +74,13 @@ class RequestGuard(grpc.ServerInterceptor):
         is_tenant_served: Callable[[str], bool],
         audit: AuditLog,
         clock: Clock,
+        admission: Admission | None = None,
     ) -> None:
         self._certificates = certificates
         self._is_tenant_served = is_tenant_served
         self._audit = audit
         self._clock = clock
+        self._admission = admission
         self._running = 0
         self._idle = threading.Condition()
         self._malformed_log = _RateLimitedLog(log, per_second=5)
@@ -147,14 +151,18 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
-                    response = behaviour(request, context)
+                    with self._admitted(principal, operation):
+                        response = behaviour(request, context)
                 finally:
                     _current.reset(token)
             except Exception as exc:
                 failure = exc
             code, message = to_status(failure, request_id) if failure else (grpc.StatusCode.OK, "")
             try:
-                self._record(request_id, operation, principal, context, request, response, code)
+                recorded = self._record(
+                    request_id, operation, principal, context, request, response, code
+                )
+                self._charge_audit(principal, recorded)
             except AuditUnavailable as exc:
                 if _reports_a_break(operation, failure, response):
                     log.error(
@@ -180,6 +188,9 @@ class RequestGuard(grpc.ServerInterceptor):
                 f": {failure}" if isinstance(failure, Unauthenticated) else "",
                 exc_info=failure if is_internal(failure) else None,
             )
+            detailed = with_details(failure, message)
+            if detailed is not None:
+                context.abort_with_status(detailed)
             context.abort(code, message)
 
         return guarded
@@ -193,13 +204,13 @@ class RequestGuard(grpc.ServerInterceptor):
         request: Any,
         response: Any,
         code: grpc.StatusCode,
-    ) -> None:
+    ) -> RecordedEvent:
         """Appends the outcome to the audit log, durably; raises AuditUnavailable if it cannot."""
         metadata = _field(response, "key_metadata")
         key_id = (
             _field(response, "key_id") or (metadata.key_id if metadata else "")
         ) or _request_key(request)
-        self._audit.append(
+        return self._audit.append(
             AuditEvent(
                 time=self._clock.now(),
                 request_id=request_id,
@@ -213,6 +224,24 @@ class RequestGuard(grpc.ServerInterceptor):
                 peer=context.peer(),
             )
         )
+
+    # Quotas and fair share (hsmd.quotas, hsmd.scheduler): tenant calls only; operators'
+    # calls are neither counted nor scheduled.
+
+    @contextmanager
+    def _admitted(self, principal: Principal, operation: str) -> Iterator[None]:
+        """Runs the block if the tenant is within its rate quotas and audit volume, in a
+        scheduler slot; raises ResourceExhausted (with a retry delay) otherwise."""
+        if self._admission is None or principal.tenant is None:
+            yield
+            return
+        self._admission.meters.admit(principal.tenant, operation)
+        with self._admission.scheduler.slot(principal.tenant, operation in SLOW_RPCS):
+            yield
+
+    def _charge_audit(self, principal: Principal | None, recorded: RecordedEvent) -> None:
+        if self._admission is not None and principal is not None and principal.tenant:
+            self._admission.meters.charge_audit(principal.tenant, len(encode_line(recorded)))
 
     def _identify(self, context: grpc.ServicerContext) -> Principal:
         """Who the certificate names; separate from _authorize so refusals are attributed."""
@@ -230,6 +259,14 @@ class RequestGuard(grpc.ServerInterceptor):
         require_kind(principal, required)
         if principal.tenant is not None and not self._is_tenant_served(principal.tenant):
             raise PermissionDenied(f"tenant {principal.tenant!r} is not served by this daemon")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the guard checks a tenant's call against before it runs."""
+
+    meters: TenantMeters
+    scheduler: Scheduler
 
 
 def _level(failure: Exception) -> int:
