@@ -306,7 +306,8 @@ def _scheduler(section: _Section, workers: int) -> SchedulerLimits:
             "calls_per_tenant", capacity + waiting_room, 1, capacity + waiting_room
         ),
         waiting_room=waiting_room,
-        max_wait=section.number("max_wait_seconds", 2.0, 0.0, 600.0),
+        # A third of the client's default timeout (30 s): refused well before it times out.
+        max_wait=section.number("max_wait_seconds", 10.0, 0.0, 600.0),
     )
     section.done()
     return limits

@@ -74,11 +74,11 @@ def operation_class(rpc: str) -> OperationClass:
 class QuotaLimits:
     """What one tenant may use. Rates are requests per second; limits are counts."""
 
-    symmetric_requests_per_second: float = 1000.0
-    asymmetric_requests_per_second: float = 300.0
-    key_generation_requests_per_second: float = 5.0
-    management_requests_per_second: float = 50.0
-    audit_requests_per_second: float = 5.0
+    symmetric_requests_per_second: float = 10_000.0
+    asymmetric_requests_per_second: float = 1000.0
+    key_generation_requests_per_second: float = 50.0
+    management_requests_per_second: float = 1000.0
+    audit_requests_per_second: float = 50.0
     max_keys: int = 10_000
     max_aliases: int = 10_000
     max_tags_per_key: int = 50

@@ -9,9 +9,10 @@ conserving).
 Waiting calls hold a server worker thread each, so waiting is bounded three ways, each
 answered RESOURCE_EXHAUSTED at once rather than by a timeout:
 - a tenant has at most `calls_per_tenant` calls running or waiting;
-- at most `waiting_room` calls wait in all; when it is full, the newest waiting call of the
-  tenant with the most waiting calls gives its place up (max-min fair, so a flooding tenant
-  cannot keep another tenant's calls out);
+- at most `capacity + waiting_room` calls run or wait in all (slots that slow calls cannot
+  use count as waiting room); when that is full, the newest waiting call of the tenant with the
+  most waiting calls gives its place up (max-min fair, so a flooding tenant cannot keep another
+  tenant's calls out);
 - no call waits longer than `max_wait` seconds.
 The server sizes its thread pool above capacity + waiting_room (hsmd.config), so a thread is
 always free to take, and admit or refuse, another tenant's call.
@@ -85,7 +86,8 @@ class FairQueue:
             return ticket
         self._waiting.append(ticket)
         self._dispatch()
-        if len(self._waiting) > self.limits.waiting_room:
+        held = len(self._waiting) + sum(self._running.values())  # each holds a thread
+        if held > self.limits.capacity + self.limits.waiting_room:
             self._evict()
         return ticket
 
@@ -130,7 +132,7 @@ class FairQueue:
                 self._slow_running += 1
 
     def _evict(self) -> None:
-        """The waiting room is over full: the tenant waiting most gives up its newest call."""
+        """Over full: the tenant waiting most gives up its newest waiting call."""
         counts: dict[str, int] = {}
         for waiting in self._waiting:
             counts[waiting.tenant] = counts.get(waiting.tenant, 0) + 1

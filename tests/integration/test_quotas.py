@@ -53,7 +53,7 @@ def test_quotas_are_set_got_listed_and_survive_a_restart(daemon: DaemonProcess) 
         set_quota = admin.set_tenant_quota(NEIGHBOUR, TenantQuota(max_keys=500, max_aliases=9))
         assert set_quota.overrides == TenantQuota(max_keys=500, max_aliases=9)
         assert set_quota.effective.max_keys == 500
-        assert set_quota.effective.symmetric_requests_per_second == 1000.0  # the default
+        assert set_quota.effective.symmetric_requests_per_second == 10_000.0  # the default
     daemon.stop()
     daemon.start()
     with daemon.client(NEIGHBOUR) as neighbour_client:

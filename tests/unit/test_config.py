@@ -58,7 +58,7 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     settings = config.parse(_doc(), files)
     assert settings.quotas == config.QuotaSettings(QuotaLimits(), 3600.0)
     # Running and waiting calls fill the pool but for the threads kept to refuse at once.
-    assert settings.scheduler == SchedulerLimits(4, 2, 14, 10, 2.0)
+    assert settings.scheduler == SchedulerLimits(4, 2, 14, 10, 10.0)
     assert 4 + 10 + config.SPARE_WORKERS == settings.server.workers
     changed = config.parse(
         _doc(

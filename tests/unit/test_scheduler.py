@@ -74,6 +74,15 @@ def test_a_full_waiting_room_makes_the_flooding_tenant_give_a_place_up() -> None
     assert again.state is TicketState.REFUSED
 
 
+def test_slots_slow_calls_cannot_use_are_waiting_room() -> None:
+    queue = FairQueue(LIMITS)
+    slow = [queue.arrive(t, True, 0.0) for t in "ab" * 6]  # 12 = capacity + waiting_room
+    assert [t.state for t in slow].count(TicketState.RUNNING) == 2
+    assert TicketState.REFUSED not in [t.state for t in slow]
+    assert queue.arrive("c", True, 0.0).state is TicketState.WAITING  # a gave one up
+    assert slow[-2].state is TicketState.REFUSED
+
+
 def test_a_call_that_waited_too_long_is_refused_and_leaves_the_queue() -> None:
     queue = FairQueue(LIMITS)
     running = [queue.arrive("a", False, 0.0) for _ in range(4)]
