@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hsmclient import AdminClient, ConfigurationError, HsmError
+from hsmclient import AdminClient, ConfigurationError, HsmError, TenantQuota, TenantQuotas
 
 from hsmd import config, devpki, repair
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
@@ -59,6 +59,7 @@ from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.maintenance import Maintenance
 from hsmd.ops.policies import PolicyOps
+from hsmd.ops.quotas import QuotaOps
 from hsmd.ops.reconcile import Reconciler
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
@@ -66,8 +67,10 @@ from hsmd.ops.states import StateOps
 from hsmd.ops.tenant_move import MoveRefused, TenantMove
 from hsmd.ops.tenants import TenantOps
 from hsmd.ops.wrapping import WrappingOps
+from hsmd.quotas import FIELD_BOUNDS
+from hsmd.scheduler import Scheduler
 from hsmd.transport import server as grpc_server
-from hsmd.transport.guard import RequestGuard
+from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
 
 log = logging.getLogger("hsmd")
@@ -109,6 +112,7 @@ class Daemon:
     tenants: TenantOps
     reconciler: Reconciler
     operations: Operations
+    quotas: QuotaOps
     state_lock: int
     clock: GuardedClock
     maintenance: Maintenance
@@ -151,18 +155,25 @@ class Daemon:
             undo.pop_all()  # the daemon owns them now; close() releases them
         clock = GuardedClock(system_clock, store.clock_high_water())
         crypto = CryptoOps(store, backend)
+        quotas = QuotaOps(
+            store,
+            settings.quotas.defaults,
+            time.monotonic,
+            settings.quotas.audit_period_seconds,
+        )
+        limits = quotas.limits
         operations = Operations(
-            keys=KeyOps(store, backend, clock),
+            keys=KeyOps(store, backend, clock, limits),
             crypto=crypto,
             datakeys=DataKeyOps(store, backend, crypto),
             signing=SigningOps(store, backend),
             mac=MacOps(store, backend),
             states=StateOps(store, backend, clock),
             rotation=RotationOps(store, backend, clock),
-            aliases=AliasOps(store, clock),
+            aliases=AliasOps(store, clock, limits),
             policies=PolicyOps(store),
-            wrapping=WrappingOps(store, backend, clock),
-            imports=ImportOps(store, backend, clock),
+            wrapping=WrappingOps(store, backend, clock, limits),
+            imports=ImportOps(store, backend, clock, limits),
             audit=audit,
         )
         tenants = TenantOps(store, backend, clock, dedicated)
@@ -173,6 +184,7 @@ class Daemon:
             tenants=tenants,
             reconciler=Reconciler(store, backend, clock),
             operations=operations,
+            quotas=quotas,
             state_lock=state_lock,
             clock=clock,
             maintenance=Maintenance(
@@ -345,12 +357,18 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     certificates = ClientCertificateVerifier(
         settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock.system
     )
-    guard = RequestGuard(certificates, daemon.tenants.admit, audit, daemon.clock.system)
+    guard = RequestGuard(
+        certificates,
+        daemon.tenants.admit,
+        audit,
+        daemon.clock.system,
+        Admission(daemon.quotas.meters, Scheduler(settings.scheduler, time.monotonic)),
+    )
     running = grpc_server.bind(
         settings,
         guard,
         KeyManagementServicer(daemon.operations, daemon.tenants.mode),
-        AdminServicer(daemon.tenants, daemon.reconciler, audit),
+        AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas),
     )
     daemon.start()
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
@@ -526,14 +544,16 @@ def _admin_command(args: argparse.Namespace) -> int:
             else:
                 _quarantine_command(admin, args)
     except (HsmError, ConfigurationError) as exc:
-        print(f"hsmd: {exc}", file=sys.stderr)
+        print(f"hsmd: {exc}", file=sys.stderr)  # a ResourceExhaustedError names its delay
         return 1
     return 0
 
 
 def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
     command = args.tenant_command
-    if command == "create":
+    if command == "quota":
+        _quota_command(admin, args)
+    elif command == "create":
         tenant = admin.create_tenant(args.name)
         print(
             f"created tenant {tenant.name}"
@@ -541,9 +561,18 @@ def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
         )
     elif command == "list":
         for tenant in admin.list_tenants():
+            usage = tenant.usage
+            used = (
+                f"\tkeys {usage.keys}/{tenant.quota.max_keys}"
+                f" aliases {usage.aliases}/{tenant.quota.max_aliases}"
+                f" imports {usage.pending_imports}/{tenant.quota.max_pending_imports}"
+                f" audit {usage.audit_bytes}/{tenant.quota.audit_bytes_per_period}B"
+                if usage is not None and tenant.quota is not None
+                else ""
+            )
             print(
                 f"{tenant.name}\t{tenant.state}\t{_when(tenant.deletion_time)}"
-                f"\t{tenant.token_label}\t{tenant.token_serial}"
+                f"\t{tenant.token_label}\t{tenant.token_serial}{used}"
             )
     elif command == "delete":
         tenant = admin.delete_tenant(args.name, args.pending_window_days)
@@ -560,6 +589,22 @@ def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
 
 def _when(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment else "-"
+
+
+def _quota_command(admin: AdminClient, args: argparse.Namespace) -> None:
+    """`hsmd tenant quota get|set`: prints each quota, marking those set for the tenant."""
+    if args.quota_command == "get":
+        quotas = admin.get_tenant_quota(args.name)
+    else:
+        fields = {name: getattr(args, name) for name in FIELD_BOUNDS}
+        quotas = admin.set_tenant_quota(args.name, TenantQuota(**fields))
+    _print_quotas(quotas)
+
+
+def _print_quotas(quotas: TenantQuotas) -> None:
+    for name in FIELD_BOUNDS:
+        own = getattr(quotas.overrides, name) is not None
+        print(f"{name}\t{getattr(quotas.effective, name):g}\t{'set' if own else 'default'}")
 
 
 def _quarantine_command(admin: AdminClient, args: argparse.Namespace) -> None:
@@ -731,7 +776,8 @@ def _parser() -> argparse.ArgumentParser:
     create = tenant_commands.add_parser("create", help="create a tenant and its token")
     create.add_argument("name")
     tenant_commands.add_parser(
-        "list", help="list tenants: name, state, deletion time, token label and serial"
+        "list",
+        help="list tenants: name, state, deletion time, token label and serial, usage of quotas",
     )
     for command, what in (
         ("disable", "refuse every call of the tenant's principals; keys untouched"),
@@ -748,6 +794,25 @@ def _parser() -> argparse.ArgumentParser:
                 help="7-30 days before it is destroyed (default 30)",
             )
     _add_move_commands(tenant_commands)
+    quota = tenant_commands.add_parser("quota", help="a tenant's quotas (rates and limits)")
+    quota_commands = quota.add_subparsers(dest="quota_command", required=True)
+    quota_get = quota_commands.add_parser("get", help="show what applies and what is set")
+    quota_get.add_argument("name")
+    quota_set = quota_commands.add_parser(
+        "set",
+        help="set the quotas given for the tenant; the others follow the daemon's defaults",
+        description="Replaces the tenant's quota overrides with the options given: a quota"
+        " not named follows the config file's [quotas] (no option: all the defaults again).",
+    )
+    quota_set.add_argument("name")
+    for field, (low, high) in FIELD_BOUNDS.items():
+        rate = field.endswith("_per_second")
+        quota_set.add_argument(
+            f"--{field.replace('_', '-')}",
+            dest=field,
+            type=float if rate else int,
+            help=f"{low:g}-{high:g}",
+        )
     quarantine = commands.add_parser(
         "quarantine",
         help="token objects that start-up repair kept aside (operator credentials from HSM_*)",

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hsmd.errors import ConfigError
+from hsmd.quotas import FIELD_BOUNDS, QuotaLimits
+from hsmd.scheduler import SchedulerLimits
 
 DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -96,6 +98,15 @@ class TenancySettings:
 
 
 @dataclass(frozen=True)
+class QuotaSettings:
+    """Every tenant's quotas unless SetTenantQuota overrides them, and the length of the
+    period the audit volume is counted over."""
+
+    defaults: QuotaLimits
+    audit_period_seconds: float
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     tls: TlsSettings
@@ -104,6 +115,8 @@ class Settings:
     lifecycle: LifecycleSettings
     log_level: str
     audit: AuditSettings
+    quotas: QuotaSettings
+    scheduler: SchedulerLimits
     tenancy: TenancySettings = TenancySettings(TENANCY_MULTI)
 
 
@@ -182,7 +195,7 @@ def load(path: Path) -> Settings:
 
 def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     known = {"server", "tls", "pkcs11", "storage", "lifecycle", "log", "audit", "tenancy"}
-    unknown = sorted(set(doc) - known)
+    unknown = sorted(set(doc) - known - {"quotas", "scheduler"})
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(unknown)}")
 
@@ -281,7 +294,9 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         lifecycle_settings,
         level,
         audit_settings,
-        _tenancy(_Section(doc, "tenancy", base)),
+        _quotas(_Section(doc, "quotas", base)),
+        _scheduler(_Section(doc, "scheduler", base), server_settings.workers),
+        tenancy=_tenancy(_Section(doc, "tenancy", base)),
     )
 
 
@@ -296,6 +311,53 @@ def _tenancy(section: _Section) -> TenancySettings:
     if mode == TENANCY_MULTI and tenant is not None:
         raise ConfigError('tenancy.tenant is only for tenancy.mode = "single"')
     return TenancySettings(mode, tenant)  # the name is checked by hsmd.names at start
+
+
+def _quotas(section: _Section) -> QuotaSettings:
+    defaults = QuotaLimits()
+    values: dict[str, Any] = {}
+    for name, (low, high) in FIELD_BOUNDS.items():
+        default = getattr(defaults, name)
+        if isinstance(default, float):
+            values[name] = section.number(name, default, low, high)
+        else:
+            values[name] = section.integer(name, default, int(low), int(high))
+    settings = QuotaSettings(
+        QuotaLimits(**values), section.number("audit_period_seconds", 3600.0, 1.0, 31 * 86400.0)
+    )
+    section.done()
+    return settings
+
+
+# Worker threads the scheduler leaves free: to take, and admit or refuse at once, a call of
+# a tenant whose calls are not yet waiting (and health checks), however full the rest is.
+SPARE_WORKERS = 2
+
+
+def _scheduler(section: _Section, workers: int) -> SchedulerLimits:
+    """The scheduler's limits; by default its running and waiting calls fill the thread pool
+    but for SPARE_WORKERS threads (docs/operations.md#scheduler)."""
+    capacity = section.integer("capacity", max(1, min(4, workers - SPARE_WORKERS)), 1, 256)
+    waiting_room = section.integer(
+        "waiting_room", max(0, workers - capacity - SPARE_WORKERS), 0, 256
+    )
+    if workers > SPARE_WORKERS and capacity + waiting_room > workers - SPARE_WORKERS:
+        raise ConfigError(
+            f"scheduler.capacity + scheduler.waiting_room must leave {SPARE_WORKERS} of"
+            f" server.workers ({workers}) free"
+        )
+    limits = SchedulerLimits(
+        capacity=capacity,
+        slow_capacity=section.integer("slow_capacity", max(1, capacity // 2), 1, capacity),
+        calls_per_tenant=section.integer(
+            "calls_per_tenant", capacity + waiting_room, 1, capacity + waiting_room
+        ),
+        waiting_room=waiting_room,
+        # A third of the client's default timeout (30 s): refused well before it times out.
+        max_wait=section.number("max_wait_seconds", 10.0, 0.0, 600.0),
+    )
+    section.done()
+    return limits
 
 
 def _check_private(path: Path, field: str) -> None:

@@ -46,6 +46,16 @@ class Aborted(UserError):
     """The request conflicts with another in flight (the same client token); retry it."""
 
 
+class ResourceExhausted(UserError):
+    """A quota or limit of the caller's tenant is reached (AWS: LimitExceededException,
+    ThrottlingException). retry_after, in seconds, is when a retry can succeed: set for rates
+    and the scheduler's wait, None for resource limits that only freeing a resource lifts."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DataLoss(UserError):
     """A stored record or token object is damaged. The message names only the caller's own
     resource; the log line names tenant, key and file for the operator."""

@@ -28,7 +28,12 @@ import grpc
 from hsmclient import keyimport
 from hsmclient.channel import ConnectionSettings
 from hsmclient.client import AdminClient, HsmClient, KeyMetadata, KeyPolicy
-from hsmclient.errors import ChecksumMismatchError, ConfigurationError, HsmError
+from hsmclient.errors import (
+    ChecksumMismatchError,
+    ConfigurationError,
+    HsmError,
+    ResourceExhaustedError,
+)
 
 EXIT_AUDIT_CHAIN_BROKEN = 1
 EXIT_USAGE = 252
@@ -1247,9 +1252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(error, ChecksumMismatchError)
             else _AWS_ERRORS.get(error.code, _AWS_INTERNAL_ERROR)
         )
+        if isinstance(error, ResourceExhaustedError) and error.retry_after is None:
+            name = "LimitExceededException"  # a resource limit: waiting will not lift it
         print(
-            f"An error occurred ({name}) when calling the {_operation(args)} operation: "
-            f"{error.message}",
+            f"An error occurred ({name}) when calling the {_operation(args)} operation: {error}",
             file=sys.stderr,
         )
         return status

@@ -556,10 +556,48 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class TenantQuota:
+    """A tenant's quotas: requests per second per operation class, and resource limits. In
+    `overrides` a field None follows the daemon's default; in `effective` every field is set.
+    docs/operations.md#quotas says which calls each class counts."""
+
+    symmetric_requests_per_second: float | None = None
+    asymmetric_requests_per_second: float | None = None
+    key_generation_requests_per_second: float | None = None
+    management_requests_per_second: float | None = None
+    audit_requests_per_second: float | None = None
+    max_keys: int | None = None
+    max_aliases: int | None = None
+    max_tags_per_key: int | None = None
+    max_pending_imports: int | None = None
+    audit_bytes_per_period: int | None = None
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """What a tenant uses of its quotas; `audit_bytes` in the current audit period."""
+
+    keys: int
+    aliases: int
+    pending_imports: int
+    audit_bytes: int
+
+
+@dataclass(frozen=True)
+class TenantQuotas:
+    """GetTenantQuota's answer: the fields set for the tenant, and what applies."""
+
+    tenant: str
+    overrides: TenantQuota
+    effective: TenantQuota
+
+
+@dataclass(frozen=True)
 class Tenant:
     """A tenant; `admin_principals` administer every new key of it by default. `state` is
     "ACTIVE", "DISABLED", "PENDING_DELETION" or "DELETING"; `deletion_time` is set while it
-    is PENDING_DELETION or DELETING."""
+    is PENDING_DELETION or DELETING. ListTenants fills `quota` (what applies) and `usage`;
+    CreateTenant leaves them None."""
 
     name: str
     token_label: str
@@ -568,6 +606,8 @@ class Tenant:
     admin_principals: tuple[str, ...]
     state: str
     deletion_time: datetime | None
+    quota: TenantQuota | None = None
+    usage: TenantUsage | None = None
 
 
 @dataclass(frozen=True)
@@ -1262,12 +1302,30 @@ class AdminClient(_Client):
             client_token=client_token or _new_client_token(),
         )
         response = self._call_with_retries(self._stub.CreateTenant, request)
-        return _from_message(Tenant, response.tenant)
+        return _tenant(response.tenant)
 
     def list_tenants(self) -> list[Tenant]:
+        """Every tenant, with the quotas that apply to it and its usage."""
         request = admin_pb2.ListTenantsRequest()
         response: admin_pb2.ListTenantsResponse = self._call(self._stub.ListTenants, request)
-        return [_from_message(Tenant, tenant) for tenant in response.tenants]
+        return [_tenant(tenant) for tenant in response.tenants]
+
+    def get_tenant_quota(self, tenant: str) -> TenantQuotas:
+        request = admin_pb2.GetTenantQuotaRequest(tenant=tenant)
+        return _tenant_quotas(self._call(self._stub.GetTenantQuota, request))
+
+    def set_tenant_quota(self, tenant: str, quota: TenantQuota) -> TenantQuotas:
+        """Set the fields of `quota` that are not None for the tenant; the others follow the
+        daemon's defaults (TenantQuota() restores all of them). Applies at the tenant's next
+        call."""
+        fields = {
+            name: value for name, value in dataclasses.asdict(quota).items() if value is not None
+        }
+        request = admin_pb2.SetTenantQuotaRequest(
+            tenant=tenant, quota=admin_pb2.TenantQuota(**fields)
+        )
+        response = self._call(self._stub.SetTenantQuota, request)
+        return _tenant_quotas(response.tenant_quota)
 
     def disable_tenant(self, name: str) -> Tenant:
         """Refuse every call of the tenant's principals (FailedPreconditionError) until
@@ -1363,3 +1421,19 @@ class AdminClient(_Client):
             tenant=tenant, object_id=object_id, key_id=key_id, key_version=key_version
         )
         return self._result(self._stub.AdoptQuarantinedObject, request, KeyMetadata, "key_metadata")
+
+
+def _tenant(message: admin_pb2.Tenant) -> Tenant:
+    return dataclasses.replace(
+        _from_message(Tenant, message),
+        quota=_from_message(TenantQuota, message.quota) if message.HasField("quota") else None,
+        usage=_from_message(TenantUsage, message.usage) if message.HasField("usage") else None,
+    )
+
+
+def _tenant_quotas(message: admin_pb2.GetTenantQuotaResponse) -> TenantQuotas:
+    return TenantQuotas(
+        message.tenant,
+        _from_message(TenantQuota, message.overrides),
+        _from_message(TenantQuota, message.effective),
+    )

@@ -6,6 +6,8 @@ one of these.
 """
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 
 class ConfigurationError(ValueError):
@@ -65,10 +67,21 @@ class UnauthenticatedError(HsmError):
 
 
 class ResourceExhaustedError(HsmError):
-    """The daemon cannot take the call now (its storage is full, or a limit is reached); retry
-    later."""
+    """The daemon cannot take the call now: a rate quota of the tenant, the HSM's fair share,
+    a resource limit, or its storage. `retry_after` is the delay in seconds the daemon asks
+    for (google.rpc.RetryInfo), or None when waiting alone will not help (a resource limit:
+    free some, or ask the operator for more)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if self.retry_after is None:
+            return self.message
+        return f"{self.message} (retry after {self.retry_after:.3f}s)"
 
 
 class UnavailableError(HsmError):
@@ -139,5 +152,23 @@ def from_rpc_error(error: grpc.RpcError) -> HsmError:
     """
     code = error.code()
     message = error.details() or code.name
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhaustedError(message, _retry_delay(error))
     cls = _ERROR_BY_CODE.get(code)
     return cls(message) if cls is not None else HsmError(message, code)
+
+
+def _retry_delay(error: grpc.RpcError) -> float | None:
+    """The RetryInfo delay in the status details, in seconds, if the daemon sent one."""
+    if not hasattr(error, "trailing_metadata"):  # only a failed call carries details
+        return None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # the details do not match the code and message
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            delay: float = info.retry_delay.ToTimedelta().total_seconds()
+            return delay
+    return None

@@ -43,12 +43,14 @@ from hsmd.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     StartupRefused,
     StorageFull,
     StorageUnavailable,
     StoreError,
 )
 from hsmd.keystore.store import DamagedRecord, TableRows, TenantRecords
+from hsmd.quotas import ResourceCounts
 from hsmd.repair import Inventory, KeyRow, VersionRow
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,14 @@ _MIGRATIONS = [
     """
     ALTER TABLE tenants ADD COLUMN deletion_at TEXT;
     """,
+    # Per-tenant quota overrides (SetTenantQuota): a JSON object of the QuotaLimits fields
+    # set for the tenant; the config file's [quotas] give the rest.
+    """
+    CREATE TABLE tenant_quotas (
+        tenant     TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
+        overrides  TEXT NOT NULL
+    );
+    """,
 ]
 
 _KEY_COLUMNS = (
@@ -188,8 +198,6 @@ _VERSION_COLUMNS = "tenant, key_id, version, object_id, created_at, state, rotat
 _TENANT_COLUMNS = (
     "name, token_label, token_serial, state, created_at, admin_principals, deletion_at"
 )
-# Every table with a tenant column, children before parents, for removing a tenant's rows.
-_TENANT_TABLES = ("import_parameters", "aliases", "key_tags", "key_versions", "keys", "quarantine")
 _ALIAS_COLUMNS = "tenant, name, key_id, created_at, updated_at"
 
 # What moves with a tenant (tenant_records), in the order rows are added at the destination
@@ -204,7 +212,11 @@ _MOVING_TABLES = (
     ("aliases", "tenant"),
     ("import_parameters", "tenant"),
     ("quarantine", "tenant"),
+    ("tenant_quotas", "tenant"),
 )
+# Every table with a tenant column but tenants, children before parents, for removing a
+# tenant's rows.
+_TENANT_TABLES = tuple(table for table, _ in reversed(_MOVING_TABLES) if table != "tenants")
 # Tables with a tenant column whose rows mean nothing at another instance.
 _STAYING_TABLES: frozenset[str] = frozenset()
 # Columns that stay: row sequence numbers (the destination numbers rows in its own order) and
@@ -550,18 +562,55 @@ class SqliteKeyStore:
                 db.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))  # noqa: S608
             db.execute("DELETE FROM tenants WHERE name = ?", (name,))
 
+    # Quotas
+
+    def get_tenant_quota(self, tenant: str) -> dict[str, float]:
+        """The quota fields SetTenantQuota set for the tenant (empty: the defaults)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT overrides FROM tenant_quotas WHERE tenant = ?", (tenant,)
+            ).fetchone()
+        overrides: dict[str, float] = json.loads(row[0]) if row else {}
+        return overrides
+
+    def set_tenant_quota(self, tenant: str, overrides: Mapping[str, float]) -> None:
+        """Replaces the tenant's overrides. Raises NotFound if there is no such tenant."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM tenants WHERE name = ?", (tenant,)).fetchone() is None:
+                raise NotFound(f"tenant {tenant!r} not found")
+            db.execute(
+                "INSERT INTO tenant_quotas (tenant, overrides) VALUES (?, ?)"
+                " ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
+                (tenant, json.dumps(dict(sorted(overrides.items())))),
+            )
+
+    def resource_counts(self, tenant: str) -> ResourceCounts:
+        """What the tenant's resource limits count, read in one consistent state."""
+        with self._read() as db:
+            keys, aliases, imports = (
+                db.execute(query, (tenant,)).fetchone()[0]
+                for query in (_COUNT_KEYS, _COUNT_ALIASES, _COUNT_IMPORTS)
+            )
+        return ResourceCounts(keys=keys, aliases=aliases, pending_imports=imports)
+
     # Keys
 
     def add_key(
-        self, key: Key, version: KeyVersion | None, request: ClientRequest | None = None
+        self,
+        key: Key,
+        version: KeyVersion | None,
+        request: ClientRequest | None = None,
+        max_keys: int | None = None,
     ) -> None:
         """Records a new key, its tags and its first version (none for a key whose material
         will be imported) in one transaction.
 
         Raises:
             AlreadyExists: the tenant has a key made by a request with the same client token.
+            ResourceExhausted: the tenant has max_keys keys (not destroyed) already.
         """
         with self._transaction() as db:
+            _check_limit(db, _COUNT_KEYS, key.tenant, max_keys, "keys")
             db.execute(
                 f"INSERT INTO keys ({_KEY_COLUMNS}, client_token, request_fingerprint)"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -811,8 +860,14 @@ class SqliteKeyStore:
 
     # Import parameters
 
-    def add_import_parameters(self, parameters: ImportParameters) -> None:
+    def add_import_parameters(
+        self, parameters: ImportParameters, max_pending: int | None = None
+    ) -> None:
+        """Raises ResourceExhausted if the tenant has max_pending import tokens already."""
         with self._transaction() as db:
+            _check_limit(
+                db, _COUNT_IMPORTS, parameters.tenant, max_pending, "pending import parameters"
+            )
             db.execute(
                 f"INSERT INTO import_parameters ({_IMPORT_COLUMNS})"  # noqa: S608
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -984,9 +1039,11 @@ class SqliteKeyStore:
 
     # Aliases
 
-    def add_alias(self, alias: Alias) -> None:
-        """Raises AlreadyExists if the tenant has an alias of that name."""
+    def add_alias(self, alias: Alias, max_aliases: int | None = None) -> None:
+        """Raises AlreadyExists if the tenant has an alias of that name, ResourceExhausted if
+        it has max_aliases aliases."""
         with self._transaction() as db:
+            _check_limit(db, _COUNT_ALIASES, alias.tenant, max_aliases, "aliases")
             db.execute(
                 f"INSERT INTO aliases ({_ALIAS_COLUMNS}) VALUES (?, ?, ?, ?, ?)",  # noqa: S608
                 (
@@ -1135,6 +1192,21 @@ def _tables_with_column(db: sqlite3.Connection, column: str) -> set[str]:
 
 def _columns(db: sqlite3.Connection, table: str) -> list[str]:
     return [str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+_COUNT_KEYS = f"SELECT COUNT(*) FROM keys WHERE tenant = ? AND state != '{KeyState.DESTROYED}'"  # noqa: S608
+_COUNT_ALIASES = "SELECT COUNT(*) FROM aliases WHERE tenant = ?"
+_COUNT_IMPORTS = "SELECT COUNT(*) FROM import_parameters WHERE tenant = ?"
+
+
+def _check_limit(
+    db: sqlite3.Connection, count_query: str, tenant: str, limit: int | None, what: str
+) -> None:
+    """Inside the transaction that adds one more: exact however many calls add at once."""
+    if limit is not None and db.execute(count_query, (tenant,)).fetchone()[0] >= limit:
+        raise ResourceExhausted(
+            f"limit exceeded: tenant {tenant!r} may have at most {limit} {what}"
+        )
 
 
 def _insert_version(db: sqlite3.Connection, version: KeyVersion) -> None:

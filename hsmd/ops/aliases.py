@@ -7,6 +7,7 @@ tenants may both have `alias/payments`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hsmd.domain import Alias, Clock, RequestContext
@@ -16,6 +17,7 @@ from hsmd.lifecycle import Operation
 from hsmd.names import ALIAS_PREFIX, parse_alias_name, parse_key_id
 from hsmd.ops import paging
 from hsmd.ops.resolve import resolve_key_id, usable_key
+from hsmd.quotas import QuotaLimits, default_limits
 
 
 @dataclass(frozen=True)
@@ -25,17 +27,25 @@ class AliasPage:
 
 
 class AliasOps:
-    def __init__(self, store: KeyStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        clock: Clock,
+        limits: Callable[[str], QuotaLimits] = default_limits,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._limits = limits
 
     def create(self, ctx: RequestContext, name: str, target_key_id: str) -> Alias:
-        """Raises AlreadyExists if the tenant has the alias; NotFound if it has no such key."""
+        """Raises AlreadyExists if the tenant has the alias; NotFound if it has no such key;
+        ResourceExhausted if it has as many aliases as its quota allows (checked in the
+        store's transaction)."""
         parse_alias_name(name)
         key = usable_key(self._store, ctx, _key_id_only(target_key_id), Operation.CREATE_ALIAS)
         now = self._clock.now()
         alias = Alias(ctx.tenant, name, key.key_id, now, now)
-        self._store.add_alias(alias)
+        self._store.add_alias(alias, self._limits(ctx.tenant).max_aliases)
         return alias
 
     def update(self, ctx: RequestContext, name: str, target_key_id: str) -> Alias:

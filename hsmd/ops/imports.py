@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -40,6 +40,7 @@ from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops.keys import new_object_id
 from hsmd.ops.resolve import usable_key
+from hsmd.quotas import QuotaLimits, default_limits
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,17 @@ class Parameters:
 
 
 class ImportOps:
-    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        backend: CryptoBackend,
+        clock: Clock,
+        limits: Callable[[str], QuotaLimits] = default_limits,
+    ) -> None:
         self._store = store
         self._backend = backend
         self._clock = clock
+        self._limits = limits
 
     def get_parameters(
         self,
@@ -74,7 +82,8 @@ class ImportOps:
         wrapping_spec: KeySpec | None,
     ) -> Parameters:
         """Raises InvalidArgument for a wrapping spec other than RSA_2048/3072/4096, or a key
-        spec that cannot be imported."""
+        spec that cannot be imported; ResourceExhausted if the tenant has as many import
+        parameters pending as its quota allows (nothing is made then)."""
         wrapping_spec = wrapping_spec or KeySpec.RSA_2048
         if wrapping_spec not in WRAPPING_SPECS:
             raise InvalidArgument("wrapping_key_spec must be RSA_2048, RSA_3072 or RSA_4096")
@@ -94,7 +103,7 @@ class ImportOps:
         )
         # The row first: a crash after it leaves a token whose missing object expires away;
         # an object without a row would be quarantined at the next start.
-        self._store.add_import_parameters(parameters)
+        self._store.add_import_parameters(parameters, self._limits(key.tenant).max_pending_imports)
         public_key = self._backend.create_import_key(key.tenant, object_id, wrapping_spec)
         return Parameters(key, parameters.token, public_key, parameters.expires_at)
 

@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,11 +31,12 @@ from hsmd.domain import (
     KeyVersion,
     RequestContext,
 )
-from hsmd.errors import Aborted, AlreadyExists, InvalidArgument, Unimplemented
+from hsmd.errors import Aborted, AlreadyExists, InvalidArgument, ResourceExhausted, Unimplemented
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops import paging
 from hsmd.ops.resolve import usable_key
+from hsmd.quotas import QuotaLimits, default_limits
 from hsmd.wrapped import WRAPPABLE
 
 # Key specs whose material ImportKeyMaterial can bring (all but Ed25519, as in AWS KMS).
@@ -61,10 +62,17 @@ def new_object_id() -> bytes:
 
 
 class KeyOps:
-    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        backend: CryptoBackend,
+        clock: Clock,
+        limits: Callable[[str], QuotaLimits] = default_limits,
+    ) -> None:
         self._store = store
         self._backend = backend
         self._clock = clock
+        self._limits = limits
 
     def capabilities(self) -> Capabilities:
         return self._backend.capabilities()
@@ -91,6 +99,8 @@ class KeyOps:
             FailedPrecondition: the policy would leave no administrator or lock the caller out.
             Unimplemented: the backend cannot make keys of this spec.
             Aborted: the call that first used the client token is still running.
+            ResourceExhausted: the tenant has as many keys as its quota allows, or the tags
+                are more than its quota of tags per key.
         """
         earlier = replayed(self._store, ctx, request)
         if earlier is not None:
@@ -105,7 +115,10 @@ class KeyOps:
             raise InvalidArgument(f"{spec} key material cannot be imported")
         if exportable and spec not in WRAPPABLE:
             raise InvalidArgument(f"only AES and HMAC keys can be exportable, not {spec}")
-        key_policy = check_new_key_fields(self._store, ctx, description, key_policy, tags or {})
+        quota = self._limits(ctx.tenant)
+        key_policy = check_new_key_fields(
+            self._store, ctx, description, key_policy, tags or {}, quota
+        )
         external = origin is KeyOrigin.EXTERNAL
         now = self._clock.now()
         key = Key(
@@ -123,9 +136,9 @@ class KeyOps:
             exportable=exportable,
         )
         if external:  # its material comes later, through ImportKeyMaterial
-            return add_new_key(self._store, ctx, key, None, request) or key
+            return add_new_key(self._store, ctx, key, None, request, quota) or key
         version = KeyVersion(ctx.tenant, key.key_id, 1, new_object_id(), now)
-        earlier = add_new_key(self._store, ctx, key, version, request)
+        earlier = add_new_key(self._store, ctx, key, version, request, quota)
         if earlier is not None:
             return earlier
         with rolled_back_unless_finished(self._store, self._backend, key, version):
@@ -172,7 +185,7 @@ class KeyOps:
         if not tags:
             raise InvalidArgument("tags must name at least one tag")
         key = usable_key(self._store, ctx, key_id, Operation.TAG)
-        _check_tags(tags, key.tags)
+        _check_tags(tags, key.tags, self._limits(ctx.tenant))
         return self._store.tag_key(key.tenant, key.key_id, tags, ())
 
     def untag_key(self, ctx: RequestContext, key_id: str, tag_keys: Iterable[str]) -> Key:
@@ -247,12 +260,19 @@ def add_new_key(
     key: Key,
     version: KeyVersion | None,
     request: ClientRequest | None,
+    quota: QuotaLimits,
 ) -> Key | None:
-    """Records a new key (and its first version) under the client token. Returns None when
-    it did; returns the other call's key when a concurrent call with the same token got
-    there first (so the caller answers with that key and makes nothing)."""
+    """Records a new key (and its first version) under the client token, within the
+    tenant's key quota. Returns None when it did; returns the other call's key when a
+    concurrent call with the same token got there first (so the caller answers with that key
+    and makes nothing).
+
+    Raises:
+        ResourceExhausted: the tenant has quota.max_keys keys (checked in the store's
+            transaction, so concurrent creations cannot go past it).
+    """
     try:
-        store.add_key(key, version, request)
+        store.add_key(key, version, request, quota.max_keys)
     except AlreadyExists:
         earlier = replayed(store, ctx, request)
         if earlier is None:
@@ -267,10 +287,11 @@ def check_new_key_fields(
     description: str,
     key_policy: KeyPolicy | None,
     tags: Mapping[str, str],
+    quota: QuotaLimits,
 ) -> KeyPolicy:
     """Checks what every way of making a key takes, and returns the policy it will have."""
     _check_description(description)
-    _check_tags(tags, ())
+    _check_tags(tags, (), quota)
     if key_policy is None:
         tenant = store.get_tenant(ctx.tenant)
         administrators = tenant.admin_principals if tenant else ()
@@ -284,12 +305,22 @@ def _check_description(description: str) -> None:
         raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
 
 
-def _check_tags(add: Mapping[str, str], existing: Iterable[tuple[str, str]]) -> None:
+def _check_tags(
+    add: Mapping[str, str], existing: Iterable[tuple[str, str]], quota: QuotaLimits
+) -> None:
+    """MAX_TAGS bounds the input; the tenant's quota may allow fewer. Two TagKey calls on
+    one key at the same moment may together pass the quota by the tags of one of them."""
     for name, value in add.items():
         if not _TAG_KEY.fullmatch(name) or len(value) > limits.MAX_TAG_VALUE_CHARS:
             raise InvalidArgument(
                 f"tag keys are 1-{limits.MAX_TAG_KEY_CHARS} characters and tag values"
                 f" 0-{limits.MAX_TAG_VALUE_CHARS}"
             )
-    if len(set(add) | {name for name, _ in existing}) > MAX_TAGS:
+    count = len(set(add) | {name for name, _ in existing})
+    if count > MAX_TAGS:
         raise InvalidArgument(f"a key has at most {MAX_TAGS} tags")
+    if count > quota.max_tags_per_key:
+        raise ResourceExhausted(
+            f"limit exceeded: a key of this tenant may have at most {quota.max_tags_per_key}"
+            f" tags ({count} asked)"
+        )

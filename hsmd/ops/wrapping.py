@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hsmd import wrapped
@@ -36,6 +36,7 @@ from hsmd.ops.keys import (
     rolled_back_unless_finished,
 )
 from hsmd.ops.resolve import usable_key
+from hsmd.quotas import QuotaLimits, default_limits
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,17 @@ class Wrapped:
 
 
 class WrappingOps:
-    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        backend: CryptoBackend,
+        clock: Clock,
+        limits: Callable[[str], QuotaLimits] = default_limits,
+    ) -> None:
         self._store = store
         self._backend = backend
         self._clock = clock
+        self._limits = limits
 
     def wrap(self, ctx: RequestContext, key_id: str, wrapping_key_id: str) -> Wrapped:
         """Raises FailedPrecondition for a key that was not created exportable."""
@@ -92,7 +100,8 @@ class WrappingOps:
             return earlier
         parsed = wrapped.parse(blob)
         wrapping_key = usable_key(self._store, ctx, wrapping_key_id, Operation.UNWRAP)
-        key_policy = check_new_key_fields(self._store, ctx, description, key_policy, tags)
+        limits = self._limits(ctx.tenant)
+        key_policy = check_new_key_fields(self._store, ctx, description, key_policy, tags, limits)
         now = self._clock.now()
         key = Key(
             tenant=ctx.tenant,
@@ -109,7 +118,7 @@ class WrappingOps:
             exportable=exportable,
         )
         version = KeyVersion(ctx.tenant, key.key_id, 1, new_object_id(), now)
-        earlier = add_new_key(self._store, ctx, key, version, request)
+        earlier = add_new_key(self._store, ctx, key, version, request, limits)
         if earlier is not None:
             return earlier
         target = UnwrapTarget(version.object_id, parsed.spec, parsed.usage, exportable)

@@ -55,6 +55,11 @@ def _policy(field: str, value: Message) -> None:
         raise InvalidArgument(f"{field} holds more than {limits.MAX_POLICY_PATTERNS} patterns")
 
 
+def _fields_of(field: str, value: Message) -> None:
+    """A message of fixed-size fields (numbers), such as a TenantQuota."""
+    check_fields(value, prefix=f"{field}.")
+
+
 def _time(field: str, value: Timestamp) -> None:
     """Years 1 to 9999, what a datetime holds; checked before a conversion can overflow."""
     if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 10**9:
@@ -106,6 +111,7 @@ RULES: dict[str, Rule] = {
     "import_token": _bytes(limits.MAX_IMPORT_TOKEN_BYTES),
     "public_key": _bytes(limits.MAX_PUBLIC_KEY_BYTES),
     "valid_to": _time,
+    "quota": _fields_of,
 }
 
 # Field types whose size the wire format fixes: numbers, booleans and enums, whose ranges are
@@ -113,6 +119,7 @@ RULES: dict[str, Rule] = {
 FIXED_SIZE_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_DOUBLE,
         FieldDescriptor.TYPE_ENUM,
         FieldDescriptor.TYPE_INT32,
         FieldDescriptor.TYPE_INT64,

@@ -6,9 +6,10 @@ of them; UNSPECIFIED (0) becomes None for the caller to default.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -33,6 +34,8 @@ from hsmd.domain import (
 from hsmd.errors import InvalidArgument
 from hsmd.names import key_resource_name, validate_client_token
 from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
+from hsmd.ops.quotas import TenantQuota, TenantUsage
+from hsmd.quotas import QuotaLimits
 from hsmd.v1 import admin_pb2, resources_pb2
 
 E = TypeVar("E", bound=enum.StrEnum)
@@ -193,6 +196,37 @@ def tenant(value: Tenant) -> admin_pb2.Tenant:
     if value.deletion_at is not None:
         message.deletion_time.CopyFrom(timestamp(value.deletion_at))
     return message
+
+
+def tenant_quota(fields: QuotaLimits | Mapping[str, float]) -> admin_pb2.TenantQuota:
+    """All of a tenant's limits, or only the fields of its overrides."""
+    values = dataclasses.asdict(fields) if isinstance(fields, QuotaLimits) else fields
+    return admin_pb2.TenantQuota(**values)
+
+
+def quota_overrides(message: admin_pb2.TenantQuota) -> dict[str, float]:
+    """The fields an operator set (proto3 optional: presence tells)."""
+    return {
+        descriptor.name: value
+        for descriptor, value in message.ListFields()  # only the fields that are set
+    }
+
+
+def tenant_quota_answer(quota: TenantQuota) -> admin_pb2.GetTenantQuotaResponse:
+    return admin_pb2.GetTenantQuotaResponse(
+        tenant=quota.tenant,
+        overrides=tenant_quota(quota.overrides),
+        effective=tenant_quota(quota.effective),
+    )
+
+
+def tenant_usage(usage: TenantUsage) -> admin_pb2.TenantUsage:
+    return admin_pb2.TenantUsage(
+        keys=usage.counts.keys,
+        aliases=usage.counts.aliases,
+        pending_imports=usage.counts.pending_imports,
+        audit_bytes=usage.audit_bytes,
+    )
 
 
 def audit_event(record: RecordedEvent) -> resources_pb2.AuditEvent:

@@ -39,14 +39,16 @@ from google.protobuf.message import DecodeError
 
 from hsmd import limits
 from hsmd.audit.events import AuditEvent, bounded_keys, bounded_text
-from hsmd.audit.log import AuditLog, AuditUnavailable
+from hsmd.audit.log import Appended, AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
 from hsmd.errors import InvalidArgument, Unauthenticated
 from hsmd.names import is_valid_tenant_name
+from hsmd.quotas import SLOW_RPCS, TenantMeters
+from hsmd.scheduler import Scheduler
 from hsmd.transport.bounds import check_request
-from hsmd.transport.status import is_internal, to_status
+from hsmd.transport.status import is_internal, to_status, with_details
 
 log = logging.getLogger("hsmd.access")
 
@@ -79,11 +81,13 @@ class RequestGuard(grpc.ServerInterceptor):
         admit_tenant: Callable[[str], None],
         audit: AuditLog,
         clock: Clock,
+        admission: Admission | None = None,
     ) -> None:
         self._certificates = certificates
         self._admit_tenant = admit_tenant
         self._audit = audit
         self._clock = clock
+        self._admission = admission
         self._running = 0
         self._idle = threading.Condition()
         self._malformed_log = _RateLimitedLog(log, per_second=5)
@@ -155,14 +159,18 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
-                    response = behaviour(request, context)
+                    with self._admitted(principal, operation):
+                        response = behaviour(request, context)
                 finally:
                     _current.reset(token)
             except Exception as exc:
                 failure = exc
             code, message = to_status(failure, request_id) if failure else (grpc.StatusCode.OK, "")
             try:
-                self._record(request_id, operation, principal, context, request, response, code)
+                recorded = self._record(
+                    request_id, operation, principal, context, request, response, code
+                )
+                self._charge_audit(principal, recorded)
             except AuditUnavailable as exc:
                 if _reports_a_break(operation, failure, response):
                     log.error(
@@ -188,6 +196,9 @@ class RequestGuard(grpc.ServerInterceptor):
                 f": {failure}" if isinstance(failure, Unauthenticated) else "",
                 exc_info=failure if is_internal(failure) else None,
             )
+            detailed = with_details(failure, message)
+            if detailed is not None:
+                context.abort_with_status(detailed)
             context.abort(code, message)
 
         return guarded
@@ -201,13 +212,13 @@ class RequestGuard(grpc.ServerInterceptor):
         request: Any,
         response: Any,
         code: grpc.StatusCode,
-    ) -> None:
+    ) -> Appended:
         """Appends the outcome to the audit log, durably; raises AuditUnavailable if it cannot."""
         metadata = _field(response, "key_metadata")
         key_id = (
             _field(response, "key_id") or (metadata.key_id if metadata else "")
         ) or _request_key(request)
-        self._audit.append(
+        return self._audit.append(
             AuditEvent(
                 time=self._clock.now(),
                 request_id=request_id,
@@ -223,6 +234,24 @@ class RequestGuard(grpc.ServerInterceptor):
                 peer=bounded_text(context.peer(), limits.AUDIT_PEER_BYTES),
             )
         )
+
+    # Quotas and fair share (hsmd.quotas, hsmd.scheduler): tenant calls only; operators'
+    # calls are neither counted nor scheduled.
+
+    @contextmanager
+    def _admitted(self, principal: Principal, operation: str) -> Iterator[None]:
+        """Runs the block if the tenant is within its rate quotas and audit volume, in a
+        scheduler slot; raises ResourceExhausted (with a retry delay) otherwise."""
+        if self._admission is None or principal.tenant is None:
+            yield
+            return
+        self._admission.meters.admit(principal.tenant, operation)
+        with self._admission.scheduler.slot(principal.tenant, operation in SLOW_RPCS):
+            yield
+
+    def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:
+        if self._admission is not None and principal is not None and principal.tenant:
+            self._admission.meters.charge_audit(principal.tenant, appended.size)
 
     def _identify(self, context: grpc.ServicerContext) -> Principal:
         """Who the certificate names; separate from _authorize so refusals are attributed."""
@@ -264,6 +293,14 @@ def _event_tenant(principal: Principal | None, request: Any) -> str:
         return principal.tenant
     name = _field(request, "name")
     return name if isinstance(name, str) and is_valid_tenant_name(name) else ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the guard checks a tenant's call against before it runs."""
+
+    meters: TenantMeters
+    scheduler: Scheduler
 
 
 def _level(failure: Exception) -> int:

@@ -34,6 +34,7 @@ from hsmd.ops.imports import ImportOps
 from hsmd.ops.keys import KeyOps
 from hsmd.ops.mac import MacOps
 from hsmd.ops.policies import PolicyOps
+from hsmd.ops.quotas import QuotaOps
 from hsmd.ops.reconcile import Reconciler
 from hsmd.ops.rotation import RotationOps, RotationStatus
 from hsmd.ops.signing import SigningOps
@@ -638,11 +639,14 @@ def _rotation_status(status: RotationStatus) -> service_pb2.GetKeyRotationStatus
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, tenants: TenantOps, reconciler: Reconciler, audit: AuditLog) -> None:
+    def __init__(
+        self, tenants: TenantOps, reconciler: Reconciler, audit: AuditLog, quotas: QuotaOps
+    ) -> None:
         self._tenants = tenants
         self._reconciler = reconciler
         self._audit = audit
         self._key_metadata = functools.partial(convert.key_metadata, tenancy=tenants.mode)
+        self._quotas = quotas
 
     def ListAuditEvents(
         self, request: service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
@@ -665,9 +669,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ListTenants(
         self, request: admin_pb2.ListTenantsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListTenantsResponse:
-        return admin_pb2.ListTenantsResponse(
-            tenants=[convert.tenant(t) for t in self._tenants.list_tenants()]
-        )
+        tenants = []
+        for tenant in self._tenants.list_tenants():
+            listed = convert.tenant(tenant)
+            listed.quota.CopyFrom(convert.tenant_quota(self._quotas.limits(tenant.name)))
+            listed.usage.CopyFrom(convert.tenant_usage(self._quotas.usage(tenant.name)))
+            tenants.append(listed)
+        return admin_pb2.ListTenantsResponse(tenants=tenants)
 
     def DisableTenant(
         self, request: admin_pb2.DisableTenantRequest, context: grpc.ServicerContext
@@ -721,3 +729,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             request.key_version,
         )
         return admin_pb2.AdoptQuarantinedObjectResponse(key_metadata=self._key_metadata(key))
+
+    def SetTenantQuota(
+        self, request: admin_pb2.SetTenantQuotaRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.SetTenantQuotaResponse:
+        quota = self._quotas.set(request.tenant, convert.quota_overrides(request.quota))
+        return admin_pb2.SetTenantQuotaResponse(tenant_quota=convert.tenant_quota_answer(quota))
+
+    def GetTenantQuota(
+        self, request: admin_pb2.GetTenantQuotaRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.GetTenantQuotaResponse:
+        return convert.tenant_quota_answer(self._quotas.get(request.tenant))

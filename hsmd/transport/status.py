@@ -6,7 +6,12 @@ error" and the request id, the log gets the rest.
 
 from __future__ import annotations
 
+import math
+
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from hsmd import errors
 
@@ -23,6 +28,7 @@ _CODES: dict[type[errors.HsmdError], grpc.StatusCode] = {
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -40,3 +46,25 @@ def to_status(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str
 
 def is_internal(exc: BaseException) -> bool:
     return not isinstance(exc, errors.UserError)
+
+
+def with_details(exc: BaseException, message: str) -> grpc.Status | None:
+    """The status with google.rpc details for an error that has any: a RetryInfo with the
+    retry delay of a ResourceExhausted that names one (rounded up to the millisecond, so a
+    caller that waits exactly that long finds the quota refilled). None for the rest."""
+    retry_after = getattr(exc, "retry_after", None)
+    if not isinstance(exc, errors.ResourceExhausted) or retry_after is None:
+        return None
+    milliseconds = max(1, math.ceil(retry_after * 1000))
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(
+                seconds=milliseconds // 1000, nanos=(milliseconds % 1000) * 1_000_000
+            )
+        )
+    )
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+    )
+    return status

@@ -77,7 +77,7 @@ def test_tenants_mix_every_kind_of_work_while_a_tenant_is_created(
     """Three tenants, two clients each, creating keys (AES, EC, RSA), encrypting, signing with
     RSA and EC, scheduling deletions, while an operator creates a fourth tenant: no error, and
     the fourth tenant serves at once."""
-    daemon = new_daemon(workers=8)
+    daemon = new_daemon()
     tenants = ["mix-a", "mix-b", "mix-c"]
     for tenant in tenants:
         daemon.create_tenant(tenant)

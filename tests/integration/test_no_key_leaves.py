@@ -389,6 +389,11 @@ ADMIN_REQUESTS: dict[str, Callable[[], Message]] = {
     "AdoptQuarantinedObject": lambda: admin_pb2.AdoptQuarantinedObjectRequest(
         tenant="alpha", object_id=secrets.token_hex(16), key_id=str(uuid.uuid4()), key_version=1
     ),
+    # alpha has no overrides: setting none leaves it as it is
+    "SetTenantQuota": lambda: admin_pb2.SetTenantQuotaRequest(
+        tenant="alpha", quota=admin_pb2.TenantQuota()
+    ),
+    "GetTenantQuota": lambda: admin_pb2.GetTenantQuotaRequest(tenant="alpha"),
 }
 # Nothing is in quarantine, so the calls that act on an object find none.
 ADMIN_NOT_FOUND = {"DestroyQuarantinedObject", "AdoptQuarantinedObject"}

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-from hsmclient import HsmError
+from hsmclient import HsmError, ResourceExhaustedError
 
 from tests.harness import DaemonProcess
 
@@ -31,6 +32,9 @@ def _keep_creating(daemon: DaemonProcess, tenant: str, calls: Calls, **key: str)
         while True:
             try:
                 key_id = client.create_key(**key).key_id
+            except ResourceExhaustedError as exc:  # the scheduler's wait bound: as asked
+                time.sleep(min(exc.retry_after or 1.0, 1.0))
+                continue
             except HsmError as exc:
                 if exc.code not in _REFUSED:
                     calls.unexpected.append(exc)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from hsmclient import HsmClient
 
+from hsmd.config import SPARE_WORKERS
 from tests.harness import DaemonProcess
 
 CLIENTS = 16
@@ -40,7 +41,9 @@ def _mixed_work(client: HsmClient, own_keys: list[str]) -> int:
 def test_sixteen_concurrent_clients_mixing_operations(
     new_daemon: Callable[..., DaemonProcess],
 ) -> None:
-    daemon = new_daemon(workers=CLIENTS)
+    # Every client's call finds a slot or a place in the waiting room: the scheduler keeps
+    # SPARE_WORKERS threads for refusals (docs/operations.md#scheduler).
+    daemon = new_daemon(workers=CLIENTS + SPARE_WORKERS)
     for tenant in TENANTS:
         daemon.create_tenant(tenant)
     failures: list[BaseException] = []

@@ -1065,7 +1065,7 @@ def test_a_missing_setting_exits_255_and_names_it(fake, capsys, monkeypatch) -> 
         (errors.FailedPreconditionError("bad"), "KMSInvalidStateException", 254),
         (errors.PermissionDeniedError("bad"), "AccessDeniedException", 254),
         (errors.UnauthenticatedError("bad"), "UnrecognizedClientException", 254),
-        (errors.ResourceExhaustedError("bad"), "ThrottlingException", 254),
+        (errors.ResourceExhaustedError("bad"), "LimitExceededException", 254),
         (errors.UnimplementedError("bad"), "UnsupportedOperationException", 254),
         (errors.InternalError("bad"), "KMSInternalException", 254),
         (errors.HsmError("bad", grpc.StatusCode.CANCELLED), "KMSInternalException", 254),
@@ -1084,6 +1084,16 @@ def test_service_errors_are_reported_as_aws_does(
     assert err == (
         f"An error occurred ({name}) when calling the GenerateDataKeyWithoutPlaintext "
         "operation: bad\n"
+    )
+
+
+def test_a_throttled_call_prints_the_retry_delay_the_daemon_asked_for(fake, capsys) -> None:
+    fake.raises = errors.ResourceExhaustedError("rate exceeded", retry_after=0.25)
+    code, _, err = run(capsys, "generate-data-key-without-plaintext", "--key-id", "k")
+    assert code == 254
+    assert err == (
+        "An error occurred (ThrottlingException) when calling the"
+        " GenerateDataKeyWithoutPlaintext operation: rate exceeded (retry after 0.250s)\n"
     )
 
 

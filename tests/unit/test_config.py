@@ -9,6 +9,8 @@ import pytest
 
 from hsmd import config
 from hsmd.errors import ConfigError
+from hsmd.quotas import QuotaLimits
+from hsmd.scheduler import SchedulerLimits
 
 
 @pytest.fixture
@@ -51,6 +53,28 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
         checkpoint_file=files / "audit.jsonl.checkpoint",
         public_key_file=files / "audit.jsonl.pub.pem",
     )
+
+
+def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files: Path) -> None:
+    settings = config.parse(_doc(), files)
+    assert settings.quotas == config.QuotaSettings(QuotaLimits(), 3600.0)
+    # Running and waiting calls fill the pool but for the threads kept to refuse at once.
+    assert settings.scheduler == SchedulerLimits(4, 2, 14, 10, 10.0)
+    assert 4 + 10 + config.SPARE_WORKERS == settings.server.workers
+    changed = config.parse(
+        _doc(
+            quotas__max_keys=7,
+            quotas__asymmetric_requests_per_second=2,
+            quotas__audit_period_seconds=60,
+            scheduler__capacity=2,
+            scheduler__max_wait_seconds=0.5,
+        ),
+        files,
+    )
+    assert changed.quotas.defaults.max_keys == 7
+    assert changed.quotas.defaults.asymmetric_requests_per_second == 2.0
+    assert changed.quotas.audit_period_seconds == 60.0
+    assert changed.scheduler == SchedulerLimits(2, 1, 14, 12, 0.5)
 
 
 def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
@@ -103,6 +127,12 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"audit__checkpoint_file": "audit.jsonl"}, "audit.checkpoint_file"),
         ({"audit__public_key_file": "audit.jsonl.checkpoint"}, "audit.public_key_file"),
         ({"audit__every": 3}, "every"),
+        ({"quotas__max_keys": -1}, "quotas.max_keys"),
+        ({"quotas__symmetric_requests_per_second": 0}, "quotas.symmetric_requests_per_second"),
+        ({"quotas__max_tags_per_key": 51}, "quotas.max_tags_per_key"),
+        ({"quotas__keys": 1}, "keys"),
+        ({"scheduler__capacity": 10, "scheduler__waiting_room": 5}, "scheduler.capacity"),
+        ({"scheduler__slow_capacity": 5}, "scheduler.slow_capacity"),
     ],
 )
 def test_errors_name_the_field(files: Path, overrides: dict[str, Any], field: str) -> None:

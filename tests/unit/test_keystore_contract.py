@@ -7,6 +7,7 @@ integrity check.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from hsmd.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     StorageFull,
     StorageUnavailable,
 )
@@ -321,6 +323,49 @@ def test_aliases_are_per_tenant(store: KeyStore) -> None:
         store.delete_alias(A, "alias/app")
 
 
+# --- quotas -------------------------------------------------------------------------------------
+
+
+def test_quota_overrides_are_kept_per_tenant_and_replaced(store: KeyStore) -> None:
+    assert store.get_tenant_quota(A) == {}
+    store.set_tenant_quota(A, {"max_keys": 3, "symmetric_requests_per_second": 2.5})
+    assert store.get_tenant_quota(A) == {"max_keys": 3, "symmetric_requests_per_second": 2.5}
+    assert store.get_tenant_quota(B) == {}
+    store.set_tenant_quota(A, {})
+    assert store.get_tenant_quota(A) == {}
+    with pytest.raises(NotFound):
+        store.set_tenant_quota("nobody", {"max_keys": 1})
+
+
+def test_resource_limits_are_checked_in_the_adding_transaction(store: KeyStore) -> None:
+    first = _key()
+    store.add_key(first, KeyVersion(A, first.key_id, 1, uuid.uuid4().bytes, T), None, 1)
+    with pytest.raises(ResourceExhausted, match="at most 1 keys"):
+        store.add_key(_key(), None, None, 1)
+    store.add_key(_key(B), None, None, 1)  # another tenant's count
+    store.add_alias(Alias(A, "alias/one", first.key_id, T, T), 1)
+    with pytest.raises(ResourceExhausted, match="at most 1 aliases"):
+        store.add_alias(Alias(A, "alias/two", first.key_id, T, T), 1)
+    parameters = ImportParameters(
+        "t1", A, first.key_id, b"\x01" * 16, WrappingAlgorithm.RSAES_OAEP_SHA_1, KeySpec.RSA_2048, T
+    )
+    store.add_import_parameters(parameters, 1)
+    with pytest.raises(ResourceExhausted, match="at most 1 pending import"):
+        store.add_import_parameters(
+            dataclasses.replace(parameters, token="t2", object_id=b"\x02" * 16), 1
+        )
+    counts = store.resource_counts(A)
+    assert (counts.keys, counts.aliases, counts.pending_imports) == (1, 1, 1)
+    assert store.resource_counts(B).keys == 1
+
+
+def test_a_destroyed_key_does_not_count(store: KeyStore) -> None:
+    key = _key(state=KeyState.DESTROYED)
+    store.add_key(key, None)
+    assert store.resource_counts(A).keys == 0
+    store.add_key(_key(), None, None, 1)
+
+
 # --- repair -------------------------------------------------------------------------------------
 
 
@@ -415,6 +460,7 @@ def test_a_tenants_rows_move_to_another_store_and_only_its_rows(
     store.add_import_parameters(parameters)
     store.add_alias(Alias(A, "alias/app", key.key_id, T, T))
     store.record_quarantine(A, [b"\x07" * 16], "no row", T)
+    store.set_tenant_quota(A, {"max_keys": 5})
     _add(store, _key(tenant=B))
     records = store.tenant_records(A)
     assert records.tenant == A
@@ -424,6 +470,7 @@ def test_a_tenants_rows_move_to_another_store_and_only_its_rows(
     other.add_tenant_records(records)
     assert _snapshot(other, A) == _snapshot(store, A)
     assert other.get_import_parameters(A, "tok") == parameters
+    assert other.get_tenant_quota(A) == {"max_keys": 5}
     assert other.key_for_request(A, "key-token") is not None
     assert other.get_tenant("gamma") is not None
     with pytest.raises(AlreadyExists, match="exists already"):

@@ -1,0 +1,183 @@
+"""Fair share of the HSM between tenants busy at the same moment, with a bounded wait.
+
+At most `capacity` calls run at once, at most `slow_capacity` of them slow (key generation:
+seconds of one core each), so slow work never takes every slot from fast work. When a slot
+frees, it goes to the waiting tenant with the fewest calls running (the earliest of its calls
+first): busy tenants share the slots equally, and a tenant alone may use all of them (work
+conserving).
+
+Waiting calls hold a server worker thread each, so waiting is bounded three ways, each
+answered RESOURCE_EXHAUSTED at once rather than by a timeout:
+- a tenant has at most `calls_per_tenant` calls running or waiting;
+- at most `capacity + waiting_room` calls run or wait in all (slots that slow calls cannot
+  use count as waiting room); when that is full, the newest waiting call of the tenant with the
+  most waiting calls gives its place up (max-min fair, so a flooding tenant cannot keep another
+  tenant's calls out);
+- no call waits longer than `max_wait` seconds.
+The server sizes its thread pool above capacity + waiting_room (hsmd.config), so a thread is
+always free to take, and admit or refuse, another tenant's call.
+
+`FairQueue` is the pure rule (time passed in); `Scheduler` blocks threads on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hsmd.errors import ResourceExhausted
+
+
+class TicketState(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    REFUSED = "refused"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Ticket:
+    tenant: str
+    slow: bool
+    number: int
+    arrived: float
+    state: TicketState = TicketState.WAITING
+    refusal: str = field(default="")
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    capacity: int
+    slow_capacity: int
+    calls_per_tenant: int
+    waiting_room: int
+    max_wait: float
+
+
+class FairQueue:
+    """The scheduling rule, not thread-safe: Scheduler holds its lock around every call."""
+
+    def __init__(self, limits: SchedulerLimits) -> None:
+        self.limits = limits
+        self._numbers = itertools.count()
+        self._waiting: list[Ticket] = []
+        self._running: dict[str, int] = {}
+        self._slow_running = 0
+
+    def running(self, tenant: str) -> int:
+        return self._running.get(tenant, 0)
+
+    def waiting(self, tenant: str | None = None) -> int:
+        return sum(1 for t in self._waiting if tenant is None or t.tenant == tenant)
+
+    def arrive(self, tenant: str, slow: bool, now: float) -> Ticket:
+        """A new call: RUNNING if a slot is free for it, else WAITING (or REFUSED)."""
+        ticket = Ticket(tenant, slow, next(self._numbers), now)
+        if self.running(tenant) + self.waiting(tenant) >= self.limits.calls_per_tenant:
+            self._refuse(
+                ticket,
+                f"tenant {tenant!r} has {self.limits.calls_per_tenant} calls running or"
+                " waiting already",
+            )
+            return ticket
+        self._waiting.append(ticket)
+        self._dispatch()
+        held = len(self._waiting) + sum(self._running.values())  # each holds a thread
+        if held > self.limits.capacity + self.limits.waiting_room:
+            self._evict()
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """A RUNNING call finished: its slot goes to the next waiting call."""
+        if ticket.state is not TicketState.RUNNING:
+            return
+        ticket.state = TicketState.DONE
+        self._running[ticket.tenant] -= 1
+        if not self._running[ticket.tenant]:
+            del self._running[ticket.tenant]
+        if ticket.slow:
+            self._slow_running -= 1
+        self._dispatch()
+
+    def give_up(self, ticket: Ticket, now: float) -> None:
+        """A WAITING call whose wait is over without a slot is refused."""
+        if ticket.state is TicketState.WAITING:
+            self._waiting.remove(ticket)
+            self._refuse(
+                ticket, f"the HSM is busy: no slot within {now - ticket.arrived:.1f} seconds"
+            )
+
+    def _refuse(self, ticket: Ticket, why: str) -> None:
+        ticket.state = TicketState.REFUSED
+        ticket.refusal = why
+
+    def _dispatch(self) -> None:
+        while sum(self._running.values()) < self.limits.capacity:
+            candidates = [
+                t
+                for t in self._waiting
+                if not t.slow or self._slow_running < self.limits.slow_capacity
+            ]
+            if not candidates:
+                return
+            chosen = min(candidates, key=lambda t: (self.running(t.tenant), t.number))
+            self._waiting.remove(chosen)
+            chosen.state = TicketState.RUNNING
+            self._running[chosen.tenant] = self.running(chosen.tenant) + 1
+            if chosen.slow:
+                self._slow_running += 1
+
+    def _evict(self) -> None:
+        """Over full: the tenant waiting most gives up its newest waiting call."""
+        counts: dict[str, int] = {}
+        for waiting in self._waiting:
+            counts[waiting.tenant] = counts.get(waiting.tenant, 0) + 1
+        most = max(counts, key=lambda tenant: (counts[tenant], self.running(tenant)))
+        newest = max((t for t in self._waiting if t.tenant == most), key=lambda t: t.number)
+        self._waiting.remove(newest)
+        self._refuse(newest, "the HSM is busy: its waiting room is full")
+
+
+class Scheduler:
+    """FairQueue for threads: `with scheduler.slot(tenant, slow):` runs the block in a slot."""
+
+    def __init__(self, limits: SchedulerLimits, monotonic: Callable[[], float]) -> None:
+        self._queue = FairQueue(limits)
+        self._monotonic = monotonic
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def slot(self, tenant: str, slow: bool) -> Iterator[None]:
+        """Waits for a slot (at most max_wait) and holds it for the block.
+
+        Raises:
+            ResourceExhausted: no slot for this call (see the module docstring), with
+                max_wait as the retry delay.
+        """
+        ticket = self._enter(tenant, slow)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._queue.release(ticket)
+                self._changed.notify_all()
+
+    def _enter(self, tenant: str, slow: bool) -> Ticket:
+        limits = self._queue.limits
+        with self._changed:
+            ticket = self._queue.arrive(tenant, slow, self._monotonic())
+            self._changed.notify_all()  # it may have taken a waiting call's place
+            deadline = ticket.arrived + limits.max_wait
+            while ticket.state is TicketState.WAITING:
+                left = deadline - self._monotonic()
+                if left <= 0:
+                    self._queue.give_up(ticket, self._monotonic())
+                    break
+                self._changed.wait(left)
+        if ticket.state is TicketState.REFUSED:
+            raise ResourceExhausted(ticket.refusal, retry_after=limits.max_wait)
+        return ticket

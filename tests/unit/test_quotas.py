@@ -1,0 +1,165 @@
+"""Quotas: token buckets, per-tenant meters and overrides (hsmd.quotas), with an injected
+clock; and the RetryInfo detail a rate refusal carries to the client (hsmd.transport.status,
+hsmclient.errors)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+from hsmclient.errors import ResourceExhaustedError, from_rpc_error
+
+from hsmd.errors import InvalidArgument, ResourceExhausted
+from hsmd.quotas import (
+    OperationClass,
+    QuotaLimits,
+    TenantMeters,
+    TokenBucket,
+    check_overrides,
+    operation_class,
+)
+from hsmd.transport.status import with_details
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_bursts_to_its_rate_then_refills_at_it() -> None:
+    bucket = TokenBucket(rate=4.0, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [0.0] * 4
+    assert bucket.take(0.0) == pytest.approx(0.25)
+    assert bucket.take(0.25) == 0.0
+    assert bucket.take(0.25) == pytest.approx(0.25)
+
+
+def test_a_slow_bucket_holds_one_call() -> None:
+    bucket = TokenBucket(rate=0.5, now=0.0)
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(1.0) == pytest.approx(1.0)
+    assert bucket.take(2.0) == 0.0
+
+
+def test_rpcs_are_classed_as_aws_kms_classes_its_quotas() -> None:
+    assert operation_class("Encrypt") is OperationClass.SYMMETRIC
+    assert operation_class("Sign") is OperationClass.ASYMMETRIC
+    assert operation_class("CreateKey") is OperationClass.KEY_GENERATION
+    assert operation_class("ListAuditEvents") is OperationClass.AUDIT
+    assert operation_class("DescribeKey") is OperationClass.MANAGEMENT
+    assert operation_class("SomeFutureRpc") is OperationClass.MANAGEMENT
+
+
+def _meters(clock: FakeClock, limits: dict[str, QuotaLimits]) -> TenantMeters:
+    return TenantMeters(lambda tenant: limits.get(tenant, QuotaLimits()), clock, 60.0)
+
+
+def test_a_tenant_over_its_rate_is_refused_with_a_delay_and_another_is_not() -> None:
+    clock = FakeClock()
+    meters = _meters(clock, {"a": QuotaLimits(symmetric_requests_per_second=2.0)})
+    meters.admit("a", "Encrypt")
+    meters.admit("a", "Decrypt")
+    with pytest.raises(ResourceExhausted, match="2 symmetric requests per second") as refused:
+        meters.admit("a", "Encrypt")
+    assert refused.value.retry_after == pytest.approx(0.5)
+    meters.admit("a", "DescribeKey")  # another class has its own bucket
+    for _ in range(100):
+        meters.admit("b", "Encrypt")  # another tenant has its own buckets
+    clock.now += 0.5
+    meters.admit("a", "Encrypt")
+
+
+def test_a_changed_rate_applies_at_the_next_call() -> None:
+    clock = FakeClock()
+    limits = {"a": QuotaLimits(key_generation_requests_per_second=1.0)}
+    meters = _meters(clock, limits)
+    meters.admit("a", "CreateKey")
+    with pytest.raises(ResourceExhausted):
+        meters.admit("a", "CreateKey")
+    limits["a"] = QuotaLimits(key_generation_requests_per_second=10.0)
+    meters.admit("a", "CreateKey")
+
+
+def test_the_audit_volume_is_counted_per_period() -> None:
+    clock = FakeClock()
+    meters = _meters(clock, {"a": QuotaLimits(audit_bytes_per_period=1000)})
+    meters.charge_audit("a", 600)
+    meters.admit("a", "Encrypt")
+    meters.charge_audit("a", 600)
+    assert meters.audit_bytes("a") == 1200
+    clock.now += 45
+    with pytest.raises(ResourceExhausted, match="audit volume") as refused:
+        meters.admit("a", "Encrypt")
+    assert refused.value.retry_after == pytest.approx(15.0)
+    meters.admit("b", "Encrypt")
+    clock.now += 15
+    assert meters.audit_bytes("a") == 0
+    meters.admit("a", "Encrypt")
+
+
+def test_overrides_are_checked_and_overlay_the_defaults() -> None:
+    checked = check_overrides({"max_keys": 5.0, "symmetric_requests_per_second": 2.5})
+    assert checked == {"max_keys": 5, "symmetric_requests_per_second": 2.5}
+    limits = QuotaLimits().overlaid(checked)
+    assert (limits.max_keys, limits.rate(OperationClass.SYMMETRIC)) == (5, 2.5)
+    assert limits.max_aliases == QuotaLimits().max_aliases
+    for bad, message in [
+        ({"max_keys": -1}, "max_keys must be between"),
+        ({"max_keys": 1.5}, "max_keys must be between"),
+        ({"max_tags_per_key": 51}, "max_tags_per_key must be between 0 and 50"),
+        ({"symmetric_requests_per_second": 0}, "symmetric_requests_per_second"),
+        ({"keys": 1}, "keys is not a tenant quota"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            check_overrides(bad)
+
+
+def test_a_rate_refusal_carries_retry_info_that_the_client_reads() -> None:
+    status = with_details(ResourceExhausted("slow down", retry_after=0.2501), "slow down")
+    assert status is not None and status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    error = _FailedCall(status)
+    assert rpc_status.from_call(error) is not None
+    client_error = from_rpc_error(error)
+    assert isinstance(client_error, ResourceExhaustedError)
+    assert client_error.retry_after == pytest.approx(0.251)
+    assert str(client_error) == "slow down (retry after 0.251s)"
+
+
+def test_a_limit_refusal_has_no_retry_delay() -> None:
+    assert with_details(ResourceExhausted("limit exceeded"), "limit exceeded") is None
+    assert with_details(InvalidArgument("bad"), "bad") is None
+    assert from_rpc_error(_FailedCall(None)).retry_after is None  # type: ignore[attr-defined]
+
+
+class _FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """What a failed unary call raises: an RpcError that is also a Call."""
+
+    def __init__(self, status: grpc.Status | None) -> None:
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return self._status.details if self._status else "limit exceeded"
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return tuple(self._status.trailing_metadata) if self._status else ()
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: object) -> bool:
+        return False

@@ -1,0 +1,118 @@
+"""The fair-share scheduler: slots shared between busy tenants, work conserving, bounded
+waiting (hsmd.scheduler). The rule is tested with times passed in; one threaded test checks
+that Scheduler blocks and wakes on it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hsmd.errors import ResourceExhausted
+from hsmd.scheduler import FairQueue, Scheduler, SchedulerLimits, TicketState
+
+LIMITS = SchedulerLimits(
+    capacity=4, slow_capacity=2, calls_per_tenant=12, waiting_room=8, max_wait=2.0
+)
+
+
+def test_a_tenant_alone_uses_every_slot() -> None:
+    queue = FairQueue(LIMITS)
+    tickets = [queue.arrive("a", False, 0.0) for _ in range(6)]
+    assert [t.state for t in tickets] == [TicketState.RUNNING] * 4 + [TicketState.WAITING] * 2
+
+
+def test_a_freed_slot_goes_to_the_busy_tenant_with_the_fewest_calls_running() -> None:
+    queue = FairQueue(LIMITS)
+    flood = [queue.arrive("a", False, 0.0) for _ in range(8)]  # 4 run, 4 wait
+    other = queue.arrive("b", False, 0.1)
+    assert other.state is TicketState.WAITING
+    queue.release(flood[0])
+    assert other.state is TicketState.RUNNING  # before a's earlier waiting calls
+    queue.release(flood[1])
+    assert flood[4].state is TicketState.RUNNING  # b runs one, a three: a's oldest next
+    assert (queue.running("a"), queue.running("b")) == (3, 1)
+
+
+def test_busy_tenants_converge_to_equal_shares() -> None:
+    queue = FairQueue(LIMITS)
+    running = [queue.arrive("a", False, 0.0) for _ in range(4)]
+    waiting = [queue.arrive(t, False, 0.0) for t in ("a", "b", "a", "b", "a", "b")]
+    for ticket in running:
+        queue.release(ticket)
+    assert (queue.running("a"), queue.running("b")) == (2, 2)
+    assert all(t.state is not TicketState.REFUSED for t in waiting)
+
+
+def test_slow_calls_never_take_every_slot() -> None:
+    queue = FairQueue(LIMITS)
+    slow = [queue.arrive("a", True, 0.0) for _ in range(4)]
+    assert [t.state for t in slow] == [TicketState.RUNNING] * 2 + [TicketState.WAITING] * 2
+    fast = queue.arrive("a", False, 0.0)
+    assert fast.state is TicketState.RUNNING  # ahead of the waiting slow calls
+    queue.release(slow[0])
+    assert slow[2].state is TicketState.RUNNING
+
+
+def test_a_tenant_has_at_most_calls_per_tenant_running_or_waiting() -> None:
+    queue = FairQueue(SchedulerLimits(2, 1, 3, 8, 2.0))
+    tickets = [queue.arrive("a", False, 0.0) for _ in range(4)]
+    assert tickets[3].state is TicketState.REFUSED
+    assert "3 calls running or waiting" in tickets[3].refusal
+    assert queue.arrive("b", False, 0.0).state is TicketState.WAITING
+
+
+def test_a_full_waiting_room_makes_the_flooding_tenant_give_a_place_up() -> None:
+    queue = FairQueue(LIMITS)
+    flood = [queue.arrive("a", False, 0.0) for _ in range(12)]  # 4 run, 8 wait: full
+    assert queue.waiting() == 8
+    newcomer = queue.arrive("b", False, 0.0)
+    assert newcomer.state is TicketState.WAITING
+    assert flood[-1].state is TicketState.REFUSED and "waiting room" in flood[-1].refusal
+    assert queue.waiting() == 8
+    again = queue.arrive("a", False, 0.0)  # a waits most: its own newest call goes
+    assert again.state is TicketState.REFUSED
+
+
+def test_slots_slow_calls_cannot_use_are_waiting_room() -> None:
+    queue = FairQueue(LIMITS)
+    slow = [queue.arrive(t, True, 0.0) for t in "ab" * 6]  # 12 = capacity + waiting_room
+    assert [t.state for t in slow].count(TicketState.RUNNING) == 2
+    assert TicketState.REFUSED not in [t.state for t in slow]
+    assert queue.arrive("c", True, 0.0).state is TicketState.WAITING  # a gave one up
+    assert slow[-2].state is TicketState.REFUSED
+
+
+def test_a_call_that_waited_too_long_is_refused_and_leaves_the_queue() -> None:
+    queue = FairQueue(LIMITS)
+    running = [queue.arrive("a", False, 0.0) for _ in range(4)]
+    late = queue.arrive("b", False, 0.0)
+    queue.give_up(late, 2.5)
+    assert late.state is TicketState.REFUSED and "within 2.5 seconds" in late.refusal
+    queue.release(running[0])
+    assert queue.waiting() == 0 and queue.running("b") == 0
+
+
+def test_the_scheduler_wakes_a_waiting_thread_when_a_slot_frees() -> None:
+    scheduler = Scheduler(SchedulerLimits(1, 1, 4, 4, 60.0), monotonic=lambda: 0.0)
+    entered = threading.Event()
+    with scheduler.slot("a", False):
+        thread = threading.Thread(target=lambda: _enter(scheduler, entered))
+        thread.start()
+        assert not entered.wait(0.05)  # it waits for the slot
+    assert entered.wait(30)
+    thread.join(30)
+
+
+def test_the_scheduler_refuses_with_the_wait_bound_as_retry_delay() -> None:
+    now = [0.0]
+    scheduler = Scheduler(SchedulerLimits(1, 1, 4, 0, 2.0), monotonic=lambda: now[0])
+    with scheduler.slot("a", False), pytest.raises(ResourceExhausted) as refused:
+        with scheduler.slot("b", False):
+            pass
+    assert refused.value.retry_after == 2.0
+
+
+def _enter(scheduler: Scheduler, entered: threading.Event) -> None:
+    with scheduler.slot("b", False):
+        entered.set()
