@@ -348,7 +348,11 @@ def _scheduler(section: _Section, workers: int) -> SchedulerLimits:
         )
     limits = SchedulerLimits(
         capacity=capacity,
-        slow_capacity=section.integer("slow_capacity", max(1, capacity // 2), 1, capacity),
+        # Below capacity (when there are two slots or more), so a fast call never waits for
+        # a slow one to finish, or is refused behind it.
+        slow_capacity=section.integer(
+            "slow_capacity", max(1, capacity // 2), 1, max(1, capacity - 1)
+        ),
         calls_per_tenant=section.integer(
             "calls_per_tenant", capacity + waiting_room, 1, capacity + waiting_room
         ),

@@ -133,6 +133,7 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"quotas__keys": 1}, "keys"),
         ({"scheduler__capacity": 10, "scheduler__waiting_room": 5}, "scheduler.capacity"),
         ({"scheduler__slow_capacity": 5}, "scheduler.slow_capacity"),
+        ({"scheduler__capacity": 4, "scheduler__slow_capacity": 4}, "scheduler.slow_capacity"),
     ],
 )
 def test_errors_name_the_field(files: Path, overrides: dict[str, Any], field: str) -> None:
