@@ -50,6 +50,7 @@ from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
 from hsmd.keystore.audit_index import SqliteAuditIndex
 from hsmd.keystore.sqlite_store import SqliteKeyStore
+from hsmd.logs import BatchingLogWriter
 from hsmd.names import is_valid_principal_name, is_valid_tenant_name, validate_tenant_name
 from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps
@@ -868,19 +869,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
     try:
         if args.command == "serve":
             settings = config.load(args.config)
             logging.getLogger().setLevel(settings.log_level)
             client_env = args.config.parent / "client.env"
-            return serve(settings, args.config, client_env if client_env.exists() else None)
+            writer = BatchingLogWriter(sys.stderr, logging.Formatter(_LOG_FORMAT))
+            writer.start()
+            try:
+                return serve(settings, args.config, client_env if client_env.exists() else None)
+            finally:
+                writer.close()
         if args.command == "init":
             path = init_dev(args.dir, args.listen)
             print(f"development set-up ready: {path}")

@@ -156,6 +156,9 @@ class DaemonProcess:
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
             'audit_log = "audit.jsonl"\n\n'
             '[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "clock.offset"\n'
+            # Tests make keys faster than the default quota (50/s) lets a tenant; the quota
+            # tests set their own.
+            + "\n[quotas]\nkey_generation_requests_per_second = 100000\n"
             + (f"\n[audit]\n{audit_table}" if audit_table else "")
             + (f"\n[tenancy]\n{tenancy_table}" if tenancy_table else "")
         )

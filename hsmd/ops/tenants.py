@@ -16,6 +16,7 @@ exists anywhere.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
@@ -61,6 +62,12 @@ class TenantOps:
         self._backend = backend
         self._clock = clock
         self._dedicated = dedicated_tenant
+        # admit() runs on every call: tenant states are cached, and the cache is emptied by
+        # every change made here (the only writer of tenant states while the daemon runs).
+        # A read that raced with a change is not cached (_generation).
+        self._states: dict[str, TenantState] = {}
+        self._generation = 0
+        self._states_lock = threading.Lock()
 
     @property
     def mode(self) -> TenancyMode:
@@ -78,14 +85,33 @@ class TenantOps:
         """
         if self._dedicated is not None and name != self._dedicated:
             raise PermissionDenied(ONE_TENANT_ONLY)
-        tenant = self._store.get_tenant(name)
-        state = tenant.state if tenant is not None else None
+        state = self._state(name)
         if state is TenantState.DISABLED:
             raise FailedPrecondition(f"tenant {name!r} is disabled by an operator")
         if state is TenantState.PENDING_DELETION:
             raise FailedPrecondition(f"tenant {name!r} is disabled: it is scheduled for deletion")
         if state is not TenantState.ACTIVE:
             raise PermissionDenied(f"tenant {name!r} is not served by this daemon")
+
+    def _state(self, name: str) -> TenantState | None:
+        with self._states_lock:
+            cached = self._states.get(name)
+            generation = self._generation
+        if cached is not None:
+            return cached
+        tenant = self._store.get_tenant(name)
+        if tenant is None:  # not cached: a certificate may name any tenant
+            return None
+        with self._states_lock:
+            if self._generation == generation:
+                self._states[name] = tenant.state
+        return tenant.state
+
+    def _changed(self) -> None:
+        """After any change to a tenant's state: admit() reads the store again."""
+        with self._states_lock:
+            self._generation += 1
+            self._states.clear()
 
     def create_tenant(
         self,
@@ -133,6 +159,7 @@ class TenantOps:
     def _finish(self, name: str) -> Tenant:
         serial = self._backend.ensure_token(name)
         self._store.activate_tenant(name, serial)
+        self._changed()
         self._backend.attach_token(name, serial)
         tenant = self._store.get_tenant(name)
         if tenant is None:
@@ -189,6 +216,7 @@ class TenantOps:
     ) -> Tenant:
         validate_tenant_name(name)
         tenant, moved = self._store.move_tenant(name, allowed, state, deletion_at)
+        self._changed()
         if tenant is None or tenant.state is TenantState.CREATING:
             raise NotFound(f"tenant {name!r} not found")
         if not moved:
@@ -211,6 +239,7 @@ class TenantOps:
             )
             if not claimed:  # cancelled (or rescheduled) meanwhile
                 continue
+            self._changed()
             try:
                 self._backend.remove_token(tenant.name, tenant.token_serial)
             except Exception:
@@ -222,6 +251,7 @@ class TenantOps:
                 )
                 continue
             self._store.remove_tenant(tenant.name)
+            self._changed()
             log.warning(
                 "destroyed tenant %s: its token %r (every key in it) and its metadata",
                 tenant.name,

@@ -110,3 +110,30 @@ def test_a_cancelled_deletion_is_not_carried_out(store: SqliteKeyStore) -> None:
     clock.time = T + timedelta(days=31)
     assert list(ops.destroy_due()) == []
     assert tokens.removed == []
+
+
+def test_admission_reads_a_tenants_state_once_and_again_after_every_change(
+    store: SqliteKeyStore,
+) -> None:
+    reads: list[str] = []
+    read = store.get_tenant
+
+    def counted(name: str) -> Any:
+        reads.append(name)
+        return read(name)
+
+    store.get_tenant = counted  # type: ignore[method-assign]
+    ops = _ops(store, Clock(), Tokens())
+    for _ in range(3):
+        ops.admit("alpha")
+    assert reads == ["alpha"]
+    ops.disable("alpha")
+    with pytest.raises(FailedPrecondition, match="disabled"):
+        ops.admit("alpha")
+    ops.enable("alpha")
+    ops.admit("alpha")
+    with pytest.raises(PermissionDenied):
+        ops.admit("nobody")
+    with pytest.raises(PermissionDenied):
+        ops.admit("nobody")
+    assert reads.count("nobody") == 2  # an unknown name is never cached
