@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -228,6 +229,12 @@ _STAYING_COLUMNS = {
 }
 
 
+# Keys and versions kept between writes (hsmd/keystore/sqlite_store.py SqliteKeyStore._kept):
+# about 1 KiB each.
+_MAX_KEPT_ANSWERS = 10_000
+_A = TypeVar("_A", Key, KeyVersion)
+
+
 class SqliteKeyStore:
     def __init__(self, path: Path) -> None:
         if not path.exists():
@@ -236,6 +243,10 @@ class SqliteKeyStore:
         self._closed = False
         self._lock = threading.Lock()
         self._reported: set[tuple[str, str, str]] = set()  # damaged records already logged
+        # Every cryptographic call reads its key and version: the answers are kept until the
+        # next write transaction, whatever it changes (writes are rare beside those reads).
+        # Reads and writes take the same lock, so nothing stale is ever kept.
+        self._answers: OrderedDict[tuple[str, str, str, int], Key | KeyVersion] = OrderedDict()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -282,6 +293,7 @@ class SqliteKeyStore:
             self._check_open()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self._answers.clear()
                 try:
                     yield self._db
                     self._db.execute("COMMIT")
@@ -699,7 +711,9 @@ class SqliteKeyStore:
     def get_key(self, tenant: str, key_id: str) -> Key:
         """Raises NotFound if the tenant has no such key."""
         with self._read() as db:
-            return _load_key(db, tenant, key_id)
+            return self._kept(
+                (tenant, key_id, "key", 0), Key, lambda: _load_key(db, tenant, key_id)
+            )
 
     def list_keys(
         self, tenant: str, after: int, limit: int, tag_filter: Mapping[str, str] | None = None
@@ -917,15 +931,32 @@ class SqliteKeyStore:
 
     def get_version(self, tenant: str, key_id: str, version: int) -> KeyVersion:
         """Raises NotFound if the key has no usable version of that number."""
-        with self._read() as db:
+
+        def load() -> KeyVersion:
             row = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM key_versions"  # noqa: S608
                 " WHERE tenant = ? AND key_id = ? AND version = ? AND state = ?",
                 (tenant, key_id, version, VersionState.ENABLED),
             ).fetchone()
-        if row is None:
-            raise NotFound(f"key {key_id!r} has no version {version}")
-        return _version(row)
+            if row is None:
+                raise NotFound(f"key {key_id!r} has no version {version}")
+            return _version(row)
+
+        with self._read() as db:
+            return self._kept((tenant, key_id, "version", version), KeyVersion, load)
+
+    def _kept(self, name: tuple[str, str, str, int], kind: type[_A], load: Callable[[], _A]) -> _A:
+        """The answer kept under `name` since the last write, or load()'s (kept; a NotFound is
+        not). Called under the lock."""
+        kept = self._answers.get(name)
+        if isinstance(kept, kind):
+            self._answers.move_to_end(name)
+            return kept
+        answer = load()
+        self._answers[name] = answer
+        if len(self._answers) > _MAX_KEPT_ANSWERS:
+            self._answers.popitem(last=False)
+        return answer
 
     def versions(
         self, tenant: str, key_id: str, after: int = 0, limit: int = -1

@@ -244,6 +244,22 @@ def test_remove_key_takes_its_versions(store: KeyStore) -> None:
     assert store.versions(A, key.key_id) == []
 
 
+def test_a_key_or_version_read_before_a_write_is_read_anew_after_it(store: KeyStore) -> None:
+    key = _key()
+    version = _add(store, key)
+    assert store.get_key(A, key.key_id).state is KeyState.ENABLED  # read, and kept
+    assert store.get_version(A, key.key_id, 1) == version
+    store.set_key_state(A, key.key_id, KeyState.DISABLED)
+    assert store.get_key(A, key.key_id).state is KeyState.DISABLED
+    store.update_key(A, key.key_id, description="changed")
+    assert store.get_key(A, key.key_id).description == "changed"
+    store.remove_key(A, key.key_id)
+    with pytest.raises(NotFound):
+        store.get_key(A, key.key_id)
+    with pytest.raises(NotFound):
+        store.get_version(A, key.key_id, 1)
+
+
 def test_a_client_token_names_one_key_per_tenant(store: KeyStore) -> None:
     request = ClientRequest("retry-me", "digest")
     key = _key()
