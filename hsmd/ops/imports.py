@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hsmd import keyspecs
-from hsmd.backend.api import CryptoBackend, UnwrapTarget
+from hsmd.backend.api import UnwrapTarget
 from hsmd.domain import (
-    Clock,
     EncryptionAlgorithm,
     ImportParameters,
     Key,
@@ -36,11 +35,9 @@ from hsmd.domain import (
     WrappingAlgorithm,
 )
 from hsmd.errors import InvalidArgument, NotFound, Unimplemented, UnwrapFailed
-from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
-from hsmd.ops.keys import new_object_id
+from hsmd.ops.keys import KeyMaker, new_object_id
 from hsmd.ops.resolve import usable_key
-from hsmd.quotas import QuotaLimits, default_limits
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +58,7 @@ class Parameters:
     valid_to: datetime
 
 
-class ImportOps:
-    def __init__(
-        self,
-        store: KeyStore,
-        backend: CryptoBackend,
-        clock: Clock,
-        limits: Callable[[str], QuotaLimits] = default_limits,
-    ) -> None:
-        self._store = store
-        self._backend = backend
-        self._clock = clock
-        self._limits = limits
-
+class ImportOps(KeyMaker):
     def get_parameters(
         self,
         ctx: RequestContext,

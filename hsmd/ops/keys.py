@@ -61,7 +61,10 @@ def new_object_id() -> bytes:
     return secrets.token_bytes(OBJECT_ID_SIZE)
 
 
-class KeyOps:
+class KeyMaker:
+    """What every family of operations that makes keys (creation, unwrapping, import) works
+    with: the store, the token, the clock, and each tenant's quota limits."""
+
     def __init__(
         self,
         store: KeyStore,
@@ -74,6 +77,8 @@ class KeyOps:
         self._clock = clock
         self._limits = limits
 
+
+class KeyOps(KeyMaker):
     def capabilities(self) -> Capabilities:
         return self._backend.capabilities()
 

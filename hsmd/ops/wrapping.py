@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hsmd import wrapped
-from hsmd.backend.api import CryptoBackend, UnwrapTarget
+from hsmd.backend.api import UnwrapTarget
 from hsmd.domain import (
     ClientRequest,
-    Clock,
     Key,
     KeyOrigin,
     KeyPolicy,
@@ -26,9 +25,9 @@ from hsmd.domain import (
     RequestContext,
 )
 from hsmd.errors import FailedPrecondition
-from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops.keys import (
+    KeyMaker,
     add_new_key,
     check_new_key_fields,
     new_object_id,
@@ -36,7 +35,6 @@ from hsmd.ops.keys import (
     rolled_back_unless_finished,
 )
 from hsmd.ops.resolve import usable_key
-from hsmd.quotas import QuotaLimits, default_limits
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +47,7 @@ class Wrapped:
     wrapping_key: Key
 
 
-class WrappingOps:
-    def __init__(
-        self,
-        store: KeyStore,
-        backend: CryptoBackend,
-        clock: Clock,
-        limits: Callable[[str], QuotaLimits] = default_limits,
-    ) -> None:
-        self._store = store
-        self._backend = backend
-        self._clock = clock
-        self._limits = limits
-
+class WrappingOps(KeyMaker):
     def wrap(self, ctx: RequestContext, key_id: str, wrapping_key_id: str) -> Wrapped:
         """Raises FailedPrecondition for a key that was not created exportable."""
         key = usable_key(self._store, ctx, key_id, Operation.EXPORT)
