@@ -177,7 +177,7 @@ class Daemon:
             imports=ImportOps(store, backend, clock, limits),
             audit=audit,
         )
-        tenants = TenantOps(store, backend, clock, dedicated)
+        tenants = TenantOps(store, backend, clock, dedicated, forget=quotas.forget)
         return cls(
             settings=settings,
             store=store,
@@ -676,6 +676,7 @@ def _move_command(args: argparse.Namespace) -> int:
                 PinDeriver(config.read_master_secret(settings)),
                 functools.partial(repin_token, settings.pkcs11.library),
                 _clock(settings),
+                settings.tenancy.dedicated_tenant,
             )
             if args.tenant_command == "export":
                 moved = move.export(args.tenant, args.out, args.transfer_secret)

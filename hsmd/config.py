@@ -295,7 +295,11 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         level,
         audit_settings,
         _quotas(_Section(doc, "quotas", base)),
-        _scheduler(_Section(doc, "scheduler", base), server_settings.workers),
+        _scheduler(
+            _Section(doc, "scheduler", base),
+            server_settings.workers,
+            pkcs11_settings.fast_sessions + pkcs11_settings.slow_sessions,
+        ),
         tenancy=_tenancy(_Section(doc, "tenancy", base)),
     )
 
@@ -334,9 +338,10 @@ def _quotas(section: _Section) -> QuotaSettings:
 SPARE_WORKERS = 2
 
 
-def _scheduler(section: _Section, workers: int) -> SchedulerLimits:
+def _scheduler(section: _Section, workers: int, sessions_per_tenant: int) -> SchedulerLimits:
     """The scheduler's limits; by default its running and waiting calls fill the thread pool
-    but for SPARE_WORKERS threads (docs/operations.md#scheduler)."""
+    but for SPARE_WORKERS threads (docs/operations.md#scheduler). One tenant runs at most as
+    many calls as its token has sessions, and leaves one slot free for others."""
     capacity = section.integer("capacity", max(1, min(4, workers - SPARE_WORKERS)), 1, 256)
     waiting_room = section.integer(
         "waiting_room", max(0, workers - capacity - SPARE_WORKERS), 0, 256
@@ -359,6 +364,7 @@ def _scheduler(section: _Section, workers: int) -> SchedulerLimits:
         waiting_room=waiting_room,
         # A third of the client's default timeout (30 s): refused well before it times out.
         max_wait=section.number("max_wait_seconds", 10.0, 0.0, 600.0),
+        running_per_tenant=min(sessions_per_tenant, max(1, capacity - 1)),
     )
     section.done()
     return limits

@@ -16,15 +16,21 @@ import threading
 from typing import TextIO
 
 _STOP = None
+# Lines waiting to be written at most; beyond it (stderr blocked) lines are dropped and counted,
+# never queued without bound and never waited for on a request thread.
+MAX_WAITING_LINES = 100_000
+# How long close() waits for the writer (stderr may be blocked for good).
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 class _Enqueue(logging.Handler):
     """Puts the record, with its message and any traceback already rendered (the arguments
     may change once the call goes on), on the writer's queue."""
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
         super().__init__()
         self._records = records
+        self.dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -33,7 +39,9 @@ class _Enqueue(logging.Handler):
             if record.exc_info:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
                 record.exc_info = None
-            self._records.put(record)
+            self._records.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
         except Exception:  # a log line must never fail a call
             self.handleError(record)
 
@@ -45,7 +53,7 @@ class BatchingLogWriter:
     def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
         self._stream = stream
         self._formatter = formatter
-        self._records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._records: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_WAITING_LINES)
         self._thread = threading.Thread(target=self._run, name="hsmd-log", daemon=True)
         self._replaced: list[logging.Handler] = []
         self._handler = _Enqueue(self._records)
@@ -63,20 +71,33 @@ class BatchingLogWriter:
         root.removeHandler(self._handler)
         for handler in self._replaced:
             root.addHandler(handler)
-        self._records.put(_STOP)
-        self._thread.join()
+        self._records.put(_STOP, timeout=CLOSE_TIMEOUT_SECONDS)
+        self._thread.join(CLOSE_TIMEOUT_SECONDS)
 
     def _run(self) -> None:
         while True:
             batch = [self._records.get()]
             while not self._records.empty() and batch[-1] is not _STOP:
                 batch.append(self._records.get())
-            lines = [self._formatter.format(record) for record in batch if record is not None]
-            if lines:
-                try:
-                    self._stream.write("\n".join(lines) + "\n")
-                    self._stream.flush()
-                except (OSError, ValueError):  # stderr gone: nothing else to tell
-                    pass
+            self._write([record for record in batch if record is not None])
             if batch[-1] is _STOP:
                 return
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        """Writes the records; a record that cannot be formatted is written as its bare
+        message, and nothing ends the writer (stderr gone: nothing else to tell)."""
+        lines = []
+        for record in records:
+            try:
+                lines.append(self._formatter.format(record))
+            except Exception:
+                lines.append(f"{record.levelname} {record.name}: {record.msg!r}")
+        dropped, self._handler.dropped = self._handler.dropped, 0
+        if dropped:
+            lines.append(f"WARNING hsmd.logs: {dropped} log lines dropped: stderr was blocked")
+        if lines:
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except Exception:  # noqa: S110 - stderr gone: nothing else to tell
+                pass

@@ -182,6 +182,13 @@ class TenantMeters:
         self._buckets: dict[tuple[str, OperationClass], TokenBucket] = {}
         self._audit: dict[str, tuple[float, int]] = {}  # tenant -> (period start, bytes)
 
+    def forget(self, tenant: str) -> None:
+        """Drops the tenant's buckets and audit volume (it was destroyed, or made anew)."""
+        with self._lock:
+            for bucket in [b for b in self._buckets if b[0] == tenant]:
+                del self._buckets[bucket]
+            self._audit.pop(tenant, None)
+
     def admit(self, tenant: str, rpc: str) -> None:
         """Counts one call of the tenant against its rate and its audit volume.
 

@@ -3,8 +3,9 @@
 At most `capacity` calls run at once, at most `slow_capacity` of them slow (key generation:
 seconds of one core each), so slow work never takes every slot from fast work. When a slot
 frees, it goes to the waiting tenant with the fewest calls running (the earliest of its calls
-first): busy tenants share the slots equally, and a tenant alone may use all of them (work
-conserving).
+first): busy tenants share the slots equally. A tenant alone may use as many slots as its
+token has sessions (`running_per_tenant`; more would only wait for a session inside a slot),
+which leaves a slot for any other tenant's next call.
 
 Waiting calls hold a server worker thread each, so waiting is bounded three ways, each
 answered RESOURCE_EXHAUSTED at once rather than by a timeout:
@@ -56,6 +57,14 @@ class SchedulerLimits:
     calls_per_tenant: int
     waiting_room: int
     max_wait: float
+    # The most slots one tenant holds at once: no more than its token's sessions can serve
+    # (a call beyond them would hold a slot while it waits for a session), and one fewer than
+    # capacity, so another tenant's call always finds a slot within one call's time.
+    running_per_tenant: int | None = None
+
+    @property
+    def tenant_share(self) -> int:
+        return self.capacity if self.running_per_tenant is None else self.running_per_tenant
 
 
 class FairQueue:
@@ -120,7 +129,8 @@ class FairQueue:
             candidates = [
                 t
                 for t in self._waiting
-                if not t.slow or self._slow_running < self.limits.slow_capacity
+                if (not t.slow or self._slow_running < self.limits.slow_capacity)
+                and self.running(t.tenant) < self.limits.tenant_share
             ]
             if not candidates:
                 return
@@ -151,14 +161,16 @@ class Scheduler:
         self._changed = threading.Condition()
 
     @contextmanager
-    def slot(self, tenant: str, slow: bool) -> Iterator[None]:
-        """Waits for a slot (at most max_wait) and holds it for the block.
+    def slot(self, tenant: str, slow: bool, patience: float | None = None) -> Iterator[None]:
+        """Waits for a slot (at most max_wait, and at most `patience` seconds: what is left
+        of the caller's deadline, so no call runs after its client gave up waiting) and holds
+        it for the block.
 
         Raises:
             ResourceExhausted: no slot for this call (see the module docstring), with
                 max_wait as the retry delay.
         """
-        ticket = self._enter(tenant, slow)
+        ticket = self._enter(tenant, slow, patience)
         try:
             yield
         finally:
@@ -166,12 +178,13 @@ class Scheduler:
                 self._queue.release(ticket)
                 self._changed.notify_all()
 
-    def _enter(self, tenant: str, slow: bool) -> Ticket:
+    def _enter(self, tenant: str, slow: bool, patience: float | None) -> Ticket:
         limits = self._queue.limits
+        wait = limits.max_wait if patience is None else max(0.0, min(limits.max_wait, patience))
         with self._changed:
             ticket = self._queue.arrive(tenant, slow, self._monotonic())
             self._changed.notify_all()  # it may have taken a waiting call's place
-            deadline = ticket.arrived + limits.max_wait
+            deadline = ticket.arrived + wait
             while ticket.state is TicketState.WAITING:
                 left = deadline - self._monotonic()
                 if left <= 0:

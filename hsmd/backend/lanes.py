@@ -67,15 +67,26 @@ class SessionLane(Generic[Session]):
     def lease(self) -> Iterator[Session]:
         """A session for this thread alone until the block ends.
 
+        A block that fails with BackendUnavailable (the library said the session or token
+        is gone) does not give its session back: the next caller opens a new one, so a broken
+        session is not lent out again and again.
+
         Raises:
             BackendUnavailable: the lane was stopped (before or while waiting).
         """
         session = self._take()
+        broken = False
         try:
             yield session
+        except BackendUnavailable:
+            broken = True
+            raise
         finally:
             with self._changed:
-                self._idle.append(session)
+                if broken:
+                    self._opened -= 1
+                else:
+                    self._idle.append(session)
                 self._changed.notify()
 
     def _take(self) -> Session:

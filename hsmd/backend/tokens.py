@@ -225,8 +225,10 @@ class Lease:
     def destroy(self, object_id: bytes) -> None:
         """Destroys every object with this CKA_ID and forgets it, under the token's lock."""
         with self.token.lock:
-            for key in [k for k in self.token.objects if k[0] == object_id]:
-                del self.token.objects[key]
+            # A snapshot: a generation on another session may add to the cache meanwhile
+            # (remember() does not take the lock, which object() holds when it calls it).
+            for key in [k for k in list(self.token.objects) if k[0] == object_id]:
+                self.token.objects.pop(key, None)
             self.token.public_keys.pop(object_id, None)
             for obj in list(self.session.get_objects({Attribute.ID: object_id})):
                 obj.destroy()

@@ -43,18 +43,32 @@ class QuotaOps:
         self._defaults = defaults
         self._lock = threading.Lock()
         self._cache: dict[str, QuotaLimits] = {}
+        self._generation = 0  # a read that raced with a change is not cached
         self.meters = TenantMeters(self.limits, monotonic, audit_period_seconds)
 
     def limits(self, tenant: str) -> QuotaLimits:
         """The tenant's limits now; read from the store once, then from memory until set."""
         with self._lock:
             cached = self._cache.get(tenant)
+            generation = self._generation
         if cached is not None:
             return cached
         limits = self._defaults.overlaid(self._store.get_tenant_quota(tenant))
         with self._lock:
-            self._cache[tenant] = limits
+            if self._generation == generation:
+                self._cache[tenant] = limits
         return limits
+
+    def forget(self, tenant: str) -> None:
+        """Reads the tenant's overrides anew and restarts its meters: called when a tenant is
+        made or destroyed, so a new tenant of an old name inherits nothing."""
+        self._changed(tenant)
+        self.meters.forget(tenant)
+
+    def _changed(self, tenant: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._cache.pop(tenant, None)
 
     def get(self, tenant: str) -> TenantQuota:
         """Raises NotFound if there is no such tenant."""
@@ -73,8 +87,7 @@ class QuotaOps:
         self._require_tenant(tenant)
         checked = check_overrides(overrides)
         self._store.set_tenant_quota(tenant, checked)
-        with self._lock:
-            self._cache.pop(tenant, None)
+        self._changed(tenant)
         return self.get(tenant)
 
     def usage(self, tenant: str) -> TenantUsage:

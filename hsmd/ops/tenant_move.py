@@ -88,8 +88,17 @@ class TenantMove:
     """Export from, or import into, the state of a stopped daemon (the caller holds its lock)."""
 
     def __init__(
-        self, store: KeyStore, token_root: Path, pins: PinDeriver, repin: Repin, clock: Clock
+        self,
+        store: KeyStore,
+        token_root: Path,
+        pins: PinDeriver,
+        repin: Repin,
+        clock: Clock,
+        dedicated_tenant: str | None = None,
     ) -> None:
+        """dedicated_tenant: the one tenant a single-tenant instance serves (only that one
+        may be imported); None when shared."""
+        self._dedicated = dedicated_tenant
         self._store = store
         self._token_root = token_root
         self._pins = pins
@@ -174,6 +183,11 @@ class TenantMove:
         secret = _read_secret(secret_file)
         bundle = _verify(bundle_dir, secret)
         tenant = bundle.records.tenant
+        if self._dedicated is not None and tenant != self._dedicated:
+            raise MoveRefused(
+                f"this instance serves tenant {self._dedicated!r} alone (tenancy mode single);"
+                f" the bundle holds {tenant!r}"
+            )
         staging = self._token_root / f"{_STAGING_PREFIX}{bundle.serial}"
         placed = self._token_root / bundle.token.name
         pending = staging / _PENDING
@@ -311,10 +325,10 @@ def _verify(root: Path, secret: bytes) -> _Bundle:
         if (root / MANIFEST).stat().st_size > _MAX_MANIFEST_BYTES:
             raise MoveRefused(f"{root / MANIFEST} is larger than a manifest can be")
         manifest_bytes = (root / MANIFEST).read_bytes()
-        mac = (root / MANIFEST_MAC).read_text().strip()
+        mac = (root / MANIFEST_MAC).read_bytes().strip()
     except OSError as exc:
         raise MoveRefused(f"{root} is not a tenant bundle: {exc.strerror}") from None
-    if not hmac.compare_digest(mac, _mac(secret, manifest_bytes)):
+    if not hmac.compare_digest(mac, _mac(secret, manifest_bytes).encode()):
         raise MoveRefused(
             f"{root / MANIFEST} does not verify with this transfer secret: the secret is not"
             " the one its export wrote, or the manifest was changed"

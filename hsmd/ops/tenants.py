@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 from hsmd import limits, policy
@@ -56,8 +56,12 @@ class TenantOps:
         backend: CryptoBackend,
         clock: Clock,
         dedicated_tenant: str | None = None,
+        forget: Callable[[str], None] = lambda name: None,
     ) -> None:
-        """dedicated_tenant: the one tenant of a single-tenant instance; None when shared."""
+        """dedicated_tenant: the one tenant of a single-tenant instance; None when shared.
+        forget(name): told when a tenant is made or destroyed, so state kept elsewhere about
+        that name (quota meters) starts afresh."""
+        self._forget = forget
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -160,6 +164,7 @@ class TenantOps:
         serial = self._backend.ensure_token(name)
         self._store.activate_tenant(name, serial)
         self._changed()
+        self._forget(name)
         self._backend.attach_token(name, serial)
         tenant = self._store.get_tenant(name)
         if tenant is None:
@@ -252,6 +257,7 @@ class TenantOps:
                 continue
             self._store.remove_tenant(tenant.name)
             self._changed()
+            self._forget(tenant.name)
             log.warning(
                 "destroyed tenant %s: its token %r (every key in it) and its metadata",
                 tenant.name,

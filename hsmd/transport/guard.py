@@ -159,7 +159,7 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
-                    with self._admitted(principal, operation):
+                    with self._admitted(principal, operation, context.time_remaining()):
                         response = behaviour(request, context)
                 finally:
                     _current.reset(token)
@@ -239,14 +239,18 @@ class RequestGuard(grpc.ServerInterceptor):
     # calls are neither counted nor scheduled.
 
     @contextmanager
-    def _admitted(self, principal: Principal, operation: str) -> Iterator[None]:
+    def _admitted(
+        self, principal: Principal, operation: str, patience: float | None
+    ) -> Iterator[None]:
         """Runs the block if the tenant is within its rate quotas and audit volume, in a
-        scheduler slot; raises ResourceExhausted (with a retry delay) otherwise."""
+        scheduler slot waited for at most `patience` (the call's time left); raises
+        ResourceExhausted (with a retry delay) otherwise."""
         if self._admission is None or principal.tenant is None:
             yield
             return
         self._admission.meters.admit(principal.tenant, operation)
-        with self._admission.scheduler.slot(principal.tenant, operation in SLOW_RPCS):
+        slow = operation in SLOW_RPCS
+        with self._admission.scheduler.slot(principal.tenant, slow, patience):
             yield
 
     def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:

@@ -213,6 +213,20 @@ def test_a_token_with_the_same_serial_at_the_destination_is_refused(move: Move) 
         shutil.rmtree(stray)
 
 
+def test_a_dedicated_instance_takes_no_other_tenant(move: Move) -> None:
+    config = move.destination.config.read_text()
+    move.destination.config.write_text(
+        f'{config}\n[tenancy]\nmode = "single"\ntenant = "{RESIDENT}"\n'
+    )
+    try:
+        before = state(move.destination)
+        code, output = import_(move.destination, move.bundle, move.secret)
+        assert code == 1 and f"serves tenant '{RESIDENT}' alone" in output
+        assert state(move.destination) == before
+    finally:
+        move.destination.config.write_text(config)
+
+
 def test_a_tenant_of_the_same_name_at_the_destination_is_refused(move: Move) -> None:
     before = state(move.source)
     code, output = import_(move.source, move.bundle, move.secret)

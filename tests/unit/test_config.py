@@ -59,7 +59,7 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     settings = config.parse(_doc(), files)
     assert settings.quotas == config.QuotaSettings(QuotaLimits(), 3600.0)
     # Running and waiting calls fill the pool but for the threads kept to refuse at once.
-    assert settings.scheduler == SchedulerLimits(4, 2, 14, 10, 10.0)
+    assert settings.scheduler == SchedulerLimits(4, 2, 14, 10, 10.0, running_per_tenant=3)
     assert 4 + 10 + config.SPARE_WORKERS == settings.server.workers
     changed = config.parse(
         _doc(
@@ -74,7 +74,7 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     assert changed.quotas.defaults.max_keys == 7
     assert changed.quotas.defaults.asymmetric_requests_per_second == 2.0
     assert changed.quotas.audit_period_seconds == 60.0
-    assert changed.scheduler == SchedulerLimits(2, 1, 14, 12, 0.5)
+    assert changed.scheduler == SchedulerLimits(2, 1, 14, 12, 0.5, running_per_tenant=1)
 
 
 def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:

@@ -31,6 +31,19 @@ def test_sessions_are_opened_on_first_need_and_reused() -> None:
     assert lane.opened == 2
 
 
+def test_a_session_the_library_called_gone_is_not_lent_again() -> None:
+    lane = _counting_lane(1)
+    with pytest.raises(BackendUnavailable), lane.lease() as broken:
+        raise BackendUnavailable("PKCS#11 token unavailable: SessionHandleInvalid")
+    with lane.lease() as fresh:
+        assert fresh != broken
+    with pytest.raises(ValueError), lane.lease() as kept:
+        raise ValueError("a bad request, not a bad session")
+    with lane.lease() as again:
+        assert again == kept
+    assert lane.opened == 1
+
+
 def test_a_full_lane_makes_the_next_caller_wait_for_a_session() -> None:
     lane = _counting_lane(1)
     got: list[int] = []

@@ -57,3 +57,22 @@ def test_arguments_are_rendered_when_logged_not_when_written() -> None:
     finally:
         writer.close()
     assert stream.getvalue() == "state ['before']\n"
+
+
+def test_a_line_that_cannot_be_formatted_does_not_stop_the_writer() -> None:
+    class Picky(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if "bad" in record.getMessage():
+                raise RuntimeError("cannot format")
+            return record.getMessage()
+
+    stream = io.StringIO()
+    writer = BatchingLogWriter(stream, Picky())
+    writer.start()
+    try:
+        log = logging.getLogger("hsmd.test")
+        log.warning("bad line")
+        log.warning("good line")
+    finally:
+        writer.close()
+    assert stream.getvalue().splitlines() == ["WARNING hsmd.test: 'bad line'", "good line"]

@@ -4,12 +4,17 @@ hsmclient.errors)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import grpc
 import pytest
 from grpc_status import rpc_status
 from hsmclient.errors import ResourceExhaustedError, from_rpc_error
 
 from hsmd.errors import InvalidArgument, ResourceExhausted
+from hsmd.keystore.sqlite_store import SqliteKeyStore
+from hsmd.ops.quotas import QuotaOps
 from hsmd.quotas import (
     OperationClass,
     QuotaLimits,
@@ -163,3 +168,35 @@ class _FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
 
     def add_callback(self, callback: object) -> bool:
         return False
+
+
+def test_limits_read_while_an_operator_sets_them_are_not_kept(tmp_path: Path) -> None:
+    """A read of the old overrides that a SetTenantQuota overtakes must not be cached."""
+    store = SqliteKeyStore(tmp_path / "hsmd.db")
+    store.add_tenant("t", "hsmd/t", datetime.now(UTC), ["admin"])
+    ops = QuotaOps(store, QuotaLimits(), lambda: 0.0, 3600.0)
+    read = store.get_tenant_quota
+    raced: list[bool] = []
+
+    def overtaken(tenant: str) -> dict[str, float]:
+        old = read(tenant)
+        if not raced:
+            raced.append(True)
+            ops.set(tenant, {"symmetric_requests_per_second": 1.0})
+        return old
+
+    store.get_tenant_quota = overtaken  # type: ignore[method-assign]
+    assert (
+        ops.limits("t").symmetric_requests_per_second == QuotaLimits().symmetric_requests_per_second
+    )
+    assert ops.limits("t").symmetric_requests_per_second == 1.0
+
+
+def test_a_tenant_made_again_under_an_old_name_starts_with_fresh_meters(tmp_path: Path) -> None:
+    store = SqliteKeyStore(tmp_path / "hsmd.db")
+    store.add_tenant("t", "hsmd/t", datetime.now(UTC), ["admin"])
+    ops = QuotaOps(store, QuotaLimits(), lambda: 0.0, 3600.0)
+    ops.meters.charge_audit("t", 5000)
+    assert ops.meters.audit_bytes("t") == 5000
+    ops.forget("t")
+    assert ops.meters.audit_bytes("t") == 0

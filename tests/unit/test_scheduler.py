@@ -22,6 +22,13 @@ def test_a_tenant_alone_uses_every_slot() -> None:
     assert [t.state for t in tickets] == [TicketState.RUNNING] * 4 + [TicketState.WAITING] * 2
 
 
+def test_a_tenant_holds_no_more_slots_than_its_share_so_another_starts_at_once() -> None:
+    queue = FairQueue(SchedulerLimits(4, 2, 12, 8, 2.0, running_per_tenant=3))
+    flood = [queue.arrive("a", False, 0.0) for _ in range(6)]
+    assert [t.state for t in flood] == [TicketState.RUNNING] * 3 + [TicketState.WAITING] * 3
+    assert queue.arrive("b", False, 0.1).state is TicketState.RUNNING
+
+
 def test_a_freed_slot_goes_to_the_busy_tenant_with_the_fewest_calls_running() -> None:
     queue = FairQueue(LIMITS)
     flood = [queue.arrive("a", False, 0.0) for _ in range(8)]  # 4 run, 4 wait
@@ -111,6 +118,21 @@ def test_the_scheduler_refuses_with_the_wait_bound_as_retry_delay() -> None:
         with scheduler.slot("b", False):
             pass
     assert refused.value.retry_after == 2.0
+
+
+def test_a_call_waits_no_longer_than_its_deadline_leaves() -> None:
+    """With 0.5 s of its deadline left, a call is refused once that is over, not after the
+    scheduler's own bound of 60 s: it never runs after its client gave up."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.25  # every look at the clock moves it on
+        return now[0]
+
+    scheduler = Scheduler(SchedulerLimits(1, 1, 4, 4, 60.0), monotonic=clock)
+    with scheduler.slot("a", False), pytest.raises(ResourceExhausted, match="no slot within"):
+        with scheduler.slot("b", False, patience=0.5):
+            pass
 
 
 def _enter(scheduler: Scheduler, entered: threading.Event) -> None:
