@@ -157,6 +157,10 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
+    def give_back(self) -> None:
+        """Returns a token taken for a call that did not run after all."""
+        self._tokens = min(self._burst, self._tokens + 1.0)
+
     def available(self, now: float) -> float:
         elapsed = max(0.0, now - self._updated)
         return min(self._burst, self._tokens + elapsed * self.rate)
@@ -218,6 +222,14 @@ class TenantMeters:
                 f" requests per second ({rpc})",
                 retry_after=wait,
             )
+
+    def refund(self, tenant: str, rpc: str) -> None:
+        """Gives back the rate token admit() took, for a call the scheduler then refused: a
+        tenant is not charged twice for one overload."""
+        with self._lock:
+            bucket = self._buckets.get((tenant, operation_class(rpc)))
+            if bucket is not None:
+                bucket.give_back()
 
     def charge_audit(self, tenant: str, size: int) -> None:
         """Adds an audit event of `size` bytes to the tenant's volume of this period."""

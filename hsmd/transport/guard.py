@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,7 +43,7 @@ from hsmd.audit.log import Appended, AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
-from hsmd.errors import InvalidArgument, Unauthenticated
+from hsmd.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from hsmd.names import is_valid_tenant_name
 from hsmd.quotas import SLOW_RPCS, TenantMeters
 from hsmd.scheduler import Scheduler
@@ -248,9 +248,15 @@ class RequestGuard(grpc.ServerInterceptor):
         if self._admission is None or principal.tenant is None:
             yield
             return
-        self._admission.meters.admit(principal.tenant, operation)
-        slow = operation in SLOW_RPCS
-        with self._admission.scheduler.slot(principal.tenant, slow, patience):
+        meters = self._admission.meters
+        meters.admit(principal.tenant, operation)
+        slot = self._admission.scheduler.slot(principal.tenant, operation in SLOW_RPCS, patience)
+        with ExitStack() as held:
+            try:
+                held.enter_context(slot)
+            except ResourceExhausted:  # refused by the scheduler, not by the block
+                meters.refund(principal.tenant, operation)
+                raise
             yield
 
     def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:

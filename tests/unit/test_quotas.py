@@ -200,3 +200,13 @@ def test_a_tenant_made_again_under_an_old_name_starts_with_fresh_meters(tmp_path
     assert ops.meters.audit_bytes("t") == 5000
     ops.forget("t")
     assert ops.meters.audit_bytes("t") == 0
+
+
+def test_a_refunded_call_gives_its_rate_token_back() -> None:
+    meters = TenantMeters(lambda tenant: QuotaLimits(symmetric_requests_per_second=1.0),
+                          lambda: 0.0, 3600.0)  # fmt: skip
+    meters.admit("t", "Encrypt")
+    with pytest.raises(ResourceExhausted):
+        meters.admit("t", "Encrypt")
+    meters.refund("t", "Encrypt")  # the scheduler refused the call that took it
+    meters.admit("t", "Encrypt")
