@@ -69,12 +69,15 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """Signed checkpoints of the audit log (hsmd/audit/checkpoint.py)."""
+    """Signed checkpoints of the audit log (hsmd/audit/checkpoint.py), and how long the
+    first of concurrent calls waits for the others' events so that one fsync covers them
+    (AuditLog.expect_appends)."""
 
     checkpoint_every_events: int
     checkpoint_interval_seconds: float
     checkpoint_file: Path
     public_key_file: Path
+    group_commit_seconds: float
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         or log_file.with_name(log_file.name + ".checkpoint"),
         public_key_file=audit.optional_path("public_key_file", must_exist=False)
         or log_file.with_name(log_file.name + ".pub.pem"),
+        group_commit_seconds=audit.number("group_commit_ms", 2.0, 0.0, 100.0) / 1000,
     )
     audit.done()
     files = {

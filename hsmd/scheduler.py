@@ -76,6 +76,13 @@ class FairQueue:
         self._waiting: list[Ticket] = []
         self._running: dict[str, int] = {}
         self._slow_running = 0
+        self._settled: list[Ticket] = []
+
+    def take_settled(self) -> list[Ticket]:
+        """The waiting tickets that got a slot or were refused since the last call, whose
+        threads must be woken."""
+        settled, self._settled = self._settled, []
+        return settled
 
     def running(self, tenant: str) -> int:
         return self._running.get(tenant, 0)
@@ -137,6 +144,7 @@ class FairQueue:
             chosen = min(candidates, key=lambda t: (self.running(t.tenant), t.number))
             self._waiting.remove(chosen)
             chosen.state = TicketState.RUNNING
+            self._settled.append(chosen)
             self._running[chosen.tenant] = self.running(chosen.tenant) + 1
             if chosen.slow:
                 self._slow_running += 1
@@ -150,47 +158,67 @@ class FairQueue:
         newest = max((t for t in self._waiting if t.tenant == most), key=lambda t: t.number)
         self._waiting.remove(newest)
         self._refuse(newest, "the HSM is busy: its waiting room is full")
+        self._settled.append(newest)
 
 
 class Scheduler:
-    """FairQueue for threads: `with scheduler.slot(tenant, slow):` runs the block in a slot."""
+    """FairQueue for threads: `with scheduler.slot(tenant, slow):` runs the block in a slot.
+
+    A waiting thread sleeps on a lock of its own, released only when its ticket is settled, so
+    a freed slot wakes the one thread it goes to, not every waiting thread.
+    """
 
     def __init__(self, limits: SchedulerLimits, monotonic: Callable[[], float]) -> None:
         self._queue = FairQueue(limits)
         self._monotonic = monotonic
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._sleepers: dict[Ticket, threading.Lock] = {}
 
     @contextmanager
     def slot(self, tenant: str, slow: bool, patience: float | None = None) -> Iterator[None]:
+        """Runs the block in a slot: enter(), then leave() however the block ends."""
+        ticket = self.enter(tenant, slow, patience)
+        try:
+            yield
+        finally:
+            self.leave(ticket)
+
+    def enter(self, tenant: str, slow: bool, patience: float | None = None) -> Ticket:
         """Waits for a slot (at most max_wait, and at most `patience` seconds: what is left
-        of the caller's deadline, so no call runs after its client gave up waiting) and holds
-        it for the block.
+        of the caller's deadline, so no call runs after its client gave up waiting); the
+        ticket holds it until leave().
 
         Raises:
             ResourceExhausted: no slot for this call (see the module docstring), with
                 max_wait as the retry delay.
         """
-        ticket = self._enter(tenant, slow, patience)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._queue.release(ticket)
-                self._changed.notify_all()
-
-    def _enter(self, tenant: str, slow: bool, patience: float | None) -> Ticket:
         limits = self._queue.limits
         wait = limits.max_wait if patience is None else max(0.0, min(limits.max_wait, patience))
-        with self._changed:
+        with self._lock:
             ticket = self._queue.arrive(tenant, slow, self._monotonic())
-            self._changed.notify_all()  # it may have taken a waiting call's place
-            deadline = ticket.arrived + wait
-            while ticket.state is TicketState.WAITING:
-                left = deadline - self._monotonic()
-                if left <= 0:
-                    self._queue.give_up(ticket, self._monotonic())
-                    break
-                self._changed.wait(left)
+            self._wake_settled()  # it may have taken a waiting call's place
+            waiting = ticket.state is TicketState.WAITING
+            if waiting:
+                self._sleepers[ticket] = wakeup = threading.Lock()
+                wakeup.acquire()
+        if waiting:  # (its state may change as soon as the lock is released)
+            wakeup.acquire(timeout=max(0.0, ticket.arrived + wait - self._monotonic()))
+            with self._lock:
+                del self._sleepers[ticket]
+                self._queue.give_up(ticket, self._monotonic())  # if its wait is over unsettled
         if ticket.state is TicketState.REFUSED:
             raise ResourceExhausted(ticket.refusal, retry_after=limits.max_wait)
         return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        """Gives the slot of a ticket enter() returned to the next waiting call."""
+        with self._lock:
+            self._queue.release(ticket)
+            self._wake_settled()
+
+    def _wake_settled(self) -> None:
+        """Under the lock: wakes the threads of the tickets just settled."""
+        for ticket in self._queue.take_settled():
+            sleeper = self._sleepers.get(ticket)
+            if sleeper is not None:
+                sleeper.release()

@@ -104,10 +104,13 @@ class DaemonProcess:
         audit: dict[str, int | float] | None = None,
         existing: bool = False,
         tenancy: dict[str, str] | None = None,
+        movable_clock: bool = True,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it). `audit` and
-        `tenancy` hold settings of the config's [audit] and [tenancy] tables."""
+        `tenancy` hold settings of the config's [audit] and [tenancy] tables. Its clock can
+        be moved (move_clock) unless movable_clock is False, as in production (benchmarks:
+        the offset clock reads its file's status on every call)."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
@@ -131,7 +134,7 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            self._write_config(workers, grace_seconds, audit or {}, tenancy or {})
+            self._write_config(workers, grace_seconds, audit or {}, tenancy or {}, movable_clock)
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
@@ -143,8 +146,10 @@ class DaemonProcess:
         grace_seconds: float,
         audit: dict[str, int | float],
         tenancy: dict[str, str],
+        movable_clock: bool,
     ) -> None:
         pki = self.pki
+        clock = 'clock_offset_file = "clock.offset"\n' if movable_clock else ""
         audit_table = "".join(f"{name} = {value}\n" for name, value in audit.items())
         tenancy_table = "".join(f'{name} = "{value}"\n' for name, value in tenancy.items())
         self.config.write_text(
@@ -155,7 +160,7 @@ class DaemonProcess:
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
             'audit_log = "audit.jsonl"\n\n'
-            '[lifecycle]\ncheck_interval_seconds = 0.2\nclock_offset_file = "clock.offset"\n'
+            f"[lifecycle]\ncheck_interval_seconds = 0.2\n{clock}"
             # Tests make keys faster than the default quota (50/s) lets a tenant; the quota
             # tests set their own.
             + "\n[quotas]\nkey_generation_requests_per_second = 100000\n"

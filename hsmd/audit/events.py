@@ -73,6 +73,7 @@ line's hash (archived_sequence 0 and the 64 zeros if none did).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -188,6 +189,15 @@ class AuditEvent:
             self, "encryption_context_keys", tuple(sorted(set(self.encryption_context_keys)))
         )
 
+    def at(self, moment: datetime) -> AuditEvent:
+        """The same event at another time (the log stamps each event as it writes it); the
+        other fields were checked when this one was built, so only the time is."""
+        if not isinstance(moment, datetime) or moment.utcoffset() is None:
+            raise ValueError("an audit event needs a timezone-aware time")
+        stamped = copy.copy(self)
+        object.__setattr__(stamped, "time", moment.astimezone(UTC))
+        return stamped
+
 
 @dataclass(frozen=True)
 class RecordedEvent:
@@ -267,9 +277,21 @@ Record = RecordedEvent | CheckpointRecord | ResetRecord
 
 def chain(event: AuditEvent, sequence: int, previous_hash: str) -> RecordedEvent:
     """Places an event at a position after a hash: the one way a RecordedEvent is made."""
-    return RecordedEvent(
-        sequence, event, previous_hash, compute_hash(event, sequence, previous_hash)
-    )
+    return chain_line(event, sequence, previous_hash)[0]
+
+
+def chain_line(event: AuditEvent, sequence: int, previous_hash: str) -> tuple[RecordedEvent, bytes]:
+    """chain() and encode_line() in one encoding: the line is the hashed body with the hash
+    member put in its sorted place, just before "key_id" (no member between them, and no
+    string inside the body can hold the unescaped quotes of ',"key_id":')."""
+    body = _canonical(_members(event, sequence, previous_hash))
+    digest = hashlib.sha256(previous_hash.encode("ascii") + b"\n" + body).hexdigest()
+    at = body.index(_KEY_ID_MEMBER)
+    line = b'%s,"hash":"%s"%s\n' % (body[:at], digest.encode("ascii"), body[at:])
+    return RecordedEvent(sequence, event, previous_hash, digest), line
+
+
+_KEY_ID_MEMBER = b',"key_id":'
 
 
 def compute_hash(event: AuditEvent, sequence: int, previous_hash: str) -> str:
@@ -551,6 +573,8 @@ def bounded_text(value: str, budget: int) -> str:
     An event records what a caller sent, but never more than hsmd/limits.py allows, even for a
     call refused for that very size (docs/formats.md).
     """
+    if len(value) + 2 <= budget and _encodes_as_itself(value):
+        return value
     if len(value) <= budget and _encoded_size(value) <= budget:
         return value
     return _stand_in(f"{len(value)} characters", value.encode("utf-8", "surrogatepass"))
@@ -568,6 +592,12 @@ def bounded_keys(keys: Iterable[str], budget: int) -> tuple[str, ...]:
 
 def _stand_in(size: str, data: bytes) -> str:
     return f"oversized:{size}:sha256:{hashlib.sha256(data).hexdigest()[:32]}"
+
+
+def _encodes_as_itself(value: str) -> bool:
+    """True if JSON writes the string as its own characters between two quotes (the usual
+    key id or peer), so its encoded size is known without encoding it."""
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
 
 
 def _encoded_size(value: str) -> int:

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -88,29 +88,18 @@ class RequestGuard(grpc.ServerInterceptor):
         self._audit = audit
         self._clock = clock
         self._admission = admission
-        self._running = 0
-        self._idle = threading.Condition()
+        self._handlers = _Handlers()
         self._malformed_log = _RateLimitedLog(log, per_second=5)
 
     def drain(self, timeout: float) -> int:
         """Waits up to timeout seconds for every running handler to finish; returns how many
         are still running (shutdown: the server has stopped taking calls)."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._running and (left := deadline - time.monotonic()) > 0:
-                self._idle.wait(left)
-            return self._running
+        return self._handlers.wait_idle(timeout)
 
-    @contextmanager
-    def _handling(self) -> Iterator[None]:
-        with self._idle:
-            self._running += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._running -= 1
-                self._idle.notify_all()
+    def appends_expected(self) -> int:
+        """Calls running that will append their audit event within a call's time (every
+        call but the slow ones), for the audit log's group commit (AuditLog.expect_appends)."""
+        return self._handlers.fast
 
     def intercept_service(
         self,
@@ -135,10 +124,14 @@ class RequestGuard(grpc.ServerInterceptor):
         self, method: str, required: PrincipalKind, behaviour: Callable[[Any, Any], Any]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         operation = method.rsplit("/", 1)[-1]
+        slow = operation in SLOW_RPCS
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            with self._handling():
+            self._handlers.enter(slow)
+            try:
                 return handle(request, context)
+            finally:
+                self._handlers.leave(slow)
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             request_id = uuid.uuid4().hex
@@ -248,16 +241,17 @@ class RequestGuard(grpc.ServerInterceptor):
         if self._admission is None or principal.tenant is None:
             yield
             return
-        meters = self._admission.meters
+        meters, scheduler = self._admission.meters, self._admission.scheduler
         meters.admit(principal.tenant, operation)
-        slot = self._admission.scheduler.slot(principal.tenant, operation in SLOW_RPCS, patience)
-        with ExitStack() as held:
-            try:
-                held.enter_context(slot)
-            except ResourceExhausted:  # refused by the scheduler, not by the block
-                meters.refund(principal.tenant, operation)
-                raise
+        try:
+            ticket = scheduler.enter(principal.tenant, operation in SLOW_RPCS, patience)
+        except ResourceExhausted:  # refused by the scheduler, not by the block
+            meters.refund(principal.tenant, operation)
+            raise
+        try:
             yield
+        finally:
+            scheduler.leave(ticket)
 
     def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:
         if self._admission is not None and principal is not None and principal.tenant:
@@ -303,6 +297,37 @@ def _event_tenant(principal: Principal | None, request: Any) -> str:
         return principal.tenant
     name = _field(request, "name")
     return name if isinstance(name, str) and is_valid_tenant_name(name) else ""
+
+
+class _Handlers:
+    """How many handlers are running, and how many of them are fast: a lock and two counts
+    on the hot path; the drain at shutdown waits on an event only it arms."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.fast = 0
+        self._idle: threading.Event | None = None
+
+    def enter(self, slow: bool) -> None:
+        with self._lock:
+            self.running += 1
+            self.fast += not slow
+
+    def leave(self, slow: bool) -> None:
+        with self._lock:
+            self.running -= 1
+            self.fast -= not slow
+            if self.running == 0 and self._idle is not None:
+                self._idle.set()
+
+    def wait_idle(self, timeout: float) -> int:
+        with self._lock:
+            if self.running == 0:
+                return 0
+            self._idle = idle = threading.Event()
+        idle.wait(timeout)
+        return self.running
 
 
 @dataclass(frozen=True)

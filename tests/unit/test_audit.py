@@ -116,6 +116,33 @@ def test_the_line_format_is_stable() -> None:
     assert record.hash == "09dfeb02925a6a3d8bf58cc36b248451611c075f7096d0a93afe13bda85e1b80"
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"encryption_context_keys": ()},
+        {"encryption_context_keys": (',"key_id":"x"', '"hash"', "\\", "\u2028")},
+        {"key_id": ',"key_id":', "peer": 'x"\n{"sequence":2}', "tenant": ""},
+        {"principal": "tenant/ä/\x00", "request_id": "r" * 5000},
+    ],
+)
+def test_the_one_pass_line_is_the_documented_encoding(changes: dict[str, Any]) -> None:
+    """The log writes chain_line's line; it must be exactly encode_line of the chained record,
+    whatever the fields hold."""
+    event = _event(3, **changes)
+    record, line = events.chain_line(event, 7, "ab" * 32)
+    assert record == events.chain(event, 7, "ab" * 32)
+    assert line == encode_line(record)
+
+
+def test_restamping_changes_only_the_time() -> None:
+    event = _event(0)
+    later = event.at(T0 + timedelta(hours=1))
+    assert later == dataclasses.replace(event, time=T0 + timedelta(hours=1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        event.at(datetime(2025, 1, 1))  # a naive time
+
+
 def test_a_line_holds_exactly_the_declared_fields(audit: AuditLog) -> None:
     assert tuple(f.name for f in dataclasses.fields(AuditEvent)) == events.EVENT_FIELDS
     assert [f.name for f in dataclasses.fields(RecordedEvent)] == [
@@ -443,6 +470,69 @@ def test_concurrent_callers_share_fsyncs(audit: AuditLog, monkeypatch: pytest.Mo
         thread.join()
     assert len(calls) < 8
     assert _outcome(audit.verify()) == events_ok(16)
+
+
+def _counted_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    real_fsync = os.fsync
+    calls: list[int] = []
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    return calls
+
+
+def test_the_first_of_the_calls_in_flight_waits_for_the_others_so_one_fsync_covers_all(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without waiting for each other, calls a few microseconds apart each pay an fsync; with
+    the guard's count of calls in flight, the first waits for the other lines (the window is
+    far longer than the test) and syncs them all at once."""
+    fsyncs = _counted_fsyncs(monkeypatch)
+    audit.expect_appends(lambda: 3, gather_seconds=60.0)
+    results: list[int] = []
+    pool = [
+        threading.Thread(target=lambda n=n: results.append(audit.append(_event(n)).size))
+        for n in range(3)
+    ]
+    for thread in pool:
+        thread.start()
+        # The next call starts only once this one waits, so each would sync alone otherwise.
+        _until(lambda: audit._gathering or len(results) == 3)
+    for thread in pool:
+        thread.join(30)
+    assert len(results) == 3
+    assert len(fsyncs) == 1
+    assert _outcome(audit.verify()) == events_ok(3)
+
+
+def test_a_lone_call_never_waits_for_others(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = _counted_fsyncs(monkeypatch)
+    audit.expect_appends(lambda: 1, gather_seconds=60.0)
+    audit.append(_event(0))  # returns at once: one call in flight, its own line is there
+    assert len(fsyncs) == 1
+
+
+def test_the_wait_for_others_is_bounded_by_the_window(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call in flight that never appends (a slow one, counted by mistake) costs the others
+    at most the window, and the event is durable when append returns."""
+    fsyncs = _counted_fsyncs(monkeypatch)
+    audit.expect_appends(lambda: 2, gather_seconds=0.01)
+    audit.append(_event(0))
+    assert len(fsyncs) == 1
+
+
+def _until(condition: Callable[[], bool], bound: float = 30.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true"
+        time.sleep(0.001)
 
 
 def test_an_append_returns_only_after_an_fsync_covers_its_line(

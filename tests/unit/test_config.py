@@ -52,6 +52,7 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
         checkpoint_interval_seconds=60.0,
         checkpoint_file=files / "audit.jsonl.checkpoint",
         public_key_file=files / "audit.jsonl.pub.pem",
+        group_commit_seconds=0.002,
     )
 
 
@@ -88,11 +89,12 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
             audit__public_key_file="elsewhere/key.pem",
             audit__checkpoint_every_events=5,
             audit__checkpoint_interval_seconds=1,
+            audit__group_commit_ms=0,
         ),
         files,
     )
     assert named.audit == config.AuditSettings(
-        5, 1.0, files / "elsewhere/cp", files / "elsewhere/key.pem"
+        5, 1.0, files / "elsewhere/cp", files / "elsewhere/key.pem", 0.0
     )
 
 

@@ -5,6 +5,8 @@ that Scheduler blocks and wakes on it."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -111,6 +113,33 @@ def test_the_scheduler_wakes_a_waiting_thread_when_a_slot_frees() -> None:
     thread.join(30)
 
 
+def test_a_waiting_call_that_loses_its_place_is_woken_with_the_refusal() -> None:
+    """Each waiting thread sleeps on its own lock: the call evicted from a full waiting room
+    must be woken to be refused, or it would sleep until max_wait (60 s, never on this clock)."""
+    scheduler = Scheduler(SchedulerLimits(1, 1, 4, 1, 60.0), monotonic=lambda: 0.0)
+    refused: list[ResourceExhausted] = []
+
+    def wait_as_a() -> None:
+        try:
+            with scheduler.slot("a", False):
+                pass
+        except ResourceExhausted as exc:
+            refused.append(exc)
+
+    entered = threading.Event()
+    with scheduler.slot("a", False):
+        waiter = threading.Thread(target=wait_as_a)
+        waiter.start()
+        _until(lambda: scheduler._queue.waiting("a") == 1)  # in the one waiting place
+        b = threading.Thread(target=lambda: _enter(scheduler, entered))
+        b.start()  # b takes that place: a's waiting call is refused, and woken to say so
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert refused and "waiting room is full" in str(refused[0])
+    assert entered.wait(30)  # and b runs once the slot frees
+    b.join(30)
+
+
 def test_the_scheduler_refuses_with_the_wait_bound_as_retry_delay() -> None:
     now = [0.0]
     scheduler = Scheduler(SchedulerLimits(1, 1, 4, 0, 2.0), monotonic=lambda: now[0])
@@ -138,3 +167,10 @@ def test_a_call_waits_no_longer_than_its_deadline_leaves() -> None:
 def _enter(scheduler: Scheduler, entered: threading.Event) -> None:
     with scheduler.slot("b", False):
         entered.set()
+
+
+def _until(condition: Callable[[], bool], bound: float = 30.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true"
+        time.sleep(0.001)
