@@ -235,6 +235,9 @@ class RequestGuard(grpc.ServerInterceptor):
                 principal = self._identify(context)
                 self._authorize(principal, required)
                 if isinstance(request, Malformed):
+                    self._malformed_log.warning(
+                        "%s %s %s: %s", batch_id, method, principal, request.problem
+                    )
                     raise InvalidArgument(f"the request is not a valid message: {request.problem}")
                 check_batch(request)
                 self._audit.ensure_writable()
