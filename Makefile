@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 PROTOS := $(wildcard proto/hsmd/v1/*.proto)
 GEN    := hsmd/v1/__init__.py
 SOFTHSM_LIB := /usr/lib/softhsm/libsofthsm2.so
+# google/rpc/status.proto (batch results carry a google.rpc.Status), from googleapis-common-protos.
+GOOGLE_PROTOS = $(shell $(BIN)/python -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])')
 
 .PHONY: run test lint proto softhsm dev bench clean
 
@@ -43,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(GEN): $(PROTOS) $(VENV)/.installed
 	mkdir -p hsmd/v1
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto -I$(GOOGLE_PROTOS) \
 		--python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTOS)
 	touch $@

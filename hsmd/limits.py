@@ -54,6 +54,11 @@ MAX_KEY_MATERIAL_BYTES = 8192  # an RSA-OAEP block and the AES-KWP-wrapped PKCS#
 MAX_IMPORT_TOKEN_BYTES = 256
 MAX_PUBLIC_KEY_BYTES = 4096  # DER SubjectPublicKeyInfo; RSA-4096: 550
 
+# Batches (BatchEncrypt, ...): the items of one call, and their encoded size in all. Each
+# item's own fields are bounded as the unary request's are, item by item.
+MAX_BATCH_ITEMS = 1000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
 # Listing.
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100

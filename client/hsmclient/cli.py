@@ -13,21 +13,37 @@ Beyond aws: `hsm import-key` does the whole import flow from a local key file, `
 import argparse
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import grpc
 
 from hsmclient import keyimport
 from hsmclient.channel import ConnectionSettings
-from hsmclient.client import AdminClient, HsmClient, KeyMetadata, KeyPolicy
+from hsmclient.client import (
+    MAX_BATCH_ITEMS,
+    AdminClient,
+    DecryptItem,
+    EncryptItem,
+    GenerateDataKeyItem,
+    GenerateMacItem,
+    HsmClient,
+    KeyMetadata,
+    KeyPolicy,
+    ReEncryptItem,
+    SignItem,
+    VerifyItem,
+    VerifyMacItem,
+)
 from hsmclient.errors import (
     ChecksumMismatchError,
     ConfigurationError,
@@ -305,6 +321,13 @@ def _b64(data: bytes) -> str:
 
 
 _WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
+_PASCAL_WORD = re.compile(r"(?:^|_)([a-z0-9])")
+
+
+def _upper(match: re.Match[str]) -> str:
+    """key_id -> KeyId, with _PASCAL_WORD."""
+    return match[1].upper()
+
 
 # The AWS output names whose result attribute is not the name in snake case.
 _AWS_ATTRIBUTES = {
@@ -586,18 +609,37 @@ def _import_key(client: HsmClient, args: argparse.Namespace) -> _Result:
     return {"KeyMetadata": _key_metadata(imported)}
 
 
+# The output fields of the cryptographic commands, single and batched.
+_ENCRYPT_OUTPUT = ("CiphertextBlob", "KeyId", "EncryptionAlgorithm", "KeyVersion")
+_DECRYPT_OUTPUT = ("KeyId", "Plaintext", "EncryptionAlgorithm", "KeyVersion")
+_RE_ENCRYPT_OUTPUT = (
+    "CiphertextBlob",
+    "SourceKeyId",
+    "KeyId",
+    "SourceEncryptionAlgorithm",
+    "DestinationEncryptionAlgorithm",
+    "SourceKeyVersion",
+    "KeyVersion",
+)
+_GENERATE_DATA_KEY_OUTPUT = ("CiphertextBlob", "Plaintext", "KeyId", "KeyVersion")
+_SIGN_OUTPUT = ("KeyId", "Signature", "SigningAlgorithm", "KeyVersion")
+_VERIFY_OUTPUT = ("KeyId", "SignatureValid", "SigningAlgorithm", "KeyVersion")
+_GENERATE_MAC_OUTPUT = ("Mac", "MacAlgorithm", "KeyId", "KeyVersion")
+_VERIFY_MAC_OUTPUT = ("KeyId", "MacValid", "MacAlgorithm", "KeyVersion")
+
+
 def _encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
     result = client.encrypt(
         args.key_id, args.plaintext, args.encryption_context, args.encryption_algorithm
     )
-    return _aws(result, "CiphertextBlob", "KeyId", "EncryptionAlgorithm", "KeyVersion")
+    return _aws(result, *_ENCRYPT_OUTPUT)
 
 
 def _decrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
     result = client.decrypt(
         args.ciphertext_blob, args.encryption_context, args.key_id, args.encryption_algorithm
     )
-    return _aws(result, "KeyId", "Plaintext", "EncryptionAlgorithm", "KeyVersion")
+    return _aws(result, *_DECRYPT_OUTPUT)
 
 
 def _re_encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -610,23 +652,14 @@ def _re_encrypt(client: HsmClient, args: argparse.Namespace) -> _Result:
         source_encryption_algorithm=args.source_encryption_algorithm,
         destination_encryption_algorithm=args.destination_encryption_algorithm,
     )
-    return _aws(
-        result,
-        "CiphertextBlob",
-        "SourceKeyId",
-        "KeyId",
-        "SourceEncryptionAlgorithm",
-        "DestinationEncryptionAlgorithm",
-        "SourceKeyVersion",
-        "KeyVersion",
-    )
+    return _aws(result, *_RE_ENCRYPT_OUTPUT)
 
 
 def _generate_data_key(client: HsmClient, args: argparse.Namespace) -> _Result:
     key = client.generate_data_key(
         args.key_id, args.key_spec, args.number_of_bytes, args.encryption_context
     )
-    return _aws(key, "CiphertextBlob", "Plaintext", "KeyId", "KeyVersion")
+    return _aws(key, *_GENERATE_DATA_KEY_OUTPUT)
 
 
 def _generate_data_key_without_plaintext(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -660,7 +693,7 @@ def _generate_data_key_pair_without_plaintext(
 
 def _sign(client: HsmClient, args: argparse.Namespace) -> _Result:
     result = client.sign(args.key_id, args.message, args.signing_algorithm, args.message_type)
-    return _aws(result, "KeyId", "Signature", "SigningAlgorithm", "KeyVersion")
+    return _aws(result, *_SIGN_OUTPUT)
 
 
 def _verify(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -668,7 +701,7 @@ def _verify(client: HsmClient, args: argparse.Namespace) -> _Result:
     result = client.verify(
         args.key_id, args.message, args.signature, args.signing_algorithm, args.message_type
     )
-    return _aws(result, "KeyId", "SignatureValid", "SigningAlgorithm", "KeyVersion")
+    return _aws(result, *_VERIFY_OUTPUT)
 
 
 def _get_public_key(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -690,13 +723,13 @@ def _public_key_pem(client: HsmClient, args: argparse.Namespace) -> str:
 
 def _generate_mac(client: HsmClient, args: argparse.Namespace) -> _Result:
     result = client.generate_mac(args.key_id, args.message, args.mac_algorithm)
-    return _aws(result, "Mac", "MacAlgorithm", "KeyId", "KeyVersion")
+    return _aws(result, *_GENERATE_MAC_OUTPUT)
 
 
 def _verify_mac(client: HsmClient, args: argparse.Namespace) -> _Result:
     """As verify: a wrong MAC is output (MacValid false) and exits 0."""
     result = client.verify_mac(args.key_id, args.message, args.mac, args.mac_algorithm)
-    return _aws(result, "KeyId", "MacValid", "MacAlgorithm", "KeyVersion")
+    return _aws(result, *_VERIFY_MAC_OUTPUT)
 
 
 def _get_capabilities(client: HsmClient, args: argparse.Namespace) -> _Result:
@@ -712,6 +745,119 @@ def _get_capabilities(client: HsmClient, args: argparse.Namespace) -> _Result:
 
 def _generate_random(client: HsmClient, args: argparse.Namespace) -> _Result:
     return {"Plaintext": _b64(client.generate_random(args.number_of_bytes))}
+
+
+# `hsm batch COMMAND`: the client's batch method, the item class, and the output fields of the
+# unary command, for each batched operation.
+_BATCHES: dict[str, tuple[str, type[Any], tuple[str, ...]]] = {
+    "encrypt": ("batch_encrypt", EncryptItem, _ENCRYPT_OUTPUT),
+    "decrypt": ("batch_decrypt", DecryptItem, _DECRYPT_OUTPUT),
+    "re-encrypt": ("batch_re_encrypt", ReEncryptItem, _RE_ENCRYPT_OUTPUT),
+    "generate-data-key": (
+        "batch_generate_data_key",
+        GenerateDataKeyItem,
+        _GENERATE_DATA_KEY_OUTPUT,
+    ),
+    "sign": ("batch_sign", SignItem, _SIGN_OUTPUT),
+    "verify": ("batch_verify", VerifyItem, _VERIFY_OUTPUT),
+    "generate-mac": ("batch_generate_mac", GenerateMacItem, _GENERATE_MAC_OUTPUT),
+    "verify-mac": ("batch_verify_mac", VerifyMacItem, _VERIFY_MAC_OUTPUT),
+}
+# What one call carries at most: the daemon's item limit, and input lines of at most this many
+# characters in all (an item's JSON line, with base64 blobs, is longer than its protobuf
+# encoding, so the call stays under the daemon's 4 MiB).
+_BATCH_CHARACTERS = 4 * 1024 * 1024
+
+
+def _batch_item(item_class: type[_T], number: int, line: str) -> _T:
+    """One input line: a JSON object of the unary command's fields in AWS's names (KeyId,
+    Plaintext, EncryptionContext, ...), blobs in base64.
+
+    Raises:
+        ValueError: the line is not such an object (the message names the line).
+    """
+    try:
+        document = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"input line {number}: invalid JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"input line {number}: expected a JSON object")
+    fields = {field.name: field for field in dataclasses.fields(item_class)}  # type: ignore[arg-type]
+    values: dict[str, object] = {}
+    for name, value in document.items():
+        attribute = _WORD_START.sub("_", name).lower()
+        if attribute not in fields:
+            raise ValueError(f"input line {number}: unknown field {name!r}")
+        if fields[attribute].type is bytes:
+            try:
+                value = base64.b64decode(value, validate=True)
+            except (binascii.Error, TypeError, ValueError) as error:
+                raise ValueError(f"input line {number}: {name} is not base64") from error
+        values[attribute] = value
+    try:
+        return item_class(**values)
+    except TypeError as error:  # a required field missing
+        raise ValueError(f"input line {number}: {error}") from error
+
+
+def _batches(source: TextIO, item_class: type[_T]) -> Iterator[list[_T]]:
+    """The items of the input's non-blank lines, a call's worth at a time."""
+    batch: list[_T] = []
+    characters = 0
+    for number, line in enumerate(source, 1):
+        if not line.strip():
+            continue
+        if batch and (len(batch) == MAX_BATCH_ITEMS or characters + len(line) > _BATCH_CHARACTERS):
+            yield batch
+            batch, characters = [], 0
+        batch.append(_batch_item(item_class, number, line))
+        characters += len(line)
+    if batch:
+        yield batch
+
+
+def _batch_line(answer: object, fields: tuple[str, ...]) -> _Result:
+    """One output line: the unary command's output, or {"error": {"code", "message"}} (and
+    "retry_after" in seconds when the daemon named a delay)."""
+    if not isinstance(answer, HsmError):
+        return _aws(answer, *fields)
+    error: _Result = {"code": answer.code.name, "message": answer.message}
+    if isinstance(answer, ResourceExhaustedError) and answer.retry_after is not None:
+        error["retry_after"] = answer.retry_after
+    return {"error": error}
+
+
+def _batch(method: str, item_class: type[Any], fields: tuple[str, ...]) -> _Handler:
+    """A `hsm batch` command: items as JSON Lines from --input, one JSON line out per item, in
+    order. The input is sent in calls of at most MAX_BATCH_ITEMS items, one after the other;
+    an item's error is output, not a failure of the command (exit 0), as verify's invalid
+    signature is."""
+
+    def handler(client: HsmClient, args: argparse.Namespace) -> None:
+        with _input(args.input) as source:
+            for items in _batches(source, item_class):
+                for answer in getattr(client, method)(items):
+                    print(json.dumps(_batch_line(answer, fields), ensure_ascii=False))
+
+    return handler
+
+
+@contextmanager
+def _input(path: str) -> Iterator[TextIO]:
+    """The --input file as text; - is stdin.
+
+    Raises:
+        ValueError: the file cannot be read.
+    """
+    if path == "-":
+        yield sys.stdin
+        return
+    try:
+        source = Path(path).open(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from error
+    with source:
+        yield source
 
 
 def _build_parser() -> _Parser:
@@ -1119,6 +1265,30 @@ def _build_parser() -> _Parser:
     blob(sub, "--wrapped-key")
     key_id(sub, option="--wrapping-key-id", help_text="the WRAP_UNWRAP key that wrapped it")
     new_key(sub)
+
+    batch = commands.add_parser(
+        "batch",
+        help="Many encrypt, decrypt, sign, ... items in one call each, as JSON Lines.",
+        description="Read items as JSON Lines (one JSON object per line with the command's"
+        " fields in AWS's names, blobs in base64) and write one JSON line per item, in order:"
+        ' the command\'s output, or {"error": {"code": ..., "message": ...}}. The input is sent'
+        f" in calls of at most {MAX_BATCH_ITEMS} items.",
+        parents=[common],
+        allow_abbrev=False,
+    )
+    batch_commands = batch.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
+    for name, (method, item_class, fields) in _BATCHES.items():
+        sub = command(
+            name,
+            _batch(method, item_class, fields),
+            f"{name} each line's item; fields: "
+            + ", ".join(_PASCAL_WORD.sub(_upper, f.name) for f in dataclasses.fields(item_class)),
+            batch_commands,
+        )
+        sub.set_defaults(operation="Batch" + "".join(w.capitalize() for w in name.split("-")))
+        sub.add_argument(
+            "--input", default="-", metavar="PATH", help="the JSON Lines file (default: stdin)"
+        )
 
     audit_help = (
         "The audit trail. `audit list` calls the KeyManagementService with your tenant"

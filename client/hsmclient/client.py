@@ -8,11 +8,12 @@ do, and every failed call raises an `hsmclient.errors` exception.
 """
 
 import dataclasses
+import functools
 import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -27,7 +28,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hsmclient import keyimport
 from hsmclient.channel import ConnectionSettings, secure_channel
-from hsmclient.errors import ChecksumMismatchError, from_rpc_error
+from hsmclient.errors import (
+    ChecksumMismatchError,
+    HsmError,
+    InternalError,
+    from_rpc_error,
+    from_status,
+)
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -44,6 +51,7 @@ _RETRIED = frozenset(
 _T = TypeVar("_T")
 _V = TypeVar("_V", bound=int)
 _D = TypeVar("_D", bound="DataclassInstance")
+_Item = TypeVar("_Item")
 
 
 class _ProtoEnum(Protocol[_V]):
@@ -539,6 +547,202 @@ class VerifyMacResult:
     key_id: str
     key_version: int
     mac_algorithm: str
+
+
+# Batch items: the arguments of one unary call each, for the batch_* methods (a batch holds
+# 1 to MAX_BATCH_ITEMS of them). The unary methods build the same requests from them.
+
+MAX_BATCH_ITEMS = 1000
+
+
+@dataclass(frozen=True)
+class EncryptItem:
+    """The arguments of encrypt."""
+
+    key_id: str
+    plaintext: bytes = field(repr=False)
+    encryption_context: Mapping[str, str] | None = None
+    encryption_algorithm: str = "SYMMETRIC_DEFAULT"
+
+
+@dataclass(frozen=True)
+class DecryptItem:
+    """The arguments of decrypt."""
+
+    ciphertext_blob: bytes
+    encryption_context: Mapping[str, str] | None = None
+    key_id: str | None = None
+    encryption_algorithm: str | None = None
+
+
+@dataclass(frozen=True)
+class ReEncryptItem:
+    """The arguments of re_encrypt."""
+
+    ciphertext_blob: bytes
+    destination_key_id: str
+    source_encryption_context: Mapping[str, str] | None = None
+    destination_encryption_context: Mapping[str, str] | None = None
+    source_key_id: str | None = None
+    source_encryption_algorithm: str | None = None
+    destination_encryption_algorithm: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateDataKeyItem:
+    """The arguments of generate_data_key."""
+
+    key_id: str
+    key_spec: str | None = None
+    number_of_bytes: int | None = None
+    encryption_context: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class SignItem:
+    """The arguments of sign."""
+
+    key_id: str
+    message: bytes
+    signing_algorithm: str
+    message_type: str = "RAW"
+
+
+@dataclass(frozen=True)
+class VerifyItem:
+    """The arguments of verify."""
+
+    key_id: str
+    message: bytes
+    signature: bytes
+    signing_algorithm: str
+    message_type: str = "RAW"
+
+
+@dataclass(frozen=True)
+class GenerateMacItem:
+    """The arguments of generate_mac."""
+
+    key_id: str
+    message: bytes
+    mac_algorithm: str
+
+
+@dataclass(frozen=True)
+class VerifyMacItem:
+    """The arguments of verify_mac."""
+
+    key_id: str
+    message: bytes
+    mac: bytes
+    mac_algorithm: str
+
+
+def _encrypt_request(item: EncryptItem) -> service_pb2.EncryptRequest:
+    return service_pb2.EncryptRequest(
+        key_id=item.key_id,
+        plaintext=item.plaintext,
+        encryption_context=item.encryption_context,
+        plaintext_crc32c=_crc32c(item.plaintext),
+        encryption_algorithm=_enum_value(
+            resources_pb2.EncryptionAlgorithm, item.encryption_algorithm
+        ),
+    )
+
+
+def _encrypt_result(response: service_pb2.EncryptResponse) -> EncryptResult:
+    """Raises ChecksumMismatchError: the plaintext or the ciphertext was corrupted."""
+    _verify_checksums(
+        response.verified_plaintext_crc32c,
+        "plaintext",
+        response.ciphertext_blob,
+        response.ciphertext_crc32c,
+    )
+    return _from_message(EncryptResult, response)
+
+
+def _decrypt_request(item: DecryptItem) -> service_pb2.DecryptRequest:
+    return service_pb2.DecryptRequest(
+        ciphertext_blob=item.ciphertext_blob,
+        encryption_context=item.encryption_context,
+        key_id=item.key_id or "",
+        ciphertext_crc32c=_crc32c(item.ciphertext_blob),
+        encryption_algorithm=_enum_value(
+            resources_pb2.EncryptionAlgorithm, item.encryption_algorithm
+        ),
+    )
+
+
+def _decrypt_result(response: service_pb2.DecryptResponse) -> DecryptResult:
+    """Raises ChecksumMismatchError: the ciphertext or the plaintext was corrupted."""
+    _verify_checksums(
+        response.verified_ciphertext_crc32c,
+        "ciphertext",
+        response.plaintext,
+        response.plaintext_crc32c,
+    )
+    return _from_message(DecryptResult, response)
+
+
+def _re_encrypt_request(item: ReEncryptItem) -> service_pb2.ReEncryptRequest:
+    algorithm = resources_pb2.EncryptionAlgorithm
+    return service_pb2.ReEncryptRequest(
+        ciphertext_blob=item.ciphertext_blob,
+        source_encryption_context=item.source_encryption_context,
+        source_key_id=item.source_key_id or "",
+        source_encryption_algorithm=_enum_value(algorithm, item.source_encryption_algorithm),
+        destination_key_id=item.destination_key_id,
+        destination_encryption_context=item.destination_encryption_context,
+        destination_encryption_algorithm=_enum_value(
+            algorithm, item.destination_encryption_algorithm
+        ),
+    )
+
+
+def _generate_data_key_request(item: GenerateDataKeyItem) -> service_pb2.GenerateDataKeyRequest:
+    return _data_key_request(
+        service_pb2.GenerateDataKeyRequest,
+        item.key_id,
+        item.key_spec,
+        item.number_of_bytes,
+        item.encryption_context,
+    )
+
+
+def _sign_request(item: SignItem) -> service_pb2.SignRequest:
+    return service_pb2.SignRequest(
+        key_id=item.key_id,
+        message=item.message,
+        message_type=_enum_value(resources_pb2.MessageType, item.message_type),
+        signing_algorithm=_enum_value(resources_pb2.SigningAlgorithm, item.signing_algorithm),
+    )
+
+
+def _verify_request(item: VerifyItem) -> service_pb2.VerifyRequest:
+    return service_pb2.VerifyRequest(
+        key_id=item.key_id,
+        message=item.message,
+        message_type=_enum_value(resources_pb2.MessageType, item.message_type),
+        signing_algorithm=_enum_value(resources_pb2.SigningAlgorithm, item.signing_algorithm),
+        signature=item.signature,
+    )
+
+
+def _generate_mac_request(item: GenerateMacItem) -> service_pb2.GenerateMacRequest:
+    return service_pb2.GenerateMacRequest(
+        key_id=item.key_id,
+        message=item.message,
+        mac_algorithm=_enum_value(resources_pb2.MacAlgorithm, item.mac_algorithm),
+    )
+
+
+def _verify_mac_request(item: VerifyMacItem) -> service_pb2.VerifyMacRequest:
+    return service_pb2.VerifyMacRequest(
+        key_id=item.key_id,
+        message=item.message,
+        mac_algorithm=_enum_value(resources_pb2.MacAlgorithm, item.mac_algorithm),
+        mac=item.mac,
+    )
 
 
 @dataclass(frozen=True)
@@ -1066,23 +1270,8 @@ class HsmClient(_Client):
         Raises:
             ChecksumMismatchError: the plaintext or the ciphertext was corrupted in transit.
         """
-        request = service_pb2.EncryptRequest(
-            key_id=key_id,
-            plaintext=plaintext,
-            encryption_context=encryption_context,
-            plaintext_crc32c=_crc32c(plaintext),
-            encryption_algorithm=_enum_value(
-                resources_pb2.EncryptionAlgorithm, encryption_algorithm
-            ),
-        )
-        response: service_pb2.EncryptResponse = self._call(self._stub.Encrypt, request)
-        _verify_checksums(
-            response.verified_plaintext_crc32c,
-            "plaintext",
-            response.ciphertext_blob,
-            response.ciphertext_crc32c,
-        )
-        return _from_message(EncryptResult, response)
+        item = EncryptItem(key_id, plaintext, encryption_context, encryption_algorithm)
+        return _encrypt_result(self._call(self._stub.Encrypt, _encrypt_request(item)))
 
     def decrypt(
         self,
@@ -1098,23 +1287,8 @@ class HsmClient(_Client):
         Raises:
             ChecksumMismatchError: the ciphertext or the plaintext was corrupted in transit.
         """
-        request = service_pb2.DecryptRequest(
-            ciphertext_blob=ciphertext_blob,
-            encryption_context=encryption_context,
-            key_id=key_id or "",
-            ciphertext_crc32c=_crc32c(ciphertext_blob),
-            encryption_algorithm=_enum_value(
-                resources_pb2.EncryptionAlgorithm, encryption_algorithm
-            ),
-        )
-        response: service_pb2.DecryptResponse = self._call(self._stub.Decrypt, request)
-        _verify_checksums(
-            response.verified_ciphertext_crc32c,
-            "ciphertext",
-            response.plaintext,
-            response.plaintext_crc32c,
-        )
-        return _from_message(DecryptResult, response)
+        item = DecryptItem(ciphertext_blob, encryption_context, key_id, encryption_algorithm)
+        return _decrypt_result(self._call(self._stub.Decrypt, _decrypt_request(item)))
 
     def re_encrypt(
         self,
@@ -1130,19 +1304,16 @@ class HsmClient(_Client):
 
         An RSA ciphertext names no key: pass `source_key_id` and its algorithm.
         """
-        algorithm = resources_pb2.EncryptionAlgorithm
-        request = service_pb2.ReEncryptRequest(
-            ciphertext_blob=ciphertext_blob,
-            source_encryption_context=source_encryption_context,
-            source_key_id=source_key_id or "",
-            source_encryption_algorithm=_enum_value(algorithm, source_encryption_algorithm),
-            destination_key_id=destination_key_id,
-            destination_encryption_context=destination_encryption_context,
-            destination_encryption_algorithm=_enum_value(
-                algorithm, destination_encryption_algorithm
-            ),
+        item = ReEncryptItem(
+            ciphertext_blob,
+            destination_key_id,
+            source_encryption_context,
+            destination_encryption_context,
+            source_key_id,
+            source_encryption_algorithm,
+            destination_encryption_algorithm,
         )
-        return self._result(self._stub.ReEncrypt, request, ReEncryptResult)
+        return self._result(self._stub.ReEncrypt, _re_encrypt_request(item), ReEncryptResult)
 
     def generate_data_key(
         self,
@@ -1152,14 +1323,8 @@ class HsmClient(_Client):
         encryption_context: Mapping[str, str] | None = None,
     ) -> DataKey:
         """A fresh data key, sized by `key_spec` or `number_of_bytes` (AES_256 if neither)."""
-        request = _data_key_request(
-            service_pb2.GenerateDataKeyRequest,
-            key_id,
-            key_spec,
-            number_of_bytes,
-            encryption_context,
-        )
-        return self._result(self._stub.GenerateDataKey, request, DataKey)
+        item = GenerateDataKeyItem(key_id, key_spec, number_of_bytes, encryption_context)
+        return self._result(self._stub.GenerateDataKey, _generate_data_key_request(item), DataKey)
 
     def generate_data_key_without_plaintext(
         self,
@@ -1211,13 +1376,8 @@ class HsmClient(_Client):
         self, key_id: str, message: bytes, signing_algorithm: str, message_type: str = "RAW"
     ) -> SignResult:
         """Sign a message (at most 4,096 bytes), or a digest with message_type="DIGEST"."""
-        request = service_pb2.SignRequest(
-            key_id=key_id,
-            message=message,
-            message_type=_enum_value(resources_pb2.MessageType, message_type),
-            signing_algorithm=_enum_value(resources_pb2.SigningAlgorithm, signing_algorithm),
-        )
-        return self._result(self._stub.Sign, request, SignResult)
+        item = SignItem(key_id, message, signing_algorithm, message_type)
+        return self._result(self._stub.Sign, _sign_request(item), SignResult)
 
     def verify(
         self,
@@ -1228,14 +1388,8 @@ class HsmClient(_Client):
         message_type: str = "RAW",
     ) -> VerifyResult:
         """Check a signature; an invalid one gives signature_valid=False, not an exception."""
-        request = service_pb2.VerifyRequest(
-            key_id=key_id,
-            message=message,
-            message_type=_enum_value(resources_pb2.MessageType, message_type),
-            signing_algorithm=_enum_value(resources_pb2.SigningAlgorithm, signing_algorithm),
-            signature=signature,
-        )
-        return self._result(self._stub.Verify, request, VerifyResult)
+        item = VerifyItem(key_id, message, signature, signing_algorithm, message_type)
+        return self._result(self._stub.Verify, _verify_request(item), VerifyResult)
 
     def get_public_key(self, key_id: str) -> PublicKey:
         """The public half of an asymmetric key, to verify or encrypt without the daemon."""
@@ -1243,24 +1397,15 @@ class HsmClient(_Client):
         return self._result(self._stub.GetPublicKey, request, PublicKey)
 
     def generate_mac(self, key_id: str, message: bytes, mac_algorithm: str) -> MacResult:
-        request = service_pb2.GenerateMacRequest(
-            key_id=key_id,
-            message=message,
-            mac_algorithm=_enum_value(resources_pb2.MacAlgorithm, mac_algorithm),
-        )
-        return self._result(self._stub.GenerateMac, request, MacResult)
+        item = GenerateMacItem(key_id, message, mac_algorithm)
+        return self._result(self._stub.GenerateMac, _generate_mac_request(item), MacResult)
 
     def verify_mac(
         self, key_id: str, message: bytes, mac: bytes, mac_algorithm: str
     ) -> VerifyMacResult:
         """Check a MAC in the daemon (in constant time); a wrong one gives mac_valid=False."""
-        request = service_pb2.VerifyMacRequest(
-            key_id=key_id,
-            message=message,
-            mac_algorithm=_enum_value(resources_pb2.MacAlgorithm, mac_algorithm),
-            mac=mac,
-        )
-        return self._result(self._stub.VerifyMac, request, VerifyMacResult)
+        item = VerifyMacItem(key_id, message, mac, mac_algorithm)
+        return self._result(self._stub.VerifyMac, _verify_mac_request(item), VerifyMacResult)
 
     def get_capabilities(self) -> Capabilities:
         """What the backend supports: a spec or algorithm missing here will be refused."""
@@ -1274,6 +1419,119 @@ class HsmClient(_Client):
             self._stub.GenerateRandom, request
         )
         return response.plaintext
+
+    # Batches: many items of one operation in one call, each answered on its own, in order.
+    # Each returns a list with, per item, what the unary method returns or the HsmError it
+    # would raise (returned, not raised; ChecksumMismatchError too). The list is never split:
+    # more than MAX_BATCH_ITEMS items is a ValueError, as is none.
+
+    def batch_encrypt(self, items: Sequence[EncryptItem]) -> list[EncryptResult | HsmError]:
+        return self._batch(
+            self._stub.BatchEncrypt,
+            service_pb2.BatchEncryptRequest,
+            items,
+            _encrypt_request,
+            _encrypt_result,
+        )
+
+    def batch_decrypt(self, items: Sequence[DecryptItem]) -> list[DecryptResult | HsmError]:
+        return self._batch(
+            self._stub.BatchDecrypt,
+            service_pb2.BatchDecryptRequest,
+            items,
+            _decrypt_request,
+            _decrypt_result,
+        )
+
+    def batch_re_encrypt(self, items: Sequence[ReEncryptItem]) -> list[ReEncryptResult | HsmError]:
+        return self._batch(
+            self._stub.BatchReEncrypt,
+            service_pb2.BatchReEncryptRequest,
+            items,
+            _re_encrypt_request,
+            functools.partial(_from_message, ReEncryptResult),
+        )
+
+    def batch_generate_data_key(
+        self, items: Sequence[GenerateDataKeyItem]
+    ) -> list[DataKey | HsmError]:
+        return self._batch(
+            self._stub.BatchGenerateDataKey,
+            service_pb2.BatchGenerateDataKeyRequest,
+            items,
+            _generate_data_key_request,
+            functools.partial(_from_message, DataKey),
+        )
+
+    def batch_sign(self, items: Sequence[SignItem]) -> list[SignResult | HsmError]:
+        return self._batch(
+            self._stub.BatchSign,
+            service_pb2.BatchSignRequest,
+            items,
+            _sign_request,
+            functools.partial(_from_message, SignResult),
+        )
+
+    def batch_verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult | HsmError]:
+        return self._batch(
+            self._stub.BatchVerify,
+            service_pb2.BatchVerifyRequest,
+            items,
+            _verify_request,
+            functools.partial(_from_message, VerifyResult),
+        )
+
+    def batch_generate_mac(self, items: Sequence[GenerateMacItem]) -> list[MacResult | HsmError]:
+        return self._batch(
+            self._stub.BatchGenerateMac,
+            service_pb2.BatchGenerateMacRequest,
+            items,
+            _generate_mac_request,
+            functools.partial(_from_message, MacResult),
+        )
+
+    def batch_verify_mac(self, items: Sequence[VerifyMacItem]) -> list[VerifyMacResult | HsmError]:
+        return self._batch(
+            self._stub.BatchVerifyMac,
+            service_pb2.BatchVerifyMacRequest,
+            items,
+            _verify_mac_request,
+            functools.partial(_from_message, VerifyMacResult),
+        )
+
+    def _batch(
+        self,
+        method: Callable[..., Any],
+        request_type: Callable[..., Message],
+        items: Sequence[_Item],
+        build: Callable[[_Item], Message],
+        convert: Callable[[Any], _T],
+    ) -> list[_T | HsmError]:
+        """One batch call: the items' requests as the unary methods build them, and each
+        result converted (and checked) as the unary method does, or its error.
+
+        Raises:
+            ValueError: no items, more than MAX_BATCH_ITEMS, or an item the unary method
+                would refuse.
+            HsmError: the daemon refused the batch as a whole.
+        """
+        if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH_ITEMS} items, not {len(items)}")
+        response = self._call(method, request_type(requests=[build(item) for item in items]))
+        if len(response.results) != len(items):
+            raise InternalError(
+                f"the daemon answered {len(response.results)} results for {len(items)} items"
+            )
+        answers: list[_T | HsmError] = []
+        for result in response.results:
+            if result.WhichOneof("outcome") == "error":
+                answers.append(from_status(result.error))
+                continue
+            try:
+                answers.append(convert(result.response))
+            except HsmError as error:  # a checksum that does not match
+                answers.append(error)
+        return answers
 
 
 class AdminClient(_Client):

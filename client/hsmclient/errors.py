@@ -6,7 +6,7 @@ one of these.
 """
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 
@@ -151,11 +151,24 @@ def from_rpc_error(error: grpc.RpcError) -> HsmError:
     still carries the code.
     """
     code = error.code()
-    message = error.details() or code.name
+    return _error(code, error.details() or code.name, _retry_delay(error))
+
+
+def from_status(status: status_pb2.Status) -> HsmError:
+    """The exception for a google.rpc.Status, such as a batch item's error, as from_rpc_error
+    gives it for a failed call with that status."""
+    code = _CODE_OF_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _error(code, status.message or code.name, _retry_delay_in(status))
+
+
+def _error(code: grpc.StatusCode, message: str, retry_after: float | None) -> HsmError:
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ResourceExhaustedError(message, _retry_delay(error))
+        return ResourceExhaustedError(message, retry_after)
     cls = _ERROR_BY_CODE.get(code)
     return cls(message) if cls is not None else HsmError(message, code)
+
+
+_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _retry_delay(error: grpc.RpcError) -> float | None:
@@ -166,7 +179,11 @@ def _retry_delay(error: grpc.RpcError) -> float | None:
         status = rpc_status.from_call(error)
     except ValueError:  # the details do not match the code and message
         return None
-    for detail in status.details if status is not None else ():
+    return _retry_delay_in(status) if status is not None else None
+
+
+def _retry_delay_in(status: status_pb2.Status) -> float | None:
+    for detail in status.details:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             delay: float = info.retry_delay.ToTimedelta().total_seconds()

@@ -78,7 +78,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -392,6 +392,41 @@ class AuditLog:
         if len(self._index_pending) >= _INDEX_BATCH:
             self._flush_index(wait=False)
         return Appended(record, len(line))
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[Appended]:
+        """Chains the events after the head, in order, as one group: one write of all their
+        lines and one fsync (shared as in append). Returns once all are on disk, with their
+        sizes. A batch call's items are audited this way: all of them or none.
+
+        Raises:
+            AuditUnavailable: as append; then none of the events counts as written.
+        """
+        if not events:
+            return []
+        with self._write_lock:
+            if self._clock is not None:
+                now = self._clock.now()
+                events = [event.at(now) for event in events]
+            records: list[RecordedEvent] = []
+            lines: list[bytes] = []
+            sequence, digest = self._head_sequence, self._head_hash
+            for event in events:
+                record, line = chain_line(event, sequence + 1, digest)
+                records.append(record)
+                lines.append(line)
+                sequence, digest = record.sequence, record.hash
+            block = b"".join(lines)
+            if self._closed or self._failure is not None:
+                self._lost(block)
+            self._check_open()
+            self._check_end(block)
+            self._write(block)
+            for record, line, event in zip(records, lines, events, strict=True):
+                self._advance(record.sequence, record.hash, line, event)
+        self._wait_durable(records[-1].sequence, block)
+        if len(self._index_pending) >= _INDEX_BATCH:
+            self._flush_index(wait=False)
+        return [Appended(record, len(line)) for record, line in zip(records, lines, strict=True)]
 
     def start_chain(
         self, archived_log: str, archived_sequence: int, archived_hash: str
@@ -737,18 +772,30 @@ class AuditLog:
     ) -> None:
         """Under the write lock: writes one record's line after the head, which it becomes,
         and notes where it is for the index."""
+        self._check_end(line)
+        self._write(line)
+        self._advance(sequence, digest, line, event)
+
+    def _check_end(self, lines: bytes) -> None:
+        """Under the write lock, before a write: the file must end where this process left it
+        (else the log is broken and `lines` are lost)."""
         try:
             size = os.fstat(self._fd).st_size
         except OSError as exc:
-            self._fail(f"cannot stat the file: {exc.strerror}", line)
+            self._fail(f"cannot stat the file: {exc.strerror}", lines)
         if size != self._end:
             self._break(
                 f"the file has {size} bytes, but this process wrote {self._end}: it was cut "
                 f"or written to by someone else"
             )
-            self._lost(line)
+            self._lost(lines)
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {self._failure}")
-        self._write(line)
+
+    def _advance(
+        self, sequence: int, digest: str, line: bytes, event: AuditEvent | None = None
+    ) -> None:
+        """Under the write lock, after the write: the line just written becomes the head, and
+        its place is noted for the index."""
         if self._index_failure is None:
             self._index_pending.append(
                 IndexedLine(

@@ -8,7 +8,7 @@ knows who is calling: an oversized field is INVALID_ARGUMENT naming the field an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -66,6 +66,14 @@ def _time(field: str, value: Timestamp) -> None:
         raise InvalidArgument(f"{field} is not a valid time (years 1 to 9999)")
 
 
+def _batch_items(field: str, value: Sequence[Message]) -> None:
+    """A batch's items: how many and how large in all. Each item's fields are checked when
+    the item is run (check_request), so a bad item is answered on its own."""
+    limits.check_count(field, value, limits.MAX_BATCH_ITEMS)
+    if sum(item.ByteSize() for item in value) > limits.MAX_BATCH_BYTES:
+        raise InvalidArgument(f"{field} are larger than {limits.MAX_BATCH_BYTES} bytes in all")
+
+
 def _page_size(field: str, value: int) -> None:
     if not 0 <= value <= limits.MAX_PAGE_SIZE:
         raise InvalidArgument(f"{field} must be between 0 and {limits.MAX_PAGE_SIZE}")
@@ -112,6 +120,7 @@ RULES: dict[str, Rule] = {
     "public_key": _bytes(limits.MAX_PUBLIC_KEY_BYTES),
     "valid_to": _time,
     "quota": _fields_of,
+    "requests": _batch_items,
 }
 
 # Field types whose size the wire format fixes: numbers, booleans and enums, whose ranges are
@@ -132,6 +141,16 @@ FIXED_SIZE_TYPES = frozenset(
 def check_request(request: Message) -> None:
     """Raises InvalidArgument for the first field over its limit (hsmd/limits.py)."""
     check_fields(request, prefix="")
+
+
+def check_batch(request: Message) -> None:
+    """Raises InvalidArgument for a batch that is empty, or over limits.MAX_BATCH_ITEMS items
+    or limits.MAX_BATCH_BYTES in all: the batch is refused as a whole."""
+    if not getattr(request, "requests"):  # noqa: B009 - every batch request has them
+        raise InvalidArgument(
+            f"requests is empty: a batch holds 1 to {limits.MAX_BATCH_ITEMS} requests"
+        )
+    check_request(request)
 
 
 def check_fields(message: Message, prefix: str) -> None:

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
 
 from hsmd import limits
 from hsmd.audit.events import AuditEvent, bounded_keys, bounded_text
@@ -47,8 +49,9 @@ from hsmd.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from hsmd.names import is_valid_tenant_name
 from hsmd.quotas import SLOW_RPCS, TenantMeters
 from hsmd.scheduler import Scheduler
-from hsmd.transport.bounds import check_request
-from hsmd.transport.status import is_internal, to_status, with_details
+from hsmd.transport.batch import CHUNK_ITEMS, UNARY_OPERATIONS, BatchRunner, ItemOutcome, Unary
+from hsmd.transport.bounds import check_batch, check_request
+from hsmd.transport.status import is_internal, rpc_status_of, to_status, with_details
 
 log = logging.getLogger("hsmd.access")
 
@@ -67,6 +70,7 @@ SERVICE_PRINCIPALS = {
 REQUEST_ID_METADATA = "x-request-id"
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("hsmd_request")
+_current_batch: contextvars.ContextVar[BatchRunner] = contextvars.ContextVar("hsmd_batch")
 
 
 def current_request() -> RequestContext:
@@ -114,8 +118,9 @@ class RequestGuard(grpc.ServerInterceptor):
             return handler
         if handler.unary_unary is None:
             raise AssertionError(f"{method}: only unary RPCs are guarded; add streaming support")
+        guarded = self._guarded_batch if _operation(method) in UNARY_OPERATIONS else self._guarded
         return grpc.unary_unary_rpc_method_handler(
-            self._guarded(method, required, handler.unary_unary),
+            guarded(method, required, handler.unary_unary),
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -123,7 +128,7 @@ class RequestGuard(grpc.ServerInterceptor):
     def _guarded(
         self, method: str, required: PrincipalKind, behaviour: Callable[[Any, Any], Any]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        operation = method.rsplit("/", 1)[-1]
+        operation = _operation(method)
         slow = operation in SLOW_RPCS
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
@@ -196,6 +201,98 @@ class RequestGuard(grpc.ServerInterceptor):
 
         return guarded
 
+    def _guarded_batch(
+        self, method: str, required: PrincipalKind, behaviour: Callable[[Any, Any], Any]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """The batch twin of _guarded (hsmd/transport/batch.py): the caller, the batch's
+        bounds and the audit log are checked once, for the whole batch; each item is then
+        checked, admitted, scheduled and run as its unary call (_BatchRun), and all items'
+        events are appended as one group. Only a whole-batch refusal or an unwritable audit
+        log fails the call; its event is the batch's own."""
+        operation = _operation(method)
+        unary = UNARY_OPERATIONS[operation]
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            self._handlers.enter(False)
+            try:
+                return handle(request, context)
+            finally:
+                self._handlers.leave(False)
+
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            batch_id = uuid.uuid4().hex
+            context.set_trailing_metadata(((REQUEST_ID_METADATA, batch_id),))
+            started = time.perf_counter()
+            principal: Principal | None = None
+            run: _BatchRun | None = None
+            response: Any = None
+            failure: Exception | None = None
+            try:
+                principal = self._identify(context)
+                self._authorize(principal, required)
+                if isinstance(request, Malformed):
+                    self._malformed_log.warning(
+                        "%s %s %s: %s", batch_id, method, principal, request.problem
+                    )
+                    raise InvalidArgument(f"the request is not a valid message: {request.problem}")
+                check_batch(request)
+                self._audit.ensure_writable()
+                run = _BatchRun(self, batch_id, principal, unary, context)
+                token = _current_batch.set(run)
+                try:
+                    response = behaviour(request, context)
+                finally:
+                    _current_batch.reset(token)
+            except Exception as exc:
+                failure = exc
+            code, message = to_status(failure, batch_id) if failure else (grpc.StatusCode.OK, "")
+            events = [
+                self._event(
+                    item.request_id,
+                    unary,
+                    principal,
+                    context,
+                    item.request,
+                    item.response,
+                    _code(item.error),
+                )
+                for item in (run.outcomes if run else [])
+            ]
+            if failure is not None:
+                events.append(
+                    self._event(batch_id, operation, principal, context, request, None, code)
+                )
+            try:
+                for appended in self._audit.append_many(events):
+                    self._charge_audit(principal, appended)
+            except AuditUnavailable as exc:
+                failure, (code, message) = exc, to_status(exc, batch_id)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if failure is None:
+                log.info(
+                    "%s %s %s OK %.1fms %s",
+                    batch_id,
+                    method,
+                    principal,
+                    elapsed_ms,
+                    _item_codes(events),
+                )
+                return response
+            log.log(
+                _level(failure),
+                "%s %s %s %s %.1fms%s",
+                batch_id,
+                method,
+                principal or context.peer(),
+                code.name,
+                elapsed_ms,
+                f": {failure}" if isinstance(failure, Unauthenticated) else "",
+                exc_info=failure if is_internal(failure) else None,
+            )
+            context.abort(code, message)
+
+        return guarded
+
     def _record(
         self,
         request_id: str,
@@ -207,25 +304,38 @@ class RequestGuard(grpc.ServerInterceptor):
         code: grpc.StatusCode,
     ) -> Appended:
         """Appends the outcome to the audit log, durably; raises AuditUnavailable if it cannot."""
+        return self._audit.append(
+            self._event(request_id, operation, principal, context, request, response, code)
+        )
+
+    def _event(
+        self,
+        request_id: str,
+        operation: str,
+        principal: Principal | None,
+        context: grpc.ServicerContext,
+        request: Any,
+        response: Any,
+        code: grpc.StatusCode,
+    ) -> AuditEvent:
+        """The audit event of one outcome: key and version, context keys, never a value."""
         metadata = _field(response, "key_metadata")
         key_id = (
             _field(response, "key_id") or (metadata.key_id if metadata else "")
         ) or _request_key(request)
-        return self._audit.append(
-            AuditEvent(
-                time=self._clock.now(),
-                request_id=request_id,
-                tenant=_event_tenant(principal, request),
-                principal=str(principal) if principal else "",
-                operation=operation,
-                key_id=bounded_text(key_id, limits.AUDIT_KEY_ID_BYTES),
-                key_version=int(_field(response, "key_version") or 0),
-                encryption_context_keys=bounded_keys(
-                    _context_keys(request), limits.AUDIT_CONTEXT_KEYS_BYTES
-                ),
-                outcome=code.name,
-                peer=bounded_text(context.peer(), limits.AUDIT_PEER_BYTES),
-            )
+        return AuditEvent(
+            time=self._clock.now(),
+            request_id=request_id,
+            tenant=_event_tenant(principal, request),
+            principal=str(principal) if principal else "",
+            operation=operation,
+            key_id=bounded_text(key_id, limits.AUDIT_KEY_ID_BYTES),
+            key_version=int(_field(response, "key_version") or 0),
+            encryption_context_keys=bounded_keys(
+                _context_keys(request), limits.AUDIT_CONTEXT_KEYS_BYTES
+            ),
+            outcome=code.name,
+            peer=bounded_text(context.peer(), limits.AUDIT_PEER_BYTES),
         )
 
     # Quotas and fair share (hsmd.quotas, hsmd.scheduler): tenant calls only; operators'
@@ -241,12 +351,26 @@ class RequestGuard(grpc.ServerInterceptor):
         if self._admission is None or principal.tenant is None:
             yield
             return
+        self._admission.meters.admit(principal.tenant, operation)
+        with self._scheduled(principal.tenant, operation, 1, patience):
+            yield
+
+    @contextmanager
+    def _scheduled(
+        self, tenant: str, operation: str, calls: int, patience: float | None
+    ) -> Iterator[None]:
+        """Runs the block in a scheduler slot for `calls` admitted calls of the operation
+        (one unary call, or a chunk of batch items); if the scheduler refuses the slot, gives
+        their rate tokens back and raises its ResourceExhausted."""
+        if self._admission is None:
+            yield
+            return
         meters, scheduler = self._admission.meters, self._admission.scheduler
-        meters.admit(principal.tenant, operation)
         try:
-            ticket = scheduler.enter(principal.tenant, operation in SLOW_RPCS, patience)
+            ticket = scheduler.enter(tenant, operation in SLOW_RPCS, patience)
         except ResourceExhausted:  # refused by the scheduler, not by the block
-            meters.refund(principal.tenant, operation)
+            for _ in range(calls):
+                meters.refund(tenant, operation)
             raise
         try:
             yield
@@ -272,6 +396,102 @@ class RequestGuard(grpc.ServerInterceptor):
     def _authorize(self, principal: Principal, required: PrincipalKind) -> None:
         require_kind(principal, required)
         _admit(principal, self._admit_tenant)
+
+
+class _BatchRun:
+    """Runs one batch's items for the servicer (batch.BatchRunner), each exactly as its unary
+    call would run after the guard's checks: its bounds, the tenant's rate quota of the
+    unary operation, a scheduler slot (one per batch.CHUNK_ITEMS items), and the unary
+    servicer method under a RequestContext of its own. Collects the outcomes for the
+    guard's audit events."""
+
+    def __init__(
+        self,
+        guard: RequestGuard,
+        batch_id: str,
+        principal: Principal,
+        operation: str,
+        context: grpc.ServicerContext,
+    ) -> None:
+        self._guard = guard
+        self._batch_id = batch_id
+        self._principal = principal
+        self._operation = operation
+        self._context = context
+        self.outcomes: list[ItemOutcome] = []
+
+    def run(self, requests: Sequence[Any], unary: Unary) -> list[ItemOutcome]:
+        for start in range(0, len(requests), CHUNK_ITEMS):
+            chunk = [
+                ItemOutcome(f"{self._batch_id}.{index}", request)
+                for index, request in enumerate(requests[start : start + CHUNK_ITEMS], start)
+            ]
+            self.outcomes += chunk
+            self._run_chunk([item for item in chunk if self._admit(item)], unary)
+        for item in self.outcomes:
+            if item.failure is not None:
+                code, message = to_status(item.failure, item.request_id)
+                item.error = rpc_status_of(item.failure, code, message)
+        return self.outcomes
+
+    def _admit(self, item: ItemOutcome) -> bool:
+        """The item's bounds and rate quota; False (its failure set) if refused."""
+        admission, tenant = self._guard._admission, self._principal.tenant
+        try:
+            check_request(item.request)
+            if admission is not None and tenant is not None:
+                admission.meters.admit(tenant, self._operation)
+        except Exception as exc:
+            item.failure = exc
+            return False
+        return True
+
+    def _run_chunk(self, admitted: list[ItemOutcome], unary: Unary) -> None:
+        if not admitted:
+            return
+        tenant = self._principal.tenant or ""
+        patience = self._context.time_remaining()
+        try:
+            with self._guard._scheduled(tenant, self._operation, len(admitted), patience):
+                for item in admitted:
+                    self._run_item(item, unary)
+        except ResourceExhausted as exc:  # no slot: _run_item catches everything else
+            for item in admitted:
+                item.failure = exc
+
+    def _run_item(self, item: ItemOutcome, unary: Unary) -> None:
+        token = _current.set(RequestContext(item.request_id, self._principal))
+        try:
+            item.response = unary(item.request, self._context)
+        except Exception as exc:
+            item.failure = exc
+            if is_internal(exc):
+                log.error("%s %s item failed", item.request_id, self._operation, exc_info=exc)
+        finally:
+            _current.reset(token)
+
+
+def current_batch() -> BatchRunner:
+    """The runner of the batch RPC this thread is serving (set by the guard)."""
+    return _current_batch.get()
+
+
+def _operation(method: str) -> str:
+    """The RPC's name, from its full method name /package.Service/Name."""
+    return method.rsplit("/", 1)[-1]
+
+
+def _code(error: status_pb2.Status | None) -> grpc.StatusCode:
+    return grpc.StatusCode.OK if error is None else _CODE_OF_NUMBER[error.code]
+
+
+_CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _item_codes(events: Sequence[AuditEvent]) -> str:
+    """How a batch's items came out, for its access line: "items OK=98 NOT_FOUND=2"."""
+    counts = Counter(event.outcome for event in events)
+    return "items " + " ".join(f"{outcome}={n}" for outcome, n in sorted(counts.items()))
 
 
 # Tenancy: which tenants' principals are let in, and which tenant an operator's call is about.

@@ -41,9 +41,9 @@ from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.ops.wrapping import WrappingOps
-from hsmd.transport import convert
+from hsmd.transport import batch, convert
 from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
-from hsmd.transport.guard import current_request
+from hsmd.transport.guard import current_batch, current_request
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
 
 _ENCRYPTION = resources_pb2.EncryptionAlgorithm
@@ -376,6 +376,72 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             key_id=verified.key_id,
             key_version=verified.key_version,
             mac_algorithm=to_proto(_MAC, verified.algorithm),
+        )
+
+    # Batches: each item runs through its unary method (hsmd/transport/batch.py)
+
+    def BatchEncrypt(
+        self, request: service_pb2.BatchEncryptRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchEncryptResponse:
+        outcomes = current_batch().run(request.requests, self.Encrypt)
+        return service_pb2.BatchEncryptResponse(
+            results=batch.results(outcomes, service_pb2.BatchEncryptResult)
+        )
+
+    def BatchDecrypt(
+        self, request: service_pb2.BatchDecryptRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchDecryptResponse:
+        outcomes = current_batch().run(request.requests, self.Decrypt)
+        return service_pb2.BatchDecryptResponse(
+            results=batch.results(outcomes, service_pb2.BatchDecryptResult)
+        )
+
+    def BatchReEncrypt(
+        self, request: service_pb2.BatchReEncryptRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchReEncryptResponse:
+        outcomes = current_batch().run(request.requests, self.ReEncrypt)
+        return service_pb2.BatchReEncryptResponse(
+            results=batch.results(outcomes, service_pb2.BatchReEncryptResult)
+        )
+
+    def BatchGenerateDataKey(
+        self, request: service_pb2.BatchGenerateDataKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchGenerateDataKeyResponse:
+        outcomes = current_batch().run(request.requests, self.GenerateDataKey)
+        return service_pb2.BatchGenerateDataKeyResponse(
+            results=batch.results(outcomes, service_pb2.BatchGenerateDataKeyResult)
+        )
+
+    def BatchSign(
+        self, request: service_pb2.BatchSignRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchSignResponse:
+        outcomes = current_batch().run(request.requests, self.Sign)
+        return service_pb2.BatchSignResponse(
+            results=batch.results(outcomes, service_pb2.BatchSignResult)
+        )
+
+    def BatchVerify(
+        self, request: service_pb2.BatchVerifyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchVerifyResponse:
+        outcomes = current_batch().run(request.requests, self.Verify)
+        return service_pb2.BatchVerifyResponse(
+            results=batch.results(outcomes, service_pb2.BatchVerifyResult)
+        )
+
+    def BatchGenerateMac(
+        self, request: service_pb2.BatchGenerateMacRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchGenerateMacResponse:
+        outcomes = current_batch().run(request.requests, self.GenerateMac)
+        return service_pb2.BatchGenerateMacResponse(
+            results=batch.results(outcomes, service_pb2.BatchGenerateMacResult)
+        )
+
+    def BatchVerifyMac(
+        self, request: service_pb2.BatchVerifyMacRequest, context: grpc.ServicerContext
+    ) -> service_pb2.BatchVerifyMacResponse:
+        outcomes = current_batch().run(request.requests, self.VerifyMac)
+        return service_pb2.BatchVerifyMacResponse(
+            results=batch.results(outcomes, service_pb2.BatchVerifyMacResult)
         )
 
     def GetCapabilities(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hsmd import errors
@@ -52,19 +52,30 @@ def with_details(exc: BaseException, message: str) -> grpc.Status | None:
     """The status with google.rpc details for an error that has any: a RetryInfo with the
     retry delay of a ResourceExhausted that names one (rounded up to the millisecond, so a
     caller that waits exactly that long finds the quota refilled). None for the rest."""
+    if _retry_info(exc) is None:
+        return None
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status: grpc.Status = rpc_status.to_status(rpc_status_of(exc, code, message))
+    return status
+
+
+def rpc_status_of(exc: BaseException, code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    """The google.rpc.Status the caller would get for `exc` answered with code and message
+    (to_status), with its details: what a batch item's error carries."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    retry_info = _retry_info(exc)
+    if retry_info is not None:
+        status.details.add().Pack(retry_info)
+    return status
+
+
+def _retry_info(exc: BaseException) -> error_details_pb2.RetryInfo | None:
     retry_after = getattr(exc, "retry_after", None)
     if not isinstance(exc, errors.ResourceExhausted) or retry_after is None:
         return None
     milliseconds = max(1, math.ceil(retry_after * 1000))
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(
-                seconds=milliseconds // 1000, nanos=(milliseconds % 1000) * 1_000_000
-            )
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(
+            seconds=milliseconds // 1000, nanos=(milliseconds % 1000) * 1_000_000
         )
     )
-    status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
-    )
-    return status

@@ -18,12 +18,14 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.message import Message
 
+from hsmd.transport.batch import UNARY_OPERATIONS
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2_grpc
 from hsmd.v1 import resources_pb2 as res
 from hsmd.v1 import service_pb2 as svc
@@ -240,6 +242,18 @@ KMS_REQUESTS: dict[str, Callable[[Walk], Message]] = {
     "ListAuditEvents": lambda w: svc.ListAuditEventsRequest(page_size=1000, key_id=w.key_id),
 }
 PAGED = {"ListKeys", "ListAliases", "ListKeyRotations", "ListAuditEvents"}
+
+
+def _batched(name: str, walk: Walk) -> Message:
+    """The batch RPC of a unary one, carrying the unary request the walk sends."""
+    request: Message = getattr(svc, f"Batch{name}Request")(requests=[KMS_REQUESTS[name](walk)])
+    return request
+
+
+# Each batch RPC, at the end (the key is ENABLED with its material again), with its unary
+# twin's request.
+for _unary in UNARY_OPERATIONS.values():
+    KMS_REQUESTS[f"Batch{_unary}"] = partial(_batched, _unary)
 
 
 def test_the_walk_covers_every_rpc() -> None:

@@ -773,3 +773,53 @@ def test_read_refuses_a_damaged_log(audit: AuditLog) -> None:
     with pytest.raises(AuditCorrupt) as raised:
         audit.read()
     assert isinstance(raised.value, InternalError)
+
+
+# A group of events (a batch call's items)
+
+
+def test_append_many_chains_a_group_with_one_write_and_one_fsync(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = audit.append(_event(0)).record
+    calls: list[str] = []
+    real_write, real_fsync = os.write, os.fsync
+
+    def counted_write(fd: int, data: bytes) -> int:
+        calls.append("write")
+        return real_write(fd, data)
+
+    def counted_fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "write", counted_write)
+    monkeypatch.setattr(os, "fsync", counted_fsync)
+    appended = audit.append_many([_event(n) for n in range(1, 6)])
+    monkeypatch.undo()
+    assert calls == ["write", "fsync"]
+    records = [a.record for a in appended]
+    assert [r.sequence for r in records] == [2, 3, 4, 5, 6]
+    assert records[0].previous_hash == first.hash
+    assert [a.size for a in appended] == [len(line) for line in _lines(audit.path)[1:]]
+    assert audit.append(_event(6)).record.previous_hash == records[-1].hash
+    assert audit.verify().valid
+    got, _ = audit.read()
+    assert got[1:6] == records
+    assert audit.append_many([]) == []
+
+
+def test_append_many_fails_closed_and_writes_none_of_the_group(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(path)
+    _fill(log, 2)
+    with monkeypatch.context() as patch:
+        _short_write(patch)
+        with pytest.raises(AuditUnavailable, match="short write"):
+            log.append_many([_event(n) for n in range(3, 8)])
+    _assert_refused_from_now_on(log)
+    with pytest.raises(AuditUnavailable):
+        log.append_many([_event(9)])
+    assert len(_lines(path)) == 2
+    log.close()

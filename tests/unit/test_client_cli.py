@@ -31,6 +31,7 @@ from hsmclient.client import (
     DecryptResult,
     EncryptedDataKey,
     EncryptedDataKeyPair,
+    EncryptItem,
     EncryptResult,
     HsmClient,
     ImportParameters,
@@ -1763,3 +1764,18 @@ def test_unwrap_key(fake, capsys, tmp_path) -> None:
     options = ["--description", "dr", "--tags", "TagKey=env,TagValue=dr", "--policy", policy]
     run_json(capsys, *argv, "w", *options, "--exportable")
     assert fake.calls == [("unwrap_key", (BLOB, "w", "dr", POLICY, {"env": "dr"}, True, None))]
+
+
+def test_batch_input_lines_become_items_a_call_at_a_time() -> None:
+    line = json.dumps({"KeyId": "k", "Plaintext": "cA==", "EncryptionContext": {"a": "1"}})
+    batches = list(cli._batches(io.StringIO((line + "\n\n") * 1001), EncryptItem))
+    assert [len(batch) for batch in batches] == [1000, 1]
+    assert batches[0][0] == EncryptItem("k", b"p", {"a": "1"})
+    for bad, problem in (
+        ('{"KeyId": "k", "Plaintext": "!"}', "line 1: Plaintext is not base64"),
+        ('{"KeyId": "k", "Colour": "red"}', "line 1: unknown field 'Colour'"),
+        ('{"KeyId": "k"}', "line 1: "),
+        ("[1]", "line 1: expected a JSON object"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            list(cli._batches(io.StringIO(bad), EncryptItem))

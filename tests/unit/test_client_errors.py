@@ -2,6 +2,8 @@
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from hsmclient import errors
 from hsmclient.channel import ConnectionSettings
 
@@ -115,3 +117,16 @@ def test_an_unreadable_pem_file_is_named(tmp_path) -> None:
     with pytest.raises(errors.ConfigurationError, match=r"absent\.key") as raised:
         settings.open_channel()
     assert raised.value.variable == "HSM_CLIENT_KEY"
+
+
+def test_a_batch_items_status_becomes_the_exception_of_its_code() -> None:
+    throttled = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="m")
+    throttled.details.add().Pack(
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=250_000_000))
+    )
+    error = errors.from_status(throttled)
+    assert isinstance(error, errors.ResourceExhaustedError) and error.retry_after == 0.25
+    missing = errors.from_status(status_pb2.Status(code=5, message="key 'k' not found"))
+    assert isinstance(missing, errors.NotFoundError) and missing.message == "key 'k' not found"
+    cancelled = errors.from_status(status_pb2.Status(code=1))
+    assert type(cancelled) is errors.HsmError and cancelled.code is grpc.StatusCode.CANCELLED
