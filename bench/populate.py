@@ -5,7 +5,7 @@ answers), and over gRPC each also pays for a call and an audit event. Here the c
 root (hsmd.app.Daemon) is built on the daemon's config in a process of its own, and several
 threads call its KeyOps and TenantOps: the same rows, token objects and syncs as CreateKey and
 CreateTenant, without the transport or audit events. Measured on the 2-core machine: ~80 AES
-keys/s with 8 threads in-process against ~55/s by 8 concurrent CreateKey calls.
+keys/s in-process (4 threads) against ~55/s by 8 concurrent CreateKey calls.
 """
 
 from __future__ import annotations

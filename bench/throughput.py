@@ -37,7 +37,8 @@ LATENCY_IN_FLIGHT = 16
 CURVE_IN_FLIGHT = 8
 KEY_COUNTS = (10, 1_000, 10_000, 100_000)
 TENANT_COUNTS = (1, 100, 1_000)
-# Populating keys runs at ~80/s: 100,000 keys take ~20 minutes, 10,000 about 2.
+# Populating keys runs at 40-80 keys/s here: 100,000 keys take 20-40 minutes, 10,000 two to four;
+# the default keeps the whole run near 10 minutes (docs/benchmarks.md).
 DEFAULT_MAX_KEYS = 10_000
 PRINCIPAL = "bench"
 NAMES = {
@@ -461,7 +462,7 @@ def _jsonable(value: Any) -> Any:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, help="length of each cell (default 10, quick 1)")
+    parser.add_argument("--seconds", type=float, help="length of each cell (default 5, quick 1)")
     parser.add_argument("--quick", action="store_true", help="short cells, small curves")
     parser.add_argument(
         "--max-keys",
@@ -481,7 +482,7 @@ def main() -> int:
         help="directory for throughput.json and throughput.png",
     )
     args = parser.parse_args()
-    seconds = args.seconds or (1.0 if args.quick else 10.0)
+    seconds = args.seconds or (1.0 if args.quick else 5.0)
     max_keys = args.max_keys or (1_000 if args.quick else DEFAULT_MAX_KEYS)
     max_tenants = args.max_tenants or (100 if args.quick else TENANT_COUNTS[-1])
     key_counts = [n for n in KEY_COUNTS if n <= max_keys]
