@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from hsmclient.channel import secure_channel
 
 from bench import populate
 from bench.load import BATCH_PREFIX, BATCH_SIZE, Credentials, Tally, measure
@@ -120,10 +121,8 @@ def _keys(daemon: DaemonProcess) -> dict[str, str]:
 
 
 def _batches_served(who: Credentials, key_id: str) -> str | None:
-    """None if the daemon serves BatchEncrypt, else why not (UNIMPLEMENTED before the batch
-    RPCs are merged)."""
-    from hsmclient.channel import secure_channel
-
+    """None if the daemon serves BatchEncrypt, else why not (a daemon without the batch RPCs
+    answers UNIMPLEMENTED, or INTERNAL from its guard)."""
     stub = service_pb2_grpc.KeyManagementServiceStub(
         secure_channel(who.endpoint, who.ca_cert, who.cert, who.key)
     )
@@ -253,9 +252,9 @@ def _line(label: str, *columns: object) -> str:
     return f"{label:46}" + "".join(f"{column!s:>10}" for column in columns)
 
 
-def _cell_columns(n: int, cell: Cell, *bases: float | None) -> list[str]:
-    """in flight, per second, p50, p99, then the rate as a ratio to each base."""
-    columns = [str(n), f"{cell.rate:,.0f}", _ms(cell.p50_ms), _ms(cell.p99_ms)]
+def _cell_columns(cell: Cell, *bases: float | None) -> list[str]:
+    """Per second, p50, p99, then the rate as a ratio to each base."""
+    columns = [f"{cell.rate:,.0f}", _ms(cell.p50_ms), _ms(cell.p99_ms)]
     return columns + [_ratio(cell.rate, base) for base in bases]
 
 
@@ -268,30 +267,30 @@ def _table(result: dict[str, Any]) -> list[str]:
     lines += [_line(f"  {NAMES[op]}", f"{rate:,.0f}") for op, rate in raw.items()]
     lines += ["", _line("gRPC echo 1 KB, mutual TLS", *_CELL_HEADER)]
     for server, cells in echo.items():
-        lines += [_line(f"  {server} server", *_cell_columns(n, c)) for n, c in cells.items()]
+        lines += [_line(f"  {server} server", n, *_cell_columns(c)) for n, c in cells.items()]
     lines += ["", _line("hsmd unary (calls)", *_CELL_HEADER, "/ raw", "/ echo")]
     for op, cells in result["unary"].items():
         for n, cell in cells.items():
             base = echo["sync"].get(n)
-            columns = _cell_columns(n, cell, raw[op], base.rate if base else None)
-            lines.append(_line(f"  {NAMES[op]}", *columns))
+            columns = _cell_columns(cell, raw[op], base.rate if base else None)
+            lines.append(_line(f"  {NAMES[op]}", n, *columns))
     lines += ["", _line(f"hsmd batched, {BATCH_SIZE} items a call", *_CELL_HEADER, "/ raw")]
     if result["batches_not_served"]:
         lines.append(f"  not measured: {result['batches_not_served']}")
     for op, cells in result["batched"].items():
         lines += [
-            _line(f"  {NAMES[op]}", *_cell_columns(n, cell, raw[op])) for n, cell in cells.items()
+            _line(f"  {NAMES[op]}", n, *_cell_columns(cell, raw[op])) for n, cell in cells.items()
         ]
     curve = f"{CURVE_IN_FLIGHT} in flight"
     lines += ["", _line(f"Encrypt over N keys, {curve}", "start s", *_CELL_HEADER[1:], "/ raw")]
     for point in result["key_curve"]:
         cell = Cell(**{name: point[name] for name in Cell.__dataclass_fields__})
-        columns = _cell_columns(0, cell, raw["encrypt"])[1:]
+        columns = _cell_columns(cell, raw["encrypt"])
         lines.append(_line(f"  {point['keys']:,} keys", f"{point['start_seconds']:.2f}", *columns))
     lines += ["", _line(f"N tenants, Encrypt {curve}", "start s", *_CELL_HEADER[1:], "RSS MiB")]
     for point in result["tenant_curve"]:
         cell = Cell(**{name: point[name] for name in Cell.__dataclass_fields__})
-        columns = _cell_columns(0, cell)[1:]
+        columns = _cell_columns(cell)
         rss = f"{point['rss_loaded_kib'] / 1024:.1f}"
         lines.append(
             _line(f"  {point['tenants']:,} tenants", f"{point['start_seconds']:.2f}", *columns, rss)
