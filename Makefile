@@ -51,11 +51,16 @@ $(GEN): $(PROTOS) $(VENV)/.installed
 	touch $@
 
 # Speed, as ratios to the raw token rate measured in the same run; never fails on timing.
-bench: dev
+bench: dev $(VENV)/.bench-installed
+	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.rates
 	$(BIN)/python -m bench.checkpoint
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.audit_index
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[daemon,dev,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) hsmd/v1 .pytest_cache .mypy_cache .ruff_cache
