@@ -53,7 +53,6 @@ $(GEN): $(PROTOS) $(VENV)/.installed
 # Speed, as ratios to the raw token rate measured in the same run; never fails on timing.
 bench: dev $(VENV)/.bench-installed
 	$(BIN)/python -m bench.throughput
-	$(BIN)/python -m bench.rates
 	$(BIN)/python -m bench.checkpoint
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.audit_index

@@ -48,7 +48,7 @@ def main() -> int:
     pki = TestPki(directory / "pki")
     raw = raw_token_rate(directory, seconds)
     echo = echo_rate(pki, seconds)
-    daemon = DaemonProcess(directory / "daemon", pki)
+    daemon = DaemonProcess(directory / "daemon", pki, movable_clock=False)
     if args.scheduler:
         table = "\n".join(args.scheduler.split(","))
         daemon.config.write_text(f"{daemon.config.read_text()}\n[scheduler]\n{table}\n")
