@@ -61,7 +61,7 @@ KEY_SPECS = {
 _BENCH_QUOTAS = "".join(
     f"{kind}_requests_per_second = 1000000\n"
     for kind in ("symmetric", "asymmetric", "key_generation", "management")
-) + ("max_keys = 10000000\n")
+) + ("max_keys = 10000000\naudit_bytes_per_period = 1099511627776\n")
 
 
 @dataclass

@@ -250,6 +250,10 @@ class TokenTable:
         self._stopping: str | None = None
         self._stopping_except: str | None = None
         self._removed_slots: set[int] = set()  # emptied by remove(), unreadable until restart
+        # The readable tokens by label, for attach(): read once, dropped whenever this process
+        # changes a token (the library shows no other process's new token anyway), so start-up
+        # attaching N tenants reads every slot once, not N times (54 s for 1,000 tenants).
+        self._labels: dict[str, list[Any]] | None = None  # guarded by _slots
         # python-pkcs11 has no C_InitToken; the same loaded library provides it directly.
         self._c_init_token = ctypes.CDLL(str(library)).C_InitToken
         self._c_init_token.argtypes = [
@@ -287,6 +291,7 @@ class TokenTable:
         """Initialises the token into a free slot if there is none with its label, sets its
         user PIN if that was not done; returns its serial."""
         with self._slots, translate():
+            self._labels = None
             token = self._find_token(name.label)
             if token is None:
                 self.check_storage()  # a half-initialised token would take the slot
@@ -302,7 +307,7 @@ class TokenTable:
         with self._slots, translate():
             if name.name in self._tokens:
                 return
-            token = self._find_token(name.label)
+            token = self._labelled(name.label)
             if token is None or _serial(token) != serial:
                 raise BackendUnavailable(f"token {name.label!r} serial {serial} is missing")
             login = token.open(rw=True, user_pin=name.user_pin())
@@ -335,6 +340,7 @@ class TokenTable:
         """
         self.detach(name.name)
         with self._slots, translate():
+            self._labels = None
             found = [(slot, tok) for slot, tok in self.readable_tokens() if _serial(tok) == serial]
             if found:
                 slot, token = found[0]
@@ -373,10 +379,17 @@ class TokenTable:
         return readable
 
     def _find_token(self, label: str) -> Any:
-        matches = [token for _, token in self.readable_tokens() if token.label == label]
-        if len(matches) > 1:
-            raise BackendError(f"{len(matches)} tokens carry the label {label!r}")
-        return matches[0] if matches else None
+        """The token with the label, read now (its flags are current)."""
+        return _only(label, [token for _, token in self.readable_tokens() if token.label == label])
+
+    def _labelled(self, label: str) -> Any:
+        """The token with the label, from the labels read since this process last changed a
+        token (see _labels)."""
+        if self._labels is None:
+            self._labels = {}
+            for _, token in self.readable_tokens():
+                self._labels.setdefault(token.label, []).append(token)
+        return _only(label, self._labels.get(label, []))
 
     def _init_free_token(self, name: TokenName) -> Any:
         label = name.label
@@ -433,3 +446,9 @@ class TokenTable:
 def _serial(token: Any) -> str:
     serial = token.serial
     return serial.decode() if isinstance(serial, bytes) else str(serial)
+
+
+def _only(label: str, matches: list[Any]) -> Any:
+    if len(matches) > 1:
+        raise BackendError(f"{len(matches)} tokens carry the label {label!r}")
+    return matches[0] if matches else None
