@@ -8,8 +8,9 @@ The concurrency model of the backend in one place (measured in docs/concurrency.
   tenant's RSA-4096 generation (seconds) occupies a session of that tenant only. Sharing the
   cores fairly between busy tenants is the scheduler's job in front of the backend.
 - Within a tenant the sessions are split into two lanes. SLOW takes key generation, RSA
-  private-key operations, unwrapping and token searches; FAST takes everything else (AES-GCM,
-  HMAC, EC and Ed25519 signatures, public-key operations, cached lookups). A lane never lends
+  private-key operations with keys over 2048 bits and RSA decryption, unwrapping and token
+  searches; FAST takes everything else (AES-GCM, HMAC, EC, Ed25519 and RSA-2048 signatures,
+  public-key operations, cached lookups). A lane never lends
   its sessions to the other, so a tenant's own slow work cannot starve its fast work.
 - A lane opens its sessions lazily, up to its size, and lends each to one thread at a time (a
   PKCS#11 session runs one operation at a time); a thread that finds every session busy waits
