@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -101,9 +101,10 @@ class RequestGuard(grpc.ServerInterceptor):
         return self._handlers.wait_idle(timeout)
 
     def appends_expected(self) -> int:
-        """Calls running that will append their audit event within a call's time (every
-        call but the slow ones), for the audit log's group commit (AuditLog.expect_appends)."""
-        return self._handlers.fast
+        """Calls that will append their audit event within a call's time: unary calls past
+        the scheduler, not slow ones (AuditLog.expect_appends). Calls waiting for a slot are
+        not counted: the first of a group would otherwise wait out its whole window for them."""
+        return self._handlers.working
 
     def intercept_service(
         self,
@@ -132,13 +133,14 @@ class RequestGuard(grpc.ServerInterceptor):
         slow = operation in SLOW_RPCS
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            self._handlers.enter(slow)
+            self._handlers.enter()
+            work = _Work(counted=not slow)
             try:
-                return handle(request, context)
+                return handle(request, context, work)
             finally:
-                self._handlers.leave(slow)
+                self._handlers.leave(work)
 
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        def handle(request: Any, context: grpc.ServicerContext, work: _Work) -> Any:
             request_id = uuid.uuid4().hex
             context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
             started = time.perf_counter()
@@ -158,6 +160,7 @@ class RequestGuard(grpc.ServerInterceptor):
                 token = _current.set(RequestContext(request_id, principal))
                 try:
                     with self._admitted(principal, operation, context.time_remaining()):
+                        self._handlers.start(work)
                         response = behaviour(request, context)
                 finally:
                     _current.reset(token)
@@ -194,10 +197,7 @@ class RequestGuard(grpc.ServerInterceptor):
                 f": {failure}" if isinstance(failure, Unauthenticated) else "",
                 exc_info=failure if is_internal(failure) else None,
             )
-            detailed = with_details(failure, message)
-            if detailed is not None:
-                context.abort_with_status(detailed)
-            context.abort(code, message)
+            _abort(context, failure, code, message, request_id)
 
         return guarded
 
@@ -213,11 +213,11 @@ class RequestGuard(grpc.ServerInterceptor):
         unary = UNARY_OPERATIONS[operation]
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            self._handlers.enter(False)
+            self._handlers.enter()
             try:
                 return handle(request, context)
             finally:
-                self._handlers.leave(False)
+                self._handlers.leave(_Work(counted=False))
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             batch_id = uuid.uuid4().hex
@@ -289,7 +289,7 @@ class RequestGuard(grpc.ServerInterceptor):
                 f": {failure}" if isinstance(failure, Unauthenticated) else "",
                 exc_info=failure if is_internal(failure) else None,
             )
-            context.abort(code, message)
+            _abort(context, failure, code, message, batch_id)
 
         return guarded
 
@@ -421,13 +421,19 @@ class _BatchRun:
         self.outcomes: list[ItemOutcome] = []
 
     def run(self, requests: Sequence[Any], unary: Unary) -> list[ItemOutcome]:
+        """Raises ResourceExhausted, for the batch as a whole, if the scheduler refuses its
+        first chunk: nothing has run, and one refusal (one audit event) costs the daemon far
+        less than a refusal per item, which a client retrying at once would make it pay."""
         for start in range(0, len(requests), CHUNK_ITEMS):
             chunk = [
                 ItemOutcome(f"{self._batch_id}.{index}", request)
                 for index, request in enumerate(requests[start : start + CHUNK_ITEMS], start)
             ]
             self.outcomes += chunk
-            self._run_chunk([item for item in chunk if self._admit(item)], unary)
+            refusal = self._run_chunk([item for item in chunk if self._admit(item)], unary)
+            if refusal is not None and start == 0:
+                self.outcomes = []  # (_scheduled gave the items' rate tokens back)
+                raise refusal
         for item in self.outcomes:
             if item.failure is not None:
                 code, message = to_status(item.failure, item.request_id)
@@ -446,9 +452,11 @@ class _BatchRun:
             return False
         return True
 
-    def _run_chunk(self, admitted: list[ItemOutcome], unary: Unary) -> None:
+    def _run_chunk(self, admitted: list[ItemOutcome], unary: Unary) -> ResourceExhausted | None:
+        """Runs the admitted items in one slot; returns the scheduler's refusal, if it refused
+        the slot (the items' rate tokens are given back; each item fails with it)."""
         if not admitted:
-            return
+            return None
         tenant = self._principal.tenant or ""
         patience = self._context.time_remaining()
         try:
@@ -458,6 +466,8 @@ class _BatchRun:
         except ResourceExhausted as exc:  # no slot: _run_item catches everything else
             for item in admitted:
                 item.failure = exc
+            return exc
+        return None
 
     def _run_item(self, item: ItemOutcome, unary: Unary) -> None:
         token = _current.set(RequestContext(item.request_id, self._principal))
@@ -519,25 +529,40 @@ def _event_tenant(principal: Principal | None, request: Any) -> str:
     return name if isinstance(name, str) and is_valid_tenant_name(name) else ""
 
 
+@dataclass
+class _Work:
+    """Whether a call counts as working (AuditLog group commit) and has started to."""
+
+    counted: bool
+    started: bool = False
+
+
 class _Handlers:
-    """How many handlers are running, and how many of them are fast: a lock and two counts
-    on the hot path; the drain at shutdown waits on an event only it arms."""
+    """How many handlers are running, and how many of them are working towards their audit
+    append (RequestGuard.appends_expected): a lock and two counts on the hot path; the drain at
+    shutdown waits on an event only it arms."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.running = 0
-        self.fast = 0
+        self.working = 0
         self._idle: threading.Event | None = None
 
-    def enter(self, slow: bool) -> None:
+    def enter(self) -> None:
         with self._lock:
             self.running += 1
-            self.fast += not slow
 
-    def leave(self, slow: bool) -> None:
+    def start(self, work: _Work) -> None:
+        """The call has its slot (or needs none): counted until it leaves."""
+        if work.counted:
+            with self._lock:
+                self.working += 1
+            work.started = True
+
+    def leave(self, work: _Work) -> None:
         with self._lock:
             self.running -= 1
-            self.fast -= not slow
+            self.working -= work.started
             if self.running == 0 and self._idle is not None:
                 self._idle.set()
 
@@ -556,6 +581,21 @@ class Admission:
 
     meters: TenantMeters
     scheduler: Scheduler
+
+
+def _abort(
+    context: grpc.ServicerContext,
+    failure: Exception,
+    code: grpc.StatusCode,
+    message: str,
+    request_id: str,
+) -> NoReturn:
+    """Ends the call with the failure's status, with its details (a RetryInfo) if it has any,
+    and the request id in the trailers either way."""
+    detailed = with_details(failure, message, ((REQUEST_ID_METADATA, request_id),))
+    if detailed is not None:
+        context.abort_with_status(detailed)
+    context.abort(code, message)
 
 
 def _level(failure: Exception) -> int:

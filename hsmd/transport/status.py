@@ -48,15 +48,22 @@ def is_internal(exc: BaseException) -> bool:
     return not isinstance(exc, errors.UserError)
 
 
-def with_details(exc: BaseException, message: str) -> grpc.Status | None:
+def with_details(
+    exc: BaseException, message: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> grpc.Status | None:
     """The status with google.rpc details for an error that has any: a RetryInfo with the
     retry delay of a ResourceExhausted that names one (rounded up to the millisecond, so a
-    caller that waits exactly that long finds the quota refilled). None for the rest."""
+    caller that waits exactly that long finds the quota refilled). None for the rest.
+    `metadata` joins the details in the trailers (a status replaces the call's trailers: the
+    request id would be lost otherwise)."""
     if _retry_info(exc) is None:
         return None
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    status: grpc.Status = rpc_status.to_status(rpc_status_of(exc, code, message))
-    return status
+    status = rpc_status.to_status(rpc_status_of(exc, code, message))
+    detailed: grpc.Status = status._replace(  # a namedtuple, as grpc_status makes it
+        trailing_metadata=(*status.trailing_metadata, *metadata)
+    )
+    return detailed
 
 
 def rpc_status_of(exc: BaseException, code: grpc.StatusCode, message: str) -> status_pb2.Status:

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,3 +307,48 @@ def test_a_full_batch_of_1000_items_is_answered_item_by_item(client: HsmClient) 
     key = client.create_key().key_id
     answers = _ok(client.batch_encrypt([EncryptItem(key, b"x" * 1024)] * 1000))
     assert len({a.ciphertext_blob for a in answers}) == 1000  # type: ignore[attr-defined]
+
+
+BUSY = "batch-busy"
+
+
+def test_a_batch_the_scheduler_turns_away_is_refused_whole_with_a_retry_delay(
+    daemon: DaemonProcess,
+) -> None:
+    """While the tenant already has as many calls running or waiting as it may (RSA key
+    generations from 20 threads), a batch whose first chunk finds no place is refused as a
+    whole: RESOURCE_EXHAUSTED with a RetryInfo, and one audit event, not one per item."""
+    daemon.create_tenant(BUSY)
+    with daemon.client(BUSY) as client:
+        key = client.create_key().key_id
+        stop = threading.Event()
+
+        def flood(index: int) -> None:
+            with daemon.client(BUSY, f"flood{index}") as flooder:
+                while not stop.is_set():
+                    try:
+                        flooder.create_key("RSA_2048", "SIGN_VERIFY")
+                    except ResourceExhaustedError:
+                        pass
+
+        flooders = [threading.Thread(target=flood, args=(i,)) for i in range(20)]
+        for thread in flooders:
+            thread.start()
+        try:
+            item = service_pb2.EncryptRequest(key_id=key, plaintext=b"p")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                answer, request_id = _batch_encrypt(client, [item] * 100)
+                if isinstance(answer, grpc.RpcError):
+                    break
+        finally:
+            stop.set()
+            for thread in flooders:
+                thread.join()
+        assert isinstance(answer, grpc.RpcError), "no batch was turned away within 2 minutes"
+        assert answer.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "grpc-status-details-bin" in dict(answer.trailing_metadata())  # type: ignore[attr-defined]
+        events = _events(client, request_id)
+        assert [(e.operation, e.outcome) for e in events] == [  # type: ignore[attr-defined]
+            ("BatchEncrypt", "RESOURCE_EXHAUSTED")
+        ]

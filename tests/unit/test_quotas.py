@@ -133,6 +133,16 @@ def test_a_rate_refusal_carries_retry_info_that_the_client_reads() -> None:
     assert str(client_error) == "slow down (retry after 0.251s)"
 
 
+def test_the_detailed_status_keeps_the_request_id_in_the_trailers() -> None:
+    """A status replaces the call's trailers: the request id must travel with the details."""
+    status = with_details(
+        ResourceExhausted("slow down", retry_after=1), "slow down", (("x-request-id", "r1"),)
+    )
+    assert status is not None
+    trailers = dict(status.trailing_metadata)
+    assert trailers["x-request-id"] == "r1" and "grpc-status-details-bin" in trailers
+
+
 def test_a_limit_refusal_has_no_retry_delay() -> None:
     assert with_details(ResourceExhausted("limit exceeded"), "limit exceeded") is None
     assert with_details(InvalidArgument("bad"), "bad") is None
