@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,16 @@ async def _serve_echo_asyncio(
     await server.stop(0)
 
 
+@dataclass(frozen=True)
+class EchoServer:
+    endpoint: str
+    pid: int  # for the server's CPU time
+
+
 @contextmanager
-def echo_server(pki: TestPki, use_asyncio: bool = False) -> Iterator[str]:
-    """The endpoint of an echo server (bench.load's "echo" action calls it) while the block
-    runs: gRPC's thread-pool server, as hsmd runs, or its asyncio server."""
+def echo_server(pki: TestPki, use_asyncio: bool = False) -> Iterator[EchoServer]:
+    """An echo server (bench.load's "echo" action calls it) while the block runs: gRPC's
+    thread-pool server, as hsmd runs, or its asyncio server, in a process of its own."""
     ports = _SPAWN.Queue()
     stop = _SPAWN.Event()
     credentials = (
@@ -210,7 +217,9 @@ def echo_server(pki: TestPki, use_asyncio: bool = False) -> Iterator[str]:
     server = _SPAWN.Process(target=_serve_echo, args=(credentials, use_asyncio, ports, stop))
     server.start()
     try:
-        yield f"localhost:{ports.get(timeout=60)}"
+        port = ports.get(timeout=60)
+        assert server.pid is not None
+        yield EchoServer(f"localhost:{port}", server.pid)
     finally:
         stop.set()
         server.join()
@@ -219,6 +228,7 @@ def echo_server(pki: TestPki, use_asyncio: bool = False) -> Iterator[str]:
 def echo_rate(pki: TestPki, seconds: float, clients: int = 8) -> float:
     """Unary calls per second (1 KB each way) to the thread-pool echo server, from `clients`
     threads in two client processes."""
-    with echo_server(pki) as endpoint:
+    with echo_server(pki) as server:
+        endpoint = server.endpoint
         who = Credentials.for_tenant(pki, endpoint, "echo")
         return run_in_processes("echo", [(who, "")] * clients, seconds) / seconds

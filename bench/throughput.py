@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -74,14 +75,20 @@ class Cell:
     refused: int
     p50_ms: float | None
     p99_ms: float | None
+    # The server's CPU time per item answered (user and system, all its threads): what a call
+    # costs the server, which noise from other processes moves far less than a rate.
+    server_cpu_ms: float | None = None
 
     @classmethod
-    def of(cls, tally: Tally, seconds: float) -> Cell:
+    def of(cls, tally: Tally, seconds: float, server_cpu_seconds: float | None) -> Cell:
         p50 = p99 = None
         if len(tally.times) >= 2:
             cuts = statistics.quantiles(tally.times, n=100, method="inclusive")
             p50, p99 = cuts[49] * 1000, cuts[98] * 1000
-        return cls(tally.items / seconds, tally.calls, tally.refused, p50, p99)
+        cpu_ms = None
+        if server_cpu_seconds is not None and tally.items:
+            cpu_ms = server_cpu_seconds * 1000 / tally.items
+        return cls(tally.items / seconds, tally.calls, tally.refused, p50, p99, cpu_ms)
 
 
 def _bench_daemon(directory: Path, pki: TestPki) -> DaemonProcess:
@@ -93,8 +100,21 @@ def _bench_daemon(directory: Path, pki: TestPki) -> DaemonProcess:
     return daemon
 
 
-def _cell(action: str, assignments: list[Any], seconds: float, label: str) -> Cell:
-    cell = Cell.of(measure(action, assignments, seconds), seconds)
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cell(
+    action: str, assignments: list[Any], seconds: float, label: str, server: int | None = None
+) -> Cell:
+    """One cell; with the server's pid, also its CPU time per item (the clients' connecting
+    and first calls included: a few handshakes against thousands of calls)."""
+    before = _cpu_seconds(server) if server is not None else None
+    tally = measure(action, assignments, seconds)
+    used = _cpu_seconds(server) - before if server is not None and before is not None else None
+    cell = Cell.of(tally, seconds, used)
     p99 = f"{cell.p99_ms:.1f} ms" if cell.p99_ms is not None else "-"
     print(f"  {label}: {cell.rate:,.0f}/s, p99 {p99}, refused {cell.refused}", flush=True)
     return cell
@@ -103,10 +123,10 @@ def _cell(action: str, assignments: list[Any], seconds: float, label: str) -> Ce
 def _echo(pki: TestPki, seconds: float) -> dict[str, dict[int, Cell]]:
     cells: dict[str, dict[int, Cell]] = {}
     for server, use_asyncio in (("sync", False), ("asyncio", True)):
-        with echo_server(pki, use_asyncio) as endpoint:
-            who = Credentials.for_tenant(pki, endpoint, "echo")
+        with echo_server(pki, use_asyncio) as echo:
+            who = Credentials.for_tenant(pki, echo.endpoint, "echo")
             cells[server] = {
-                n: _cell("echo", [(who, "")] * n, seconds, f"echo {server} {n} in flight")
+                n: _cell("echo", [(who, "")] * n, seconds, f"echo {server} {n} in flight", echo.pid)
                 for n in IN_FLIGHT
             }
     return cells
@@ -136,6 +156,7 @@ def _batches_served(who: Credentials, key_id: str) -> str | None:
 
 def _hsmd(daemon: DaemonProcess, pki: TestPki, seconds: float) -> dict[str, Any]:
     who = Credentials.for_tenant(pki, daemon.endpoint, "bench")
+    pid = _pid(daemon)
     keys = _keys(daemon)
     unary: dict[str, dict[int, Cell]] = {}
     for operation in RAW_OPERATIONS:
@@ -143,7 +164,9 @@ def _hsmd(daemon: DaemonProcess, pki: TestPki, seconds: float) -> dict[str, Any]
             (*IN_FLIGHT, LATENCY_IN_FLIGHT) if operation in ("encrypt", "sign_ecdsa") else IN_FLIGHT
         )
         unary[operation] = {
-            n: _cell(operation, [(who, keys[operation])] * n, seconds, f"{operation} {n} in flight")
+            n: _cell(
+                operation, [(who, keys[operation])] * n, seconds, f"{operation} {n} in flight", pid
+            )
             for n in sorted(counts)
         }
     batched: dict[str, dict[int, Cell]] = {}
@@ -156,6 +179,7 @@ def _hsmd(daemon: DaemonProcess, pki: TestPki, seconds: float) -> dict[str, Any]
                     [(who, keys[operation])] * n,
                     seconds,
                     f"batch {operation} {n} in flight",
+                    pid,
                 )
                 for n in IN_FLIGHT
             }
@@ -164,9 +188,13 @@ def _hsmd(daemon: DaemonProcess, pki: TestPki, seconds: float) -> dict[str, Any]
     return {"unary": unary, "batched": batched, "batches_not_served": not_served}
 
 
-def _rss_kib(daemon: DaemonProcess) -> int:
+def _pid(daemon: DaemonProcess) -> int:
     assert daemon.process is not None
-    for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines():
+    return daemon.process.pid
+
+
+def _rss_kib(daemon: DaemonProcess) -> int:
+    for line in Path(f"/proc/{_pid(daemon)}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -197,7 +225,8 @@ def _key_curve(
         made = time.monotonic() - made
         start = _start_to_first_call(daemon, "curve", keys[0])
         who = Credentials.for_tenant(pki, daemon.endpoint, "curve")
-        cell = _cell("encrypt", [(who, tuple(keys))] * CURVE_IN_FLIGHT, seconds, f"{count:,} keys")
+        load = [(who, tuple(keys))] * CURVE_IN_FLIGHT
+        cell = _cell("encrypt", load, seconds, f"{count:,} keys", _pid(daemon))
         points.append(
             {"keys": count, "populate_seconds": made, "start_seconds": start, **asdict(cell)}
         )
@@ -225,7 +254,7 @@ def _tenant_curve(
         rss_idle = _rss_kib(daemon)
         picked = [index * count // CURVE_IN_FLIGHT for index in range(CURVE_IN_FLIGHT)]
         load = [(Credentials.for_tenant(pki, daemon.endpoint, names[i]), keys[i]) for i in picked]
-        cell = _cell("encrypt", load, seconds, f"{count:,} tenants")
+        cell = _cell("encrypt", load, seconds, f"{count:,} tenants", _pid(daemon))
         points.append(
             {
                 "tenants": count,
@@ -253,12 +282,16 @@ def _line(label: str, *columns: object) -> str:
 
 
 def _cell_columns(cell: Cell, *bases: float | None) -> list[str]:
-    """Per second, p50, p99, then the rate as a ratio to each base."""
-    columns = [f"{cell.rate:,.0f}", _ms(cell.p50_ms), _ms(cell.p99_ms)]
+    """Per second, p50, p99, server CPU per item, then the rate as a ratio to each base."""
+    columns = [f"{cell.rate:,.0f}", _ms(cell.p50_ms), _ms(cell.p99_ms), _cpu(cell.server_cpu_ms)]
     return columns + [_ratio(cell.rate, base) for base in bases]
 
 
-_CELL_HEADER = ("in flight", "per s", "p50 ms", "p99 ms")
+_CELL_HEADER = ("in flight", "per s", "p50 ms", "p99 ms", "CPU ms")
+
+
+def _cpu(milliseconds: float | None) -> str:
+    return "-" if milliseconds is None else f"{milliseconds:.3f}"
 
 
 def _table(result: dict[str, Any]) -> list[str]:
@@ -348,6 +381,17 @@ def _targets(result: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
             f" {raw['sign_rsa']:,.0f}/s",
         )
     )
+    echo_cpu = result["echo"]["sync"][8].server_cpu_ms
+    for op in ("encrypt", "datakey", "sign_ecdsa", "mac"):
+        cpu = unary[op][8].server_cpu_ms
+        if cpu is not None and echo_cpu:
+            targets.append(
+                (
+                    f"server CPU per {NAMES[op]} at 8 within 1.1x echo's (the per-call cost)",
+                    cpu <= 1.1 * echo_cpu,
+                    f"{cpu:.3f} ms = {cpu / echo_cpu:.1f}x echo's {echo_cpu:.3f} ms",
+                )
+            )
     for op in ("encrypt", "sign_ecdsa"):
         p99 = unary[op][LATENCY_IN_FLIGHT].p99_ms
         targets.append(

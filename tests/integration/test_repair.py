@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_a_flipped_object_id_quarantines_the_object_and_adoption_gives_the_key_b
     daemon, key_id, blob = stopped
     real = _object_id(daemon, key_id)
     flipped = bytes([real[0] ^ 0x01]) + real[1:]
-    with sqlite3.connect(daemon.database) as db:
+    with closing(sqlite3.connect(daemon.database)) as db, db:
         db.execute("UPDATE key_versions SET object_id = ? WHERE key_id = ?", (flipped, key_id))
     loose = secrets.token_bytes(16)
     daemon.probe(TENANT, "orphan", loose)  # an AES-256 key with the library's default rights
@@ -121,7 +122,7 @@ def test_a_flipped_object_id_quarantines_the_object_and_adoption_gives_the_key_b
 def test_a_deleted_version_row_destroys_nothing(stopped: tuple[DaemonProcess, str, bytes]) -> None:
     daemon, key_id, _ = stopped
     real = _object_id(daemon, key_id)
-    with sqlite3.connect(daemon.database) as db:
+    with closing(sqlite3.connect(daemon.database)) as db, db:
         db.execute("DELETE FROM key_versions WHERE key_id = ?", (key_id,))
     daemon.start()
     assert _token_ids(daemon) == {real.hex()}
@@ -211,7 +212,7 @@ def test_a_damaged_row_affects_that_key_only(new_daemon: Callable[..., DaemonPro
     with daemon.client(TENANT) as client:
         damaged, healthy = client.create_key().key_id, client.create_key().key_id
     daemon.stop()
-    with sqlite3.connect(daemon.database) as db:
+    with closing(sqlite3.connect(daemon.database)) as db, db:
         db.execute("UPDATE keys SET spec = 'AES_999' WHERE key_id = ?", (damaged,))
     daemon.start()
     with daemon.client(TENANT) as client:
@@ -260,7 +261,7 @@ def test_a_damaged_database_file_refuses_to_start(
     stopped: tuple[DaemonProcess, str, bytes],
 ) -> None:
     daemon, _, _ = stopped
-    with sqlite3.connect(daemon.database) as db:
+    with closing(sqlite3.connect(daemon.database)) as db, db:
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'keys_deletion'")
     raw = bytearray(daemon.database.read_bytes())

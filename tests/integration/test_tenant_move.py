@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def state(daemon: DaemonProcess) -> tuple[dict[str, str], list[str]]:
         for path in sorted(daemon.tokens.rglob("*"))
         if path.is_file()
     }
-    with sqlite3.connect(daemon.database) as db:
+    # closing(): a connection's `with` does not close it, and one closed later by the garbage
+    # collector deletes its -wal and -shm files under whatever runs then (a copytree did).
+    with closing(sqlite3.connect(daemon.database)) as db:
         return files, list(db.iterdump())
 
 

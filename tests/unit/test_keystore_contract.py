@@ -11,6 +11,7 @@ import dataclasses
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -551,7 +552,7 @@ def test_a_damaged_row_is_data_loss_for_its_key_and_left_out_of_lists(
     damaged, healthy = _key(), _key()
     _add(sqlite_store, damaged)
     _add(sqlite_store, healthy)
-    with sqlite3.connect(sqlite_store.path) as db:
+    with closing(sqlite3.connect(sqlite_store.path)) as db, db:
         db.execute("UPDATE keys SET spec = 'AES_999' WHERE key_id = ?", (damaged.key_id,))
     with pytest.raises(DataLoss, match=damaged.key_id):
         sqlite_store.get_key(A, damaged.key_id)
@@ -563,7 +564,7 @@ def test_a_damaged_row_is_data_loss_for_its_key_and_left_out_of_lists(
 
 
 def test_a_full_database_is_storage_full(sqlite_store: SqliteKeyStore) -> None:
-    with sqlite3.connect(sqlite_store.path) as db:
+    with closing(sqlite3.connect(sqlite_store.path)) as db, db:
         pages = db.execute("PRAGMA page_count").fetchone()[0]
     sqlite_store._db.execute(f"PRAGMA max_page_count = {pages}")  # no room to grow
     with pytest.raises(StorageFull):
@@ -582,7 +583,7 @@ def test_every_table_with_a_tenant_column_moves_with_it_or_stays_by_decision(
 ) -> None:
     """A table added with a tenant column must be sorted here, so a move never silently
     leaves a tenant's rows behind (tenant_records also refuses at run time)."""
-    with sqlite3.connect(sqlite_store.path) as db:
+    with closing(sqlite3.connect(sqlite_store.path)) as db, db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         with_tenant = {
             table
@@ -594,7 +595,7 @@ def test_every_table_with_a_tenant_column_moves_with_it_or_stays_by_decision(
 
 
 def test_a_tenant_with_rows_in_an_unknown_table_is_not_moved(sqlite_store: SqliteKeyStore) -> None:
-    with sqlite3.connect(sqlite_store.path) as db:
+    with closing(sqlite3.connect(sqlite_store.path)) as db, db:
         db.execute("CREATE TABLE future (tenant TEXT NOT NULL)")
         db.execute("INSERT INTO future VALUES (?)", (A,))
     with pytest.raises(FailedPrecondition, match="future"):
