@@ -365,7 +365,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
         daemon.clock.system,
         Admission(daemon.quotas.meters, Scheduler(settings.scheduler, time.monotonic)),
     )
-    audit.expect_appends(guard.appends_expected, settings.audit.group_commit_seconds)
+    audit.expect_appends(guard.at_work, settings.audit.group_commit_seconds)
     running = grpc_server.bind(
         settings,
         guard,

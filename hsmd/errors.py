@@ -46,6 +46,11 @@ class Aborted(UserError):
     """The request conflicts with another in flight (the same client token); retry it."""
 
 
+class DeadlineExceeded(UserError):
+    """The caller's deadline passed, or it cancelled, before the work began: nothing was done
+    (the items of a batch left when its caller is gone)."""
+
+
 class ResourceExhausted(UserError):
     """A quota or limit of the caller's tenant is reached (AWS: LimitExceededException,
     ThrottlingException). retry_after, in seconds, is when a retry can succeed: set for rates

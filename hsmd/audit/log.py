@@ -135,6 +135,9 @@ DEFAULT_MIN_FREE_BYTES = 1 << 20
 # catching up at start.
 _INDEX_BATCH = 256
 _CATCH_UP_BATCH = 10_000
+# A sync leader stops waiting for the calls at work once no line has come for this long: a
+# call that is slow (an RSA-4096 signature) then costs the others this, not the whole window.
+GATHER_QUIET_SECONDS = 0.0003
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ class AuditLog:
         # Group commit (see expect_appends): the sync leader waits on _all_written, under
         # _synced's lock, for the lines of the calls in flight.
         self._all_written = threading.Condition(synced_lock)
-        self._appends_expected: Callable[[], int] | None = None
+        self._working: Callable[[], int] | None = None
         self._gather_seconds = 0.0
         self._gathering = False
         self._checkpoint_lock = threading.Lock()
@@ -364,14 +367,16 @@ class AuditLog:
         if reason is not None:
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
 
-    def expect_appends(self, in_flight: Callable[[], int], gather_seconds: float) -> None:
-        """Groups fsyncs by load: `in_flight` says how many calls are running that will each
-        append one event (the request guard's count). The caller that starts an fsync first
-        waits, at most gather_seconds, until that many lines await it, so one fsync covers a
-        whole round of concurrent calls instead of one or two of them (an fsync costs about
-        60 us of CPU here, more than the rest of an event). A lone call never waits."""
+    def expect_appends(self, working: Callable[[], int], gather_seconds: float) -> None:
+        """Groups fsyncs by load: `working` says how many calls are still at work and will
+        each append one event (the request guard's count, which a call leaves just before it
+        appends). The caller that starts an fsync first waits while some are at work and new
+        lines keep coming (none for GATHER_QUIET_SECONDS: it stops waiting), and at most
+        gather_seconds, so one fsync covers a round of concurrent calls instead of one or two
+        of them (an fsync costs about 60 us of CPU here, more than the rest of an event). A
+        lone call never waits, and a slow call at work costs the others one quiet interval."""
         with self._synced:
-            self._appends_expected, self._gather_seconds = in_flight, gather_seconds
+            self._working, self._gather_seconds = working, gather_seconds
 
     def append(self, event: AuditEvent) -> Appended:
         """Chains the event after the head and returns once it is on disk, with its size.
@@ -567,6 +572,7 @@ class AuditLog:
         except AuditIndexFailed as exc:
             log.error("audit log %s: %s", self._path, exc)
         with self._write_lock, self._synced:
+            self._all_written.notify_all()  # a leader still gathering stops (_stopping)
             while self._syncing:
                 self._synced.wait()
             self._closed = True
@@ -811,7 +817,7 @@ class AuditLog:
         self._head_offset, self._end = self._end, self._end + len(line)
         with self._synced:
             self._written = sequence
-            if self._gathering and self._unsynced_cover_expected():
+            if self._gathering and self._none_at_work():
                 self._all_written.notify()
         if self._checkpointing is not None:
             unsigned = self._unsigned()
@@ -857,11 +863,20 @@ class AuditLog:
                 if not self._syncing:
                     break
                 self._synced.wait()
-            # This caller syncs for everyone who has written so far, once the calls in
-            # flight have written too.
+            # This caller syncs for everyone who has written so far, once the calls at
+            # work have written too.
             self._syncing = True
-            self._gather()
+            try:
+                failed = self._gather()  # the log may fail while this caller waits
+            except BaseException:
+                self._end_sync()
+                raise
+            if failed is not None:
+                self._end_sync()
             target = self._written
+        if failed is not None:
+            self._lost(line)
+            raise AuditUnavailable(f"audit log unavailable: {self._path}: {failed}")
         try:
             os.fsync(self._fd)
             failure = None
@@ -877,31 +892,45 @@ class AuditLog:
         if failure is not None:
             self._fail(failure, line)
 
-    def _gather(self) -> None:
-        """Under _synced's lock, as the sync leader: waits (at most the gather window) until
-        every call in flight has written its line, so that one fsync covers them all."""
-        if self._appends_expected is None or self._unsynced_cover_expected():
-            return
-        deadline = time.monotonic() + self._gather_seconds
+    def _gather(self) -> str | None:
+        """Under _synced's lock, as the sync leader: waits while calls are at work and their
+        lines keep coming, at most the gather window (see expect_appends). Returns the log's
+        failure if it failed meanwhile."""
+        if not self._none_at_work():
+            self._wait_for_work()
+        return self._failure
+
+    def _wait_for_work(self) -> None:
+        now = time.monotonic()
+        deadline = now + self._gather_seconds
+        seen, quiet_from = self._written, now
         self._gathering = True
         try:
-            while not self._unsynced_cover_expected() and self._failure is None:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
+            while not self._none_at_work() and self._failure is None and not self._stopping:
+                if self._written != seen:
+                    seen, quiet_from = self._written, time.monotonic()
+                until = min(deadline, quiet_from + GATHER_QUIET_SECONDS)
+                left = until - time.monotonic()
+                if left <= 0:
                     return
                 self._all_written.wait(left)
         finally:
             self._gathering = False
 
-    def _unsynced_cover_expected(self) -> bool:
-        expected = self._appends_expected
-        return expected is None or self._written - self._durable >= expected()
+    def _none_at_work(self) -> bool:
+        return self._working is None or self._working() <= 0
+
+    def _end_sync(self) -> None:
+        """Under _synced's lock: this caller will not sync after all; the next one may."""
+        self._syncing = False
+        self._synced.notify_all()
 
     def _fail(self, reason: str, line: bytes) -> NoReturn:
         with self._synced:
             if self._failure is None:
                 self._failure = reason
             self._synced.notify_all()
+            self._all_written.notify_all()
         log.error(
             "audit log %s: %s; every further event is refused until restart", self._path, reason
         )
@@ -915,6 +944,7 @@ class AuditLog:
             if first:
                 self._failure = f"the log is broken: {problem}"
             self._synced.notify_all()
+            self._all_written.notify_all()
         if first:
             log.error(
                 "audit log %s is broken: %s. Every call is refused from now on, until an "

@@ -45,7 +45,7 @@ from hsmd.audit.log import Appended, AuditLog, AuditUnavailable
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
-from hsmd.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from hsmd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unauthenticated
 from hsmd.names import is_valid_tenant_name
 from hsmd.quotas import SLOW_RPCS, TenantMeters
 from hsmd.scheduler import Scheduler
@@ -100,10 +100,11 @@ class RequestGuard(grpc.ServerInterceptor):
         are still running (shutdown: the server has stopped taking calls)."""
         return self._handlers.wait_idle(timeout)
 
-    def appends_expected(self) -> int:
-        """Calls that will append their audit event within a call's time: unary calls past
-        the scheduler, not slow ones (AuditLog.expect_appends). Calls waiting for a slot are
-        not counted: the first of a group would otherwise wait out its whole window for them."""
+    def at_work(self) -> int:
+        """Calls at work that will append their audit event next (AuditLog.expect_appends):
+        unary calls, not slow ones, from their scheduler slot until just before they append.
+        Calls waiting for a slot are not counted: the first of a group would otherwise wait
+        out its window for them."""
         return self._handlers.working
 
     def intercept_service(
@@ -160,13 +161,14 @@ class RequestGuard(grpc.ServerInterceptor):
                 token = _current.set(RequestContext(request_id, principal))
                 try:
                     with self._admitted(principal, operation, context.time_remaining()):
-                        self._handlers.start(work)
+                        self._handlers.start_work(work)
                         response = behaviour(request, context)
                 finally:
                     _current.reset(token)
             except Exception as exc:
                 failure = exc
             code, message = to_status(failure, request_id) if failure else (grpc.StatusCode.OK, "")
+            self._handlers.stop_work(work)
             try:
                 recorded = self._record(
                     request_id, operation, principal, context, request, response, code
@@ -422,23 +424,38 @@ class _BatchRun:
 
     def run(self, requests: Sequence[Any], unary: Unary) -> list[ItemOutcome]:
         """Raises ResourceExhausted, for the batch as a whole, if the scheduler refuses its
-        first chunk: nothing has run, and one refusal (one audit event) costs the daemon far
-        less than a refusal per item, which a client retrying at once would make it pay."""
+        first chunk, and DeadlineExceeded if the caller is gone (deadline passed, or
+        cancelled) before it: nothing has run, and one refusal (one audit event) costs the
+        daemon far less than one per item, which a client retrying at once would make it pay.
+        After a later refusal, or once the caller is gone, the items left are not run: they
+        fail with that refusal, or DEADLINE_EXCEEDED."""
+        stopped: Exception | None = None
         for start in range(0, len(requests), CHUNK_ITEMS):
             chunk = [
                 ItemOutcome(f"{self._batch_id}.{index}", request)
                 for index, request in enumerate(requests[start : start + CHUNK_ITEMS], start)
             ]
             self.outcomes += chunk
-            refusal = self._run_chunk([item for item in chunk if self._admit(item)], unary)
-            if refusal is not None and start == 0:
+            stopped = stopped or self._caller_gone()
+            if stopped is None:
+                stopped = self._run_chunk([item for item in chunk if self._admit(item)], unary)
+            else:
+                for item in chunk:
+                    item.failure = stopped
+            if stopped is not None and start == 0:
                 self.outcomes = []  # (_scheduled gave the items' rate tokens back)
-                raise refusal
+                raise stopped
         for item in self.outcomes:
             if item.failure is not None:
                 code, message = to_status(item.failure, item.request_id)
                 item.error = rpc_status_of(item.failure, code, message)
         return self.outcomes
+
+    def _caller_gone(self) -> DeadlineExceeded | None:
+        left = self._context.time_remaining()
+        if self._context.is_active() and (left is None or left > 0):
+            return None
+        return DeadlineExceeded("the caller's deadline passed, or it cancelled, before this ran")
 
     def _admit(self, item: ItemOutcome) -> bool:
         """The item's bounds and rate quota; False (its failure set) if refused."""
@@ -552,17 +569,24 @@ class _Handlers:
         with self._lock:
             self.running += 1
 
-    def start(self, work: _Work) -> None:
-        """The call has its slot (or needs none): counted until it leaves."""
+    def start_work(self, work: _Work) -> None:
+        """The call has its slot (or needs none): at work until stop_work."""
         if work.counted:
             with self._lock:
                 self.working += 1
             work.started = True
 
+    def stop_work(self, work: _Work) -> None:
+        """The call is about to append its event (or ended otherwise); idempotent."""
+        if work.started:
+            with self._lock:
+                self.working -= 1
+            work.started = False
+
     def leave(self, work: _Work) -> None:
+        self.stop_work(work)
         with self._lock:
             self.running -= 1
-            self.working -= work.started
             if self.running == 0 and self._idle is not None:
                 self._idle.set()
 

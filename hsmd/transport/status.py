@@ -25,6 +25,7 @@ _CODES: dict[type[errors.HsmdError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,

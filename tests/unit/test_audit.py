@@ -484,19 +484,24 @@ def _counted_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_the_first_of_the_calls_in_flight_waits_for_the_others_so_one_fsync_covers_all(
+def test_the_first_of_the_calls_at_work_waits_for_the_others_so_one_fsync_covers_all(
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without waiting for each other, calls a few microseconds apart each pay an fsync; with
-    the guard's count of calls in flight, the first waits for the other lines (the window is
-    far longer than the test) and syncs them all at once."""
+    the guard's count of calls at work (each leaves it just before it appends), the first
+    waits for the others' lines and syncs them all at once. The window and the quiet interval
+    are far longer than the test here, so only the count ends the wait."""
     fsyncs = _counted_fsyncs(monkeypatch)
-    audit.expect_appends(lambda: 3, gather_seconds=60.0)
+    monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
+    at_work = [3]
+    audit.expect_appends(lambda: at_work[0], gather_seconds=60.0)
     results: list[int] = []
-    pool = [
-        threading.Thread(target=lambda n=n: results.append(audit.append(_event(n)).size))
-        for n in range(3)
-    ]
+
+    def call(n: int) -> None:
+        at_work[0] -= 1
+        results.append(audit.append(_event(n)).size)
+
+    pool = [threading.Thread(target=call, args=(n,)) for n in range(3)]
     for thread in pool:
         thread.start()
         # The next call starts only once this one waits, so each would sync alone otherwise.
@@ -512,20 +517,62 @@ def test_a_lone_call_never_waits_for_others(
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fsyncs = _counted_fsyncs(monkeypatch)
-    audit.expect_appends(lambda: 1, gather_seconds=60.0)
-    audit.append(_event(0))  # returns at once: one call in flight, its own line is there
+    audit.expect_appends(lambda: 0, gather_seconds=60.0)
+    audit.append(_event(0))  # returns at once: no other call at work
     assert len(fsyncs) == 1
+
+
+def test_a_call_at_work_that_sends_no_line_costs_one_quiet_interval_not_the_window(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow call at work (an RSA-4096 signature) sends no line for a long time: the leader
+    stops waiting once lines stop coming, far inside the 60 s window (the thread would
+    otherwise outlive the join), and the event is durable when append returns."""
+    fsyncs = _counted_fsyncs(monkeypatch)
+    audit.expect_appends(lambda: 1, gather_seconds=60.0)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (audit.append(_event(0)), done.set()))
+    thread.start()
+    thread.join(30)
+    assert done.is_set() and len(fsyncs) == 1
 
 
 def test_the_wait_for_others_is_bounded_by_the_window(
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A call in flight that never appends (a slow one, counted by mistake) costs the others
-    at most the window, and the event is durable when append returns."""
     fsyncs = _counted_fsyncs(monkeypatch)
+    monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
     audit.expect_appends(lambda: 2, gather_seconds=0.01)
     audit.append(_event(0))
     assert len(fsyncs) == 1
+
+
+def test_a_log_that_breaks_while_the_leader_waits_fails_its_append(
+    audit: AuditLog, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader must not call its line durable once the log says it is broken: it is woken
+    and fails as every later append does, and syncs nothing."""
+    fsyncs = _counted_fsyncs(monkeypatch)
+    monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
+    audit.expect_appends(lambda: 1, gather_seconds=60.0)
+    outcome: list[BaseException | None] = []
+
+    def lead() -> None:
+        try:
+            audit.append(_event(0))
+            outcome.append(None)
+        except AuditUnavailable as exc:
+            outcome.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    _until(lambda: audit._gathering)
+    os.truncate(path, 0)  # lines cut from the log: the pre-flight finds it broken
+    with pytest.raises(AuditUnavailable):
+        audit.ensure_writable()
+    leader.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], AuditUnavailable)
+    assert fsyncs == []
 
 
 def _until(condition: Callable[[], bool], bound: float = 30.0) -> None:
