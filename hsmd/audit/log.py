@@ -137,7 +137,8 @@ _INDEX_BATCH = 256
 _CATCH_UP_BATCH = 10_000
 # A sync leader stops waiting for the calls at work once no line has come for this long: a
 # call that is slow (an RSA-4096 signature) then costs the others this, not the whole window.
-GATHER_QUIET_SECONDS = 0.0003
+# About one call's CPU time here, so the lines of a round of concurrent calls still gather.
+GATHER_QUIET_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -368,13 +369,14 @@ class AuditLog:
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
 
     def expect_appends(self, working: Callable[[], int], gather_seconds: float) -> None:
-        """Groups fsyncs by load: `working` says how many calls are still at work and will
-        each append one event (the request guard's count, which a call leaves just before it
-        appends). The caller that starts an fsync first waits while some are at work and new
-        lines keep coming (none for GATHER_QUIET_SECONDS: it stops waiting), and at most
-        gather_seconds, so one fsync covers a round of concurrent calls instead of one or two
-        of them (an fsync costs about 60 us of CPU here, more than the rest of an event). A
-        lone call never waits, and a slow call at work costs the others one quiet interval."""
+        """Groups fsyncs by load: `working` says how many calls are at work, each of which
+        appends one event before it ends (the request guard's count, from a call's scheduler
+        slot to its end). The caller that starts an fsync first waits until as many lines
+        await the fsync, while lines keep coming (none for GATHER_QUIET_SECONDS ends the wait)
+        and at most gather_seconds, so one fsync covers a round of concurrent calls instead
+        of one or two of them (an fsync costs about 60 us of CPU here, more than the rest of
+        an event). A lone call never waits, and a slow call at work (or one that synced and
+        is still answering) costs the others at most one quiet interval."""
         with self._synced:
             self._working, self._gather_seconds = working, gather_seconds
 
@@ -817,7 +819,7 @@ class AuditLog:
         self._head_offset, self._end = self._end, self._end + len(line)
         with self._synced:
             self._written = sequence
-            if self._gathering and self._none_at_work():
+            if self._gathering and self._covered():
                 self._all_written.notify()
         if self._checkpointing is not None:
             unsigned = self._unsigned()
@@ -896,17 +898,21 @@ class AuditLog:
         """Under _synced's lock, as the sync leader: waits while calls are at work and their
         lines keep coming, at most the gather window (see expect_appends). Returns the log's
         failure if it failed meanwhile."""
-        if not self._none_at_work():
-            self._wait_for_work()
+        if not self._covered():
+            self._wait_for_lines()
         return self._failure
 
-    def _wait_for_work(self) -> None:
+    def _covered(self) -> bool:
+        """Under _synced's lock: as many lines await the fsync as there are calls at work."""
+        return self._working is None or self._written - self._durable >= self._working()
+
+    def _wait_for_lines(self) -> None:
         now = time.monotonic()
         deadline = now + self._gather_seconds
         seen, quiet_from = self._written, now
         self._gathering = True
         try:
-            while not self._none_at_work() and self._failure is None and not self._stopping:
+            while not self._covered() and self._failure is None and not self._stopping:
                 if self._written != seen:
                     seen, quiet_from = self._written, time.monotonic()
                 until = min(deadline, quiet_from + GATHER_QUIET_SECONDS)
@@ -916,9 +922,6 @@ class AuditLog:
                 self._all_written.wait(left)
         finally:
             self._gathering = False
-
-    def _none_at_work(self) -> bool:
-        return self._working is None or self._working() <= 0
 
     def _end_sync(self) -> None:
         """Under _synced's lock: this caller will not sync after all; the next one may."""

@@ -101,8 +101,8 @@ class RequestGuard(grpc.ServerInterceptor):
         return self._handlers.wait_idle(timeout)
 
     def at_work(self) -> int:
-        """Calls at work that will append their audit event next (AuditLog.expect_appends):
-        unary calls, not slow ones, from their scheduler slot until just before they append.
+        """Calls at work, each appending its audit event before it ends (AuditLog
+        .expect_appends): unary calls, not slow ones, from their scheduler slot to their end.
         Calls waiting for a slot are not counted: the first of a group would otherwise wait
         out its window for them."""
         return self._handlers.working
@@ -168,7 +168,6 @@ class RequestGuard(grpc.ServerInterceptor):
             except Exception as exc:
                 failure = exc
             code, message = to_status(failure, request_id) if failure else (grpc.StatusCode.OK, "")
-            self._handlers.stop_work(work)
             try:
                 recorded = self._record(
                     request_id, operation, principal, context, request, response, code
@@ -576,17 +575,10 @@ class _Handlers:
                 self.working += 1
             work.started = True
 
-    def stop_work(self, work: _Work) -> None:
-        """The call is about to append its event (or ended otherwise); idempotent."""
-        if work.started:
-            with self._lock:
-                self.working -= 1
-            work.started = False
-
     def leave(self, work: _Work) -> None:
-        self.stop_work(work)
         with self._lock:
             self.running -= 1
+            self.working -= work.started
             if self.running == 0 and self._idle is not None:
                 self._idle.set()
 

@@ -488,17 +488,15 @@ def test_the_first_of_the_calls_at_work_waits_for_the_others_so_one_fsync_covers
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without waiting for each other, calls a few microseconds apart each pay an fsync; with
-    the guard's count of calls at work (each leaves it just before it appends), the first
-    waits for the others' lines and syncs them all at once. The window and the quiet interval
-    are far longer than the test here, so only the count ends the wait."""
+    the guard's count of calls at work (3, each appending before it ends), the first waits
+    for the others' lines and syncs them all at once. The window and the quiet interval are
+    far longer than the test here, so only the count ends the wait."""
     fsyncs = _counted_fsyncs(monkeypatch)
     monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
-    at_work = [3]
-    audit.expect_appends(lambda: at_work[0], gather_seconds=60.0)
+    audit.expect_appends(lambda: 3, gather_seconds=60.0)
     results: list[int] = []
 
     def call(n: int) -> None:
-        at_work[0] -= 1
         results.append(audit.append(_event(n)).size)
 
     pool = [threading.Thread(target=call, args=(n,)) for n in range(3)]
@@ -517,8 +515,8 @@ def test_a_lone_call_never_waits_for_others(
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fsyncs = _counted_fsyncs(monkeypatch)
-    audit.expect_appends(lambda: 0, gather_seconds=60.0)
-    audit.append(_event(0))  # returns at once: no other call at work
+    audit.expect_appends(lambda: 1, gather_seconds=60.0)
+    audit.append(_event(0))  # returns at once: no call at work but this one
     assert len(fsyncs) == 1
 
 
@@ -529,7 +527,7 @@ def test_a_call_at_work_that_sends_no_line_costs_one_quiet_interval_not_the_wind
     stops waiting once lines stop coming, far inside the 60 s window (the thread would
     otherwise outlive the join), and the event is durable when append returns."""
     fsyncs = _counted_fsyncs(monkeypatch)
-    audit.expect_appends(lambda: 1, gather_seconds=60.0)
+    audit.expect_appends(lambda: 2, gather_seconds=60.0)
     done = threading.Event()
     thread = threading.Thread(target=lambda: (audit.append(_event(0)), done.set()))
     thread.start()
@@ -554,7 +552,7 @@ def test_a_log_that_breaks_while_the_leader_waits_fails_its_append(
     and fails as every later append does, and syncs nothing."""
     fsyncs = _counted_fsyncs(monkeypatch)
     monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
-    audit.expect_appends(lambda: 1, gather_seconds=60.0)
+    audit.expect_appends(lambda: 2, gather_seconds=60.0)
     outcome: list[BaseException | None] = []
 
     def lead() -> None:
