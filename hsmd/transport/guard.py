@@ -150,12 +150,7 @@ class RequestGuard(grpc.ServerInterceptor):
             failure: Exception | None = None
             try:
                 principal = self._identify(context)
-                self._authorize(principal, required)
-                if isinstance(request, Malformed):
-                    self._malformed_log.warning(
-                        "%s %s %s: %s", request_id, method, principal, request.problem
-                    )
-                    raise InvalidArgument(f"the request is not a valid message: {request.problem}")
+                self._let_in(principal, required, method, request, request_id)
                 check_request(request)
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
@@ -230,12 +225,7 @@ class RequestGuard(grpc.ServerInterceptor):
             failure: Exception | None = None
             try:
                 principal = self._identify(context)
-                self._authorize(principal, required)
-                if isinstance(request, Malformed):
-                    self._malformed_log.warning(
-                        "%s %s %s: %s", batch_id, method, principal, request.problem
-                    )
-                    raise InvalidArgument(f"the request is not a valid message: {request.problem}")
+                self._let_in(principal, required, method, request, batch_id)
                 check_batch(request)
                 self._audit.ensure_writable()
                 run = _BatchRun(self, batch_id, principal, unary, context)
@@ -393,6 +383,23 @@ class RequestGuard(grpc.ServerInterceptor):
             raise Unauthenticated("a client certificate is required")
         chain = b"".join(cast(Sequence[bytes], properties.get("x509_pem_cert_chain", ())))
         return self._certificates.identify(certificates[0], chain)
+
+    def _let_in(
+        self,
+        principal: Principal,
+        required: PrincipalKind,
+        method: str,
+        request: Any,
+        request_id: str,
+    ) -> None:
+        """The caller may make this call, and its request parsed (INVALID_ARGUMENT and a
+        rate-limited WARNING if not)."""
+        self._authorize(principal, required)
+        if isinstance(request, Malformed):
+            self._malformed_log.warning(
+                "%s %s %s: %s", request_id, method, principal, request.problem
+            )
+            raise InvalidArgument(f"the request is not a valid message: {request.problem}")
 
     def _authorize(self, principal: Principal, required: PrincipalKind) -> None:
         require_kind(principal, required)
