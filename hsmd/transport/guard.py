@@ -162,7 +162,7 @@ class RequestGuard(grpc.ServerInterceptor):
                     _current.reset(token)
             except Exception as exc:
                 failure = exc
-            code, message = to_status(failure, request_id) if failure else (grpc.StatusCode.OK, "")
+            code = to_status(failure, request_id)[0] if failure else grpc.StatusCode.OK
             try:
                 recorded = self._record(
                     request_id, operation, principal, context, request, response, code
@@ -177,23 +177,12 @@ class RequestGuard(grpc.ServerInterceptor):
                         principal,
                     )
                     return response
-                failure, (code, message) = exc, to_status(exc, request_id)
+                failure = exc
             elapsed_ms = (time.perf_counter() - started) * 1000
             if failure is None:
                 log.info("%s %s %s OK %.1fms", request_id, method, principal, elapsed_ms)
                 return response
-            log.log(
-                _level(failure),
-                "%s %s %s %s %.1fms%s",
-                request_id,
-                method,
-                principal or context.peer(),
-                code.name,
-                elapsed_ms,
-                f": {failure}" if isinstance(failure, Unauthenticated) else "",
-                exc_info=failure if is_internal(failure) else None,
-            )
-            _abort(context, failure, code, message, request_id)
+            _end_with_failure(context, method, principal, failure, elapsed_ms, request_id)
 
         return guarded
 
@@ -236,7 +225,7 @@ class RequestGuard(grpc.ServerInterceptor):
                     _current_batch.reset(token)
             except Exception as exc:
                 failure = exc
-            code, message = to_status(failure, batch_id) if failure else (grpc.StatusCode.OK, "")
+            code = to_status(failure, batch_id)[0] if failure else grpc.StatusCode.OK
             events = [
                 self._event(
                     item.request_id,
@@ -257,7 +246,7 @@ class RequestGuard(grpc.ServerInterceptor):
                 for appended in self._audit.append_many(events):
                     self._charge_audit(principal, appended)
             except AuditUnavailable as exc:
-                failure, (code, message) = exc, to_status(exc, batch_id)
+                failure = exc
             elapsed_ms = (time.perf_counter() - started) * 1000
             if failure is None:
                 log.info(
@@ -269,18 +258,7 @@ class RequestGuard(grpc.ServerInterceptor):
                     _item_codes(events),
                 )
                 return response
-            log.log(
-                _level(failure),
-                "%s %s %s %s %.1fms%s",
-                batch_id,
-                method,
-                principal or context.peer(),
-                code.name,
-                elapsed_ms,
-                f": {failure}" if isinstance(failure, Unauthenticated) else "",
-                exc_info=failure if is_internal(failure) else None,
-            )
-            _abort(context, failure, code, message, batch_id)
+            _end_with_failure(context, method, principal, failure, elapsed_ms, batch_id)
 
         return guarded
 
@@ -606,15 +584,28 @@ class Admission:
     scheduler: Scheduler
 
 
-def _abort(
+def _end_with_failure(
     context: grpc.ServicerContext,
+    method: str,
+    principal: Principal | None,
     failure: Exception,
-    code: grpc.StatusCode,
-    message: str,
+    elapsed_ms: float,
     request_id: str,
 ) -> NoReturn:
-    """Ends the call with the failure's status, with its details (a RetryInfo) if it has any,
-    and the request id in the trailers either way."""
+    """Logs the failed call's access line and ends it with the failure's status, with its
+    details (a RetryInfo) if it has any, and the request id in the trailers either way."""
+    code, message = to_status(failure, request_id)
+    log.log(
+        _level(failure),
+        "%s %s %s %s %.1fms%s",
+        request_id,
+        method,
+        principal or context.peer(),
+        code.name,
+        elapsed_ms,
+        f": {failure}" if isinstance(failure, Unauthenticated) else "",
+        exc_info=failure if is_internal(failure) else None,
+    )
     detailed = with_details(failure, message, ((REQUEST_ID_METADATA, request_id),))
     if detailed is not None:
         context.abort_with_status(detailed)
