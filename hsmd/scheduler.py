@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -162,7 +161,8 @@ class FairQueue:
 
 
 class Scheduler:
-    """FairQueue for threads: `with scheduler.slot(tenant, slow):` runs the block in a slot.
+    """FairQueue for threads: `enter()` waits for a slot and returns the ticket that holds it,
+    `leave(ticket)` gives it to the next waiting call.
 
     A waiting thread sleeps on a lock of its own, released only when its ticket is settled, so
     a freed slot wakes the one thread it goes to, not every waiting thread.
@@ -173,15 +173,6 @@ class Scheduler:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._sleepers: dict[Ticket, threading.Lock] = {}
-
-    @contextmanager
-    def slot(self, tenant: str, slow: bool, patience: float | None = None) -> Iterator[None]:
-        """Runs the block in a slot: enter(), then leave() however the block ends."""
-        ticket = self.enter(tenant, slow, patience)
-        try:
-            yield
-        finally:
-            self.leave(ticket)
 
     def enter(self, tenant: str, slow: bool, patience: float | None = None) -> Ticket:
         """Waits for a slot (at most max_wait, and at most `patience` seconds: what is left

@@ -68,11 +68,14 @@ class BatchRunner(Protocol):
     def run(self, requests: Sequence[Message], unary: Unary) -> list[ItemOutcome]: ...
 
 
-def results(outcomes: Sequence[ItemOutcome], result_type: type[_Result]) -> list[_Result]:
-    """The batch response's results, one per item in order: the response, or the status."""
+def answer(
+    runner: BatchRunner, requests: Sequence[Message], unary: Unary, result_type: type[_Result]
+) -> list[_Result]:
+    """The batch response's results: each request run as its unary call by the runner, then
+    one result per item in order, the response or the status."""
     return [
         result_type(response=outcome.response)
         if outcome.error is None
         else result_type(error=outcome.error)
-        for outcome in outcomes
+        for outcome in runner.run(requests, unary)
     ]

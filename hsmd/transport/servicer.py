@@ -383,65 +383,79 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
     def BatchEncrypt(
         self, request: service_pb2.BatchEncryptRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchEncryptResponse:
-        outcomes = current_batch().run(request.requests, self.Encrypt)
         return service_pb2.BatchEncryptResponse(
-            results=batch.results(outcomes, service_pb2.BatchEncryptResult)
+            results=batch.answer(
+                current_batch(), request.requests, self.Encrypt, service_pb2.BatchEncryptResult
+            )
         )
 
     def BatchDecrypt(
         self, request: service_pb2.BatchDecryptRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchDecryptResponse:
-        outcomes = current_batch().run(request.requests, self.Decrypt)
         return service_pb2.BatchDecryptResponse(
-            results=batch.results(outcomes, service_pb2.BatchDecryptResult)
+            results=batch.answer(
+                current_batch(), request.requests, self.Decrypt, service_pb2.BatchDecryptResult
+            )
         )
 
     def BatchReEncrypt(
         self, request: service_pb2.BatchReEncryptRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchReEncryptResponse:
-        outcomes = current_batch().run(request.requests, self.ReEncrypt)
         return service_pb2.BatchReEncryptResponse(
-            results=batch.results(outcomes, service_pb2.BatchReEncryptResult)
+            results=batch.answer(
+                current_batch(), request.requests, self.ReEncrypt, service_pb2.BatchReEncryptResult
+            )
         )
 
     def BatchGenerateDataKey(
         self, request: service_pb2.BatchGenerateDataKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchGenerateDataKeyResponse:
-        outcomes = current_batch().run(request.requests, self.GenerateDataKey)
         return service_pb2.BatchGenerateDataKeyResponse(
-            results=batch.results(outcomes, service_pb2.BatchGenerateDataKeyResult)
+            results=batch.answer(
+                current_batch(),
+                request.requests,
+                self.GenerateDataKey,
+                service_pb2.BatchGenerateDataKeyResult,
+            )
         )
 
     def BatchSign(
         self, request: service_pb2.BatchSignRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchSignResponse:
-        outcomes = current_batch().run(request.requests, self.Sign)
         return service_pb2.BatchSignResponse(
-            results=batch.results(outcomes, service_pb2.BatchSignResult)
+            results=batch.answer(
+                current_batch(), request.requests, self.Sign, service_pb2.BatchSignResult
+            )
         )
 
     def BatchVerify(
         self, request: service_pb2.BatchVerifyRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchVerifyResponse:
-        outcomes = current_batch().run(request.requests, self.Verify)
         return service_pb2.BatchVerifyResponse(
-            results=batch.results(outcomes, service_pb2.BatchVerifyResult)
+            results=batch.answer(
+                current_batch(), request.requests, self.Verify, service_pb2.BatchVerifyResult
+            )
         )
 
     def BatchGenerateMac(
         self, request: service_pb2.BatchGenerateMacRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchGenerateMacResponse:
-        outcomes = current_batch().run(request.requests, self.GenerateMac)
         return service_pb2.BatchGenerateMacResponse(
-            results=batch.results(outcomes, service_pb2.BatchGenerateMacResult)
+            results=batch.answer(
+                current_batch(),
+                request.requests,
+                self.GenerateMac,
+                service_pb2.BatchGenerateMacResult,
+            )
         )
 
     def BatchVerifyMac(
         self, request: service_pb2.BatchVerifyMacRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchVerifyMacResponse:
-        outcomes = current_batch().run(request.requests, self.VerifyMac)
         return service_pb2.BatchVerifyMacResponse(
-            results=batch.results(outcomes, service_pb2.BatchVerifyMacResult)
+            results=batch.answer(
+                current_batch(), request.requests, self.VerifyMac, service_pb2.BatchVerifyMacResult
+            )
         )
 
     def GetCapabilities(

@@ -514,9 +514,12 @@ def test_the_first_of_the_calls_at_work_waits_for_the_others_so_one_fsync_covers
 def test_a_lone_call_never_waits_for_others(
     audit: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With the quiet interval and the window both 60 s, only the count can end a wait: an
+    append that waited at all would outlive the bound."""
     fsyncs = _counted_fsyncs(monkeypatch)
+    monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
     audit.expect_appends(lambda: 1, gather_seconds=60.0)
-    audit.append(_event(0))  # returns at once: no call at work but this one
+    assert _appended_within(audit, 30.0)  # no call at work but this one
     assert len(fsyncs) == 1
 
 
@@ -528,11 +531,8 @@ def test_a_call_at_work_that_sends_no_line_costs_one_quiet_interval_not_the_wind
     otherwise outlive the join), and the event is durable when append returns."""
     fsyncs = _counted_fsyncs(monkeypatch)
     audit.expect_appends(lambda: 2, gather_seconds=60.0)
-    done = threading.Event()
-    thread = threading.Thread(target=lambda: (audit.append(_event(0)), done.set()))
-    thread.start()
-    thread.join(30)
-    assert done.is_set() and len(fsyncs) == 1
+    assert _appended_within(audit, 30.0)
+    assert len(fsyncs) == 1
 
 
 def test_the_wait_for_others_is_bounded_by_the_window(
@@ -541,7 +541,7 @@ def test_the_wait_for_others_is_bounded_by_the_window(
     fsyncs = _counted_fsyncs(monkeypatch)
     monkeypatch.setattr("hsmd.audit.log.GATHER_QUIET_SECONDS", 60.0)
     audit.expect_appends(lambda: 2, gather_seconds=0.01)
-    audit.append(_event(0))
+    assert _appended_within(audit, 30.0)  # the quiet interval (60 s) cannot end this wait
     assert len(fsyncs) == 1
 
 
@@ -571,6 +571,14 @@ def test_a_log_that_breaks_while_the_leader_waits_fails_its_append(
     leader.join(30)
     assert len(outcome) == 1 and isinstance(outcome[0], AuditUnavailable)
     assert fsyncs == []
+
+
+def _appended_within(audit: AuditLog, bound: float) -> bool:
+    """Whether an append, in a thread of its own, returned within `bound` seconds."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (audit.append(_event(0)), done.set()), daemon=True)
+    thread.start()
+    return done.wait(bound)
 
 
 def _until(condition: Callable[[], bool], bound: float = 30.0) -> None:

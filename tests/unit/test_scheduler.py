@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -105,7 +106,7 @@ def test_a_call_that_waited_too_long_is_refused_and_leaves_the_queue() -> None:
 def test_the_scheduler_wakes_a_waiting_thread_when_a_slot_frees() -> None:
     scheduler = Scheduler(SchedulerLimits(1, 1, 4, 4, 60.0), monotonic=lambda: 0.0)
     entered = threading.Event()
-    with scheduler.slot("a", False):
+    with _slot(scheduler, "a", False):
         thread = threading.Thread(target=lambda: _enter(scheduler, entered))
         thread.start()
         assert not entered.wait(0.05)  # it waits for the slot
@@ -121,13 +122,13 @@ def test_a_waiting_call_that_loses_its_place_is_woken_with_the_refusal() -> None
 
     def wait_as_a() -> None:
         try:
-            with scheduler.slot("a", False):
+            with _slot(scheduler, "a", False):
                 pass
         except ResourceExhausted as exc:
             refused.append(exc)
 
     entered = threading.Event()
-    with scheduler.slot("a", False):
+    with _slot(scheduler, "a", False):
         waiter = threading.Thread(target=wait_as_a)
         waiter.start()
         _until(lambda: scheduler._queue.waiting("a") == 1)  # in the one waiting place
@@ -143,8 +144,8 @@ def test_a_waiting_call_that_loses_its_place_is_woken_with_the_refusal() -> None
 def test_the_scheduler_refuses_with_the_wait_bound_as_retry_delay() -> None:
     now = [0.0]
     scheduler = Scheduler(SchedulerLimits(1, 1, 4, 0, 2.0), monotonic=lambda: now[0])
-    with scheduler.slot("a", False), pytest.raises(ResourceExhausted) as refused:
-        with scheduler.slot("b", False):
+    with _slot(scheduler, "a", False), pytest.raises(ResourceExhausted) as refused:
+        with _slot(scheduler, "b", False):
             pass
     assert refused.value.retry_after == 2.0
 
@@ -159,13 +160,13 @@ def test_a_call_waits_no_longer_than_its_deadline_leaves() -> None:
         return now[0]
 
     scheduler = Scheduler(SchedulerLimits(1, 1, 4, 4, 60.0), monotonic=clock)
-    with scheduler.slot("a", False), pytest.raises(ResourceExhausted, match="no slot within"):
-        with scheduler.slot("b", False, patience=0.5):
+    with _slot(scheduler, "a", False), pytest.raises(ResourceExhausted, match="no slot within"):
+        with _slot(scheduler, "b", False, patience=0.5):
             pass
 
 
 def _enter(scheduler: Scheduler, entered: threading.Event) -> None:
-    with scheduler.slot("b", False):
+    with _slot(scheduler, "b", False):
         entered.set()
 
 
@@ -174,3 +175,15 @@ def _until(condition: Callable[[], bool], bound: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not come true"
         time.sleep(0.001)
+
+
+@contextmanager
+def _slot(
+    scheduler: Scheduler, tenant: str, slow: bool, patience: float | None = None
+) -> Iterator[None]:
+    """The block in a slot, as the request guard holds one: enter, then leave however it ends."""
+    ticket = scheduler.enter(tenant, slow, patience)
+    try:
+        yield
+    finally:
+        scheduler.leave(ticket)
