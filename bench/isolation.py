@@ -1,6 +1,11 @@
 """Noisy neighbours: tenant B's Encrypt latency alone and while tenant A floods, and aggregate
 Encrypt throughput with 1, 2 and 8 tenants busy at once, all in one run.
 
+Each flood runs twice: against B's own (shared) daemon, and against a dedicated single-tenant
+daemon of A's on the same machine, where A and B share nothing but the cores. The second is
+the floor this machine sets (the flooding clients and the daemons compete for two cores
+whatever the isolation); the first minus the second is what sharing a daemon costs B.
+
 Every client runs in a process of its own (bench.load). Latency figures are reported as the
 ratio under flood to alone; throughput as ratios to the raw python-pkcs11 rate and a gRPC echo
 server measured in the same run (bench.reference). Target (issue 9): B's p99 under a flood at
@@ -38,6 +43,19 @@ def _key(daemon: DaemonProcess, tenant: str) -> str:
         return client.create_key().key_id
 
 
+def _dedicated_daemon(directory: Path, pki: TestPki, tenant: str) -> DaemonProcess:
+    """A single-tenant daemon of `tenant`'s beside the shared one: a flood there shares only
+    the machine with the tenants of the shared daemon."""
+    daemon = DaemonProcess(
+        directory / "dedicated",
+        pki,
+        tenancy={"mode": "single", "tenant": tenant},
+        movable_clock=False,
+    )
+    daemon.start()
+    return daemon
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -62,21 +80,33 @@ def main() -> int:
         victim, flooder = "t0", "t1"
         alone, _ = latencies(who[victim], keys[victim], seconds)
         floods = {}
-        for action, name in (
-            ("rsa4096", "RSA-4096 generation"),
-            ("encrypt4k", "4 KB Encrypt"),
-            ("encrypt4k", f"4 KB Encrypt, A's quota {THROTTLED_RATE}/s"),
-        ):
-            if "quota" in name:
-                with daemon.admin() as admin:
-                    rate = TenantQuota(symmetric_requests_per_second=THROTTLED_RATE)
-                    admin.set_tenant_quota(flooder, rate)
-            with Flood(action, [(who[flooder], keys[flooder])] * FLOOD_CLIENTS) as flood:
-                floods[name], victim_refused = latencies(who[victim], keys[victim], seconds)
-            print(
-                f"flood of {name}: A {flood.calls} calls done, {flood.refused} refused;"
-                f" B {victim_refused} refused"
-            )
+        dedicated = _dedicated_daemon(directory, pki, flooder)
+        try:
+            apart = Credentials.for_tenant(pki, dedicated.endpoint, flooder)
+            places = {
+                "shared": (who[flooder], keys[flooder]),
+                "dedicated": (apart, _key(dedicated, flooder)),
+            }
+            for action, name, place in (
+                ("rsa4096", "RSA-4096 generation", "dedicated"),
+                ("rsa4096", "RSA-4096 generation", "shared"),
+                ("encrypt4k", "4 KB Encrypt", "dedicated"),
+                ("encrypt4k", "4 KB Encrypt", "shared"),
+                ("encrypt4k", f"4 KB Encrypt, A's quota {THROTTLED_RATE}/s", "shared"),
+            ):
+                if "quota" in name:
+                    with daemon.admin() as admin:
+                        rate = TenantQuota(symmetric_requests_per_second=THROTTLED_RATE)
+                        admin.set_tenant_quota(flooder, rate)
+                with Flood(action, [places[place]] * FLOOD_CLIENTS) as flood:
+                    times, victim_refused = latencies(who[victim], keys[victim], seconds)
+                floods[f"{name} ({place} daemon)"] = times
+                print(
+                    f"flood of {name} on A's {place} daemon: A {flood.calls} calls done,"
+                    f" {flood.refused} refused; B {victim_refused} refused"
+                )
+        finally:
+            dedicated.stop()
         busy = {}
         for count in (1, 2, 8):
             load = [(who[t], keys[t]) for t in tenants[:count]] * (BUSY_CLIENTS // count)
@@ -86,13 +116,13 @@ def main() -> int:
 
     p50, p99 = _percentiles(alone)
     print(
-        f"\n{'tenant B Encrypt 1 KB, one call at a time':48} {'p50 ms':>8} {'p99 ms':>8}"
+        f"\n{'tenant B Encrypt 1 KB, one call at a time':64} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'p99 ratio':>10}"
     )
-    print(f"{'alone':48} {p50:8.1f} {p99:8.1f} {1.0:10.2f}")
+    print(f"{'alone':64} {p50:8.1f} {p99:8.1f} {1.0:10.2f}")
     for name, times in floods.items():
         f50, f99 = _percentiles(times)
-        print(f"{'while A floods: ' + name:48} {f50:8.1f} {f99:8.1f} {f99 / p99:10.2f}")
+        print(f"{'A floods: ' + name:64} {f50:8.1f} {f99:8.1f} {f99 / p99:10.2f}")
     print(f"\n{'measurement':60} {'per second':>11} {'/ raw':>7} {'/ echo':>7}")
     rows = [
         ("raw python-pkcs11 AES-GCM 1 KB, in-process, 1 thread", raw),

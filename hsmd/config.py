@@ -290,6 +290,7 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         raise ConfigError(f"log.level must be one of {', '.join(_LOG_LEVELS)}")
     log.done()
 
+    tenancy = _tenancy(_Section(doc, "tenancy", base))
     return Settings(
         server_settings,
         tls_settings,
@@ -303,8 +304,9 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
             _Section(doc, "scheduler", base),
             server_settings.workers,
             pkcs11_settings.fast_sessions + pkcs11_settings.slow_sessions,
+            dedicated=tenancy.dedicated_tenant is not None,
         ),
-        tenancy=_tenancy(_Section(doc, "tenancy", base)),
+        tenancy=tenancy,
     )
 
 
@@ -342,11 +344,17 @@ def _quotas(section: _Section) -> QuotaSettings:
 SPARE_WORKERS = 2
 
 
-def _scheduler(section: _Section, workers: int, sessions_per_tenant: int) -> SchedulerLimits:
+def _scheduler(
+    section: _Section, workers: int, sessions_per_tenant: int, *, dedicated: bool
+) -> SchedulerLimits:
     """The scheduler's limits; by default its running and waiting calls fill the thread pool
-    but for SPARE_WORKERS threads (docs/operations.md#scheduler). One tenant runs at most as
-    many calls as its token has sessions, and leaves one slot free for others."""
-    capacity = section.integer("capacity", max(1, min(4, workers - SPARE_WORKERS)), 1, 256)
+    but for SPARE_WORKERS threads (docs/operations.md#scheduler). A slot is a share of the
+    daemon's CPU (a call holds it through its durable audit event): three by default, which
+    a lone tenant fills (one call computes while another waits for the disk); more only
+    lets a flooding tenant crowd the others (measured in docs/concurrency.md "Fair share").
+    On a shared instance one tenant runs at most as many calls as its token has sessions,
+    and leaves one slot free for the next call of another; a dedicated one has no other."""
+    capacity = section.integer("capacity", max(1, min(3, workers - SPARE_WORKERS)), 1, 256)
     waiting_room = section.integer(
         "waiting_room", max(0, workers - capacity - SPARE_WORKERS), 0, 256
     )
@@ -355,12 +363,13 @@ def _scheduler(section: _Section, workers: int, sessions_per_tenant: int) -> Sch
             f"scheduler.capacity + scheduler.waiting_room must leave {SPARE_WORKERS} of"
             f" server.workers ({workers}) free"
         )
+    reserved = 0 if dedicated else 1
     limits = SchedulerLimits(
         capacity=capacity,
-        # Below capacity (when there are two slots or more), so a fast call never waits for
-        # a slow one to finish, or is refused behind it.
+        # Half the slots, rounded up, but below capacity (when there are two or more), so a
+        # fast call never waits for a slow one to finish, or is refused behind it.
         slow_capacity=section.integer(
-            "slow_capacity", max(1, capacity // 2), 1, max(1, capacity - 1)
+            "slow_capacity", max(1, (capacity + 1) // 2), 1, max(1, capacity - 1)
         ),
         calls_per_tenant=section.integer(
             "calls_per_tenant", capacity + waiting_room, 1, capacity + waiting_room
@@ -368,7 +377,7 @@ def _scheduler(section: _Section, workers: int, sessions_per_tenant: int) -> Sch
         waiting_room=waiting_room,
         # A third of the client's default timeout (30 s): refused well before it times out.
         max_wait=section.number("max_wait_seconds", 10.0, 0.0, 600.0),
-        running_per_tenant=min(sessions_per_tenant, max(1, capacity - 1)),
+        running_per_tenant=min(sessions_per_tenant, max(1, capacity - reserved)),
     )
     section.done()
     return limits

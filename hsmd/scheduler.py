@@ -1,11 +1,16 @@
 """Fair share of the HSM between tenants busy at the same moment, with a bounded wait.
 
-At most `capacity` calls run at once, at most `slow_capacity` of them slow (key generation:
-seconds of one core each), so slow work never takes every slot from fast work. When a slot
-frees, it goes to the waiting tenant with the fewest calls running (the earliest of its calls
-first): busy tenants share the slots equally. A tenant alone may use as many slots as its
-token has sessions (`running_per_tenant`; more would only wait for a session inside a slot),
-which leaves a slot for any other tenant's next call.
+A slot is a share of the daemon's CPU: a call holds one from its operation through its
+durable audit event (hsmd.transport.guard), and the GIL shares the CPU between the calls at
+work, so a tenant's CPU share is its part of the slots. At most `capacity` calls run at
+once, at most `slow_capacity` of them slow (key generation: seconds of one core each), so
+slow work never takes every slot from fast work. When a slot frees, it goes to the waiting
+tenant with the fewest calls running (the earliest of its calls first), and while several
+tenants are busy (calls running or waiting) none holds more than an equal part of the slots,
+even if another needs fewer: a slot left free costs no CPU, a flooding tenant's extra call
+would slow every other tenant's calls. A tenant alone may use as many slots as its token has
+sessions (`running_per_tenant`; more would only wait for a session inside a slot), which on
+a shared instance leaves a slot for any other tenant's next call.
 
 Waiting calls hold a server worker thread each, so waiting is bounded three ways, each
 answered RESOURCE_EXHAUSTED at once rather than by a timeout:
@@ -130,13 +135,22 @@ class FairQueue:
         ticket.state = TicketState.REFUSED
         ticket.refusal = why
 
+    def _fair_share(self) -> int:
+        """The slots one tenant may hold now: an equal part of capacity between the tenants
+        with calls running or waiting (at least one), and no more than tenant_share. A
+        tenant alone may hold all of them; a second tenant's call waits for at most one of
+        the first's calls to end, and the first then holds no more than its part."""
+        busy = len(self._running.keys() | {t.tenant for t in self._waiting})
+        return min(self.limits.tenant_share, max(1, self.limits.capacity // max(1, busy)))
+
     def _dispatch(self) -> None:
         while sum(self._running.values()) < self.limits.capacity:
+            share = self._fair_share()
             candidates = [
                 t
                 for t in self._waiting
                 if (not t.slow or self._slow_running < self.limits.slow_capacity)
-                and self.running(t.tenant) < self.limits.tenant_share
+                and self.running(t.tenant) < share
             ]
             if not candidates:
                 return

@@ -148,6 +148,18 @@ class RequestGuard(grpc.ServerInterceptor):
             principal: Principal | None = None
             response: Any = None
             failure: Exception | None = None
+            recorded: Appended | AuditUnavailable | None = None
+
+            def record() -> Appended | AuditUnavailable:
+                """The call's audit event appended, or why it could not be."""
+                code = to_status(failure, request_id)[0] if failure else grpc.StatusCode.OK
+                try:
+                    return self._record(
+                        request_id, operation, principal, context, request, response, code
+                    )
+                except AuditUnavailable as exc:
+                    return exc
+
             try:
                 principal = self._identify(context)
                 self._let_in(principal, required, method, request, request_id)
@@ -155,20 +167,26 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
-                    with self._admitted(principal, operation, context.time_remaining()):
+                    # The slot spans the call's work through its durable audit event: all
+                    # but gRPC's own part of the CPU a call costs, which the GIL shares
+                    # among every thread at work. So the scheduler's fair share is a share
+                    # of the CPU, and a tenant's flood cannot crowd another's calls out of
+                    # it (docs/concurrency.md "Fair share").
+                    with self._slot(principal.tenant, operation, context.time_remaining()):
                         self._handlers.start_work(work)
-                        response = behaviour(request, context)
+                        try:
+                            self._admit(principal, operation)
+                            response = behaviour(request, context)
+                        except Exception as exc:
+                            failure = exc
+                        recorded = record()
                 finally:
                     _current.reset(token)
             except Exception as exc:
                 failure = exc
-            code = to_status(failure, request_id)[0] if failure else grpc.StatusCode.OK
-            try:
-                recorded = self._record(
-                    request_id, operation, principal, context, request, response, code
-                )
-                self._charge_audit(principal, recorded)
-            except AuditUnavailable as exc:
+            if recorded is None:  # refused before it ran: recorded outside any slot
+                recorded = record()
+            if isinstance(recorded, AuditUnavailable):
                 if _reports_a_break(operation, failure, response):
                     log.error(
                         "%s %s %s OK, answered without its audit event: it found the log broken",
@@ -177,7 +195,9 @@ class RequestGuard(grpc.ServerInterceptor):
                         principal,
                     )
                     return response
-                failure = exc
+                failure = recorded
+            else:
+                self._charge_audit(principal, recorded)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if failure is None:
                 log.info("%s %s %s OK %.1fms", request_id, method, principal, elapsed_ms)
@@ -311,40 +331,44 @@ class RequestGuard(grpc.ServerInterceptor):
     # calls are neither counted nor scheduled.
 
     @contextmanager
-    def _admitted(
-        self, principal: Principal, operation: str, patience: float | None
-    ) -> Iterator[None]:
-        """Runs the block if the tenant is within its rate quotas and audit volume, in a
-        scheduler slot waited for at most `patience` (the call's time left); raises
-        ResourceExhausted (with a retry delay) otherwise."""
-        if self._admission is None or principal.tenant is None:
+    def _slot(self, tenant: str | None, operation: str, patience: float | None) -> Iterator[None]:
+        """Runs the block in a scheduler slot of the tenant's (none for an operator), waited
+        for at most `patience` (the call's time left); raises ResourceExhausted (with a retry
+        delay) if the scheduler has none. A unary call takes it before its rate check, so a
+        refusal's cost (its durable audit event) is paid from the tenant's own share too."""
+        if self._admission is None or tenant is None:
             yield
             return
-        self._admission.meters.admit(principal.tenant, operation)
-        with self._scheduled(principal.tenant, operation, 1, patience):
+        scheduler = self._admission.scheduler
+        ticket = scheduler.enter(tenant, operation in SLOW_RPCS, patience)
+        try:
             yield
+        finally:
+            scheduler.leave(ticket)
+
+    def _admit(self, principal: Principal, operation: str) -> None:
+        """Raises ResourceExhausted (with a retry delay) unless the tenant is within its rate
+        quotas and audit volume."""
+        if self._admission is not None and principal.tenant is not None:
+            self._admission.meters.admit(principal.tenant, operation)
 
     @contextmanager
     def _scheduled(
         self, tenant: str, operation: str, calls: int, patience: float | None
     ) -> Iterator[None]:
-        """Runs the block in a scheduler slot for `calls` admitted calls of the operation
-        (one unary call, or a chunk of batch items); if the scheduler refuses the slot, gives
-        their rate tokens back and raises its ResourceExhausted."""
-        if self._admission is None:
-            yield
-            return
-        meters, scheduler = self._admission.meters, self._admission.scheduler
+        """Runs the block in a scheduler slot for `calls` batch items already admitted; if
+        the scheduler refuses the slot, gives their rate tokens back and raises its
+        ResourceExhausted."""
+        running = False
         try:
-            ticket = scheduler.enter(tenant, operation in SLOW_RPCS, patience)
-        except ResourceExhausted:  # refused by the scheduler, not by the block
-            for _ in range(calls):
-                meters.refund(tenant, operation)
+            with self._slot(tenant, operation, patience):
+                running = True
+                yield
+        except ResourceExhausted:
+            if not running and self._admission is not None:  # refused by the scheduler
+                for _ in range(calls):
+                    self._admission.meters.refund(tenant, operation)
             raise
-        try:
-            yield
-        finally:
-            scheduler.leave(ticket)
 
     def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:
         if self._admission is not None and principal is not None and principal.tenant:

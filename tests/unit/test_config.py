@@ -60,8 +60,8 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     settings = config.parse(_doc(), files)
     assert settings.quotas == config.QuotaSettings(QuotaLimits(), 3600.0)
     # Running and waiting calls fill the pool but for the threads kept to refuse at once.
-    assert settings.scheduler == SchedulerLimits(4, 2, 14, 10, 10.0, running_per_tenant=3)
-    assert 4 + 10 + config.SPARE_WORKERS == settings.server.workers
+    assert settings.scheduler == SchedulerLimits(3, 2, 14, 11, 10.0, running_per_tenant=2)
+    assert 3 + 11 + config.SPARE_WORKERS == settings.server.workers
     changed = config.parse(
         _doc(
             quotas__max_keys=7,
@@ -76,6 +76,13 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     assert changed.quotas.defaults.asymmetric_requests_per_second == 2.0
     assert changed.quotas.audit_period_seconds == 60.0
     assert changed.scheduler == SchedulerLimits(2, 1, 14, 12, 0.5, running_per_tenant=1)
+
+
+def test_a_dedicated_instance_lets_its_tenant_use_every_slot(files: Path) -> None:
+    """A shared instance keeps a slot free for another tenant's next call; a dedicated one
+    has no other tenant to keep it for."""
+    dedicated = config.parse(_doc(tenancy__mode="single", tenancy__tenant="solo"), files)
+    assert dedicated.scheduler.running_per_tenant == dedicated.scheduler.capacity == 3
 
 
 def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:

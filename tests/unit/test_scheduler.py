@@ -1,6 +1,6 @@
-"""The fair-share scheduler: slots shared between busy tenants, work conserving, bounded
-waiting (hsmd.scheduler). The rule is tested with times passed in; one threaded test checks
-that Scheduler blocks and wakes on it."""
+"""The fair-share scheduler: slots shared equally between busy tenants, all of them to a
+tenant alone, bounded waiting (hsmd.scheduler). The rule is tested with times passed in; one
+threaded test checks that Scheduler blocks and wakes on it."""
 
 from __future__ import annotations
 
@@ -39,9 +39,22 @@ def test_a_freed_slot_goes_to_the_busy_tenant_with_the_fewest_calls_running() ->
     assert other.state is TicketState.WAITING
     queue.release(flood[0])
     assert other.state is TicketState.RUNNING  # before a's earlier waiting calls
+    assert flood[4].state is TicketState.WAITING
+
+
+def test_while_another_tenant_is_busy_a_tenant_holds_no_more_than_an_equal_part() -> None:
+    """Slots are shares of the daemon's CPU: a's flood holds half of them while b has a
+    call running, though b needs only one, and all of them again once b is done."""
+    queue = FairQueue(LIMITS)
+    flood = [queue.arrive("a", False, 0.0) for _ in range(8)]  # 4 run, 4 wait
+    other = queue.arrive("b", False, 0.1)
+    queue.release(flood[0])
     queue.release(flood[1])
-    assert flood[4].state is TicketState.RUNNING  # b runs one, a three: a's oldest next
-    assert (queue.running("a"), queue.running("b")) == (3, 1)
+    queue.release(flood[2])
+    assert (queue.running("a"), queue.running("b")) == (2, 1)
+    assert flood[5].state is TicketState.WAITING
+    queue.release(other)
+    assert queue.running("a") == 4 and flood[6].state is TicketState.RUNNING
 
 
 def test_busy_tenants_converge_to_equal_shares() -> None:
