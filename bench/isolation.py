@@ -66,10 +66,12 @@ def main() -> int:
     pki = TestPki(directory / "pki")
     raw = raw_token_rate(directory, seconds)
     echo = echo_rate(pki, seconds)
-    daemon = DaemonProcess(directory / "daemon", pki, movable_clock=False)
-    if args.scheduler:
-        table = "\n".join(args.scheduler.split(","))
-        daemon.config.write_text(f"{daemon.config.read_text()}\n[scheduler]\n{table}\n")
+    settings = (pair.split("=", 1) for pair in args.scheduler.split(",") if pair)
+    scheduler = {
+        name.strip(): int(value) if value.strip().isdigit() else float(value)
+        for name, value in settings
+    }
+    daemon = DaemonProcess(directory / "daemon", pki, movable_clock=False, scheduler=scheduler)
     daemon.start()
     try:
         tenants = [f"t{i}" for i in range(8)]

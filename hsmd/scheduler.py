@@ -109,6 +109,7 @@ class FairQueue:
         held = len(self._waiting) + sum(self._running.values())  # each holds a thread
         if held > self.limits.capacity + self.limits.waiting_room:
             self._evict()
+            self._dispatch()  # as in give_up
         return ticket
 
     def release(self, ticket: Ticket) -> None:
@@ -130,6 +131,7 @@ class FairQueue:
             self._refuse(
                 ticket, f"the HSM is busy: no slot within {now - ticket.arrived:.1f} seconds"
             )
+            self._dispatch()  # its tenant may no longer be busy: the others' parts grow
 
     def _refuse(self, ticket: Ticket, why: str) -> None:
         ticket.state = TicketState.REFUSED
@@ -211,6 +213,7 @@ class Scheduler:
             with self._lock:
                 del self._sleepers[ticket]
                 self._queue.give_up(ticket, self._monotonic())  # if its wait is over unsettled
+                self._wake_settled()  # a call its giving up let run
         if ticket.state is TicketState.REFUSED:
             raise ResourceExhausted(ticket.refusal, retry_after=limits.max_wait)
         return ticket

@@ -106,10 +106,11 @@ class DaemonProcess:
         existing: bool = False,
         tenancy: dict[str, str] | None = None,
         movable_clock: bool = True,
+        scheduler: dict[str, int | float] | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
-        a copy of another daemon's (every path in its config is relative to it). `audit` and
-        `tenancy` hold settings of the config's [audit] and [tenancy] tables. Its clock can
+        a copy of another daemon's (every path in its config is relative to it). `audit`,
+        `tenancy` and `scheduler` hold settings of the config's tables of those names. Its clock can
         be moved (move_clock) unless movable_clock is False, as in production (benchmarks:
         the offset clock reads its file's status on every call)."""
         self.directory = directory
@@ -135,7 +136,9 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            self._write_config(workers, grace_seconds, audit or {}, tenancy or {}, movable_clock)
+            self._write_config(
+                workers, grace_seconds, audit or {}, tenancy or {}, movable_clock, scheduler or {}
+            )
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
@@ -148,11 +151,13 @@ class DaemonProcess:
         audit: dict[str, int | float],
         tenancy: dict[str, str],
         movable_clock: bool,
+        scheduler: dict[str, int | float],
     ) -> None:
         pki = self.pki
         clock = 'clock_offset_file = "clock.offset"\n' if movable_clock else ""
         audit_table = "".join(f"{name} = {value}\n" for name, value in audit.items())
         tenancy_table = "".join(f'{name} = "{value}"\n' for name, value in tenancy.items())
+        scheduler_table = "".join(f"{name} = {value}\n" for name, value in scheduler.items())
         self.config.write_text(
             f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\n'
             f"grace_seconds = {grace_seconds}\n\n"
@@ -167,6 +172,7 @@ class DaemonProcess:
             + "\n[quotas]\nkey_generation_requests_per_second = 100000\n"
             + (f"\n[audit]\n{audit_table}" if audit_table else "")
             + (f"\n[tenancy]\n{tenancy_table}" if tenancy_table else "")
+            + (f"\n[scheduler]\n{scheduler_table}" if scheduler_table else "")
         )
 
     @property

@@ -149,6 +149,7 @@ class RequestGuard(grpc.ServerInterceptor):
             response: Any = None
             failure: Exception | None = None
             recorded: Appended | AuditUnavailable | None = None
+            recording = False
 
             def record() -> Appended | AuditUnavailable:
                 """The call's audit event appended, or why it could not be."""
@@ -167,22 +168,35 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
-                    # The slot spans the call's work through its durable audit event: all
-                    # but gRPC's own part of the CPU a call costs, which the GIL shares
-                    # among every thread at work. So the scheduler's fair share is a share
-                    # of the CPU, and a tenant's flood cannot crowd another's calls out of
-                    # it (docs/concurrency.md "Fair share").
-                    with self._slot(principal.tenant, operation, context.time_remaining()):
-                        self._handlers.start_work(work)
-                        try:
-                            self._admit(principal, operation)
-                            response = behaviour(request, context)
-                        except Exception as exc:
-                            failure = exc
-                        recorded = record()
+                    refusal = self._rate_refusal(principal, operation)
+                    admitted = 0 if refusal else 1
+                    patience = context.time_remaining()
+                    try:
+                        # The slot spans the call's work through its durable audit event:
+                        # all but gRPC's own part of the CPU a call costs, which the GIL
+                        # shares among every thread at work. So the fair share is a share of
+                        # the CPU, and a tenant's flood cannot crowd another's calls out of
+                        # it (docs/concurrency.md). A call over its rate quota takes one too,
+                        # to record its refusal in: its tenant's cost, not the others'.
+                        with self._scheduled(principal.tenant, operation, admitted, patience):
+                            self._handlers.start_work(work)
+                            try:
+                                if refusal is not None:
+                                    raise refusal
+                                response = behaviour(request, context)
+                            except Exception as exc:
+                                failure = exc
+                            recording = True
+                            recorded = record()
+                    except ResourceExhausted:
+                        if refusal is None or recording:
+                            raise
+                        failure = refusal  # no slot: the rate's answer, recorded outside
                 finally:
                     _current.reset(token)
             except Exception as exc:
+                if recording:  # not the call's failure: recording it failed unexpectedly
+                    raise
                 failure = exc
             if recorded is None:  # refused before it ran: recorded outside any slot
                 recorded = record()
@@ -331,44 +345,39 @@ class RequestGuard(grpc.ServerInterceptor):
     # calls are neither counted nor scheduled.
 
     @contextmanager
-    def _slot(self, tenant: str | None, operation: str, patience: float | None) -> Iterator[None]:
+    def _scheduled(
+        self, tenant: str | None, operation: str, calls: int, patience: float | None
+    ) -> Iterator[None]:
         """Runs the block in a scheduler slot of the tenant's (none for an operator), waited
-        for at most `patience` (the call's time left); raises ResourceExhausted (with a retry
-        delay) if the scheduler has none. A unary call takes it before its rate check, so a
-        refusal's cost (its durable audit event) is paid from the tenant's own share too."""
+        for at most `patience` (the call's time left), for `calls` calls already admitted
+        by their rate quotas (one unary call, none for a call refused by them, or a chunk of
+        batch items). If the scheduler has no slot, gives their rate tokens back and raises
+        its ResourceExhausted (with a retry delay)."""
         if self._admission is None or tenant is None:
             yield
             return
-        scheduler = self._admission.scheduler
-        ticket = scheduler.enter(tenant, operation in SLOW_RPCS, patience)
+        meters, scheduler = self._admission.meters, self._admission.scheduler
+        try:
+            ticket = scheduler.enter(tenant, operation in SLOW_RPCS, patience)
+        except ResourceExhausted:  # refused by the scheduler, not by the block
+            for _ in range(calls):
+                meters.refund(tenant, operation)
+            raise
         try:
             yield
         finally:
             scheduler.leave(ticket)
 
-    def _admit(self, principal: Principal, operation: str) -> None:
-        """Raises ResourceExhausted (with a retry delay) unless the tenant is within its rate
-        quotas and audit volume."""
-        if self._admission is not None and principal.tenant is not None:
-            self._admission.meters.admit(principal.tenant, operation)
-
-    @contextmanager
-    def _scheduled(
-        self, tenant: str, operation: str, calls: int, patience: float | None
-    ) -> Iterator[None]:
-        """Runs the block in a scheduler slot for `calls` batch items already admitted; if
-        the scheduler refuses the slot, gives their rate tokens back and raises its
-        ResourceExhausted."""
-        running = False
+    def _rate_refusal(self, principal: Principal, operation: str) -> ResourceExhausted | None:
+        """None if the tenant is within its rate quotas and audit volume (the call's rate
+        token is then taken); else the refusal, with its retry delay."""
+        if self._admission is None or principal.tenant is None:
+            return None
         try:
-            with self._slot(tenant, operation, patience):
-                running = True
-                yield
-        except ResourceExhausted:
-            if not running and self._admission is not None:  # refused by the scheduler
-                for _ in range(calls):
-                    self._admission.meters.refund(tenant, operation)
-            raise
+            self._admission.meters.admit(principal.tenant, operation)
+        except ResourceExhausted as exc:
+            return exc
+        return None
 
     def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:
         if self._admission is not None and principal is not None and principal.tenant:

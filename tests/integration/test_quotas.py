@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,47 @@ def test_the_client_reads_the_delay_of_a_throttled_call(daemon: DaemonProcess) -
             client.list_keys()
     assert refused.value.retry_after is not None and 50 < refused.value.retry_after <= 100
     assert "retry after" in str(refused.value)
+
+
+def test_a_call_over_its_rate_gets_the_rates_answer_while_its_tenants_slots_are_busy(
+    new_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """A call refused by its rate quota waits for one of its tenant's scheduler slots to
+    record the refusal in (its tenant's cost, not the others'). When none frees within
+    max_wait (the tenant's RSA-4096 generations hold them), it is still answered as the rate
+    refusal, with the rate's retry delay, not as "the HSM is busy"; and it is audited."""
+    daemon = new_daemon(scheduler={"max_wait_seconds": 0.5})
+    daemon.create_tenant(THROTTLED)
+    with daemon.admin() as admin:
+        admin.set_tenant_quota(THROTTLED, TenantQuota(symmetric_requests_per_second=0.01))
+    with daemon.client(THROTTLED) as client:
+        key = client.create_key().key_id
+        client.encrypt(key, b"the one call a burst holds")
+        done = threading.Event()
+
+        def generate() -> None:  # seconds each, in the tenant's (two) slots
+            with daemon.client(THROTTLED, "generator") as generator:
+                while not done.is_set():
+                    generator.create_key("RSA_4096", "SIGN_VERIFY")
+
+        generators = [threading.Thread(target=generate) for _ in range(2)]
+        for thread in generators:
+            thread.start()
+        refusals: list[tuple[ResourceExhaustedError, float]] = []
+        try:
+            deadline = time.monotonic() + 120
+            while not refusals or refusals[-1][1] < 0.5:  # until one waited out max_wait
+                assert time.monotonic() < deadline, "the generations never held the slots"
+                started = time.monotonic()
+                with pytest.raises(ResourceExhaustedError) as refused:
+                    client.encrypt(key, b"one too many")
+                refusals.append((refused.value, time.monotonic() - started))
+        finally:
+            done.set()
+            for thread in generators:
+                thread.join(120)
+    for refusal, _ in refusals:
+        assert "0.01 symmetric requests" in refusal.message
+        assert refusal.retry_after is not None and refusal.retry_after > 0
+    events = [e for e in _audit(daemon, THROTTLED) if e.operation == "Encrypt"]
+    assert [e.outcome for e in events] == ["OK"] + ["RESOURCE_EXHAUSTED"] * len(refusals)

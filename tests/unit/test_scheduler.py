@@ -200,3 +200,24 @@ def _slot(
         yield
     finally:
         scheduler.leave(ticket)
+
+
+def test_a_tenant_that_gives_up_its_only_waiting_call_lets_the_others_parts_grow() -> None:
+    """a's fast call waits only because c, whose one (slow) call waits too, counts as busy;
+    when c's call gives up, a's call runs at once, not when a slot next frees."""
+    queue = FairQueue(SchedulerLimits(4, 2, 12, 8, 2.0, running_per_tenant=3))
+    slow = [queue.arrive("a", True, 0.0) for _ in range(2)]
+    waiting_slow = queue.arrive("c", True, 0.0)  # no slow slot left: c waits, busy
+    fast = queue.arrive("a", False, 0.0)  # a holds its part (2 of 4) already
+    assert [t.state for t in slow] == [TicketState.RUNNING] * 2
+    assert fast.state is TicketState.WAITING
+    queue.give_up(waiting_slow, 2.5)
+    assert fast.state is TicketState.RUNNING
+
+
+def test_more_busy_tenants_than_slots_each_still_run_one_call() -> None:
+    queue = FairQueue(LIMITS)
+    tickets = [queue.arrive(tenant, False, 0.0) for tenant in "abcde"]
+    assert [t.state for t in tickets].count(TicketState.RUNNING) == 4
+    queue.release(tickets[0])
+    assert tickets[4].state is TicketState.RUNNING
