@@ -49,6 +49,7 @@ def _dedicated_daemon(directory: Path, pki: TestPki, tenant: str) -> DaemonProce
     daemon = DaemonProcess(
         directory / "dedicated",
         pki,
+        workers=None,
         tenancy={"mode": "single", "tenant": tenant},
         movable_clock=False,
     )
@@ -71,7 +72,9 @@ def main() -> int:
         name.strip(): int(value) if value.strip().isdigit() else float(value)
         for name, value in settings
     }
-    daemon = DaemonProcess(directory / "daemon", pki, movable_clock=False, scheduler=scheduler)
+    daemon = DaemonProcess(
+        directory / "daemon", pki, workers=None, movable_clock=False, scheduler=scheduler
+    )
     daemon.start()
     try:
         tenants = [f"t{i}" for i in range(9)]

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from bench.load import KB, Credentials, run_in_processes
+from hsmd.config import DEFAULT_WORKERS
 from tests.harness import SOFTHSM_LIB, TestPki
 
 _SPAWN = multiprocessing.get_context("spawn")
@@ -35,7 +36,7 @@ RAW_OPERATIONS = ("encrypt", "datakey", "sign_ecdsa", "sign_rsa", "mac")
 _SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 _AAD = b"a" * 64  # about what hsmd binds: tenant, key id, version, context
 # The daemon's server settings an echo server copies (hsmd/transport/server.py, config.py).
-ECHO_WORKERS = 16
+ECHO_WORKERS = DEFAULT_WORKERS
 
 
 def _init_token(conf: str) -> None:

@@ -92,7 +92,7 @@ class Cell:
 
 
 def _bench_daemon(directory: Path, pki: TestPki) -> DaemonProcess:
-    daemon = DaemonProcess(directory, pki, movable_clock=False)
+    daemon = DaemonProcess(directory, pki, workers=None, movable_clock=False)
     text = daemon.config.read_text()
     daemon.config.write_text(
         text.replace("key_generation_requests_per_second = 100000\n", _BENCH_QUOTAS)

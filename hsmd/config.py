@@ -209,7 +209,10 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     server_settings = ServerSettings(
         host=host.strip("[]"),
         port=int(port),
-        workers=server.integer("workers", 16, 1, 256),
+        # A call holds its thread while it waits for a scheduler slot, and a tenant may
+        # have workers - 2 calls running or waiting: 64 lets a client keep 32 calls in
+        # flight without refusals (a waiting thread costs no CPU, only its stack).
+        workers=server.integer("workers", DEFAULT_WORKERS, 1, 256),
         grace_seconds=server.number("grace_seconds", 10.0, 0.0, 600.0),
         max_concurrent_rpcs=server.integer("max_concurrent_rpcs", 1000, 1, 100_000),
         max_connection_age_seconds=server.number(
@@ -338,6 +341,8 @@ def _quotas(section: _Section) -> QuotaSettings:
     section.done()
     return settings
 
+
+DEFAULT_WORKERS = 64
 
 # Worker threads the scheduler leaves free: to take, and admit or refuse at once, a call of
 # a tenant whose calls are not yet waiting (and health checks), however full the rest is.

@@ -99,7 +99,7 @@ class DaemonProcess:
         self,
         directory: Path,
         pki: TestPki,
-        workers: int = 16,
+        workers: int | None = 16,
         *,
         grace_seconds: float = 5,
         audit: dict[str, int | float] | None = None,
@@ -109,7 +109,9 @@ class DaemonProcess:
         scheduler: dict[str, int | float] | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
-        a copy of another daemon's (every path in its config is relative to it). `audit`,
+        a copy of another daemon's (every path in its config is relative to it). Tests run
+        16 worker threads, so that a few client threads reach the scheduler's bounds;
+        workers=None leaves the daemon's default (benchmarks). `audit`,
         `tenancy` and `scheduler` hold settings of the config's tables of those names. Its clock can
         be moved (move_clock) unless movable_clock is False, as in production (benchmarks:
         the offset clock reads its file's status on every call)."""
@@ -146,7 +148,7 @@ class DaemonProcess:
 
     def _write_config(
         self,
-        workers: int,
+        workers: int | None,
         grace_seconds: float,
         audit: dict[str, int | float],
         tenancy: dict[str, str],
@@ -159,8 +161,9 @@ class DaemonProcess:
         tenancy_table = "".join(f'{name} = "{value}"\n' for name, value in tenancy.items())
         scheduler_table = "".join(f"{name} = {value}\n" for name, value in scheduler.items())
         self.config.write_text(
-            f'[server]\nlisten = "127.0.0.1:0"\nworkers = {workers}\n'
-            f"grace_seconds = {grace_seconds}\n\n"
+            '[server]\nlisten = "127.0.0.1:0"\n'
+            + (f"workers = {workers}\n" if workers is not None else "")
+            + f"grace_seconds = {grace_seconds}\n\n"
             f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
             f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'

@@ -41,7 +41,7 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
     assert (settings.server.host, settings.server.port, settings.server.workers) == (
         "127.0.0.1",
         0,
-        16,
+        64,
     )
     assert settings.storage.database == files / "hsmd.db"
     assert settings.tls.trust_domain == "hsmd.local"
@@ -60,8 +60,8 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     settings = config.parse(_doc(), files)
     assert settings.quotas == config.QuotaSettings(QuotaLimits(), 3600.0)
     # Running and waiting calls fill the pool but for the threads kept to refuse at once.
-    assert settings.scheduler == SchedulerLimits(3, 2, 14, 11, 10.0, running_per_tenant=2)
-    assert 3 + 11 + config.SPARE_WORKERS == settings.server.workers
+    assert settings.scheduler == SchedulerLimits(3, 2, 62, 59, 10.0, running_per_tenant=2)
+    assert 3 + 59 + config.SPARE_WORKERS == settings.server.workers
     changed = config.parse(
         _doc(
             quotas__max_keys=7,
@@ -75,7 +75,7 @@ def test_quotas_and_the_scheduler_have_defaults_and_take_the_files_values(files:
     assert changed.quotas.defaults.max_keys == 7
     assert changed.quotas.defaults.asymmetric_requests_per_second == 2.0
     assert changed.quotas.audit_period_seconds == 60.0
-    assert changed.scheduler == SchedulerLimits(2, 1, 14, 12, 0.5, running_per_tenant=1)
+    assert changed.scheduler == SchedulerLimits(2, 1, 62, 60, 0.5, running_per_tenant=1)
 
 
 def test_a_dedicated_instance_lets_its_tenant_use_every_slot(files: Path) -> None:
@@ -140,7 +140,7 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"quotas__symmetric_requests_per_second": 0}, "quotas.symmetric_requests_per_second"),
         ({"quotas__max_tags_per_key": 51}, "quotas.max_tags_per_key"),
         ({"quotas__keys": 1}, "keys"),
-        ({"scheduler__capacity": 10, "scheduler__waiting_room": 5}, "scheduler.capacity"),
+        ({"scheduler__capacity": 40, "scheduler__waiting_room": 30}, "scheduler.capacity"),
         ({"scheduler__slow_capacity": 5}, "scheduler.slow_capacity"),
         ({"scheduler__capacity": 4, "scheduler__slow_capacity": 4}, "scheduler.slow_capacity"),
     ],
