@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -317,6 +317,18 @@ class DaemonProcess:
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with closing(sqlite3.connect(self.database)) as db, db:
             return db.execute(sql, args).fetchall()
+
+
+def serving(directory: Path, pki: TestPki, tenants: Sequence[str]) -> Iterator[DaemonProcess]:
+    """A started daemon with the tenants made, stopped after the last use (a module fixture
+    yields from it)."""
+    process = DaemonProcess(directory, pki)
+    process.start()
+    for tenant in tenants:
+        process.create_tenant(tenant)
+    yield process
+    if process.process is not None:
+        process.stop()
 
 
 def run_hsmd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -152,12 +152,13 @@ class RequestGuard(grpc.ServerInterceptor):
             recording = False
 
             def record() -> Appended | AuditUnavailable:
-                """The call's audit event appended, or why it could not be."""
+                """The call's audit event appended durably, or why it could not be."""
                 code = to_status(failure, request_id)[0] if failure else grpc.StatusCode.OK
+                event = self._event(
+                    request_id, operation, principal, context, request, response, code
+                )
                 try:
-                    return self._record(
-                        request_id, operation, principal, context, request, response, code
-                    )
+                    return self._audit.append(event)
                 except AuditUnavailable as exc:
                     return exc
 
@@ -295,21 +296,6 @@ class RequestGuard(grpc.ServerInterceptor):
             _end_with_failure(context, method, principal, failure, elapsed_ms, batch_id)
 
         return guarded
-
-    def _record(
-        self,
-        request_id: str,
-        operation: str,
-        principal: Principal | None,
-        context: grpc.ServicerContext,
-        request: Any,
-        response: Any,
-        code: grpc.StatusCode,
-    ) -> Appended:
-        """Appends the outcome to the audit log, durably; raises AuditUnavailable if it cannot."""
-        return self._audit.append(
-            self._event(request_id, operation, principal, context, request, response, code)
-        )
 
     def _event(
         self,

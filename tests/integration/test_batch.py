@@ -35,20 +35,14 @@ from hsmclient import (
 )
 
 from hsmd.v1 import service_pb2
-from tests.harness import DaemonProcess, TestPki
+from tests.harness import DaemonProcess, TestPki, serving
 
 MINE, OTHER, THROTTLED = "batch-a", "batch-b", "batch-q"
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[DaemonProcess]:
-    process = DaemonProcess(tmp_path_factory.mktemp("batch"), pki)
-    process.start()
-    for tenant in (MINE, OTHER, THROTTLED):
-        process.create_tenant(tenant)
-    yield process
-    if process.process is not None:
-        process.stop()
+    yield from serving(tmp_path_factory.mktemp("batch"), pki, (MINE, OTHER, THROTTLED))
 
 
 @pytest.fixture(scope="module")

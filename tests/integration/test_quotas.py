@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 from hsmclient import HsmClient, ResourceExhaustedError, TenantQuota
 
-from tests.harness import DaemonProcess, TestPki
+from tests.harness import DaemonProcess, TestPki, serving
 
 THROTTLED, NEIGHBOUR, LIMITED = "quota-a", "quota-b", "quota-c"
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[DaemonProcess]:
-    process = DaemonProcess(tmp_path_factory.mktemp("quotas"), pki)
-    process.start()
-    for tenant in (THROTTLED, NEIGHBOUR, LIMITED):
-        process.create_tenant(tenant)
-    yield process
-    if process.process is not None:
-        process.stop()
+    yield from serving(tmp_path_factory.mktemp("quotas"), pki, (THROTTLED, NEIGHBOUR, LIMITED))
 
 
 def test_a_tenant_over_its_rate_waits_the_retry_delay_while_another_is_served(
