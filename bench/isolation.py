@@ -16,13 +16,12 @@ Usage: python -m bench.isolation [--seconds S]
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
 from hsmclient import TenantQuota
 
-from bench.load import Credentials, Flood, latencies, run_in_processes
+from bench.load import Credentials, Flood, latencies, p50_p99_ms, run_in_processes
 from bench.reference import echo_rate, raw_token_rate
 from tests.harness import DaemonProcess, TestPki
 
@@ -31,11 +30,6 @@ FLOOD_CLIENTS = 8
 # would take the daemon's whole CPU (see the issue 9 note).
 THROTTLED_RATE = 100
 BUSY_CLIENTS = 8
-
-
-def _percentiles(times: list[float]) -> tuple[float, float]:
-    cuts = statistics.quantiles(times, n=100)
-    return cuts[49] * 1000, cuts[98] * 1000
 
 
 def _key(daemon: DaemonProcess, tenant: str) -> str:
@@ -121,14 +115,14 @@ def main() -> int:
     finally:
         daemon.stop()
 
-    p50, p99 = _percentiles(alone)
+    p50, p99 = p50_p99_ms(alone)
     print(
         f"\n{'tenant B Encrypt 1 KB, one call at a time':64} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'p99 ratio':>10}"
     )
     print(f"{'alone':64} {p50:8.1f} {p99:8.1f} {1.0:10.2f}")
     for name, times in floods.items():
-        f50, f99 = _percentiles(times)
+        f50, f99 = p50_p99_ms(times)
         print(f"{'A floods: ' + name:64} {f50:8.1f} {f99:8.1f} {f99 / p99:10.2f}")
     print(f"\n{'measurement':60} {'per second':>11} {'/ raw':>7} {'/ echo':>7}")
     rows = [

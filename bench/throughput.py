@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ import grpc
 from hsmclient.channel import secure_channel
 
 from bench import populate
-from bench.load import BATCH_PREFIX, BATCH_SIZE, Credentials, Tally, measure
+from bench.load import BATCH_PREFIX, BATCH_SIZE, Credentials, Tally, measure, p50_p99_ms
 from bench.reference import RAW_OPERATIONS, echo_server, raw_rates
 from hsmd.v1 import service_pb2, service_pb2_grpc
 from tests.harness import DaemonProcess, TestPki
@@ -60,10 +59,14 @@ KEY_SPECS = {
     "mac": ("HMAC_256", None),
 }
 # Quotas out of the way (the bench measures capacity, not the default quotas).
-_BENCH_QUOTAS = "".join(
-    f"{kind}_requests_per_second = 1000000\n"
-    for kind in ("symmetric", "asymmetric", "key_generation", "management")
-) + ("max_keys = 10000000\naudit_bytes_per_period = 1099511627776\n")
+_BENCH_QUOTAS: dict[str, int | float] = {
+    **{
+        f"{kind}_requests_per_second": 1_000_000
+        for kind in ("symmetric", "asymmetric", "key_generation", "management")
+    },
+    "max_keys": 10_000_000,
+    "audit_bytes_per_period": 1 << 40,
+}
 
 
 @dataclass
@@ -84,8 +87,7 @@ class Cell:
     def of(cls, tally: Tally, seconds: float, server_cpu_seconds: float | None) -> Cell:
         p50 = p99 = None
         if len(tally.times) >= 2:
-            cuts = statistics.quantiles(tally.times, n=100, method="inclusive")
-            p50, p99 = cuts[49] * 1000, cuts[98] * 1000
+            p50, p99 = p50_p99_ms(tally.times)
         cpu_ms = None
         if server_cpu_seconds is not None and tally.items:
             cpu_ms = server_cpu_seconds * 1000 / tally.items
@@ -93,12 +95,7 @@ class Cell:
 
 
 def _bench_daemon(directory: Path, pki: TestPki) -> DaemonProcess:
-    daemon = DaemonProcess(directory, pki, workers=None, movable_clock=False)
-    text = daemon.config.read_text()
-    daemon.config.write_text(
-        text.replace("key_generation_requests_per_second = 100000\n", _BENCH_QUOTAS)
-    )
-    return daemon
+    return DaemonProcess(directory, pki, workers=None, movable_clock=False, quotas=_BENCH_QUOTAS)
 
 
 def _cpu_seconds(pid: int) -> float:

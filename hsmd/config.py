@@ -209,9 +209,6 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     server_settings = ServerSettings(
         host=host.strip("[]"),
         port=int(port),
-        # A call holds its thread while it waits for a scheduler slot, and a tenant may
-        # have workers - 2 calls running or waiting: 64 lets a client keep 32 calls in
-        # flight without refusals (a waiting thread costs no CPU, only its stack).
         workers=server.integer("workers", DEFAULT_WORKERS, 1, 256),
         grace_seconds=server.number("grace_seconds", 10.0, 0.0, 600.0),
         max_concurrent_rpcs=server.integer("max_concurrent_rpcs", 1000, 1, 100_000),
@@ -342,6 +339,9 @@ def _quotas(section: _Section) -> QuotaSettings:
     return settings
 
 
+# A call holds its worker thread while it waits for a scheduler slot, and a tenant may have
+# workers - 2 calls running or waiting: 64 lets a client keep 32 calls in flight without
+# refusals (a waiting thread costs no CPU, only its stack).
 DEFAULT_WORKERS = 64
 
 # Worker threads the scheduler leaves free: to take, and admit or refuse at once, a call of
@@ -356,7 +356,7 @@ def _scheduler(
     but for SPARE_WORKERS threads (docs/operations.md#scheduler). A slot is a share of the
     daemon's CPU (a call holds it through its durable audit event): three by default, which
     a lone tenant fills (one call computes while another waits for the disk); more only
-    lets a flooding tenant crowd the others (measured in docs/concurrency.md "Fair share").
+    lets a flooding tenant crowd the others (docs/concurrency.md, "Through the daemon").
     On a shared instance one tenant runs at most as many calls as its token has sessions,
     and leaves one slot free for the next call of another; a dedicated one has no other."""
     capacity = section.integer("capacity", max(1, min(3, workers - SPARE_WORKERS)), 1, 256)

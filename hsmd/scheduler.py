@@ -1,6 +1,6 @@
 """Fair share of the HSM between tenants busy at the same moment, with a bounded wait.
 
-A slot is a share of the daemon's CPU: a call holds one from its operation through its
+A slot is a share of the daemon's CPU: a call holds one from its rate check through its
 durable audit event (hsmd.transport.guard), and the GIL shares the CPU between the calls at
 work, so a tenant's CPU share is its part of the slots. At most `capacity` calls run at
 once, at most `slow_capacity` of them slow (key generation: seconds of one core each), so
@@ -140,8 +140,8 @@ class FairQueue:
     def _fair_share(self) -> int:
         """The slots one tenant may hold now: an equal part of capacity between the tenants
         with calls running or waiting (at least one), and no more than tenant_share. A
-        tenant alone may hold all of them; a second tenant's call waits for at most one of
-        the first's calls to end, and the first then holds no more than its part."""
+        tenant alone holds up to tenant_share; once a second tenant has a call running or
+        waiting, the first takes no new slot beyond its part."""
         busy = len(self._running.keys() | {t.tenant for t in self._waiting})
         return min(self.limits.tenant_share, max(1, self.limits.capacity // max(1, busy)))
 

@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,6 +107,7 @@ class DaemonProcess:
         tenancy: dict[str, str] | None = None,
         movable_clock: bool = True,
         scheduler: dict[str, int | float] | None = None,
+        quotas: dict[str, int | float] | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it). Tests run
@@ -138,9 +139,8 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            self._write_config(
-                workers, grace_seconds, audit or {}, tenancy or {}, movable_clock, scheduler or {}
-            )
+            tables = {"audit": audit, "tenancy": tenancy, "scheduler": scheduler, "quotas": quotas}
+            self._write_config(workers, grace_seconds, movable_clock, tables)
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
@@ -150,16 +150,23 @@ class DaemonProcess:
         self,
         workers: int | None,
         grace_seconds: float,
-        audit: dict[str, int | float],
-        tenancy: dict[str, str],
         movable_clock: bool,
-        scheduler: dict[str, int | float],
+        tables: dict[str, Mapping[str, int | float | str] | None],
     ) -> None:
         pki = self.pki
         clock = 'clock_offset_file = "clock.offset"\n' if movable_clock else ""
-        audit_table = "".join(f"{name} = {value}\n" for name, value in audit.items())
-        tenancy_table = "".join(f'{name} = "{value}"\n' for name, value in tenancy.items())
-        scheduler_table = "".join(f"{name} = {value}\n" for name, value in scheduler.items())
+        # Tests make keys faster than the default quota (50/s) lets a tenant; the quota tests
+        # set their own.
+        tables = {
+            **tables,
+            "quotas": {"key_generation_requests_per_second": 100000, **(tables["quotas"] or {})},
+        }
+        extra = "".join(
+            f"\n[{table}]\n"
+            + "".join(f"{name} = {_toml(value)}\n" for name, value in settings.items())
+            for table, settings in tables.items()
+            if settings
+        )
         self.config.write_text(
             '[server]\nlisten = "127.0.0.1:0"\n'
             + (f"workers = {workers}\n" if workers is not None else "")
@@ -169,13 +176,7 @@ class DaemonProcess:
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
             'audit_log = "audit.jsonl"\n\n'
-            f"[lifecycle]\ncheck_interval_seconds = 0.2\n{clock}"
-            # Tests make keys faster than the default quota (50/s) lets a tenant; the quota
-            # tests set their own.
-            + "\n[quotas]\nkey_generation_requests_per_second = 100000\n"
-            + (f"\n[audit]\n{audit_table}" if audit_table else "")
-            + (f"\n[tenancy]\n{tenancy_table}" if tenancy_table else "")
-            + (f"\n[scheduler]\n{scheduler_table}" if scheduler_table else "")
+            f"[lifecycle]\ncheck_interval_seconds = 0.2\n{clock}" + extra
         )
 
     @property
@@ -324,11 +325,17 @@ def serving(directory: Path, pki: TestPki, tenants: Sequence[str]) -> Iterator[D
     yields from it)."""
     process = DaemonProcess(directory, pki)
     process.start()
-    for tenant in tenants:
-        process.create_tenant(tenant)
-    yield process
-    if process.process is not None:
-        process.stop()
+    try:
+        for tenant in tenants:
+            process.create_tenant(tenant)
+        yield process
+    finally:
+        if process.process is not None:
+            process.stop()
+
+
+def _toml(value: int | float | str) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def run_hsmd(*args: str) -> subprocess.CompletedProcess[str]:

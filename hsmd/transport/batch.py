@@ -7,7 +7,8 @@ quota), the fair-share scheduler, and the unary servicer method with a RequestCo
 request id is "<batch request id>.<index>". The items of a batch take scheduler slots
 CHUNK_ITEMS at a time, so another tenant's call waits behind at most one chunk, never a
 whole batch. This module holds what both the guard and the servicers need: which unary
-operation each batch RPC runs, what one item's run gave, and the result messages.
+operation each batch RPC runs, what one item's run gave, and the batch response built from
+the items' outcomes.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ class ItemOutcome:
     error: status_pb2.Status | None = None
 
 
-class _BatchResult(Protocol):
-    def __init__(self, *, response: Any = None, error: status_pb2.Status | None = None) -> None: ...
+class _BatchResponse(Protocol):
+    def __init__(self) -> None: ...
+
+    @property
+    def results(self) -> Any: ...  # a repeated field of the batch's result messages
 
 
-_Result = TypeVar("_Result", bound=_BatchResult)
+_Response = TypeVar("_Response", bound=_BatchResponse)
 Unary = Callable[[Any, Any], Message]
 
 
@@ -69,13 +73,14 @@ class BatchRunner(Protocol):
 
 
 def answer(
-    runner: BatchRunner, requests: Sequence[Message], unary: Unary, result_type: type[_Result]
-) -> list[_Result]:
-    """The batch response's results: each request run as its unary call by the runner, then
-    one result per item in order, the response or the status."""
-    return [
-        result_type(response=outcome.response)
-        if outcome.error is None
-        else result_type(error=outcome.error)
-        for outcome in runner.run(requests, unary)
-    ]
+    runner: BatchRunner, requests: Sequence[Message], unary: Unary, response_type: type[_Response]
+) -> _Response:
+    """The batch response: each request run as its unary call by the runner, then one result
+    per item in order, the response or the status."""
+    response = response_type()
+    for outcome in runner.run(requests, unary):
+        if outcome.error is None:
+            response.results.add(response=outcome.response)
+        else:
+            response.results.add(error=outcome.error)
+    return response

@@ -169,30 +169,29 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._audit.ensure_writable(check_length=operation != _VERIFY_AUDIT_LOG)
                 token = _current.set(RequestContext(request_id, principal))
                 try:
+                    # The slot spans the call's work through its durable audit event: all
+                    # but gRPC's own part of the CPU a call costs, which the GIL shares among
+                    # every thread at work. So the fair share is a share of the CPU, and a
+                    # tenant's flood cannot crowd another's calls out of it (docs/concurrency
+                    # .md). A call over its rate quota takes one too, to record its refusal
+                    # in (its tenant's cost, not the others'), if one frees in time.
                     refusal = self._rate_refusal(principal, operation)
-                    admitted = 0 if refusal else 1
-                    patience = context.time_remaining()
-                    try:
-                        # The slot spans the call's work through its durable audit event:
-                        # all but gRPC's own part of the CPU a call costs, which the GIL
-                        # shares among every thread at work. So the fair share is a share of
-                        # the CPU, and a tenant's flood cannot crowd another's calls out of
-                        # it (docs/concurrency.md). A call over its rate quota takes one too,
-                        # to record its refusal in: its tenant's cost, not the others'.
-                        with self._scheduled(principal.tenant, operation, admitted, patience):
-                            self._handlers.start_work(work)
-                            try:
-                                if refusal is not None:
-                                    raise refusal
-                                response = behaviour(request, context)
-                            except Exception as exc:
-                                failure = exc
-                            recording = True
-                            recorded = record()
-                    except ResourceExhausted:
-                        if refusal is None or recording:
-                            raise
-                        failure = refusal  # no slot: the rate's answer, recorded outside
+                    with self._scheduled(
+                        principal.tenant,
+                        operation,
+                        0 if refusal else 1,
+                        context.time_remaining(),
+                        required=refusal is None,
+                    ):
+                        self._handlers.start_work(work)
+                        try:
+                            if refusal is not None:
+                                raise refusal
+                            response = behaviour(request, context)
+                        except Exception as exc:
+                            failure = exc
+                        recording = True
+                        recorded = record()
                 finally:
                     _current.reset(token)
             except Exception as exc:
@@ -332,27 +331,37 @@ class RequestGuard(grpc.ServerInterceptor):
 
     @contextmanager
     def _scheduled(
-        self, tenant: str | None, operation: str, calls: int, patience: float | None
+        self,
+        tenant: str | None,
+        operation: str,
+        calls: int,
+        patience: float | None,
+        *,
+        required: bool = True,
     ) -> Iterator[None]:
         """Runs the block in a scheduler slot of the tenant's (none for an operator), waited
         for at most `patience` (the call's time left), for `calls` calls already admitted
         by their rate quotas (one unary call, none for a call refused by them, or a chunk of
         batch items). If the scheduler has no slot, gives their rate tokens back and raises
-        its ResourceExhausted (with a retry delay)."""
+        its ResourceExhausted (with a retry delay), or, if the slot is not `required`, runs
+        the block without one."""
         if self._admission is None or tenant is None:
             yield
             return
         meters, scheduler = self._admission.meters, self._admission.scheduler
+        ticket = None
         try:
             ticket = scheduler.enter(tenant, operation in SLOW_RPCS, patience)
         except ResourceExhausted:  # refused by the scheduler, not by the block
             for _ in range(calls):
                 meters.refund(tenant, operation)
-            raise
+            if required:
+                raise
         try:
             yield
         finally:
-            scheduler.leave(ticket)
+            if ticket is not None:
+                scheduler.leave(ticket)
 
     def _rate_refusal(self, principal: Principal, operation: str) -> ResourceExhausted | None:
         """None if the tenant is within its rate quotas and audit volume (the call's rate
@@ -558,8 +567,8 @@ class _Work:
 
 
 class _Handlers:
-    """How many handlers are running, and how many of them are working towards their audit
-    append (RequestGuard.appends_expected): a lock and two counts on the hot path; the drain at
+    """How many handlers are running, and how many of them are at work towards their audit
+    append (RequestGuard.at_work): a lock and two counts on the hot path; the drain at
     shutdown waits on an event only it arms."""
 
     def __init__(self) -> None:
@@ -573,7 +582,7 @@ class _Handlers:
             self.running += 1
 
     def start_work(self, work: _Work) -> None:
-        """The call has its slot (or needs none): at work until stop_work."""
+        """The call has its slot (or needs none): at work until it leaves."""
         if work.counted:
             with self._lock:
                 self.working += 1

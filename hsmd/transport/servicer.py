@@ -383,79 +383,63 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
     def BatchEncrypt(
         self, request: service_pb2.BatchEncryptRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchEncryptResponse:
-        return service_pb2.BatchEncryptResponse(
-            results=batch.answer(
-                current_batch(), request.requests, self.Encrypt, service_pb2.BatchEncryptResult
-            )
+        return batch.answer(
+            current_batch(), request.requests, self.Encrypt, service_pb2.BatchEncryptResponse
         )
 
     def BatchDecrypt(
         self, request: service_pb2.BatchDecryptRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchDecryptResponse:
-        return service_pb2.BatchDecryptResponse(
-            results=batch.answer(
-                current_batch(), request.requests, self.Decrypt, service_pb2.BatchDecryptResult
-            )
+        return batch.answer(
+            current_batch(), request.requests, self.Decrypt, service_pb2.BatchDecryptResponse
         )
 
     def BatchReEncrypt(
         self, request: service_pb2.BatchReEncryptRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchReEncryptResponse:
-        return service_pb2.BatchReEncryptResponse(
-            results=batch.answer(
-                current_batch(), request.requests, self.ReEncrypt, service_pb2.BatchReEncryptResult
-            )
+        return batch.answer(
+            current_batch(), request.requests, self.ReEncrypt, service_pb2.BatchReEncryptResponse
         )
 
     def BatchGenerateDataKey(
         self, request: service_pb2.BatchGenerateDataKeyRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchGenerateDataKeyResponse:
-        return service_pb2.BatchGenerateDataKeyResponse(
-            results=batch.answer(
-                current_batch(),
-                request.requests,
-                self.GenerateDataKey,
-                service_pb2.BatchGenerateDataKeyResult,
-            )
+        return batch.answer(
+            current_batch(),
+            request.requests,
+            self.GenerateDataKey,
+            service_pb2.BatchGenerateDataKeyResponse,
         )
 
     def BatchSign(
         self, request: service_pb2.BatchSignRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchSignResponse:
-        return service_pb2.BatchSignResponse(
-            results=batch.answer(
-                current_batch(), request.requests, self.Sign, service_pb2.BatchSignResult
-            )
+        return batch.answer(
+            current_batch(), request.requests, self.Sign, service_pb2.BatchSignResponse
         )
 
     def BatchVerify(
         self, request: service_pb2.BatchVerifyRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchVerifyResponse:
-        return service_pb2.BatchVerifyResponse(
-            results=batch.answer(
-                current_batch(), request.requests, self.Verify, service_pb2.BatchVerifyResult
-            )
+        return batch.answer(
+            current_batch(), request.requests, self.Verify, service_pb2.BatchVerifyResponse
         )
 
     def BatchGenerateMac(
         self, request: service_pb2.BatchGenerateMacRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchGenerateMacResponse:
-        return service_pb2.BatchGenerateMacResponse(
-            results=batch.answer(
-                current_batch(),
-                request.requests,
-                self.GenerateMac,
-                service_pb2.BatchGenerateMacResult,
-            )
+        return batch.answer(
+            current_batch(),
+            request.requests,
+            self.GenerateMac,
+            service_pb2.BatchGenerateMacResponse,
         )
 
     def BatchVerifyMac(
         self, request: service_pb2.BatchVerifyMacRequest, context: grpc.ServicerContext
     ) -> service_pb2.BatchVerifyMacResponse:
-        return service_pb2.BatchVerifyMacResponse(
-            results=batch.answer(
-                current_batch(), request.requests, self.VerifyMac, service_pb2.BatchVerifyMacResult
-            )
+        return batch.answer(
+            current_batch(), request.requests, self.VerifyMac, service_pb2.BatchVerifyMacResponse
         )
 
     def GetCapabilities(

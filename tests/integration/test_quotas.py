@@ -178,8 +178,11 @@ def test_a_call_over_its_rate_gets_the_rates_answer_while_its_tenants_slots_are_
         client.encrypt(key, b"the one call a burst holds")
         done = threading.Event()
 
+        generating = threading.Barrier(3)  # both generators about to call, and this test
+
         def generate() -> None:  # seconds each, in the tenant's (two) slots
             with daemon.client(THROTTLED, "generator") as generator:
+                generating.wait(60)
                 while not done.is_set():
                     generator.create_key("RSA_4096", "SIGN_VERIFY")
 
@@ -188,6 +191,7 @@ def test_a_call_over_its_rate_gets_the_rates_answer_while_its_tenants_slots_are_
             thread.start()
         refusals: list[tuple[ResourceExhaustedError, float]] = []
         try:
+            generating.wait(60)
             deadline = time.monotonic() + 120
             while not refusals or refusals[-1][1] < 0.5:  # until one waited out max_wait
                 assert time.monotonic() < deadline, "the generations never held the slots"

@@ -98,8 +98,7 @@ def test_a_flipped_object_id_quarantines_the_object_and_adoption_gives_the_key_b
     daemon, key_id, blob = stopped
     real = _object_id(daemon, key_id)
     flipped = bytes([real[0] ^ 0x01]) + real[1:]
-    with closing(sqlite3.connect(daemon.database)) as db, db:
-        db.execute("UPDATE key_versions SET object_id = ? WHERE key_id = ?", (flipped, key_id))
+    daemon.query("UPDATE key_versions SET object_id = ? WHERE key_id = ?", flipped, key_id)
     loose = secrets.token_bytes(16)
     daemon.probe(TENANT, "orphan", loose)  # an AES-256 key with the library's default rights
     daemon.start()
@@ -122,8 +121,7 @@ def test_a_flipped_object_id_quarantines_the_object_and_adoption_gives_the_key_b
 def test_a_deleted_version_row_destroys_nothing(stopped: tuple[DaemonProcess, str, bytes]) -> None:
     daemon, key_id, _ = stopped
     real = _object_id(daemon, key_id)
-    with closing(sqlite3.connect(daemon.database)) as db, db:
-        db.execute("DELETE FROM key_versions WHERE key_id = ?", (key_id,))
+    daemon.query("DELETE FROM key_versions WHERE key_id = ?", key_id)
     daemon.start()
     assert _token_ids(daemon) == {real.hex()}
     with daemon.client(TENANT) as client:
@@ -212,8 +210,7 @@ def test_a_damaged_row_affects_that_key_only(new_daemon: Callable[..., DaemonPro
     with daemon.client(TENANT) as client:
         damaged, healthy = client.create_key().key_id, client.create_key().key_id
     daemon.stop()
-    with closing(sqlite3.connect(daemon.database)) as db, db:
-        db.execute("UPDATE keys SET spec = 'AES_999' WHERE key_id = ?", (damaged,))
+    daemon.query("UPDATE keys SET spec = 'AES_999' WHERE key_id = ?", damaged)
     daemon.start()
     with daemon.client(TENANT) as client:
         with pytest.raises(DataLossError, match=f"key {damaged} is damaged"):
