@@ -20,8 +20,10 @@ import os
 import queue
 import secrets
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -69,10 +71,13 @@ from hsmd.ops.tenant_move import MoveRefused, TenantMove
 from hsmd.ops.tenants import TenantOps
 from hsmd.ops.wrapping import WrappingOps
 from hsmd.quotas import FIELD_BOUNDS
+from hsmd.relay import RelayClient, RelayedAudit, RelayedMeters, RelayServer, keep_lifeline
 from hsmd.scheduler import Scheduler
 from hsmd.transport import server as grpc_server
+from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
+from hsmd.workers import CALLS_SOCKET, RELAY_SOCKET, WorkerPool
 
 log = logging.getLogger("hsmd")
 
@@ -113,6 +118,7 @@ class Daemon:
     tenants: TenantOps
     reconciler: Reconciler
     operations: Operations
+    audit: AuditLog
     quotas: QuotaOps
     state_lock: int
     clock: GuardedClock
@@ -155,28 +161,8 @@ class Daemon:
             )
             undo.pop_all()  # the daemon owns them now; close() releases them
         clock = GuardedClock(system_clock, store.clock_high_water())
-        crypto = CryptoOps(store, backend)
-        quotas = QuotaOps(
-            store,
-            settings.quotas.defaults,
-            time.monotonic,
-            settings.quotas.audit_period_seconds,
-        )
-        limits = quotas.limits
-        operations = Operations(
-            keys=KeyOps(store, backend, clock, limits),
-            crypto=crypto,
-            datakeys=DataKeyOps(store, backend, crypto),
-            signing=SigningOps(store, backend),
-            mac=MacOps(store, backend),
-            states=StateOps(store, backend, clock),
-            rotation=RotationOps(store, backend, clock),
-            aliases=AliasOps(store, clock, limits),
-            policies=PolicyOps(store),
-            wrapping=WrappingOps(store, backend, clock, limits),
-            imports=ImportOps(store, backend, clock, limits),
-            audit=audit,
-        )
+        quotas = _quota_ops(store, settings)
+        operations = _operations(store, backend, clock, quotas, audit)
         tenants = TenantOps(store, backend, clock, dedicated, forget=quotas.forget)
         return cls(
             settings=settings,
@@ -185,6 +171,7 @@ class Daemon:
             tenants=tenants,
             reconciler=Reconciler(store, backend, clock),
             operations=operations,
+            audit=audit,
             quotas=quotas,
             state_lock=state_lock,
             clock=clock,
@@ -225,12 +212,49 @@ class Daemon:
                 repaired.unreadable,
             )
 
+    def served_tenants(self) -> dict[str, str]:
+        """The tenants whose tokens are open (start() leaves out a tenant it cannot repair),
+        with their token serials: what a worker process may serve (hsmd/workers.py)."""
+        attached = set(self.backend.attached_tenants())
+        return {t.name: t.token_serial for t in self.store.list_tenants() if t.name in attached}
+
     def close(self) -> None:
         self.maintenance.record_clock()
-        self.operations.audit.close()
+        self.audit.close()
         self.backend.close()
         self.store.close()
         os.close(self.state_lock)
+
+
+def _quota_ops(store: SqliteKeyStore, settings: config.Settings) -> QuotaOps:
+    return QuotaOps(
+        store, settings.quotas.defaults, time.monotonic, settings.quotas.audit_period_seconds
+    )
+
+
+def _operations(
+    store: SqliteKeyStore,
+    backend: Pkcs11Backend,
+    clock: GuardedClock,
+    quotas: QuotaOps,
+    audit: AuditLog | None,
+) -> Operations:
+    crypto = CryptoOps(store, backend)
+    limits = quotas.limits
+    return Operations(
+        keys=KeyOps(store, backend, clock, limits),
+        crypto=crypto,
+        datakeys=DataKeyOps(store, backend, crypto),
+        signing=SigningOps(store, backend),
+        mac=MacOps(store, backend),
+        states=StateOps(store, backend, clock),
+        rotation=RotationOps(store, backend, clock),
+        aliases=AliasOps(store, clock, limits),
+        policies=PolicyOps(store),
+        wrapping=WrappingOps(store, backend, clock, limits),
+        imports=ImportOps(store, backend, clock, limits),
+        audit=audit,
+    )
 
 
 def _check_integrity(store: SqliteKeyStore) -> None:
@@ -299,9 +323,10 @@ class _TokenFiles:
     by_serial: dict[str, Path]
 
 
-def _token_files(settings: config.Settings) -> _TokenFiles:
+def _token_files(settings: config.Settings, *, write_conf: bool = True) -> _TokenFiles:
     """Checks the token directory before the library loads it (SoftHSM2 aborts on duplicate
-    serials) and writes SoftHSM2's configuration for pkcs11.token_dir.
+    serials) and writes SoftHSM2's configuration for pkcs11.token_dir (a worker process
+    reads the coordinator's: write_conf False).
 
     Raises:
         StartupRefused: two token directories hold the same serial.
@@ -317,17 +342,24 @@ def _token_files(settings: config.Settings) -> _TokenFiles:
     by_serial = {token.serial: token.directory for token in softhsm_files.scan_tokens(directory)}
     conf = pkcs11.softhsm2_conf
     if pkcs11.token_dir is not None:
-        conf = softhsm_files.write_softhsm2_conf(directory)
+        conf = (
+            softhsm_files.write_softhsm2_conf(directory)
+            if write_conf
+            else directory / softhsm_files.GENERATED_CONF
+        )
     return _TokenFiles(directory, conf, by_serial)
 
 
-def _backend(settings: config.Settings, tokens: _TokenFiles) -> Pkcs11Backend:
+def _backend(
+    settings: config.Settings, tokens: _TokenFiles, *, read_only: bool = False
+) -> Pkcs11Backend:
     return Pkcs11Backend(
         settings.pkcs11.library,
         PinDeriver(config.read_master_secret(settings)),
         tokens.softhsm2_conf,
         tokens.directory,
         LaneSizes(settings.pkcs11.fast_sessions, settings.pkcs11.slow_sessions),
+        read_only=read_only,
     )
 
 
@@ -354,27 +386,38 @@ def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) 
 
 def serve(settings: config.Settings, config_path: Path, client_env: Path | None) -> int:
     daemon = Daemon.build(settings)
-    audit = daemon.operations.audit
-    certificates = ClientCertificateVerifier(
-        settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, daemon.clock.system
-    )
+    audit = daemon.audit
+    processes = settings.server.processes
     guard = RequestGuard(
-        certificates,
+        _certificates(settings, daemon.clock),
         daemon.tenants.admit,
         audit,
         daemon.clock.system,
         Admission(daemon.quotas.meters, Scheduler(settings.scheduler, time.monotonic)),
+        # With workers, this process serves only the calls they forward.
+        caller=ForwardedCaller() if processes > 1 else None,
     )
     audit.expect_appends(guard.at_work, settings.audit.group_commit_seconds)
-    running = grpc_server.bind(
-        settings,
-        guard,
-        KeyManagementServicer(daemon.operations, daemon.tenants.mode),
-        AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas),
-    )
+    kms = KeyManagementServicer(daemon.operations, daemon.tenants.mode)
+    admin = AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas)
+    private = Path(tempfile.mkdtemp(prefix="hsmd-")) if processes > 1 else None
+    if private is None:
+        running = grpc_server.bind(settings, guard, kms, admin)
+    else:
+        calls = str(private / CALLS_SOCKET)
+        running = grpc_server.bind_internal(settings, guard, kms, admin, calls)
     daemon.start()
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
     running.start()
+    workers = None
+    if private is not None:
+        try:
+            workers = _Workers.start(settings, config_path, private, daemon, audit)
+        except BaseException:
+            running.stop(0)
+            daemon.close()
+            shutil.rmtree(private, ignore_errors=True)
+            raise
     stop = threading.Event()
     maintainer = threading.Thread(
         target=_maintain,
@@ -386,7 +429,13 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()  # put() is safe in a signal handler
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda number, _: signals.put(number))
-    log.info("listening on %s:%d (mutual TLS)", settings.server.host, running.port)
+    port = workers.port if workers else running.port
+    log.info(
+        "listening on %s:%d (mutual TLS%s)",
+        settings.server.host,
+        port,
+        f"; {processes} worker processes" if workers else "",
+    )
     if client_env is not None:
         print(
             f"\nhsmd is ready. In another shell:\n"
@@ -398,7 +447,116 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
         )
     while _next_signal(signals) == signal.SIGHUP:
         settings = _reload(config_path, settings)
+    if workers is not None:
+        workers.stop(settings.server.grace_seconds)
     _stop(daemon, running, guard, stop, maintainer)
+    return 0
+
+
+def _certificates(settings: config.Settings, clock: GuardedClock) -> ClientCertificateVerifier:
+    return ClientCertificateVerifier(
+        settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, clock.system
+    )
+
+
+@dataclass
+class _Workers:
+    """The coordinator's worker processes (hsmd/workers.py), the relay they use, and the
+    private directory (mode 0700) that holds both sockets."""
+
+    pool: WorkerPool
+    relay: RelayServer
+    directory: Path
+    port: int
+
+    @classmethod
+    def start(
+        cls,
+        settings: config.Settings,
+        config_path: Path,
+        directory: Path,
+        daemon: Daemon,
+        audit: AuditLog,
+    ) -> _Workers:
+        """Raises StartupRefused if a worker does not start (those started are stopped)."""
+
+        def command(index: int, port: int) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "hsmd",
+                "worker",
+                f"--config={config_path.resolve()}",
+                f"--dir={directory}",
+                f"--port={port}",
+                f"--index={index}",
+            ]
+
+        pool = WorkerPool(command, settings.server.processes)
+        relay = RelayServer(
+            directory / RELAY_SOCKET, audit, daemon.quotas.meters, daemon.served_tenants, pool.ready
+        )
+        try:
+            port = pool.start(settings.server.port)
+        except BaseException:
+            pool.stop(0)
+            relay.close()
+            raise
+        return cls(pool, relay, directory, port)
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stops the workers while this process can still audit their last calls."""
+        log.info("stopping %d worker processes", len(self.pool.pids()))
+        self.pool.stop(grace_seconds)
+        self.relay.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
+    """A worker process of a coordinator whose sockets are in directory (hsmd/workers.py):
+    serves on port, beside the other workers, until SIGTERM or the coordinator is gone."""
+    store = SqliteKeyStore(settings.storage.database, written_elsewhere=True)
+    relay = RelayClient(directory / RELAY_SOCKET)
+    served = relay.served_tenants()
+    backend = _backend(settings, _token_files(settings, write_conf=False), read_only=True)
+    for name, serial in served.items():
+        try:
+            backend.attach_token(name, serial)
+        except HsmdError as exc:  # its calls go to the coordinator
+            log.error("tenant %s: token not opened in this worker: %s", name, exc)
+            del served[name]
+    clock = GuardedClock(_clock(settings), store.clock_high_water())
+    operations = _operations(store, backend, clock, _quota_ops(store, settings), None)
+    tenants = TenantOps(store, backend, clock, settings.tenancy.dedicated_tenant)
+
+    def serves(name: str) -> bool:
+        tenant = tenants.served(name)
+        return tenant is not None and served.get(name) == tenant.token_serial
+
+    forwarder = Forwarder(str(directory / CALLS_SOCKET), serves)
+    guard = RequestGuard(
+        _certificates(settings, clock),
+        tenants.admit,
+        RelayedAudit(relay),
+        clock.system,
+        Admission(RelayedMeters(relay), Scheduler(settings.scheduler, time.monotonic)),
+        forwarder=forwarder,
+    )
+    kms = KeyManagementServicer(operations, tenants.mode)
+    running = grpc_server.bind(settings, guard, kms, None, port=port, shared=True)
+    running.start()
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _: signals.put(number))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the coordinator's to handle
+    keep_lifeline(directory / RELAY_SOCKET, running.port, lambda: signals.put(signal.SIGTERM))
+    _next_signal(signals)
+    grace = settings.server.grace_seconds
+    running.stop(grace)
+    guard.drain(grace)
+    backend.close()
+    store.close()
+    forwarder.close()
     return 0
 
 
@@ -782,6 +940,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the daemon")
     run.add_argument("--config", type=Path, required=True, help="the TOML settings file")
+    worker = commands.add_parser(
+        "worker", help="a worker process of `hsmd serve` (started by it: [server] processes)"
+    )
+    worker.add_argument("--config", type=Path, required=True)
+    worker.add_argument("--dir", type=Path, required=True, help="the coordinator's sockets")
+    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--index", type=int, required=True)
     init = commands.add_parser("init", help="create or reuse a development set-up")
     init.add_argument("--dir", type=Path, default=Path("var"))
     init.add_argument(
@@ -904,14 +1069,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "worker"):
             settings = config.load(args.config)
             logging.getLogger().setLevel(settings.log_level)
-            client_env = args.config.parent / "client.env"
             _skip_unlogged_record_fields()
-            writer = BatchingLogWriter(sys.stderr, logging.Formatter(_LOG_FORMAT))
+            log_format = _LOG_FORMAT
+            if args.command == "worker":
+                log_format = log_format.replace("%(name)s", f"worker-{args.index} %(name)s")
+            writer = BatchingLogWriter(sys.stderr, logging.Formatter(log_format))
             writer.start()
             try:
+                if args.command == "worker":
+                    return serve_worker(settings, args.dir, args.port)
+                client_env = args.config.parent / "client.env"
                 return serve(settings, args.config, client_env if client_env.exists() else None)
             finally:
                 writer.close()

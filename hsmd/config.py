@@ -37,6 +37,7 @@ class ServerSettings:
     handshake_timeout_seconds: float = 5.0
     idle_timeout_seconds: float = 300.0
     max_streams_per_connection: int = 100
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         handshake_timeout_seconds=server.number("handshake_timeout_seconds", 5.0, 0.1, 120.0),
         idle_timeout_seconds=server.number("idle_timeout_seconds", 300.0, 1.0, 86400.0),
         max_streams_per_connection=server.integer("max_streams_per_connection", 100, 1, 10_000),
+        processes=server.integer("processes", 1, 1, 64),
     )
     server.done()
 

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from hsmd.errors import InvalidArgument, ResourceExhausted
 
@@ -168,6 +169,18 @@ class TokenBucket:
         return min(self._burst, self._tokens + elapsed * self.rate)
 
 
+class Meters(Protocol):
+    """What a request guard counts a tenant's calls against: this process's TenantMeters, or,
+    in a worker process, the coordinator's through the relay (hsmd/relay.py)."""
+
+    def admit(self, tenant: str, rpc: str) -> None: ...
+    def admit_some(
+        self, tenant: str, rpc: str, count: int
+    ) -> tuple[int, ResourceExhausted | None]: ...
+    def refund(self, tenant: str, rpc: str) -> None: ...
+    def charge_audit(self, tenant: str, size: int) -> None: ...
+
+
 class TenantMeters:
     """Every tenant's rate buckets and audit volume, safe to use from many threads.
 
@@ -224,6 +237,17 @@ class TenantMeters:
                 f" requests per second ({rpc})",
                 retry_after=wait,
             )
+
+    def admit_some(self, tenant: str, rpc: str, count: int) -> tuple[int, ResourceExhausted | None]:
+        """Counts up to `count` calls, one after another as admit() would: how many were
+        admitted, and the refusal of the first that was not (None if all were). A batch's
+        items are admitted this way, one exchange for a chunk in a worker process."""
+        for admitted in range(count):
+            try:
+                self.admit(tenant, rpc)
+            except ResourceExhausted as exc:
+                return admitted, exc
+        return count, None
 
     def refund(self, tenant: str, rpc: str) -> None:
         """Gives back the rate token admit() took, for a call the scheduler then refused: a

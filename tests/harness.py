@@ -108,6 +108,7 @@ class DaemonProcess:
         movable_clock: bool = True,
         scheduler: dict[str, int | float] | None = None,
         quotas: dict[str, int | float] | None = None,
+        processes: int = 1,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it). Tests run
@@ -115,7 +116,8 @@ class DaemonProcess:
         workers=None leaves the daemon's default (benchmarks). `audit`,
         `tenancy` and `scheduler` hold settings of the config's tables of those names. Its clock can
         be moved (move_clock) unless movable_clock is False, as in production (benchmarks:
-        the offset clock reads its file's status on every call)."""
+        the offset clock reads its file's status on every call). processes above 1: a
+        coordinator and that many worker processes (hsmd/workers.py)."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
@@ -140,7 +142,7 @@ class DaemonProcess:
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
             tables = {"audit": audit, "tenancy": tenancy, "scheduler": scheduler, "quotas": quotas}
-            self._write_config(workers, grace_seconds, movable_clock, tables)
+            self._write_config(workers, grace_seconds, movable_clock, tables, processes)
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
@@ -152,6 +154,7 @@ class DaemonProcess:
         grace_seconds: float,
         movable_clock: bool,
         tables: dict[str, Mapping[str, int | float | str] | None],
+        processes: int,
     ) -> None:
         pki = self.pki
         clock = 'clock_offset_file = "clock.offset"\n' if movable_clock else ""
@@ -170,7 +173,7 @@ class DaemonProcess:
         self.config.write_text(
             '[server]\nlisten = "127.0.0.1:0"\n'
             + (f"workers = {workers}\n" if workers is not None else "")
-            + f"grace_seconds = {grace_seconds}\n\n"
+            + f"grace_seconds = {grace_seconds}\nprocesses = {processes}\n\n"
             f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
             f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'

@@ -84,7 +84,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn, Protocol
 
 from hsmd.audit.checkpoint import (
     Checkpointing,
@@ -123,8 +123,10 @@ __all__ = [
     "AuditBroken",
     "AuditCorrupt",
     "AuditLog",
+    "AuditSink",
     "AuditUnavailable",
     "VerifyResult",
+    "Written",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,23 @@ class Appended:
 
     record: RecordedEvent
     size: int
+
+
+class Written(Protocol):
+    """What an AuditSink says of an event it made durable."""
+
+    @property
+    def size(self) -> int:
+        """The bytes its line added to the log (a tenant's audit volume counts them)."""
+
+
+class AuditSink(Protocol):
+    """Where a request guard writes its events: this process's AuditLog, or, in a worker
+    process, the coordinator's log through the relay (hsmd/relay.py)."""
+
+    def ensure_writable(self, *, check_length: bool = True) -> None: ...
+    def append(self, event: AuditEvent) -> Written: ...
+    def append_many(self, events: Sequence[AuditEvent]) -> Sequence[Written]: ...
 
 
 @dataclass(frozen=True)

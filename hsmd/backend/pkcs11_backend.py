@@ -253,11 +253,16 @@ class Pkcs11Backend:
         softhsm2_conf: Path | None = None,
         token_dir: Path | None = None,
         lanes: LaneSizes | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         """token_dir, when the library is SoftHSM2 with its file store, is where its tokens
         are: every change there is made durable (softhsm_files.TokenSync) before it is
         acknowledged, and refused up front when that file system is full or read-only.
         lanes: sessions per tenant in each lane (hsmd.backend.lanes).
+        read_only: never create, change or destroy a token or a token object (a worker
+        process: SoftHSM2 loses updates between two processes that write one token, so
+        only the coordinator writes; hsmd/workers.py).
 
         Raises:
             StartupRefused: the library cannot be initialised for use by several threads.
@@ -266,6 +271,7 @@ class Pkcs11Backend:
             # SoftHSM2 reads its configuration once, at C_Initialize.
             os.environ["SOFTHSM2_CONF"] = str(softhsm2_conf)
         self._pins = pins
+        self._read_only = read_only
         self._tokens = TokenTable(library, lanes or LaneSizes(), token_dir)
         self._probing = threading.Lock()
         self._capabilities: Capabilities | None = None
@@ -273,6 +279,7 @@ class Pkcs11Backend:
     # Tokens
 
     def ensure_token(self, tenant: str) -> str:
+        self._check_writable()
         return self._tokens.ensure(self._tenant_token(tenant))
 
     def attach_token(self, tenant: str, serial: str) -> None:
@@ -312,6 +319,10 @@ class Pkcs11Backend:
 
     def detach_token(self, tenant: str) -> None:
         self._tokens.detach(tenant)
+
+    def attached_tenants(self) -> list[str]:
+        """The tenants whose tokens are open here."""
+        return [name for name in self._tokens.attached() if name != DAEMON_TOKEN]
 
     # Capabilities
 
@@ -884,6 +895,7 @@ class Pkcs11Backend:
         system cannot take an addition, and left only once the change is durable. A removal
         (adds False) is not refused up front: it frees space, and finds nothing to remove when
         the addition it rolls back was refused."""
+        self._check_writable()
         if adds:
             self._tokens.check_storage()
         try:
@@ -903,7 +915,12 @@ class Pkcs11Backend:
             BackendError: the token with that serial carries another tenant's label, or the
                 library refused to erase it.
         """
+        self._check_writable()
         self._tokens.remove(self._tenant_token(tenant), serial)
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise BackendError("this process only reads tokens: the coordinator changes them")
 
 
 # The largest RSA key a fast session signs with: RSA-2048 takes about 0.7 ms of a core, about

@@ -236,7 +236,9 @@ _A = TypeVar("_A", Key, KeyVersion)
 
 
 class SqliteKeyStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, written_elsewhere: bool = False) -> None:
+        """written_elsewhere: another process writes this database while this one reads it (a
+        worker process, hsmd/workers.py): refresh() then drops what is kept when it has."""
         if not path.exists():
             path.touch(mode=0o600)
         self._path = path
@@ -247,6 +249,8 @@ class SqliteKeyStore:
         # next write transaction, whatever it changes (writes are rare beside those reads).
         # Reads and writes take the same lock, so nothing stale is ever kept.
         self._answers: OrderedDict[tuple[str, str, str, int], Key | KeyVersion] = OrderedDict()
+        self._written_elsewhere = written_elsewhere
+        self._data_version: int | None = None
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -320,6 +324,20 @@ class SqliteKeyStore:
             except DamagedRecord as exc:
                 self.report_damage(exc)
                 raise
+
+    def refresh(self) -> bool:
+        """Whether another process committed since the last refresh (only looked at when the
+        store is written_elsewhere); if so, the answers kept are dropped. One PRAGMA
+        data_version, which changes exactly when another connection has committed."""
+        if not self._written_elsewhere:
+            return False
+        with self._read() as db:
+            version = int(db.execute("PRAGMA data_version").fetchone()[0])
+            changed = version != self._data_version
+            if changed:
+                self._data_version = version
+                self._answers.clear()
+            return changed
 
     def _check_open(self) -> None:
         if self._closed:  # a handler that outlived shutdown's grace period

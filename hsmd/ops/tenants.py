@@ -66,12 +66,13 @@ class TenantOps:
         self._backend = backend
         self._clock = clock
         self._dedicated = dedicated_tenant
-        # admit() runs on every call: tenant states are cached, and the cache is emptied by
-        # every change made here (the only writer of tenant states while the daemon runs).
-        # A read that raced with a change is not cached (_generation).
-        self._states: dict[str, TenantState] = {}
+        # admit() runs on every call: tenants are cached, and the cache is emptied by every
+        # change made here, and by a change another process made (KeyStore.refresh: a worker
+        # process's store, hsmd/workers.py). A read that raced with a change is not cached
+        # (_generation).
+        self._tenants: dict[str, Tenant] = {}
         self._generation = 0
-        self._states_lock = threading.Lock()
+        self._tenants_lock = threading.Lock()
 
     @property
     def mode(self) -> TenancyMode:
@@ -89,7 +90,10 @@ class TenantOps:
         """
         if self._dedicated is not None and name != self._dedicated:
             raise PermissionDenied(ONE_TENANT_ONLY)
-        state = self._state(name)
+        if self._store.refresh():
+            self._changed()
+        tenant = self.served(name)
+        state = tenant.state if tenant else None
         if state is TenantState.DISABLED:
             raise FailedPrecondition(f"tenant {name!r} is disabled by an operator")
         if state is TenantState.PENDING_DELETION:
@@ -97,25 +101,26 @@ class TenantOps:
         if state is not TenantState.ACTIVE:
             raise PermissionDenied(f"tenant {name!r} is not served by this daemon")
 
-    def _state(self, name: str) -> TenantState | None:
-        with self._states_lock:
-            cached = self._states.get(name)
+    def served(self, name: str) -> Tenant | None:
+        """The tenant as the store last said (cached), or None if there is no such tenant."""
+        with self._tenants_lock:
+            cached = self._tenants.get(name)
             generation = self._generation
         if cached is not None:
             return cached
         tenant = self._store.get_tenant(name)
         if tenant is None:  # not cached: a certificate may name any tenant
             return None
-        with self._states_lock:
+        with self._tenants_lock:
             if self._generation == generation:
-                self._states[name] = tenant.state
-        return tenant.state
+                self._tenants[name] = tenant
+        return tenant
 
     def _changed(self) -> None:
-        """After any change to a tenant's state: admit() reads the store again."""
-        with self._states_lock:
+        """After any change to a tenant: admit() reads the store again."""
+        with self._tenants_lock:
             self._generation += 1
-            self._states.clear()
+            self._tenants.clear()
 
     def create_tenant(
         self,

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -41,16 +41,23 @@ from google.rpc import status_pb2
 
 from hsmd import limits
 from hsmd.audit.events import AuditEvent, bounded_keys, bounded_text
-from hsmd.audit.log import Appended, AuditLog, AuditUnavailable
+from hsmd.audit.log import AuditSink, AuditUnavailable, Written
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
 from hsmd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unauthenticated
 from hsmd.names import is_valid_tenant_name
-from hsmd.quotas import SLOW_RPCS, TenantMeters
+from hsmd.quotas import SLOW_RPCS, Meters
 from hsmd.scheduler import Scheduler
 from hsmd.transport.batch import CHUNK_ITEMS, UNARY_OPERATIONS, BatchRunner, ItemOutcome, Unary
 from hsmd.transport.bounds import check_batch, check_request
+from hsmd.transport.forward import (
+    SERVED_BY_WORKERS,
+    Caller,
+    Forwarder,
+    TlsCaller,
+    passes_bytes,
+)
 from hsmd.transport.status import is_internal, rpc_status_of, to_status, with_details
 
 log = logging.getLogger("hsmd.access")
@@ -83,11 +90,20 @@ class RequestGuard(grpc.ServerInterceptor):
         self,
         certificates: ClientCertificateVerifier,
         admit_tenant: Callable[[str], None],
-        audit: AuditLog,
+        audit: AuditSink,
         clock: Clock,
         admission: Admission | None = None,
+        *,
+        caller: Caller | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
+        """caller: where the caller's certificate is read (the TLS handshake with this
+        process unless the call was forwarded to it). forwarder: in a worker process, the
+        channel that passes to the coordinator the calls a worker does not serve itself
+        (hsmd/transport/forward.py)."""
         self._certificates = certificates
+        self._caller = caller or TlsCaller()
+        self._forwarder = forwarder
         self._admit_tenant = admit_tenant
         self._audit = audit
         self._clock = clock
@@ -112,20 +128,46 @@ class RequestGuard(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
         method: str = handler_call_details.method
         service = method.split("/")[1] if method.count("/") == 2 else ""
         required = SERVICE_PRINCIPALS.get(service)
+        operation = _operation(method)
+        forwarder = self._forwarder
+        if forwarder is not None and required is not None and operation not in SERVED_BY_WORKERS:
+            return forwarder.handler(method)
+        handler = continuation(handler_call_details)
         if handler is None or required is None:
             return handler
         if handler.unary_unary is None:
             raise AssertionError(f"{method}: only unary RPCs are guarded; add streaming support")
-        guarded = self._guarded_batch if _operation(method) in UNARY_OPERATIONS else self._guarded
+        guarded = self._guarded_batch if operation in UNARY_OPERATIONS else self._guarded
+        behaviour = guarded(method, required, handler.unary_unary)
+        if forwarder is not None:
+            behaviour = self._here_or_forwarded(method, behaviour, forwarder)
         return grpc.unary_unary_rpc_method_handler(
-            guarded(method, required, handler.unary_unary),
+            behaviour,
             request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            response_serializer=passes_bytes(handler.response_serializer),
         )
+
+    def _here_or_forwarded(
+        self, method: str, here: Callable[[Any, grpc.ServicerContext], Any], forwarder: Forwarder
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """A worker's call of an operation it serves: served here, unless its tenant's token
+        is not open in this process (a tenant made after it started), then forwarded."""
+
+        def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, Malformed):
+                return here(request, context)
+            try:
+                tenant = self._identify(context).tenant
+            except Exception:  # refused: the guard answers it here, as any refusal
+                return here(request, context)
+            if tenant is None or forwarder.serves(tenant):
+                return here(request, context)
+            return forwarder.forward(method, request.SerializeToString(), context)
+
+        return behaviour
 
     def _guarded(
         self, method: str, required: PrincipalKind, behaviour: Callable[[Any, Any], Any]
@@ -148,10 +190,10 @@ class RequestGuard(grpc.ServerInterceptor):
             principal: Principal | None = None
             response: Any = None
             failure: Exception | None = None
-            recorded: Appended | AuditUnavailable | None = None
+            recorded: Written | AuditUnavailable | None = None
             recording = False
 
-            def record() -> Appended | AuditUnavailable:
+            def record() -> Written | AuditUnavailable:
                 """The call's audit event appended durably, or why it could not be."""
                 code = to_status(failure, request_id)[0] if failure else grpc.StatusCode.OK
                 event = self._event(
@@ -323,7 +365,7 @@ class RequestGuard(grpc.ServerInterceptor):
                 _context_keys(request), limits.AUDIT_CONTEXT_KEYS_BYTES
             ),
             outcome=code.name,
-            peer=bounded_text(context.peer(), limits.AUDIT_PEER_BYTES),
+            peer=bounded_text(self._caller.peer(context), limits.AUDIT_PEER_BYTES),
         )
 
     # Quotas and fair share (hsmd.quotas, hsmd.scheduler): tenant calls only; operators'
@@ -374,21 +416,16 @@ class RequestGuard(grpc.ServerInterceptor):
             return exc
         return None
 
-    def _charge_audit(self, principal: Principal | None, appended: Appended) -> None:
+    def _charge_audit(self, principal: Principal | None, appended: Written) -> None:
         if self._admission is not None and principal is not None and principal.tenant:
             self._admission.meters.charge_audit(principal.tenant, appended.size)
 
     def _identify(self, context: grpc.ServicerContext) -> Principal:
         """Who the certificate names; separate from _authorize so refusals are attributed."""
-        # grpc-stubs types each value as bytes; at run time it is a list of bytes. gRPC puts
-        # the leaf in x509_pem_cert and the certificates the client sent after it, as one
-        # PEM string, in x509_pem_cert_chain (absent when it sent only the leaf).
-        properties = context.auth_context()
-        certificates = cast(Sequence[bytes], properties.get("x509_pem_cert", ()))
-        if not certificates:
+        presented = self._caller.certificates(context)
+        if presented is None:
             raise Unauthenticated("a client certificate is required")
-        chain = b"".join(cast(Sequence[bytes], properties.get("x509_pem_cert_chain", ())))
-        return self._certificates.identify(certificates[0], chain)
+        return self._certificates.identify(*presented)
 
     def _let_in(
         self,
@@ -450,7 +487,7 @@ class _BatchRun:
             self.outcomes += chunk
             stopped = stopped or self._caller_gone()
             if stopped is None:
-                stopped = self._run_chunk([item for item in chunk if self._admit(item)], unary)
+                stopped = self._run_chunk(self._admitted(chunk), unary)
             else:
                 for item in chunk:
                     item.failure = stopped
@@ -469,17 +506,24 @@ class _BatchRun:
             return None
         return DeadlineExceeded("the caller's deadline passed, or it cancelled, before this ran")
 
-    def _admit(self, item: ItemOutcome) -> bool:
-        """The item's bounds and rate quota; False (its failure set) if refused."""
+    def _admitted(self, chunk: list[ItemOutcome]) -> list[ItemOutcome]:
+        """The chunk's items within their bounds and the tenant's rate quota, admitted in
+        order as their unary calls would be, in one count; the others have their failure."""
+        checked = []
+        for item in chunk:
+            try:
+                check_request(item.request)
+            except Exception as exc:
+                item.failure = exc
+            else:
+                checked.append(item)
         admission, tenant = self._guard._admission, self._principal.tenant
-        try:
-            check_request(item.request)
-            if admission is not None and tenant is not None:
-                admission.meters.admit(tenant, self._operation)
-        except Exception as exc:
-            item.failure = exc
-            return False
-        return True
+        if admission is None or tenant is None or not checked:
+            return checked
+        admitted, refusal = admission.meters.admit_some(tenant, self._operation, len(checked))
+        for item in checked[admitted:]:
+            item.failure = refusal
+        return checked[:admitted]
 
     def _run_chunk(self, admitted: list[ItemOutcome], unary: Unary) -> ResourceExhausted | None:
         """Runs the admitted items in one slot; returns the scheduler's refusal, if it refused
@@ -608,7 +652,7 @@ class _Handlers:
 class Admission:
     """What the guard checks a tenant's call against before it runs."""
 
-    meters: TenantMeters
+    meters: Meters
     scheduler: Scheduler
 
 

@@ -17,13 +17,13 @@ from grpc_reflection.v1alpha import reflection
 
 from hsmd.config import Settings
 from hsmd.errors import ConfigError
+from hsmd.transport.forward import MAX_MESSAGE
 from hsmd.transport.guard import RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_MAX_MESSAGE = 8 * 1024 * 1024
 # File descriptors kept for everything but connections: token object files, the database,
 # the audit log and its index, the log, gRPC's own pipes.
 _RESERVED_DESCRIPTORS = 256
@@ -86,26 +86,80 @@ def bind(
     settings: Settings,
     guard: RequestGuard,
     kms: KeyManagementServicer,
-    admin: AdminServicer,
+    admin: AdminServicer | None,
+    *,
+    port: int | None = None,
+    shared: bool = False,
 ) -> RunningServer:
+    """The public server on server.listen (or on `port` of its host). shared: other processes
+    of this daemon listen on the same port (SO_REUSEPORT, hsmd/workers.py); otherwise the
+    port is this process's alone, so a stray second daemon cannot take half its calls."""
+    server, health_servicer, names = _server(
+        settings,
+        guard,
+        kms,
+        admin,
+        [
+            ("grpc.so_reuseport", int(shared)),
+            # Nothing checks revocation: bound how long one connection (and handshake) lasts.
+            ("grpc.max_connection_age_ms", int(settings.server.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", 30_000),
+            *_connection_limits(settings),
+        ],
+    )
+    # The handshake alone is not enough (docs/security.md#authentication): the guard verifies
+    # every client certificate again with hsmd.auth.certificates.
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls.server_key.read_bytes(), settings.tls.server_cert.read_bytes())],
+        root_certificates=settings.tls.ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    host, port = settings.server.host, settings.server.port if port is None else port
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio's only signal that the address is taken or invalid
+        raise ConfigError(f"server.listen: cannot listen on {address}") from exc
+    return RunningServer(server, health_servicer, names, bound)
+
+
+def bind_internal(
+    settings: Settings,
+    guard: RequestGuard,
+    kms: KeyManagementServicer,
+    admin: AdminServicer,
+    socket_path: str,
+) -> RunningServer:
+    """The coordinator's server for the calls its workers forward (hsmd/transport/forward.py):
+    a Unix socket in a directory only the daemon's user can enter, without TLS (the workers
+    pass on what their handshakes showed, and this guard verifies it)."""
+    server, health_servicer, names = _server(settings, guard, kms, admin, [])
+    server.add_insecure_port(f"unix:{socket_path}")
+    return RunningServer(server, health_servicer, names, 0)
+
+
+def _server(
+    settings: Settings,
+    guard: RequestGuard,
+    kms: KeyManagementServicer,
+    admin: AdminServicer | None,
+    options: list[tuple[str, int]],
+) -> tuple[grpc.Server, health.HealthServicer, list[str]]:
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.server.workers, thread_name_prefix="hsmd-rpc"
         ),
         interceptors=[guard],
         options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.so_reuseport", 0),
-            # Nothing checks revocation: bound how long one connection (and handshake) lasts.
-            ("grpc.max_connection_age_ms", int(settings.server.max_connection_age_seconds * 1000)),
-            ("grpc.max_connection_age_grace_ms", 30_000),
-            *_connection_limits(settings),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            *options,
         ],
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
     )
     service_pb2_grpc.add_KeyManagementServiceServicer_to_server(kms, server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    if admin is not None:  # a worker forwards every operator call (hsmd/transport/forward.py)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [
@@ -115,18 +169,4 @@ def bind(
     reflection.enable_server_reflection(
         [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    # The handshake alone is not enough (docs/security.md#authentication): the guard verifies
-    # every client certificate again with hsmd.auth.certificates.
-    credentials = grpc.ssl_server_credentials(
-        [(settings.tls.server_key.read_bytes(), settings.tls.server_cert.read_bytes())],
-        root_certificates=settings.tls.ca_cert.read_bytes(),
-        require_client_auth=True,
-    )
-    address = f"{settings.server.host}:{settings.server.port}"
-    if ":" in settings.server.host:
-        address = f"[{settings.server.host}]:{settings.server.port}"
-    try:
-        port = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:  # grpcio's only signal that the address is taken or invalid
-        raise ConfigError(f"server.listen: cannot listen on {address}") from exc
-    return RunningServer(server, health_servicer, ["", *services], port)
+    return server, health_servicer, ["", *services]

@@ -84,7 +84,7 @@ class Operations:
     policies: PolicyOps
     wrapping: WrappingOps
     imports: ImportOps
-    audit: AuditLog
+    audit: AuditLog | None  # None in a worker process, which forwards ListAuditEvents
 
 
 class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
@@ -463,6 +463,8 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         """A tenant sees only its own events; `tenant` is for operators (AdminService)."""
         if request.tenant:
             raise InvalidArgument("tenant is for operators; a tenant sees only its own events")
+        if self._audit is None:
+            raise AssertionError("ListAuditEvents reached a worker process: workers forward it")
         return _audit_page(self._audit, request, current_request().tenant)
 
     # Wrapping and import

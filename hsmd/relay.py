@@ -1,0 +1,317 @@
+"""The local channel between the coordinator process and its worker processes (hsmd/workers.py).
+
+A worker serves calls on existing keys with its own token sessions, but the tenant's rate
+quotas and the one audit chain stay in the coordinator: a worker asks it to admit a call (or a
+batch chunk) against the tenant's rate, and hands it each call's audit event, returning only
+once the coordinator has appended it durably (fail closed: no answer without its event). The
+coordinator adds the event's size to the tenant's audit volume, as it does for its own calls.
+
+The channel is a Unix stream socket in a directory only the daemon's user can enter (mode
+0700): whoever can connect runs as that user, and could read the master secret anyway. Each
+worker thread keeps a connection of its own and makes one exchange at a time on it, so an
+exchange is a send and a blocking receive on the calling thread (no dispatcher thread, no
+hand-off). A frame is a 4-byte big-endian length and a JSON object.
+
+Exchanges (worker -> coordinator, each answered once):
+  {"op": "admit", "tenant", "rpc", "count"}   -> {"admitted": n, "refusal": null | {...}}
+  {"op": "refund", "tenant", "rpc"}            -> {}
+  {"op": "append", "events": [...]}            -> {"sizes": [...]} | {"unavailable": message}
+  {"op": "tenants"}                            -> {"tenants": {name: token serial}}
+  {"op": "ready", "port"}                      -> {}   (the worker serves on that port)
+The tenants are those whose tokens the coordinator serves: a worker opens just those. After
+"ready", the worker's lifeline connection stays open without a further exchange; it ends only
+when the coordinator exits, and then the worker stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hsmd.audit.events import AuditEvent
+from hsmd.audit.log import AuditLog, AuditUnavailable
+from hsmd.errors import ResourceExhausted
+from hsmd.quotas import TenantMeters
+
+log = logging.getLogger(__name__)
+
+# A batch's events (1,000 items of at most limits.MAX_AUDIT_EVENT_BYTES) fit with room left.
+_MAX_FRAME = 16 * 1024 * 1024
+_LENGTH = 4
+
+
+class RelayBroken(Exception):
+    """The other end closed the channel or sent something that is not a frame."""
+
+
+def send_frame(connection: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    connection.sendall(len(data).to_bytes(_LENGTH, "big") + data)
+
+
+def receive_frame(connection: socket.socket) -> dict[str, Any]:
+    """The next frame's object. Raises RelayBroken at the end of the stream, or for a frame
+    that is too long or not a JSON object."""
+    size = int.from_bytes(_receive_exactly(connection, _LENGTH), "big")
+    if size > _MAX_FRAME:
+        raise RelayBroken(f"a frame of {size} bytes is over the limit")
+    try:
+        message = json.loads(_receive_exactly(connection, size))
+    except ValueError as exc:
+        raise RelayBroken("a frame is not JSON") from exc
+    if not isinstance(message, dict):
+        raise RelayBroken("a frame is not a JSON object")
+    return message
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = connection.recv(min(size, 1 << 20))
+        if not chunk:
+            raise RelayBroken("the other process closed the channel")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _event_fields(event: AuditEvent) -> dict[str, Any]:
+    fields = asdict(event)
+    fields["time"] = event.time.isoformat()
+    return fields
+
+
+def _event(fields: dict[str, Any]) -> AuditEvent:
+    fields = dict(fields)
+    fields["time"] = datetime.fromisoformat(fields["time"])
+    fields["encryption_context_keys"] = tuple(fields["encryption_context_keys"])
+    return AuditEvent(**fields)
+
+
+class RelayServer:
+    """The coordinator's end: a thread accepts workers' connections, and a thread per
+    connection answers its exchanges against the coordinator's audit log and meters."""
+
+    def __init__(
+        self,
+        path: Path,
+        audit: AuditLog,
+        meters: TenantMeters,
+        served_tenants: Callable[[], dict[str, str]],
+        ready: Callable[[int, int], None],
+    ) -> None:
+        """served_tenants(): the tenants whose tokens the coordinator serves, with their token
+        serials. ready(pid, port): a worker process serves on port."""
+        self._audit = audit
+        self._meters = meters
+        self._served_tenants = served_tenants
+        self._ready = ready
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        os.chmod(path, 0o600)
+        self._listener.listen(256)
+        self._closed = False
+        threading.Thread(target=self._accept, name="hsmd-relay", daemon=True).start()
+
+    def close(self) -> None:
+        """Stops taking connections; those open end when their workers exit."""
+        self._closed = True
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(
+                target=self._serve, args=(connection,), name="hsmd-relay-conn", daemon=True
+            ).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        pid = _peer_pid(connection)
+        with connection:
+            while True:
+                try:
+                    request = receive_frame(connection)
+                except (RelayBroken, OSError):
+                    return
+                try:
+                    reply = self._answer(request, pid)
+                except Exception:
+                    log.exception("worker %d sent an exchange the coordinator cannot answer", pid)
+                    return  # the worker fails the call, closed: nothing was half-done here
+                try:
+                    send_frame(connection, reply)
+                except OSError:
+                    return
+
+    def _answer(self, request: dict[str, Any], pid: int) -> dict[str, Any]:
+        op = request["op"]
+        if op == "append":
+            return self._append([_event(fields) for fields in request["events"]])
+        if op == "admit":
+            admitted, refusal = self._meters.admit_some(
+                request["tenant"], request["rpc"], int(request["count"])
+            )
+            return {
+                "admitted": admitted,
+                "refusal": None
+                if refusal is None
+                else {"message": str(refusal), "retry_after": refusal.retry_after},
+            }
+        if op == "refund":
+            self._meters.refund(request["tenant"], request["rpc"])
+            return {}
+        if op == "tenants":
+            return {"tenants": self._served_tenants()}
+        if op == "ready":
+            self._ready(pid, int(request["port"]))
+            return {}
+        raise ValueError(f"unknown exchange {op!r}")
+
+    def _append(self, events: list[AuditEvent]) -> dict[str, Any]:
+        try:
+            appended = (
+                [self._audit.append(events[0])]
+                if len(events) == 1
+                else self._audit.append_many(events)
+            )
+        except AuditUnavailable as exc:
+            return {"unavailable": str(exc)}
+        for event, done in zip(events, appended, strict=True):
+            if event.tenant:
+                self._meters.charge_audit(event.tenant, done.size)
+        return {"sizes": [done.size for done in appended]}
+
+
+def _peer_pid(connection: socket.socket) -> int:
+    """The connected process's pid (SO_PEERCRED), for log lines."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(credentials[:4], "little")
+
+
+class RelayClient:
+    """A worker's end: one connection per thread, opened on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._failure: str | None = None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the channel is unusable (the coordinator is gone), or None."""
+        return self._failure
+
+    def served_tenants(self) -> dict[str, str]:
+        """The tenants whose tokens the coordinator serves, with their token serials."""
+        tenants = self.exchange({"op": "tenants"})["tenants"]
+        return {str(name): str(serial) for name, serial in tenants.items()}
+
+    def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Sends one request and returns its answer. Raises AuditUnavailable once the channel
+        fails: without the coordinator nothing can be audited, so nothing may be answered."""
+        if self._failure is not None:
+            raise AuditUnavailable(self._failure)
+        try:
+            connection = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                connection.connect(str(self._path))
+                self._local.connection = connection
+            send_frame(connection, request)
+            return receive_frame(connection)
+        except (OSError, RelayBroken) as exc:
+            self._failure = f"the coordinator process cannot be reached: {exc}"
+            raise AuditUnavailable(self._failure) from exc
+
+
+@dataclass(frozen=True)
+class RelayedEvent:
+    """An event the coordinator made durable: the size its line added (audit.log.Written)."""
+
+    size: int
+
+
+def keep_lifeline(path: Path, port: int, gone: Callable[[], None]) -> None:
+    """Tells the coordinator this worker serves on port, then calls gone() from a thread of
+    its own once the coordinator's end closes (it exited, however). Raises OSError or
+    RelayBroken if the coordinator cannot be told."""
+    lifeline = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lifeline.connect(str(path))
+    send_frame(lifeline, {"op": "ready", "port": port})
+    receive_frame(lifeline)
+
+    def wait() -> None:
+        with lifeline:
+            try:
+                lifeline.recv(1)  # never answered: returns at the end of the stream
+            except OSError:
+                pass
+        gone()
+
+    threading.Thread(target=wait, name="hsmd-lifeline", daemon=True).start()
+
+
+class RelayedAudit:
+    """The audit log as the guard of a worker sees it (audit.log.AuditSink): events go to
+    the coordinator's log, and append returns once the coordinator has made them durable."""
+
+    def __init__(self, relay: RelayClient) -> None:
+        self._relay = relay
+
+    def ensure_writable(self, *, check_length: bool = True) -> None:
+        """Refuses only once the coordinator is known unreachable or its log has failed (a
+        worker serves no call that changes anything, so a log that fails between this and
+        the append costs an answer, never an unrecorded change)."""
+        if self._relay.failure is not None:
+            raise AuditUnavailable(self._relay.failure)
+
+    def append(self, event: AuditEvent) -> RelayedEvent:
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[RelayedEvent]:
+        if not events:
+            return []
+        reply = self._relay.exchange({"op": "append", "events": [_event_fields(e) for e in events]})
+        if "unavailable" in reply:
+            raise AuditUnavailable(reply["unavailable"])
+        return [RelayedEvent(size) for size in reply["sizes"]]
+
+
+class RelayedMeters:
+    """The tenant meters as the guard of a worker sees them: the coordinator's. The audit
+    volume is charged there, when it appends the event."""
+
+    def __init__(self, relay: RelayClient) -> None:
+        self._relay = relay
+
+    def admit(self, tenant: str, rpc: str) -> None:
+        _, refusal = self.admit_some(tenant, rpc, 1)
+        if refusal is not None:
+            raise refusal
+
+    def admit_some(self, tenant: str, rpc: str, count: int) -> tuple[int, ResourceExhausted | None]:
+        reply = self._relay.exchange({"op": "admit", "tenant": tenant, "rpc": rpc, "count": count})
+        refusal = reply["refusal"]
+        if refusal is None:
+            return int(reply["admitted"]), None
+        return int(reply["admitted"]), ResourceExhausted(
+            refusal["message"], retry_after=refusal["retry_after"]
+        )
+
+    def refund(self, tenant: str, rpc: str) -> None:
+        self._relay.exchange({"op": "refund", "tenant": tenant, "rpc": rpc})
+
+    def charge_audit(self, tenant: str, size: int) -> None:
+        """Charged by the coordinator as it appends (RelayServer)."""

@@ -1,0 +1,163 @@
+"""Who the caller is, for the guard, and the calls a worker process passes to the coordinator.
+
+With `[server] processes` above 1 (hsmd/workers.py), worker processes take every connection.
+A worker serves itself the calls in SERVED_BY_WORKERS: operations on existing keys that change
+no token and no record. Every other call (a key created or changed, any operator call), and a
+call of a tenant whose token the worker has not opened (made after the worker started), is
+passed as its raw bytes to the coordinator over a Unix socket only the daemon's user can reach,
+with the client certificate and chain the TLS handshake presented and the client's address.
+
+The coordinator's guard verifies that certificate exactly as a worker's does (ForwardedCaller
+is the only difference): nothing a worker concluded about the caller is trusted, only what the
+handshake showed it. The answer, its status, details and trailers (the request id) go back to
+the client unchanged; the coordinator has audited the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+
+# Binary metadata: gRPC carries the PEM bytes as they are.
+_CERTIFICATE = "x-hsmd-forwarded-cert-bin"
+_CHAIN = "x-hsmd-forwarded-chain-bin"
+_PEER = "x-hsmd-forwarded-peer"
+MAX_MESSAGE = 8 * 1024 * 1024
+
+# What a worker serves with its own token sessions: nothing here writes a token or the
+# database (the coordinator alone does: docs/concurrency.md "More than one process").
+SERVED_BY_WORKERS = frozenset(
+    {
+        "Encrypt",
+        "Decrypt",
+        "ReEncrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateRandom",
+        "Sign",
+        "Verify",
+        "GenerateMac",
+        "VerifyMac",
+        "GetPublicKey",
+        "DescribeKey",
+        "BatchEncrypt",
+        "BatchDecrypt",
+        "BatchReEncrypt",
+        "BatchGenerateDataKey",
+        "BatchSign",
+        "BatchVerify",
+        "BatchGenerateMac",
+        "BatchVerifyMac",
+    }
+)
+
+
+class TlsCaller:
+    """The caller as its TLS handshake with this process showed it."""
+
+    def certificates(self, context: grpc.ServicerContext) -> tuple[bytes, bytes] | None:
+        """The leaf and the chain it came with (PEM), or None without a certificate."""
+        # grpc-stubs types each value as bytes; at run time it is a list of bytes. gRPC puts
+        # the leaf in x509_pem_cert and the certificates the client sent after it, as one
+        # PEM string, in x509_pem_cert_chain (absent when it sent only the leaf).
+        properties = context.auth_context()
+        certificates = cast(Sequence[bytes], properties.get("x509_pem_cert", ()))
+        if not certificates:
+            return None
+        chain = b"".join(cast(Sequence[bytes], properties.get("x509_pem_cert_chain", ())))
+        return certificates[0], chain
+
+    def peer(self, context: grpc.ServicerContext) -> str:
+        return str(context.peer())
+
+
+class ForwardedCaller:
+    """The caller as its TLS handshake with a worker showed it (the coordinator's internal
+    socket, which only the daemon's own processes can reach)."""
+
+    def certificates(self, context: grpc.ServicerContext) -> tuple[bytes, bytes] | None:
+        metadata = _metadata(context)
+        leaf = metadata.get(_CERTIFICATE)
+        if not isinstance(leaf, bytes) or not leaf:
+            return None
+        chain = metadata.get(_CHAIN)
+        return leaf, chain if isinstance(chain, bytes) else b""
+
+    def peer(self, context: grpc.ServicerContext) -> str:
+        peer = _metadata(context).get(_PEER)
+        return peer if isinstance(peer, str) else ""
+
+
+def _metadata(context: grpc.ServicerContext) -> dict[str, str | bytes]:
+    return dict(context.invocation_metadata())
+
+
+Caller = TlsCaller | ForwardedCaller
+
+
+@dataclass(frozen=True)
+class _Ended(grpc.Status):
+    """A forwarded call's status, to end the client's call with."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class Forwarder:
+    """A worker's channel to the coordinator, and the handlers that use it."""
+
+    def __init__(self, socket_path: str, serves: Callable[[str], bool]) -> None:
+        """serves(tenant): whether this worker has the tenant's token open."""
+        self._channel = grpc.insecure_channel(
+            f"unix:{socket_path}",
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        self.serves = serves
+        self._caller = TlsCaller()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def handler(self, method: str) -> grpc.RpcMethodHandler[bytes, bytes]:
+        """A handler that passes every call of `method` on, as raw bytes both ways."""
+        return grpc.unary_unary_rpc_method_handler(
+            lambda request, context: self.forward(method, request, context)
+        )
+
+    def forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """The coordinator's answer to the call; ends the call with its status if it failed."""
+        metadata: tuple[tuple[str, str | bytes], ...] = ((_PEER, self._caller.peer(context)),)
+        presented = self._caller.certificates(context)
+        if presented is not None:
+            metadata += ((_CERTIFICATE, presented[0]), (_CHAIN, presented[1]))
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
+        try:
+            response, outcome = call.with_call(
+                request, timeout=context.time_remaining(), metadata=metadata
+            )
+        except grpc.RpcError as exc:
+            failed = cast(grpc.Call, exc)
+            context.abort_with_status(
+                _Ended(failed.code(), failed.details() or "", tuple(failed.trailing_metadata()))
+            )
+        context.set_trailing_metadata(tuple(outcome.trailing_metadata()))
+        return response
+
+
+def passes_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """A response serializer for a handler that answers either a message or, forwarded, the
+    coordinator's bytes."""
+
+    def serialized(response: Any) -> bytes:
+        if isinstance(response, bytes) or serialize is None:
+            return cast(bytes, response)
+        return serialize(response)
+
+    return serialized
