@@ -169,6 +169,10 @@ class TokenBucket:
         return min(self._burst, self._tokens + elapsed * self.rate)
 
 
+# The most calls a worker process admits by itself between two admissions by the coordinator.
+SPARE_LIMIT = 16
+
+
 class Meters(Protocol):
     """What a request guard counts a tenant's calls against: this process's TenantMeters, or,
     in a worker process, the coordinator's through the relay (hsmd/relay.py)."""
@@ -248,6 +252,26 @@ class TenantMeters:
             except ResourceExhausted as exc:
                 return admitted, exc
         return count, None
+
+    def take_spare(self, tenant: str, rpc: str) -> int:
+        """Takes, for a worker process to admit by itself (hsmd/relay.py), the calls the
+        tenant's bucket holds beyond those just admitted, up to a lease: at most SPARE_LIMIT
+        and a hundredth of the class's rate (none below 100 calls/s, so a low quota is counted
+        call by call). Never refuses; none while the audit volume is used up."""
+        limits = self._limits_of(tenant)
+        operation = operation_class(rpc)
+        wanted = min(SPARE_LIMIT, int(limits.rate(operation) / 100))
+        now = self._monotonic()
+        taken = 0
+        with self._lock:
+            bucket = self._buckets.get((tenant, operation))
+            if bucket is None or self._audit_period_of(tenant, now)[1] >= (
+                limits.audit_bytes_per_period
+            ):
+                return 0
+            while taken < wanted and not bucket.take(now):
+                taken += 1
+        return taken
 
     def refund(self, tenant: str, rpc: str) -> None:
         """Gives back the rate token admit() took, for a call the scheduler then refused: a

@@ -13,7 +13,7 @@ exchange is a send and a blocking receive on the calling thread (no dispatcher t
 hand-off). A frame is a 4-byte big-endian length and a JSON object.
 
 Exchanges (worker -> coordinator, each answered once):
-  {"op": "admit", "tenant", "rpc", "count"}   -> {"admitted": n, "refusal": null | {...}}
+  {"op": "admit", "tenant", "rpc", "count"}   -> {"admitted", "spare", "refusal": null | {...}}
   {"op": "refund", "tenant", "rpc"}            -> {}
   {"op": "append", "events": [...]}            -> {"sizes": [...]} | {"unavailable": message}
   {"op": "tenants"}                            -> {"tenants": {name: token serial}}
@@ -28,24 +28,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hsmd.audit.events import AuditEvent
 from hsmd.audit.log import AuditLog, AuditUnavailable
 from hsmd.errors import ResourceExhausted
-from hsmd.quotas import TenantMeters
+from hsmd.quotas import OperationClass, TenantMeters, operation_class
 
 log = logging.getLogger(__name__)
 
 # A batch's events (1,000 items of at most limits.MAX_AUDIT_EVENT_BYTES) fit with room left.
 _MAX_FRAME = 16 * 1024 * 1024
 _LENGTH = 4
+# How long a worker may use the spare calls of a lease (RelayedMeters).
+SPARE_SECONDS = 1.0
 
 
 class RelayBroken(Exception):
@@ -97,8 +101,12 @@ def _event(fields: dict[str, Any]) -> AuditEvent:
 
 
 class RelayServer:
-    """The coordinator's end: a thread accepts workers' connections, and a thread per
-    connection answers its exchanges against the coordinator's audit log and meters."""
+    """The coordinator's end. One thread serves every worker's connection: each turn it reads
+    the exchanges that have arrived, answers admissions and the rest at once, and appends all
+    the events that arrived as one group (one write, one fsync), then answers those. So the
+    calls of every worker at one moment share one sync, and a turn wakes one thread, not one
+    per connection (which cost the coordinator more than the events themselves: ~20 futex
+    calls and ~0.9 fsyncs a call when each connection had its own thread)."""
 
     def __init__(
         self,
@@ -118,56 +126,93 @@ class RelayServer:
         self._listener.bind(str(path))
         os.chmod(path, 0o600)
         self._listener.listen(256)
+        self._wake, self._waker = socket.socketpair()  # close() wakes the turn waiting
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._selector.register(self._wake, selectors.EVENT_READ)
         self._closed = False
-        threading.Thread(target=self._accept, name="hsmd-relay", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="hsmd-relay", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        """Stops taking connections; those open end when their workers exit."""
+        """Stops serving; the workers' next exchanges fail (they have stopped by then)."""
+        if self._closed:
+            return
         self._closed = True
-        self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
+        self._waker.send(b"x")
+        self._thread.join()
+        for key in list(self._selector.get_map().values()):
+            self._selector.unregister(key.fileobj)
+            cast(socket.socket, key.fileobj).close()
+        self._selector.close()
+        self._waker.close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            appends: list[tuple[socket.socket, int, dict[str, Any]]] = []
+            for key, _ in self._selector.select():
+                connection = cast(socket.socket, key.fileobj)
+                if connection is self._listener:
+                    self._accept()
+                elif connection is not self._wake:
+                    request = self._receive(connection, key.data)
+                    if request is not None and request.get("op") == "append":
+                        appends.append((connection, key.data, request))
+                    elif request is not None:
+                        self._answer(connection, key.data, request)
+            if appends:
+                self._append(appends)
 
     def _accept(self) -> None:
-        while not self._closed:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(
-                target=self._serve, args=(connection,), name="hsmd-relay-conn", daemon=True
-            ).start()
+        try:
+            connection, _ = self._listener.accept()
+        except OSError:
+            return
+        self._selector.register(connection, selectors.EVENT_READ, _peer_pid(connection))
 
-    def _serve(self, connection: socket.socket) -> None:
-        pid = _peer_pid(connection)
-        with connection:
-            while True:
-                try:
-                    request = receive_frame(connection)
-                except (RelayBroken, OSError):
-                    return
-                try:
-                    reply = self._answer(request, pid)
-                except Exception:
-                    log.exception("worker %d sent an exchange the coordinator cannot answer", pid)
-                    return  # the worker fails the call, closed: nothing was half-done here
-                try:
-                    send_frame(connection, reply)
-                except OSError:
-                    return
+    def _receive(self, connection: socket.socket, pid: int) -> dict[str, Any] | None:
+        """The next exchange on a connection the selector found readable; None, with the
+        connection closed, at its end (the worker exited) or on a broken frame."""
+        try:
+            return receive_frame(connection)
+        except (RelayBroken, OSError):
+            self._drop(connection)
+            return None
 
-    def _answer(self, request: dict[str, Any], pid: int) -> dict[str, Any]:
+    def _drop(self, connection: socket.socket) -> None:
+        self._selector.unregister(connection)
+        connection.close()
+
+    def _reply(self, connection: socket.socket, reply: dict[str, Any]) -> None:
+        try:
+            send_frame(connection, reply)
+        except OSError:
+            self._drop(connection)
+
+    def _answer(self, connection: socket.socket, pid: int, request: dict[str, Any]) -> None:
+        try:
+            reply = self._reply_to(request, pid)
+        except Exception:
+            log.exception("worker %d sent an exchange the coordinator cannot answer", pid)
+            self._drop(connection)  # its call fails, closed: nothing was half-done here
+            return
+        self._reply(connection, reply)
+
+    def _reply_to(self, request: dict[str, Any], pid: int) -> dict[str, Any]:
         op = request["op"]
-        if op == "append":
-            return self._append([_event(fields) for fields in request["events"]])
         if op == "admit":
-            admitted, refusal = self._meters.admit_some(
-                request["tenant"], request["rpc"], int(request["count"])
-            )
+            tenant, rpc = request["tenant"], request["rpc"]
+            admitted, refusal = self._meters.admit_some(tenant, rpc, int(request["count"]))
+            if refusal is not None:
+                return {
+                    "admitted": admitted,
+                    "spare": 0,
+                    "refusal": {"message": str(refusal), "retry_after": refusal.retry_after},
+                }
             return {
                 "admitted": admitted,
-                "refusal": None
-                if refusal is None
-                else {"message": str(refusal), "retry_after": refusal.retry_after},
+                "spare": self._meters.take_spare(tenant, rpc),
+                "refusal": None,
             }
         if op == "refund":
             self._meters.refund(request["tenant"], request["rpc"])
@@ -179,19 +224,30 @@ class RelayServer:
             return {}
         raise ValueError(f"unknown exchange {op!r}")
 
-    def _append(self, events: list[AuditEvent]) -> dict[str, Any]:
+    def _append(self, requests: list[tuple[socket.socket, int, dict[str, Any]]]) -> None:
+        """Appends the events of every request of the turn as one group, and answers each."""
+        groups: list[tuple[socket.socket, list[AuditEvent]]] = []
+        for connection, pid, request in requests:
+            try:
+                groups.append((connection, [_event(fields) for fields in request["events"]]))
+            except Exception:
+                log.exception("worker %d sent events the coordinator cannot read", pid)
+                self._drop(connection)
+        events = [event for _, group in groups for event in group]
         try:
-            appended = (
-                [self._audit.append(events[0])]
-                if len(events) == 1
-                else self._audit.append_many(events)
-            )
+            appended = iter(self._audit.append_many(events))
         except AuditUnavailable as exc:
-            return {"unavailable": str(exc)}
-        for event, done in zip(events, appended, strict=True):
-            if event.tenant:
-                self._meters.charge_audit(event.tenant, done.size)
-        return {"sizes": [done.size for done in appended]}
+            for connection, _ in groups:
+                self._reply(connection, {"unavailable": str(exc)})
+            return
+        for connection, group in groups:
+            sizes = []
+            for event in group:
+                size = next(appended).size
+                if event.tenant:
+                    self._meters.charge_audit(event.tenant, size)
+                sizes.append(size)
+            self._reply(connection, {"sizes": sizes})
 
 
 def _peer_pid(connection: socket.socket) -> int:
@@ -269,13 +325,15 @@ class RelayedAudit:
 
     def __init__(self, relay: RelayClient) -> None:
         self._relay = relay
+        self._failure: str | None = None
 
     def ensure_writable(self, *, check_length: bool = True) -> None:
-        """Refuses only once the coordinator is known unreachable or its log has failed (a
-        worker serves no call that changes anything, so a log that fails between this and
-        the append costs an answer, never an unrecorded change)."""
-        if self._relay.failure is not None:
-            raise AuditUnavailable(self._relay.failure)
+        """Refuses once the coordinator is known unreachable or its log has failed, which it
+        is until a restart (a worker serves no call that changes anything, so a log that
+        fails between this and the append costs an answer, never an unrecorded change)."""
+        failure = self._failure or self._relay.failure
+        if failure is not None:
+            raise AuditUnavailable(failure)
 
     def append(self, event: AuditEvent) -> RelayedEvent:
         return self.append_many([event])[0]
@@ -285,16 +343,24 @@ class RelayedAudit:
             return []
         reply = self._relay.exchange({"op": "append", "events": [_event_fields(e) for e in events]})
         if "unavailable" in reply:
+            self._failure = reply["unavailable"]
             raise AuditUnavailable(reply["unavailable"])
         return [RelayedEvent(size) for size in reply["sizes"]]
 
 
 class RelayedMeters:
-    """The tenant meters as the guard of a worker sees them: the coordinator's. The audit
-    volume is charged there, when it appends the event."""
+    """The tenant meters as the guard of a worker sees them: the coordinator's. Each admission
+    the coordinator makes may lease a few spare calls (TenantMeters.take_spare: at most
+    SPARE_LIMIT, a hundredth of the rate), which this worker admits by itself for up to
+    SPARE_SECONDS; unused ones lapse. So a tenant is never admitted beyond its rate, and a
+    worker holds back at most a hundredth of it. The audit volume is charged there, when it
+    appends the event."""
 
     def __init__(self, relay: RelayClient) -> None:
         self._relay = relay
+        self._lock = threading.Lock()
+        # (tenant, operation class) -> calls the coordinator leased, and until when.
+        self._spares: dict[tuple[str, OperationClass], tuple[int, float]] = {}
 
     def admit(self, tenant: str, rpc: str) -> None:
         _, refusal = self.admit_some(tenant, rpc, 1)
@@ -302,13 +368,27 @@ class RelayedMeters:
             raise refusal
 
     def admit_some(self, tenant: str, rpc: str, count: int) -> tuple[int, ResourceExhausted | None]:
-        reply = self._relay.exchange({"op": "admit", "tenant": tenant, "rpc": rpc, "count": count})
-        refusal = reply["refusal"]
-        if refusal is None:
-            return int(reply["admitted"]), None
-        return int(reply["admitted"]), ResourceExhausted(
-            refusal["message"], retry_after=refusal["retry_after"]
+        key = (tenant, operation_class(rpc))
+        now = time.monotonic()
+        with self._lock:
+            spare, until = self._spares.get(key, (0, now))
+            from_spare = min(count, spare) if now < until else 0
+            self._spares[key] = (spare - from_spare, until)
+        if from_spare == count:
+            return count, None
+        reply = self._relay.exchange(
+            {"op": "admit", "tenant": tenant, "rpc": rpc, "count": count - from_spare}
         )
+        admitted, refusal = from_spare + int(reply["admitted"]), reply["refusal"]
+        if reply["spare"]:
+            now = time.monotonic()
+            with self._lock:
+                spare, until = self._spares.get(key, (0, now))
+                kept = spare if now < until else 0
+                self._spares[key] = (kept + int(reply["spare"]), now + SPARE_SECONDS)
+        if refusal is None:
+            return admitted, None
+        return admitted, ResourceExhausted(refusal["message"], retry_after=refusal["retry_after"])
 
     def refund(self, tenant: str, rpc: str) -> None:
         self._relay.exchange({"op": "refund", "tenant": tenant, "rpc": rpc})

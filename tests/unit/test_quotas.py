@@ -16,6 +16,7 @@ from hsmd.errors import InvalidArgument, ResourceExhausted
 from hsmd.keystore.sqlite_store import SqliteKeyStore
 from hsmd.ops.quotas import QuotaOps
 from hsmd.quotas import (
+    SPARE_LIMIT,
     OperationClass,
     QuotaLimits,
     TenantMeters,
@@ -103,6 +104,41 @@ def test_the_audit_volume_is_counted_per_period() -> None:
     clock.now += 15
     assert meters.audit_bytes("a") == 0
     meters.admit("a", "Encrypt")
+
+
+def test_a_batch_is_admitted_in_order_up_to_the_rate() -> None:
+    clock = FakeClock()
+    meters = _meters(clock, {"a": QuotaLimits(symmetric_requests_per_second=3.0)})
+    admitted, refusal = meters.admit_some("a", "Encrypt", 5)
+    assert admitted == 3 and refusal is not None and refusal.retry_after == pytest.approx(1 / 3)
+    assert meters.admit_some("b", "Encrypt", 5) == (5, None)
+
+
+def test_spare_calls_for_a_worker_are_a_hundredth_of_the_rate_and_never_beyond_it() -> None:
+    clock = FakeClock()
+    limits = {
+        "slow": QuotaLimits(symmetric_requests_per_second=99.0),
+        "fast": QuotaLimits(symmetric_requests_per_second=1000.0),
+        "vast": QuotaLimits(symmetric_requests_per_second=100_000.0),
+    }
+    meters = _meters(clock, limits)
+    for tenant in limits:
+        meters.admit(tenant, "Encrypt")
+    assert meters.take_spare("slow", "Encrypt") == 0  # counted call by call
+    assert meters.take_spare("fast", "Encrypt") == 10
+    assert meters.take_spare("vast", "Encrypt") == SPARE_LIMIT
+    assert meters.take_spare("unseen", "Encrypt") == 0  # no bucket yet: nothing to lease
+    admitted, refusal = meters.admit_some("fast", "Encrypt", 2000)
+    assert refusal is not None and meters.take_spare("fast", "Encrypt") == 0
+    assert 1 + 10 + admitted == 1000  # the burst, whether admitted or leased
+
+
+def test_no_spare_calls_once_the_audit_volume_is_used_up() -> None:
+    clock = FakeClock()
+    meters = _meters(clock, {"a": QuotaLimits(audit_bytes_per_period=1000)})
+    meters.admit("a", "Encrypt")
+    meters.charge_audit("a", 1000)
+    assert meters.take_spare("a", "Encrypt") == 0
 
 
 def test_overrides_are_checked_and_overlay_the_defaults() -> None:
