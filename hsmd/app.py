@@ -77,7 +77,7 @@ from hsmd.transport import server as grpc_server
 from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
-from hsmd.workers import CALLS_SOCKET, RELAY_SOCKET, WorkerPool
+from hsmd.workers import CALLS_SOCKET, RELAY_SOCKET, WORKER_SETTINGS, WorkerPool
 
 log = logging.getLogger("hsmd")
 
@@ -400,7 +400,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     audit.expect_appends(guard.at_work, settings.audit.group_commit_seconds)
     kms = KeyManagementServicer(daemon.operations, daemon.tenants.mode)
     admin = AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas)
-    private = Path(tempfile.mkdtemp(prefix="hsmd-")) if processes > 1 else None
+    private = _workers_directory(settings) if processes > 1 else None
     if private is None:
         running = grpc_server.bind(settings, guard, kms, admin)
     else:
@@ -453,6 +453,24 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     return 0
 
 
+def _workers_directory(settings: config.Settings) -> Path:
+    """Where the coordinator keeps its sockets and the settings its workers start with (mode
+    0700): `.<database>.workers` beside the database, made anew at each start (the state
+    lock says no other daemon uses it), or a new temporary directory if that path is too long
+    for a Unix socket."""
+    database = settings.storage.database
+    directory = database.parent / f".{database.name}.workers"
+    if len(str(directory / RELAY_SOCKET)) > _MAX_SOCKET_PATH:
+        return Path(tempfile.mkdtemp(prefix="hsmd-workers-"))
+    shutil.rmtree(directory, ignore_errors=True)  # a killed coordinator's
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+# sockaddr_un holds 108 bytes with the terminating NUL.
+_MAX_SOCKET_PATH = 100
+
+
 def _certificates(settings: config.Settings, clock: GuardedClock) -> ClientCertificateVerifier:
     return ClientCertificateVerifier(
         settings.tls.ca_cert.read_bytes(), settings.tls.trust_domain, clock.system
@@ -480,13 +498,19 @@ class _Workers:
     ) -> _Workers:
         """Raises StartupRefused if a worker does not start (those started are stopped)."""
 
+        # Workers started later (a restart) read the settings this process started with,
+        # not a file edited since: copied, with the base its relative paths resolve from.
+        snapshot = directory / WORKER_SETTINGS
+        snapshot.write_bytes(config_path.read_bytes())
+
         def command(index: int, port: int) -> list[str]:
             return [
                 sys.executable,
                 "-m",
                 "hsmd",
                 "worker",
-                f"--config={config_path.resolve()}",
+                f"--config={snapshot}",
+                f"--base={config_path.resolve().parent}",
                 f"--dir={directory}",
                 f"--port={port}",
                 f"--index={index}",
@@ -519,7 +543,7 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     relay = RelayClient(directory / RELAY_SOCKET)
     served = relay.served_tenants()
     backend = _backend(settings, _token_files(settings, write_conf=False), read_only=True)
-    for name, serial in served.items():
+    for name, serial in list(served.items()):
         try:
             backend.attach_token(name, serial)
         except HsmdError as exc:  # its calls go to the coordinator
@@ -530,6 +554,9 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     tenants = TenantOps(store, backend, clock, settings.tenancy.dedicated_tenant)
 
     def serves(name: str) -> bool:
+        """Whether this worker has the tenant's token open: not if the tenant was made, or
+        destroyed and made again, since it started."""
+        tenants.refresh()
         tenant = tenants.served(name)
         return tenant is not None and served.get(name) == tenant.token_serial
 
@@ -944,6 +971,7 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="a worker process of `hsmd serve` (started by it: [server] processes)"
     )
     worker.add_argument("--config", type=Path, required=True)
+    worker.add_argument("--base", type=Path, required=True, help="where relative paths start")
     worker.add_argument("--dir", type=Path, required=True, help="the coordinator's sockets")
     worker.add_argument("--port", type=int, required=True)
     worker.add_argument("--index", type=int, required=True)
@@ -1070,7 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
     try:
         if args.command in ("serve", "worker"):
-            settings = config.load(args.config)
+            settings = config.load(args.config, getattr(args, "base", None))
             logging.getLogger().setLevel(settings.log_level)
             _skip_unlogged_record_fields()
             log_format = _LOG_FORMAT

@@ -186,15 +186,16 @@ class _Section:
             raise ConfigError(f"[{self._name}] has unknown field(s): {', '.join(unknown)}")
 
 
-def load(path: Path) -> Settings:
-    """Reads and validates the settings file. Raises ConfigError naming the bad field."""
+def load(path: Path, base: Path | None = None) -> Settings:
+    """Reads and validates the settings file; relative paths in it are relative to base
+    (default: its directory). Raises ConfigError naming the bad field."""
     try:
         doc = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse(doc, path.parent.resolve())
+    return parse(doc, (base or path.parent).resolve())
 
 
 def parse(doc: Mapping[str, Any], base: Path) -> Settings:

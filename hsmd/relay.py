@@ -45,9 +45,14 @@ from hsmd.quotas import OperationClass, TenantMeters, operation_class
 
 log = logging.getLogger(__name__)
 
-# A batch's events (1,000 items of at most limits.MAX_AUDIT_EVENT_BYTES) fit with room left.
-_MAX_FRAME = 16 * 1024 * 1024
+# A batch's events (1,000 items of at most limits.MAX_AUDIT_EVENT_BYTES, whatever JSON makes
+# of their characters) fit with room left.
+_MAX_FRAME = 64 * 1024 * 1024
+# A worker's exchange that the coordinator has not answered by then fails (UNAVAILABLE), and
+# its connection is closed: a coordinator that stalls does not hold workers' threads forever.
+EXCHANGE_TIMEOUT_SECONDS = 30.0
 _LENGTH = 4
+_ACCEPT_RETRY_SECONDS = 0.1
 # How long a worker may use the spare calls of a lease (RelayedMeters).
 SPARE_SECONDS = 1.0
 
@@ -57,7 +62,7 @@ class RelayBroken(Exception):
 
 
 def send_frame(connection: socket.socket, message: dict[str, Any]) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
+    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
     connection.sendall(len(data).to_bytes(_LENGTH, "big") + data)
 
 
@@ -106,7 +111,9 @@ class RelayServer:
     the events that arrived as one group (one write, one fsync), then answers those. So the
     calls of every worker at one moment share one sync, and a turn wakes one thread, not one
     per connection (which cost the coordinator more than the events themselves: ~20 futex
-    calls and ~0.9 fsyncs a call when each connection had its own thread)."""
+    calls and ~0.9 fsyncs a call when each connection had its own thread). Before each group
+    it checks the log as a single process does before each call (AuditLog.ensure_writable:
+    the file still there, space left), and refuses the group if not."""
 
     def __init__(
         self,
@@ -166,7 +173,9 @@ class RelayServer:
     def _accept(self) -> None:
         try:
             connection, _ = self._listener.accept()
-        except OSError:
+        except OSError as exc:  # out of descriptors: the connection waits in the backlog
+            log.error("the relay cannot take a worker's connection: %s", exc)
+            time.sleep(_ACCEPT_RETRY_SECONDS)
             return
         self._selector.register(connection, selectors.EVENT_READ, _peer_pid(connection))
 
@@ -235,6 +244,7 @@ class RelayServer:
                 self._drop(connection)
         events = [event for _, group in groups for event in group]
         try:
+            self._audit.ensure_writable()  # the pre-flight of each worker call (see class doc)
             appended = iter(self._audit.append_many(events))
         except AuditUnavailable as exc:
             for connection, _ in groups:
@@ -257,17 +267,13 @@ def _peer_pid(connection: socket.socket) -> int:
 
 
 class RelayClient:
-    """A worker's end: one connection per thread, opened on first use."""
+    """A worker's end: one connection per thread, opened on first use, and closed (to be
+    opened again by the thread's next exchange) when an exchange on it fails. That the
+    coordinator is gone for good is the lifeline's to tell (keep_lifeline)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._local = threading.local()
-        self._failure: str | None = None
-
-    @property
-    def failure(self) -> str | None:
-        """Why the channel is unusable (the coordinator is gone), or None."""
-        return self._failure
 
     def served_tenants(self) -> dict[str, str]:
         """The tenants whose tokens the coordinator serves, with their token serials."""
@@ -275,21 +281,22 @@ class RelayClient:
         return {str(name): str(serial) for name, serial in tenants.items()}
 
     def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Sends one request and returns its answer. Raises AuditUnavailable once the channel
+        """Sends one request and returns its answer. Raises AuditUnavailable if the exchange
         fails: without the coordinator nothing can be audited, so nothing may be answered."""
-        if self._failure is not None:
-            raise AuditUnavailable(self._failure)
+        connection: socket.socket | None = getattr(self._local, "connection", None)
         try:
-            connection = getattr(self._local, "connection", None)
             if connection is None:
                 connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                connection.settimeout(EXCHANGE_TIMEOUT_SECONDS)
                 connection.connect(str(self._path))
                 self._local.connection = connection
             send_frame(connection, request)
             return receive_frame(connection)
         except (OSError, RelayBroken) as exc:
-            self._failure = f"the coordinator process cannot be reached: {exc}"
-            raise AuditUnavailable(self._failure) from exc
+            self._local.connection = None
+            if connection is not None:
+                connection.close()
+            raise AuditUnavailable(f"the coordinator process did not answer: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -325,15 +332,12 @@ class RelayedAudit:
 
     def __init__(self, relay: RelayClient) -> None:
         self._relay = relay
-        self._failure: str | None = None
 
     def ensure_writable(self, *, check_length: bool = True) -> None:
-        """Refuses once the coordinator is known unreachable or its log has failed, which it
-        is until a restart (a worker serves no call that changes anything, so a log that
-        fails between this and the append costs an answer, never an unrecorded change)."""
-        failure = self._failure or self._relay.failure
-        if failure is not None:
-            raise AuditUnavailable(failure)
+        """Refuses nothing: the coordinator checks its log as it appends each event (the
+        pre-flight a single process makes before an operation), and a worker serves no call
+        that changes anything, so a refused event costs the call its answer, never an
+        unrecorded change."""
 
     def append(self, event: AuditEvent) -> RelayedEvent:
         return self.append_many([event])[0]
@@ -343,7 +347,6 @@ class RelayedAudit:
             return []
         reply = self._relay.exchange({"op": "append", "events": [_event_fields(e) for e in events]})
         if "unavailable" in reply:
-            self._failure = reply["unavailable"]
             raise AuditUnavailable(reply["unavailable"])
         return [RelayedEvent(size) for size in reply["sizes"]]
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # In the coordinator's private directory (mode 0700).
 RELAY_SOCKET = "relay.sock"
 CALLS_SOCKET = "calls.sock"
+WORKER_SETTINGS = "settings.toml"
 # Seconds a worker may take to open its tokens and listen.
 START_TIMEOUT = 60.0
 # Seconds between looks at the workers (supervision), and the least between two starts of
@@ -146,6 +147,8 @@ class WorkerPool:
                     return
                 gone = [w for w in self._workers.values() if w.process.poll() is not None]
             for worker in gone:
+                with self._changed:
+                    self._ports.pop(worker.pid, None)
                 log.error(
                     "worker %d (pid %d) exited with %s: starting it again",
                     worker.index,

@@ -205,6 +205,18 @@ class DaemonProcess:
             time.sleep(0.05)
         raise RuntimeError(f"hsmd did not start:\n{self.log.read_text()[-4000:]}")
 
+    def pids(self) -> list[int]:
+        """The daemon's process and its children: with processes above 1, the coordinator
+        and its workers (each thread lists the children it started)."""
+        assert self.process is not None
+        pids = [self.process.pid]
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+            except FileNotFoundError:  # a thread that just ended
+                continue
+        return pids
+
     def send(self, signum: int) -> None:
         """Sends a signal and returns at once (stop() waits for the exit)."""
         assert self.process is not None

@@ -251,6 +251,7 @@ class SqliteKeyStore:
         self._answers: OrderedDict[tuple[str, str, str, int], Key | KeyVersion] = OrderedDict()
         self._written_elsewhere = written_elsewhere
         self._data_version: int | None = None
+        self._generation = 0
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -318,6 +319,8 @@ class SqliteKeyStore:
         with self._lock:
             self._check_open()
             try:
+                if self._written_elsewhere:
+                    self._look_for_other_writers()
                 yield self._db
             except sqlite3.Error as exc:
                 raise self._failure(exc) from exc
@@ -325,19 +328,22 @@ class SqliteKeyStore:
                 self.report_damage(exc)
                 raise
 
-    def refresh(self) -> bool:
-        """Whether another process committed since the last refresh (only looked at when the
-        store is written_elsewhere); if so, the answers kept are dropped. One PRAGMA
-        data_version, which changes exactly when another connection has committed."""
-        if not self._written_elsewhere:
-            return False
-        with self._read() as db:
-            version = int(db.execute("PRAGMA data_version").fetchone()[0])
-            changed = version != self._data_version
-            if changed:
-                self._data_version = version
-                self._answers.clear()
-            return changed
+    def refresh(self) -> int:
+        """A number that grows each time this store finds that another process committed
+        (only looked at when the store is written_elsewhere; always 0 otherwise): what a
+        caller derived from the store at another number may be stale. Every read looks first
+        (PRAGMA data_version, which changes exactly when another connection has committed),
+        and drops the answers kept, so a read is as fresh as in a single process."""
+        with self._read():
+            return self._generation
+
+    def _look_for_other_writers(self) -> None:
+        """Called under the lock, before a read (see refresh)."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._generation += 1
+            self._answers.clear()
 
     def _check_open(self) -> None:
         if self._closed:  # a handler that outlived shutdown's grace period

@@ -72,6 +72,7 @@ class TenantOps:
         # (_generation).
         self._tenants: dict[str, Tenant] = {}
         self._generation = 0
+        self._store_generation = 0
         self._tenants_lock = threading.Lock()
 
     @property
@@ -90,8 +91,7 @@ class TenantOps:
         """
         if self._dedicated is not None and name != self._dedicated:
             raise PermissionDenied(ONE_TENANT_ONLY)
-        if self._store.refresh():
-            self._changed()
+        self.refresh()
         tenant = self.served(name)
         state = tenant.state if tenant else None
         if state is TenantState.DISABLED:
@@ -100,6 +100,16 @@ class TenantOps:
             raise FailedPrecondition(f"tenant {name!r} is disabled: it is scheduled for deletion")
         if state is not TenantState.ACTIVE:
             raise PermissionDenied(f"tenant {name!r} is not served by this daemon")
+
+    def refresh(self) -> None:
+        """Forgets the tenants cached if another process changed the store since (a worker
+        process's store: KeyStore.refresh)."""
+        with self._tenants_lock:
+            generation = self._store.refresh()
+            if generation != self._store_generation:
+                self._store_generation = generation
+                self._generation += 1
+                self._tenants.clear()
 
     def served(self, name: str) -> Tenant | None:
         """The tenant as the store last said (cached), or None if there is no such tenant."""

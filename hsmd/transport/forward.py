@@ -15,17 +15,30 @@ the client unchanged; the coordinator has audited the call.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import grpc
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_METADATA = "x-request-id"
 
 # Binary metadata: gRPC carries the PEM bytes as they are.
 _CERTIFICATE = "x-hsmd-forwarded-cert-bin"
 _CHAIN = "x-hsmd-forwarded-chain-bin"
 _PEER = "x-hsmd-forwarded-peer"
 MAX_MESSAGE = 8 * 1024 * 1024
+# A forwarded call carries the client's certificate and chain (at most
+# auth.certificates.MAX_PRESENTED_BYTES, 16 KiB) in its metadata: gRPC's default limits
+# (8 KiB soft, 16 KiB hard) would refuse a long chain that a single process accepts.
+FORWARDED_METADATA_OPTIONS = [
+    ("grpc.max_metadata_size", 64 * 1024),
+    ("grpc.absolute_max_metadata_size", 64 * 1024),
+]
 
 # What a worker serves with its own token sessions: nothing here writes a token or the
 # database (the coordinator alone does: docs/concurrency.md "More than one process").
@@ -117,6 +130,7 @@ class Forwarder:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
+                *FORWARDED_METADATA_OPTIONS,
             ],
         )
         self.serves = serves
@@ -144,11 +158,31 @@ class Forwarder:
             )
         except grpc.RpcError as exc:
             failed = cast(grpc.Call, exc)
-            context.abort_with_status(
-                _Ended(failed.code(), failed.details() or "", tuple(failed.trailing_metadata()))
-            )
+            trailers = tuple(failed.trailing_metadata() or ())
+            if not any(key == REQUEST_ID_METADATA for key, _ in trailers):
+                self._unanswered(method, failed, context)
+            context.abort_with_status(_Ended(failed.code(), failed.details() or "", trailers))
         context.set_trailing_metadata(tuple(outcome.trailing_metadata()))
         return response
+
+    def _unanswered(
+        self, method: str, failed: grpc.Call, context: grpc.ServicerContext
+    ) -> NoReturn:
+        """The coordinator did not answer the call (it is gone, or stopping): UNAVAILABLE,
+        with a request id, and the channel's own words only in the log."""
+        request_id = uuid.uuid4().hex
+        log.error(
+            "%s %s not forwarded to the coordinator: %s %s",
+            request_id,
+            method,
+            failed.code().name,
+            failed.details(),
+        )
+        context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
+        context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"internal error (request {request_id}): the daemon is restarting; retry",
+        )
 
 
 def passes_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:

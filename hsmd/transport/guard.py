@@ -52,6 +52,7 @@ from hsmd.scheduler import Scheduler
 from hsmd.transport.batch import CHUNK_ITEMS, UNARY_OPERATIONS, BatchRunner, ItemOutcome, Unary
 from hsmd.transport.bounds import check_batch, check_request
 from hsmd.transport.forward import (
+    REQUEST_ID_METADATA,
     SERVED_BY_WORKERS,
     Caller,
     Forwarder,
@@ -74,7 +75,6 @@ SERVICE_PRINCIPALS = {
     "hsmd.v1.KeyManagementService": PrincipalKind.TENANT,
     "hsmd.v1.AdminService": PrincipalKind.OPERATOR,
 }
-REQUEST_ID_METADATA = "x-request-id"
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("hsmd_request")
 _current_batch: contextvars.ContextVar[BatchRunner] = contextvars.ContextVar("hsmd_batch")
@@ -258,7 +258,8 @@ class RequestGuard(grpc.ServerInterceptor):
             if failure is None:
                 log.info("%s %s %s OK %.1fms", request_id, method, principal, elapsed_ms)
                 return response
-            _end_with_failure(context, method, principal, failure, elapsed_ms, request_id)
+            who = principal or self._caller.peer(context)
+            _end_with_failure(context, method, who, failure, elapsed_ms, request_id)
 
         return guarded
 
@@ -334,7 +335,8 @@ class RequestGuard(grpc.ServerInterceptor):
                     _item_codes(events),
                 )
                 return response
-            _end_with_failure(context, method, principal, failure, elapsed_ms, batch_id)
+            who = principal or self._caller.peer(context)
+            _end_with_failure(context, method, who, failure, elapsed_ms, batch_id)
 
         return guarded
 
@@ -659,20 +661,21 @@ class Admission:
 def _end_with_failure(
     context: grpc.ServicerContext,
     method: str,
-    principal: Principal | None,
+    who: Principal | str,
     failure: Exception,
     elapsed_ms: float,
     request_id: str,
 ) -> NoReturn:
-    """Logs the failed call's access line and ends it with the failure's status, with its
-    details (a RetryInfo) if it has any, and the request id in the trailers either way."""
+    """Logs the failed call's access line (who: the caller, or its address if unknown) and
+    ends it with the failure's status, with its details (a RetryInfo) if it has any, and
+    the request id in the trailers either way."""
     code, message = to_status(failure, request_id)
     log.log(
         _level(failure),
         "%s %s %s %s %.1fms%s",
         request_id,
         method,
-        principal or context.peer(),
+        who,
         code.name,
         elapsed_ms,
         f": {failure}" if isinstance(failure, Unauthenticated) else "",

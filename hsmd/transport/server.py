@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hsmd.config import Settings
 from hsmd.errors import ConfigError
-from hsmd.transport.forward import MAX_MESSAGE
+from hsmd.transport.forward import FORWARDED_METADATA_OPTIONS, MAX_MESSAGE
 from hsmd.transport.guard import RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
@@ -133,7 +133,9 @@ def bind_internal(
     """The coordinator's server for the calls its workers forward (hsmd/transport/forward.py):
     a Unix socket in a directory only the daemon's user can enter, without TLS (the workers
     pass on what their handshakes showed, and this guard verifies it)."""
-    server, health_servicer, names = _server(settings, guard, kms, admin, [])
+    server, health_servicer, names = _server(
+        settings, guard, kms, admin, FORWARDED_METADATA_OPTIONS
+    )
     server.add_insecure_port(f"unix:{socket_path}")
     return RunningServer(server, health_servicer, names, 0)
 

@@ -6,15 +6,19 @@ started again, workers gone with their coordinator."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from hsmclient import (
     EncryptItem,
     FailedPreconditionError,
@@ -23,9 +27,11 @@ from hsmclient import (
     NotFoundError,
     ResourceExhaustedError,
     TenantQuota,
+    UnavailableError,
 )
 
-from tests.harness import DaemonProcess, TestPki, run_hsmd
+from hsmd import devpki
+from tests.harness import TRUST_DOMAIN, DaemonProcess, TestPki, run_hsmd
 
 MINE, THEIRS, THROTTLED = "procs-a", "procs-b", "procs-c"
 # Connections per check: SO_REUSEPORT spreads them over the workers at random, so with 24
@@ -65,12 +71,7 @@ def _served_by(daemon: DaemonProcess, operation: str, tenant: str) -> set[str]:
 
 
 def _worker_pids(daemon: DaemonProcess) -> list[int]:
-    assert daemon.process is not None
-    pids = []
-    for task in Path(f"/proc/{daemon.process.pid}/task").iterdir():  # children are per thread
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            pids += [int(pid) for pid in (task / "children").read_text().split()]
-    return pids
+    return daemon.pids()[1:]
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -192,6 +193,86 @@ def test_one_audit_chain_holds_every_process_events(daemon: DaemonProcess) -> No
         f"--public-key={daemon.public_key_file}",
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_worker_refuses_to_answer_while_the_audit_log_is_moved_away(
+    daemon: DaemonProcess,
+) -> None:
+    with daemon.client(MINE) as client:
+        key_id = client.create_key().key_id
+        blob = client.encrypt(key_id, b"secret").ciphertext_blob
+    moved = daemon.audit_log.with_suffix(".moved")
+    daemon.audit_log.rename(moved)
+    try:
+
+        def refused(client: HsmClient) -> None:
+            with pytest.raises(UnavailableError):
+                client.decrypt(blob)
+
+        _each_connection(daemon, MINE, refused)
+    finally:
+        moved.rename(daemon.audit_log)
+    _each_connection(daemon, MINE, lambda client: client.decrypt(blob))
+
+
+def test_a_long_certificate_chain_is_forwarded_whole(tmp_path: Path) -> None:
+    """Forwarded calls carry the chain in metadata: 6 RSA-4096 intermediates (~12 KiB) are
+    over gRPC's default metadata limit, which refuses calls at random from 8 KiB."""
+    pki = TestPki(tmp_path / "pki", path_length=6)
+    own = DaemonProcess(tmp_path / "own", pki, processes=2)
+    own.start()
+    try:
+        own.create_tenant("chained")
+        key = rsa.generate_private_key(65537, 4096)  # one key for every intermediate: faster
+        issuer, chain = pki.ca, []
+        for depth in range(6):
+            issuer = _rsa_intermediate(f"intermediate {depth}", issuer, key)
+            chain.insert(0, issuer)
+        uri = devpki.tenant_uri(TRUST_DOMAIN, "chained", "app")
+        leaf = devpki.issue(issuer, "app", uris=[uri])
+        presented = leaf.cert_pem() + b"".join(ca.cert_pem() for ca in chain)
+        assert len(presented) > 11 * 1024
+        with own.connect((presented, leaf.key_pem()), HsmClient) as client:
+            for _ in range(40):
+                client.create_key()  # forwarded to the coordinator
+    finally:
+        own.stop()
+
+
+def _rsa_intermediate(name: str, issuer: devpki.Issued, key: rsa.RSAPrivateKey) -> devpki.Issued:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.private_key.public_key()),
+            critical=False,
+        )
+        .sign(issuer.private_key, hashes.SHA256())
+    )
+    return devpki.Issued(certificate, key)
 
 
 def test_a_worker_that_dies_is_started_again(daemon: DaemonProcess) -> None:

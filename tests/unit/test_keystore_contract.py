@@ -563,6 +563,32 @@ def test_a_damaged_row_is_data_loss_for_its_key_and_left_out_of_lists(
     assert str(sqlite_store.path) in reports[0].getMessage()
 
 
+def test_a_reader_of_a_database_another_process_writes_sees_each_commit(
+    sqlite_store: SqliteKeyStore,
+) -> None:
+    """A worker process's store (hsmd/workers.py): what it keeps is dropped once another
+    connection commits, and refresh() says so with a number that grows."""
+    key = _key()
+    _add(sqlite_store, key)
+    reader = SqliteKeyStore(sqlite_store.path, written_elsewhere=True)
+    try:
+        assert reader.get_key(A, key.key_id).state is KeyState.ENABLED  # read, and kept
+        seen = reader.refresh()
+        assert reader.refresh() == seen  # nothing committed since
+        sqlite_store.set_key_state(A, key.key_id, KeyState.DISABLED)
+        assert reader.get_key(A, key.key_id).state is KeyState.DISABLED
+        assert reader.refresh() > seen
+        alone = SqliteKeyStore(sqlite_store.path)  # a single process's store never looks
+        try:
+            alone.get_key(A, key.key_id)
+            sqlite_store.set_key_state(A, key.key_id, KeyState.ENABLED)
+            assert alone.refresh() == 0
+        finally:
+            alone.close()
+    finally:
+        reader.close()
+
+
 def test_a_full_database_is_storage_full(sqlite_store: SqliteKeyStore) -> None:
     with closing(sqlite3.connect(sqlite_store.path)) as db, db:
         pages = db.execute("PRAGMA page_count").fetchone()[0]

@@ -101,24 +101,35 @@ def test_events_of_many_worker_threads_join_the_one_chain_and_their_tenants_volu
     assert coordinator.meters.audit_bytes("acme") == sum(sizes)
 
 
-def test_a_failed_log_fails_the_worker_closed_from_then_on(coordinator: Coordinator) -> None:
+def test_a_failed_log_fails_the_workers_calls_closed(coordinator: Coordinator) -> None:
     audit = RelayedAudit(RelayClient(coordinator.path))
     audit.append(_event(1))
     coordinator.log.close()
-    with pytest.raises(AuditUnavailable):
-        audit.append(_event(2))
-    with pytest.raises(AuditUnavailable):
-        audit.ensure_writable()
+    for n in (2, 3):
+        with pytest.raises(AuditUnavailable, match="closed"):
+            audit.append(_event(n))
 
 
-def test_a_gone_coordinator_fails_the_worker_closed(coordinator: Coordinator) -> None:
+def test_a_log_moved_away_refuses_the_workers_events_until_it_is_back(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    audit = RelayedAudit(RelayClient(coordinator.path))
+    audit.append(_event(1))
+    (tmp_path / "audit.jsonl").rename(tmp_path / "moved.jsonl")
+    with pytest.raises(AuditUnavailable, match="audit log unavailable"):
+        audit.append(_event(2))  # the pre-flight a single process makes before each call
+    (tmp_path / "moved.jsonl").rename(tmp_path / "audit.jsonl")
+    audit.append(_event(3))
+    assert coordinator.log.verify().events_checked == 2
+
+
+def test_a_gone_coordinator_fails_the_workers_calls_closed(coordinator: Coordinator) -> None:
     audit = RelayedAudit(RelayClient(coordinator.path))
     audit.append(_event(1))
     coordinator.server.close()
-    with pytest.raises(AuditUnavailable, match="cannot be reached"):
-        audit.append(_event(2))
-    with pytest.raises(AuditUnavailable):
-        audit.ensure_writable()
+    for n in (2, 3):  # the second tries a new connection, and fails too
+        with pytest.raises(AuditUnavailable, match="did not answer"):
+            audit.append(_event(n))
 
 
 def test_admission_leases_spare_calls_and_never_admits_beyond_the_rate(

@@ -137,3 +137,30 @@ def test_admission_reads_a_tenants_state_once_and_again_after_every_change(
     with pytest.raises(PermissionDenied):
         ops.admit("nobody")
     assert reads.count("nobody") == 2  # an unknown name is never cached
+
+
+def test_a_worker_admits_by_what_the_coordinator_last_committed(store: SqliteKeyStore) -> None:
+    """A worker process's TenantOps reads a store another process writes (hsmd/workers.py):
+    its cached tenants go once that process commits, and stay while it does not."""
+    coordinator = _ops(store, Clock(), Tokens())
+    reader = SqliteKeyStore(store.path, written_elsewhere=True)
+    reads: list[str] = []
+    read = reader.get_tenant
+
+    def counted(name: str) -> Any:
+        reads.append(name)
+        return read(name)
+
+    reader.get_tenant = counted  # type: ignore[method-assign]
+    worker = _ops(reader, Clock(), Tokens())
+    try:
+        for _ in range(3):
+            worker.admit("alpha")
+        assert reads == ["alpha"]
+        coordinator.disable("alpha")
+        with pytest.raises(FailedPrecondition, match="disabled by an operator"):
+            worker.admit("alpha")
+        coordinator.enable("alpha")
+        worker.admit("alpha")
+    finally:
+        reader.close()
