@@ -3,7 +3,9 @@ default.
 
 gRPC server interceptors do not see the TLS auth context, so the guard wraps each handler
 instead: it gives the request an id, takes the identity from the peer certificate (never from
-metadata) once hsmd.auth.certificates has verified it beyond the handshake, checks the principal
+what a client sends; in the coordinator of worker processes, from the certificate a worker's
+handshake saw, transport/forward.py) once hsmd.auth.certificates has verified it beyond the
+handshake, checks the principal
 kind the service is for, checks that the audit log can be written before anything happens (fail
 closed), hands the RequestContext to the servicer through a context variable, turns every
 exception into a status through the one table, records one audit event of the outcome (durably,
