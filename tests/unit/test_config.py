@@ -43,6 +43,7 @@ def test_a_minimal_file_gets_defaults(files: Path) -> None:
         0,
         64,
     )
+    assert settings.server.processes == 1  # one process unless workers are asked for
     assert settings.storage.database == files / "hsmd.db"
     assert settings.tls.trust_domain == "hsmd.local"
     assert settings.pkcs11.softhsm2_conf is None
@@ -111,6 +112,8 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"server__listen": "nope"}, "server.listen"),
         ({"server__listen": "127.0.0.1:99999"}, "server.listen"),
         ({"server__workers": 0}, "server.workers"),
+        ({"server__processes": 0}, "server.processes"),
+        ({"server__processes": 65}, "server.processes"),
         ({"pkcs11__fast_sessions": 0}, "pkcs11.fast_sessions"),
         ({"pkcs11__slow_sessions": 65}, "pkcs11.slow_sessions"),
         ({"server__workers": "many"}, "server.workers"),
