@@ -460,10 +460,16 @@ def _workers_directory(settings: config.Settings) -> Path:
     for a Unix socket."""
     database = settings.storage.database
     directory = database.parent / f".{database.name}.workers"
-    if len(str(directory / RELAY_SOCKET)) > _MAX_SOCKET_PATH:
+    if len(os.fsencode(directory / RELAY_SOCKET)) > _MAX_SOCKET_PATH:
         return Path(tempfile.mkdtemp(prefix="hsmd-workers-"))
     shutil.rmtree(directory, ignore_errors=True)  # a killed coordinator's
-    directory.mkdir(mode=0o700)
+    try:
+        directory.mkdir(mode=0o700)
+    except OSError as exc:
+        raise StartupRefused(
+            f"cannot make {directory} for the worker processes' sockets ({exc.strerror});"
+            " remove what is there"
+        ) from None
     return directory
 
 

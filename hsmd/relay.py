@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -53,6 +54,8 @@ _MAX_FRAME = 64 * 1024 * 1024
 EXCHANGE_TIMEOUT_SECONDS = 30.0
 _LENGTH = 4
 _ACCEPT_RETRY_SECONDS = 0.1
+# How long a frame that has begun may take to arrive whole (RelayServer).
+FRAME_SECONDS = 2.0
 # How long a worker may use the spare calls of a lease (RelayedMeters).
 SPARE_SECONDS = 1.0
 
@@ -99,9 +102,13 @@ def _event_fields(event: AuditEvent) -> dict[str, Any]:
 
 
 def _event(fields: dict[str, Any]) -> AuditEvent:
+    """The event a worker sent (ValueError, TypeError or KeyError if it is not one)."""
     fields = dict(fields)
     fields["time"] = datetime.fromisoformat(fields["time"])
-    fields["encryption_context_keys"] = tuple(fields["encryption_context_keys"])
+    keys = fields["encryption_context_keys"]
+    if not isinstance(keys, list):
+        raise TypeError("encryption_context_keys must be a list")
+    fields["encryption_context_keys"] = tuple(keys)
     return AuditEvent(**fields)
 
 
@@ -113,7 +120,13 @@ class RelayServer:
     per connection (which cost the coordinator more than the events themselves: ~20 futex
     calls and ~0.9 fsyncs a call when each connection had its own thread). Before each group
     it checks the log as a single process does before each call (AuditLog.ensure_writable:
-    the file still there, space left), and refuses the group if not."""
+    the file still there, space left), and refuses the group if not.
+
+    A worker sends each frame whole, so a frame that has begun must end within
+    FRAME_SECONDS: a worker that stops mid-frame (frozen) has its connection closed, and
+    holds the others up at most that long. Whatever one exchange raises costs that exchange
+    (its connection is closed; its call fails, closed), never the thread; if the thread ends
+    all the same, the coordinator stops, so that no worker waits on a relay gone silent."""
 
     def __init__(
         self,
@@ -155,6 +168,14 @@ class RelayServer:
         self._waker.close()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:
+            log.critical("the relay to the worker processes failed: stopping", exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
+
+    def _serve(self) -> None:
         while not self._closed:
             appends: list[tuple[socket.socket, int, dict[str, Any]]] = []
             for key, _ in self._selector.select():
@@ -177,6 +198,7 @@ class RelayServer:
             log.error("the relay cannot take a worker's connection: %s", exc)
             time.sleep(_ACCEPT_RETRY_SECONDS)
             return
+        connection.settimeout(FRAME_SECONDS)
         self._selector.register(connection, selectors.EVENT_READ, _peer_pid(connection))
 
     def _receive(self, connection: socket.socket, pid: int) -> dict[str, Any] | None:
@@ -184,9 +206,12 @@ class RelayServer:
         connection closed, at its end (the worker exited) or on a broken frame."""
         try:
             return receive_frame(connection)
-        except (RelayBroken, OSError):
-            self._drop(connection)
-            return None
+        except (RelayBroken, OSError):  # the end of the stream, a timeout
+            pass
+        except Exception:  # RecursionError, MemoryError: a frame no worker sends
+            log.exception("worker %d sent a frame the coordinator cannot read", pid)
+        self._drop(connection)
+        return None
 
     def _drop(self, connection: socket.socket) -> None:
         self._selector.unregister(connection)
@@ -210,19 +235,18 @@ class RelayServer:
     def _reply_to(self, request: dict[str, Any], pid: int) -> dict[str, Any]:
         op = request["op"]
         if op == "admit":
-            tenant, rpc = request["tenant"], request["rpc"]
-            admitted, refusal = self._meters.admit_some(tenant, rpc, int(request["count"]))
+            tenant, rpc, count = request["tenant"], request["rpc"], int(request["count"])
+            if count < 1:
+                raise ValueError(f"an admission of {count} calls")
+            admitted, refusal = self._meters.admit_some(tenant, rpc, count)
             if refusal is not None:
                 return {
                     "admitted": admitted,
                     "spare": 0,
                     "refusal": {"message": str(refusal), "retry_after": refusal.retry_after},
                 }
-            return {
-                "admitted": admitted,
-                "spare": self._meters.take_spare(tenant, rpc),
-                "refusal": None,
-            }
+            spare = self._meters.take_spare(tenant, rpc) if request.get("lease") else 0
+            return {"admitted": admitted, "spare": spare, "refusal": None}
         if op == "refund":
             self._meters.refund(request["tenant"], request["rpc"])
             return {}
@@ -246,7 +270,9 @@ class RelayServer:
         try:
             self._audit.ensure_writable()  # the pre-flight of each worker call (see class doc)
             appended = iter(self._audit.append_many(events))
-        except AuditUnavailable as exc:
+        except Exception as exc:  # AuditUnavailable, or the clock or anything else failing
+            if not isinstance(exc, AuditUnavailable):
+                log.exception("the workers' events could not be appended")
             for connection, _ in groups:
                 self._reply(connection, {"unavailable": str(exc)})
             return
@@ -351,19 +377,29 @@ class RelayedAudit:
         return [RelayedEvent(size) for size in reply["sizes"]]
 
 
+@dataclass
+class _Lease:
+    """Calls a worker may admit by itself for a tenant's operation class, until when, and
+    whether one of its threads is asking for more (one at a time, so they never add up)."""
+
+    spare: int = 0
+    until: float = 0.0
+    asking: bool = False
+
+
 class RelayedMeters:
-    """The tenant meters as the guard of a worker sees them: the coordinator's. Each admission
-    the coordinator makes may lease a few spare calls (TenantMeters.take_spare: at most
-    SPARE_LIMIT, a hundredth of the rate), which this worker admits by itself for up to
-    SPARE_SECONDS; unused ones lapse. So a tenant is never admitted beyond its rate, and a
-    worker holds back at most a hundredth of it. The audit volume is charged there, when it
-    appends the event."""
+    """The tenant meters as the guard of a worker sees them: the coordinator's. An admission
+    may also lease the worker spare calls (TenantMeters.take_spare: at most SPARE_LIMIT, a
+    hundredth of the rate), which it admits by itself for up to SPARE_SECONDS; unused ones
+    lapse. Only one thread asks for a lease at a time, and only once the last is used up, so
+    a worker holds at most one lease. So a tenant is never admitted beyond its rate, and a
+    worker holds back at most a hundredth of it. The audit volume is charged by the
+    coordinator as it appends each event."""
 
     def __init__(self, relay: RelayClient) -> None:
         self._relay = relay
         self._lock = threading.Lock()
-        # (tenant, operation class) -> calls the coordinator leased, and until when.
-        self._spares: dict[tuple[str, OperationClass], tuple[int, float]] = {}
+        self._leases: dict[tuple[str, OperationClass], _Lease] = {}
 
     def admit(self, tenant: str, rpc: str) -> None:
         _, refusal = self.admit_some(tenant, rpc, 1)
@@ -371,24 +407,35 @@ class RelayedMeters:
             raise refusal
 
     def admit_some(self, tenant: str, rpc: str, count: int) -> tuple[int, ResourceExhausted | None]:
-        key = (tenant, operation_class(rpc))
         now = time.monotonic()
         with self._lock:
-            spare, until = self._spares.get(key, (0, now))
-            from_spare = min(count, spare) if now < until else 0
-            self._spares[key] = (spare - from_spare, until)
-        if from_spare == count:
-            return count, None
-        reply = self._relay.exchange(
-            {"op": "admit", "tenant": tenant, "rpc": rpc, "count": count - from_spare}
-        )
+            lease = self._leases.setdefault((tenant, operation_class(rpc)), _Lease())
+            if now >= lease.until:
+                lease.spare = 0
+            from_spare = min(count, lease.spare)
+            lease.spare -= from_spare
+            if from_spare == count:
+                return count, None
+            asks = not lease.asking  # (the lease is used up: from_spare < count)
+            lease.asking |= asks
+        spare = 0
+        try:
+            reply = self._relay.exchange(
+                {
+                    "op": "admit",
+                    "tenant": tenant,
+                    "rpc": rpc,
+                    "count": count - from_spare,
+                    "lease": asks,
+                }
+            )
+            spare = int(reply["spare"]) if asks else 0
+        finally:
+            if asks:
+                with self._lock:
+                    lease.asking = False
+                    lease.spare, lease.until = spare, time.monotonic() + SPARE_SECONDS
         admitted, refusal = from_spare + int(reply["admitted"]), reply["refusal"]
-        if reply["spare"]:
-            now = time.monotonic()
-            with self._lock:
-                spare, until = self._spares.get(key, (0, now))
-                kept = spare if now < until else 0
-                self._spares[key] = (kept + int(reply["spare"]), now + SPARE_SECONDS)
         if refusal is None:
             return admitted, None
         return admitted, ResourceExhausted(refusal["message"], retry_after=refusal["retry_after"])

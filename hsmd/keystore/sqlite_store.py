@@ -334,6 +334,8 @@ class SqliteKeyStore:
         caller derived from the store at another number may be stale. Every read looks first
         (PRAGMA data_version, which changes exactly when another connection has committed),
         and drops the answers kept, so a read is as fresh as in a single process."""
+        if not self._written_elsewhere:
+            return 0  # every call asks: nothing to lock for in a single process
         with self._read():
             return self._generation
 

@@ -104,12 +104,13 @@ class TenantOps:
     def refresh(self) -> None:
         """Forgets the tenants cached if another process changed the store since (a worker
         process's store: KeyStore.refresh)."""
-        with self._tenants_lock:
-            generation = self._store.refresh()
-            if generation != self._store_generation:
-                self._store_generation = generation
-                self._generation += 1
-                self._tenants.clear()
+        generation = self._store.refresh()
+        if generation == self._store_generation:
+            return
+        with self._tenants_lock:  # every thread that saw the change clears: none misses it
+            self._store_generation = max(self._store_generation, generation)
+            self._generation += 1
+            self._tenants.clear()
 
     def served(self, name: str) -> Tenant | None:
         """The tenant as the store last said (cached), or None if there is no such tenant."""

@@ -159,7 +159,8 @@ class Forwarder:
         except grpc.RpcError as exc:
             failed = cast(grpc.Call, exc)
             trailers = tuple(failed.trailing_metadata() or ())
-            if not any(key == REQUEST_ID_METADATA for key, _ in trailers):
+            answered = any(key == REQUEST_ID_METADATA for key, _ in trailers)
+            if not answered and failed.code() is grpc.StatusCode.UNAVAILABLE:
                 self._unanswered(method, failed, context)
             context.abort_with_status(_Ended(failed.code(), failed.details() or "", trailers))
         context.set_trailing_metadata(tuple(outcome.trailing_metadata()))
@@ -168,11 +169,13 @@ class Forwarder:
     def _unanswered(
         self, method: str, failed: grpc.Call, context: grpc.ServicerContext
     ) -> NoReturn:
-        """The coordinator did not answer the call (it is gone, or stopping): UNAVAILABLE,
-        with a request id, and the channel's own words only in the log."""
+        """The coordinator could not be reached (it is gone, or stopping): UNAVAILABLE, with
+        a request id, as the guard answers a call it cannot audit; the channel's own words
+        (which name the socket) only in the log. Other failures without the coordinator's
+        request id (a deadline that passed, a cancelled call) are passed on as they are."""
         request_id = uuid.uuid4().hex
         log.error(
-            "%s %s not forwarded to the coordinator: %s %s",
+            "%s %s: the coordinator did not answer: %s %s",
             request_id,
             method,
             failed.code().name,
@@ -181,7 +184,7 @@ class Forwarder:
         context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
         context.abort(
             grpc.StatusCode.UNAVAILABLE,
-            f"internal error (request {request_id}): the daemon is restarting; retry",
+            f"service unavailable, retry later (request_id={request_id})",
         )
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from hsmd.audit.events import AuditEvent
 from hsmd.audit.log import AuditLog, AuditUnavailable
-from hsmd.quotas import QuotaLimits, TenantMeters
+from hsmd.quotas import SPARE_LIMIT, QuotaLimits, TenantMeters
 from hsmd.relay import (
     RelayClient,
     RelayedAudit,
@@ -180,3 +180,44 @@ def test_the_lifeline_says_ready_and_ends_with_the_coordinator(
     assert not gone.wait(0.2)
     coordinator.server.close()
     assert gone.wait(10)
+
+
+def test_concurrent_admissions_hold_one_lease_at_most(coordinator: Coordinator) -> None:
+    coordinator.limits["acme"] = QuotaLimits(symmetric_requests_per_second=100_000.0)
+    meters = RelayedMeters(RelayClient(coordinator.path))
+    start = threading.Barrier(8)
+
+    def admit_many() -> None:
+        start.wait()
+        for _ in range(50):
+            meters.admit("acme", "Encrypt")
+
+    threads = [threading.Thread(target=admit_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(lease.spare <= SPARE_LIMIT for lease in meters._leases.values())
+
+
+def test_a_worker_frozen_mid_frame_holds_the_others_up_only_briefly(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hsmd.relay.FRAME_SECONDS", 0.2)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as frozen:
+        frozen.connect(str(coordinator.path))
+        frozen.sendall(b"\x00\x00\x00\x64")  # a frame of 100 bytes begins, and stops
+        frozen.settimeout(30)  # without FRAME_SECONDS the relay would wait for it for ever
+        assert frozen.recv(1) == b""  # closed by the coordinator
+    assert RelayClient(coordinator.path).served_tenants() == {"acme": "serial-1"}
+
+
+def test_a_frame_that_breaks_the_parser_costs_only_its_connection(
+    coordinator: Coordinator,
+) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000  # RecursionError in json
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(coordinator.path))
+        raw.sendall(len(nested).to_bytes(4, "big") + nested)
+        assert raw.recv(1) == b""
+    assert RelayClient(coordinator.path).served_tenants() == {"acme": "serial-1"}
