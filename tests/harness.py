@@ -267,6 +267,20 @@ class DaemonProcess:
         client: HsmClient = self.connect(self.pki.tenant_client(tenant, principal))
         return client
 
+    def client_env(self, tenant: str, directory: Path, principal: str = "app") -> dict[str, str]:
+        """The environment of an `hsm` command run as a tenant principal: HSM_* variables
+        naming a certificate and key written to directory."""
+        cert, private_key = self.pki.tenant_client(tenant, principal)
+        (directory / "cert.pem").write_bytes(cert)
+        (directory / "key.pem").write_bytes(private_key)
+        return dict(
+            os.environ,
+            HSM_ENDPOINT=self.endpoint,
+            HSM_CA_CERT=str(self.pki.ca_cert),
+            HSM_CLIENT_CERT=str(directory / "cert.pem"),
+            HSM_CLIENT_KEY=str(directory / "key.pem"),
+        )
+
     def admin(self) -> AdminClient:
         admin: AdminClient = self.connect(self.pki.operator_client(), AdminClient)
         return admin

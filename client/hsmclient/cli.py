@@ -7,7 +7,8 @@ aws prints nothing (enable-key, tag-resource, create-alias, ...) print nothing. 
 hsmd's proto names (KeyState "PENDING_DELETION", not "PendingDeletion"). `hsm audit verify` exits
 1 when the audit log is broken or a time in it goes backwards, so that scripts can test it.
 Beyond aws: `hsm import-key` does the whole import flow from a local key file, `hsm wrap-key` and
-`hsm unwrap-key` move exportable keys.
+`hsm unwrap-key` move exportable keys, `hsm encrypt-file` and `hsm decrypt-file` encrypt data of
+any size in the HSME envelope format (docs/envelope.md).
 """
 
 import argparse
@@ -18,16 +19,17 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
 import grpc
 
-from hsmclient import keyimport
+from hsmclient import envelope, keyimport
 from hsmclient.channel import ConnectionSettings
 from hsmclient.client import (
     MAX_BATCH_ITEMS,
@@ -52,6 +54,8 @@ from hsmclient.errors import (
 )
 
 EXIT_AUDIT_CHAIN_BROKEN = 1
+# decrypt-file: the message is malformed, changed, cut short, or no key of it decrypts.
+EXIT_ENVELOPE_REFUSED = 1
 EXIT_USAGE = 252
 EXIT_SERVICE_ERROR = 254
 EXIT_CONNECTION_ERROR = 255
@@ -732,6 +736,85 @@ def _verify_mac(client: HsmClient, args: argparse.Namespace) -> _Result:
     return _aws(result, *_VERIFY_MAC_OUTPUT)
 
 
+def _encrypt_file(client: HsmClient, args: argparse.Namespace) -> _Result | None:
+    with _envelope_files(args) as (source, destination, progress):
+        header = envelope.encrypt_file(
+            client,
+            args.key_id,
+            source,
+            destination,
+            args.encryption_context,
+            frame_size=args.frame_size,
+            progress=progress,
+        )
+    return _envelope_summary(header, args)
+
+
+def _decrypt_file(client: HsmClient, args: argparse.Namespace) -> _Result | None:
+    with _envelope_files(args) as (source, destination, progress):
+        header = envelope.decrypt_file(
+            client, source, destination, args.encryption_context, progress=progress
+        )
+    return _envelope_summary(header, args)
+
+
+@contextmanager
+def _envelope_files(
+    args: argparse.Namespace,
+) -> Iterator[tuple[Path | BinaryIO, Path | BinaryIO, Callable[[int], None] | None]]:
+    """The source and destination (`-`: standard input and output), and a progress bar on
+    standard error if it is a terminal."""
+    source = sys.stdin.buffer if args.source == "-" else Path(args.source)
+    destination = sys.stdout.buffer if args.destination == "-" else Path(args.destination)
+    total = source.stat().st_size if isinstance(source, Path) and source.is_file() else None
+    bar = _ProgressBar(total) if sys.stderr.isatty() else None
+    try:
+        yield source, destination, bar.advance if bar else None
+    finally:
+        if bar:
+            bar.close()
+
+
+def _envelope_summary(header: envelope.EnvelopeHeader, args: argparse.Namespace) -> _Result | None:
+    """What the message says of itself; nothing when the data went to standard output."""
+    if args.destination == "-":
+        return None
+    return {
+        "MessageId": header.message_id.hex(),
+        "KeyIds": [key.key_id for key in header.encrypted_keys],
+        "EncryptionContext": header.encryption_context,
+        "FrameSize": header.frame_size,
+    }
+
+
+class _ProgressBar:
+    """Bytes done (and the percentage, when the size is known), redrawn on standard error at
+    most ten times a second."""
+
+    def __init__(self, total: int | None) -> None:
+        self._total = total
+        self._done = 0
+        self._drawn = 0.0
+
+    def advance(self, size: int) -> None:
+        self._done += size
+        now = time.monotonic()
+        if now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw()
+
+    def close(self) -> None:
+        self._draw()
+        sys.stderr.write("\n")
+
+    def _draw(self) -> None:
+        done = f"{self._done / 2**20:,.1f} MiB"
+        if self._total:
+            done += f" of {self._total / 2**20:,.1f} MiB ({100 * self._done // self._total}%)"
+        sys.stderr.write(f"\r{done}")
+        sys.stderr.flush()
+
+
 def _get_capabilities(client: HsmClient, args: argparse.Namespace) -> _Result:
     return _aws(
         client.get_capabilities(),
@@ -1114,7 +1197,42 @@ def _build_parser() -> _Parser:
 
     command("get-capabilities", _get_capabilities, "The key specs and algorithms on offer.")
 
+    def envelope_files(name: str, handler: _Handler, help_text: str) -> _Parser:
+        sub = command(name, handler, help_text)
+        sub.add_argument("source", metavar="SOURCE", help="a file, or - for standard input")
+        sub.add_argument(
+            "destination", metavar="DESTINATION", help="a file, or - for standard output"
+        )
+        context(sub)
+        return sub
+
+    sub = envelope_files(
+        "encrypt-file",
+        _encrypt_file,
+        "Encrypt a file or stream of any size under a fresh data key (HSME format).",
+    )
+    sub.add_argument(
+        "--key-id",
+        action="append",
+        required=True,
+        metavar="KEY_ID",
+        help="a key that can decrypt the message (repeat it: any one of them will do)",
+    )
+    sub.add_argument(
+        "--frame-size",
+        type=_positive_int,
+        default=envelope.DEFAULT_FRAME_SIZE,
+        help=f"plaintext bytes per frame (default {envelope.DEFAULT_FRAME_SIZE})",
+    )
+    envelope_files(
+        "decrypt-file",
+        _decrypt_file,
+        "Decrypt an HSME message (--encryption-context: pairs it must hold); a file"
+        " destination appears only once the whole message has verified.",
+    )
+
     sub = command("generate-random", _generate_random, "Random bytes from the HSM.")
+
     sub.add_argument("--number-of-bytes", type=int, required=True, help="1 to 1,024")
 
     for name, method, help_text in (
@@ -1416,6 +1534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # the client refused an argument before calling the daemon
         print(f"hsm: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except envelope.EnvelopeError as error:
+        print(f"hsm: {error}", file=sys.stderr)
+        return EXIT_ENVELOPE_REFUSED
     except HsmError as error:
         name, status = (
             _CHECKSUM_MISMATCH

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -254,16 +253,7 @@ def test_the_cli_round_trips_json_lines(
     daemon: DaemonProcess, client: HsmClient, tmp_path: Path
 ) -> None:
     key = client.create_key().key_id
-    cert, private_key = daemon.pki.tenant_client(MINE, "app")
-    (tmp_path / "cert.pem").write_bytes(cert)
-    (tmp_path / "key.pem").write_bytes(private_key)
-    env = dict(
-        os.environ,
-        HSM_ENDPOINT=daemon.endpoint,
-        HSM_CA_CERT=str(daemon.pki.ca_cert),
-        HSM_CLIENT_CERT=str(tmp_path / "cert.pem"),
-        HSM_CLIENT_KEY=str(tmp_path / "key.pem"),
-    )
+    env = daemon.client_env(MINE, tmp_path)
 
     def hsm(*args: str, stdin: str) -> list[dict[str, object]]:
         done = subprocess.run(
