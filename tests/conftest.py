@@ -40,6 +40,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _one_attempt_per_call(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integration tests see each refusal as the daemon gives it: the client library's retries
+    (of UNAVAILABLE, and of RESOURCE_EXHAUSTED with a retry delay) would wait refusals out.
+    A test of the retries sets RETRY_DELAYS itself."""
+    if Path(request.node.path).parent.name == "integration":
+        monkeypatch.setattr("hsmclient.client.RETRY_DELAYS", ())
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return TestPki(tmp_path_factory.mktemp("pki"))

@@ -217,6 +217,12 @@ class DaemonProcess:
                 continue
         return pids
 
+    def pin_port(self) -> None:
+        """Starts from now on listen on the port the daemon has now, as a production daemon's
+        fixed port would, so clients reconnect to it after a restart."""
+        listen = f'listen = "127.0.0.1:{self.port}"'
+        self.config.write_text(self.config.read_text().replace('listen = "127.0.0.1:0"', listen))
+
     def send(self, signum: int) -> None:
         """Sends a signal and returns at once (stop() waits for the exit)."""
         assert self.process is not None

@@ -32,6 +32,7 @@ from hsmclient.errors import (
     ChecksumMismatchError,
     HsmError,
     InternalError,
+    ResourceExhaustedError,
     from_rpc_error,
     from_status,
 )
@@ -41,12 +42,55 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 DEFAULT_TIMEOUT = 30.0
-# Pauses (each jittered by +-50%) before the retries of a call that carries a client token.
-RETRY_DELAYS = (0.1, 0.3, 0.9)
-_RETRIED = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
-)
 """Seconds each call may take before it fails with DeadlineExceededError."""
+# Pauses (each jittered by +-50%, and never shorter than a retry delay the daemon names)
+# before the retries of a call that is safe to repeat: about 6 s in all, a daemon's restart
+# with time to spare (about 1 s here).
+RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+# A RESOURCE_EXHAUSTED whose retry delay is longer than this (an audit volume used up for the
+# hour) is the caller's to wait for, not the client's.
+MAX_HONOURED_DELAY = 5.0
+# Calls that change nothing, so a repeat is safe: retried when the daemon is unavailable (it
+# may be restarting) or asks them to wait (RESOURCE_EXHAUSTED with a retry delay).
+SAFE_TO_REPEAT = frozenset(
+    {
+        *(
+            prefix + operation
+            for prefix in ("", "Batch")
+            for operation in (
+                "Encrypt",
+                "Decrypt",
+                "ReEncrypt",
+                "GenerateDataKey",
+                "Sign",
+                "Verify",
+                "GenerateMac",
+                "VerifyMac",
+            )
+        ),
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "GenerateRandom",
+        "GetPublicKey",
+        "DescribeKey",
+        "ListKeys",
+        "ListAliases",
+        "ListQuarantinedObjects",
+        "GetKeyPolicy",
+        "GetKeyRotationStatus",
+        "ListKeyRotations",
+        "ListAuditEvents",
+        "GetCapabilities",
+        "ListTenants",
+        "GetTenantQuota",
+        "VerifyAuditLog",
+    }
+)
+_SAFE_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# A call that carries a client token: the daemon answers a repeat with what the first made, so
+# a deadline passed or a first attempt still running (ABORTED) are retried too.
+_TOKEN_RETRIED = _SAFE_RETRIED | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 
 _T = TypeVar("_T")
 _V = TypeVar("_V", bound=int)
@@ -875,22 +919,34 @@ class _Client:
         self.close()
 
     def _call(self, method: Callable[..., _T], request: object) -> _T:
-        try:
-            return method(request, timeout=self._timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+        """One call, retried as RETRY_DELAYS says if it is safe to repeat (SAFE_TO_REPEAT)."""
+        safe = type(request).__name__.removesuffix("Request") in SAFE_TO_REPEAT
+        return self._attempts(method, request, _SAFE_RETRIED if safe else frozenset())
 
     def _call_with_retries(self, method: Callable[..., _T], request: object) -> _T:
-        """A creating call that carries a client token: the daemon answers a repeat with what
-        the first call made, so it is retried (same token) when the daemon is unavailable, the
-        deadline passed, or the first attempt is still running (ABORTED)."""
+        """A creating call that carries a client token, retried with the same token."""
+        return self._attempts(method, request, _TOKEN_RETRIED)
+
+    def _attempts(
+        self, method: Callable[..., _T], request: object, retried: frozenset[grpc.StatusCode]
+    ) -> _T:
+        """Calls until an answer, a failure not in `retried`, or RETRY_DELAYS run out; each
+        attempt has the full timeout."""
         for delay in (*RETRY_DELAYS, None):
             try:
                 return method(request, timeout=self._timeout)
             except grpc.RpcError as error:
-                if delay is None or error.code() not in _RETRIED:
-                    raise from_rpc_error(error) from error
-            time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
+                failure = from_rpc_error(error)
+                asked = failure.retry_after if isinstance(failure, ResourceExhaustedError) else 0
+                if (
+                    delay is None
+                    or error.code() not in retried
+                    or asked is None  # a resource limit: waiting will not lift it
+                    or asked > MAX_HONOURED_DELAY
+                ):
+                    raise failure from error
+            jittered = delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not a secret
+            time.sleep(max(jittered, asked))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _result(

@@ -338,9 +338,9 @@ def test_the_log_holds_no_plaintext_data_key_pin_or_context_value(
 
 
 def test_with_the_log_moved_away_requests_fail_and_nothing_is_applied(
-    new_daemon: NewDaemon, monkeypatch: pytest.MonkeyPatch
+    new_daemon: NewDaemon,
 ) -> None:
-    monkeypatch.setattr("hsmclient.client.RETRY_DELAYS", ())  # one attempt: one event each
+    """One attempt per call (tests/conftest.py): one event each."""
     daemon = _fresh(new_daemon)
     moved = daemon.audit_log.with_name("audit.jsonl.moved")
     alias = "alias/never"

@@ -46,14 +46,18 @@ from hsmclient import (
     NotFoundError,
     PermissionDeniedError,
     PublicKey,
+    ResourceExhaustedError,
     TimeReversal,
     UnavailableError,
     WrappedKey,
     cli,
     keyimport,
 )
+from hsmclient.client import SAFE_TO_REPEAT
 
 from hsmd import devpki
+from hsmd.errors import ResourceExhausted
+from hsmd.transport.status import with_details
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
 from tests.unit.test_client_keyimport import MATERIAL, rsa_key, spki, unwrap_import
 
@@ -182,6 +186,8 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         self.ignore_request_crc32c = False
         self.delay = 0.0
         self.failures: list[grpc.StatusCode] = []  # CreateKey answers these first
+        # Encrypt and EnableKeyRotation answer these first: a status and a retry delay or None.
+        self.failing: dict[str, list[tuple[grpc.StatusCode, float | None]]] = {}
 
     def _key(self, key_id: str, context: grpc.ServicerContext) -> resources_pb2.KeyMetadata:
         """The key of an id or, as the daemon resolves them, of an alias/NAME."""
@@ -260,8 +266,19 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         keys, token = page(keys, request)
         return service_pb2.ListKeysResponse(keys=keys, next_page_token=token)
 
+    def _fail_first(self, name: str, context: grpc.ServicerContext) -> None:
+        queued = self.failing.get(name)
+        if queued:
+            code, delay = queued.pop(0)
+            if delay is not None:
+                context.abort_with_status(
+                    with_details(ResourceExhausted("slow down", delay), "slow down")
+                )
+            context.abort(code, "not now")
+
     def Encrypt(self, request, context):
         self.requests.append(request)
+        self._fail_first("Encrypt", context)
         key = self._key(request.key_id, context)
         verified = self._checked(request, "plaintext_crc32c", request.plaintext, context)
         blob = self._seal(key.key_id, request.plaintext, request.encryption_context)
@@ -484,6 +501,8 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         return self.rotation[self._key(request.key_id, context).key_id]
 
     def EnableKeyRotation(self, request, context):
+        self.requests.append(request)
+        self._fail_first("EnableKeyRotation", context)
         status = self._status(request, context)
         status.key_rotation_enabled = True
         status.rotation_period_in_days = request.rotation_period_in_days or 365
@@ -779,6 +798,61 @@ def test_a_refusal_is_not_retried(client: HsmClient, kms: FakeKms) -> None:
     with pytest.raises(InvalidArgumentError):
         client.create_key()
     assert len(kms.requests) == 1
+
+
+@pytest.mark.usefixtures("no_pauses")
+def test_a_call_safe_to_repeat_is_retried_while_the_daemon_is_unavailable(
+    client: HsmClient, kms: FakeKms
+) -> None:
+    key_id = client.create_key().key_id
+    kms.failing["Encrypt"] = [(grpc.StatusCode.UNAVAILABLE, None)] * 2
+    client.encrypt(key_id, b"x")
+    assert sum(isinstance(r, service_pb2.EncryptRequest) for r in kms.requests) == 3
+
+
+@pytest.mark.usefixtures("no_pauses")
+def test_a_throttled_call_waits_the_delay_the_daemon_names(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    kms.failing["Encrypt"] = [(grpc.StatusCode.RESOURCE_EXHAUSTED, 0.2)]
+    started = time.monotonic()
+    client.encrypt(key_id, b"x")
+    assert time.monotonic() - started >= 0.2  # not the 1 ms the pauses are set to here
+
+
+@pytest.mark.usefixtures("no_pauses")
+@pytest.mark.parametrize("delay", [None, 60.0])
+def test_a_limit_or_a_long_delay_is_the_callers_to_wait_for(
+    client: HsmClient, kms: FakeKms, delay: float | None
+) -> None:
+    key_id = client.create_key().key_id
+    kms.requests.clear()
+    if delay is None:  # a resource limit: no retry delay at all
+        kms.failing["Encrypt"] = [(grpc.StatusCode.RESOURCE_EXHAUSTED, None)]
+    else:
+        kms.failing["Encrypt"] = [(grpc.StatusCode.RESOURCE_EXHAUSTED, delay)]
+    with pytest.raises(ResourceExhaustedError):
+        client.encrypt(key_id, b"x")
+    assert len(kms.requests) == 1
+
+
+@pytest.mark.usefixtures("no_pauses")
+def test_a_call_that_changes_something_is_not_retried(client: HsmClient, kms: FakeKms) -> None:
+    key_id = client.create_key().key_id
+    kms.requests.clear()
+    kms.failing["EnableKeyRotation"] = [(grpc.StatusCode.UNAVAILABLE, None)]
+    with pytest.raises(UnavailableError):
+        client.enable_key_rotation(key_id)
+    assert len(kms.requests) == 1
+
+
+def test_every_call_named_safe_to_repeat_is_an_rpc_that_changes_nothing() -> None:
+    services = (
+        service_pb2.DESCRIPTOR.services_by_name["KeyManagementService"],
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    )
+    rpcs = {method.name for service in services for method in service.methods}
+    assert SAFE_TO_REPEAT <= rpcs
+    assert not SAFE_TO_REPEAT & {"CreateKey", "ScheduleKeyDeletion", "DisableKey", "TagKey"}
 
 
 def test_each_call_gets_its_own_token_unless_one_is_given(client: HsmClient, kms: FakeKms) -> None:
@@ -1816,6 +1890,7 @@ def test_from_env_connects(tls: dict[str, str]) -> None:
         assert admin.list_tenants() == []
 
 
+@pytest.mark.usefixtures("no_pauses")  # UNAVAILABLE is retried
 def test_a_server_name_the_certificate_lacks_fails_the_handshake(tls: dict[str, str]) -> None:
     with HsmClient.from_env({**tls, "HSM_SERVER_NAME": "other.test"}, timeout=5) as client:
         with pytest.raises(UnavailableError):
@@ -1886,6 +1961,7 @@ def test_cli_reports_a_refusal_with_254(tls: dict[str, str], monkeypatch, capsys
     )
 
 
+@pytest.mark.usefixtures("no_pauses")  # UNAVAILABLE is retried
 def test_cli_reports_an_unreachable_daemon_with_255(tls: dict[str, str], capsys) -> None:
     code = cli.main(
         [
