@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -344,15 +344,22 @@ class DaemonProcess:
 
     def wait_for(self, condition: Any, timeout: float = 30.0) -> None:
         """Polls until condition() is true, for what the daemon does on its own schedule."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {condition}")
-            time.sleep(0.1)
+        wait_until(condition, str(condition), timeout, interval=0.1)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with closing(sqlite3.connect(self.database)) as db, db:
             return db.execute(sql, args).fetchall()
+
+
+def wait_until(
+    condition: Callable[[], object], what: str, timeout: float = 60.0, interval: float = 0.01
+) -> None:
+    """Polls until condition() is true; fails naming `what` after a generous timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(interval)
 
 
 def serving(directory: Path, pki: TestPki, tenants: Sequence[str]) -> Iterator[DaemonProcess]:

@@ -4,14 +4,13 @@ finish across the restart, and a CreateKey retried with its client token makes o
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hsmclient.client import RETRY_DELAYS as LIBRARY_RETRY_DELAYS
 
-from tests.harness import DaemonProcess, TestPki
+from tests.harness import DaemonProcess, TestPki, wait_until
 
 TENANT = "retries"
 
@@ -32,14 +31,6 @@ def daemon(
             process.stop()
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
-
-
 def test_calls_safe_to_repeat_finish_across_a_restart(daemon: DaemonProcess) -> None:
     done: list[bytes] = []
     failures: list[BaseException] = []
@@ -56,7 +47,7 @@ def test_calls_safe_to_repeat_finish_across_a_restart(daemon: DaemonProcess) -> 
 
         worker = threading.Thread(target=calls)
         worker.start()
-        _wait_for(lambda: len(done) >= 20, "some calls before the restart")
+        wait_until(lambda: len(done) >= 20, "some calls before the restart")
         daemon.stop()
         daemon.start()
         worker.join(120)

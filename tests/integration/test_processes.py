@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +30,7 @@ from hsmclient import (
 )
 
 from hsmd import devpki
-from tests.harness import TRUST_DOMAIN, DaemonProcess, TestPki, run_hsmd
+from tests.harness import TRUST_DOMAIN, DaemonProcess, TestPki, run_hsmd, wait_until
 
 MINE, THEIRS, THROTTLED = "procs-a", "procs-b", "procs-c"
 # Connections per check: SO_REUSEPORT spreads them over the workers at random, so with 24
@@ -72,14 +71,6 @@ def _served_by(daemon: DaemonProcess, operation: str, tenant: str) -> set[str]:
 
 def _worker_pids(daemon: DaemonProcess) -> list[int]:
     return daemon.pids()[1:]
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def test_workers_serve_the_operations_on_keys_and_the_coordinator_the_rest(
@@ -280,11 +271,11 @@ def test_a_worker_that_dies_is_started_again(daemon: DaemonProcess) -> None:
         key_id = client.create_key().key_id
     victim = _worker_pids(daemon)[0]
     os.kill(victim, signal.SIGKILL)
-    _wait_for(
+    wait_until(
         lambda: len(_worker_pids(daemon)) == 2 and victim not in _worker_pids(daemon),
         "a new worker in the dead one's place",
     )
-    _wait_for(lambda: daemon.log.read_text().count("serves on port") >= 5, "it listens")
+    wait_until(lambda: daemon.log.read_text().count("serves on port") >= 5, "it listens")
     _each_connection(daemon, MINE, lambda client: client.encrypt(key_id, b"after"))
 
 
@@ -295,7 +286,7 @@ def test_workers_exit_with_their_coordinator(
     own.start()
     workers = _worker_pids(own)
     own.kill()
-    _wait_for(
+    wait_until(
         lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
         "the workers exit once their coordinator is gone",
     )
