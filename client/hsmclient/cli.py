@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 import grpc
 
 from hsmclient import envelope, keyimport
-from hsmclient.channel import ConnectionSettings
+from hsmclient.channel import PROFILE_VARIABLE, ConnectionSettings
 from hsmclient.client import (
     MAX_BATCH_ITEMS,
     AdminClient,
@@ -88,7 +88,10 @@ _CONNECTION_OPTIONS = (
     ("--key", "client_key_path", "PEM", "the private key of your client certificate"),
     ("--server-name", "server_name", "NAME", "the name the daemon's certificate must carry"),
 )
-_OPTION_BY_VARIABLE = {ConnectionSettings.VARIABLES[f]: o for o, f, _, _ in _CONNECTION_OPTIONS}
+_OPTION_BY_VARIABLE = {
+    **{ConnectionSettings.VARIABLES[f]: o for o, f, _, _ in _CONNECTION_OPTIONS},
+    PROFILE_VARIABLE: "--profile",
+}
 
 _Result = dict[str, object]
 # A command's handler over the KeyManagementService; None: print nothing, as aws does.
@@ -953,6 +956,12 @@ def _build_parser() -> _Parser:
             option, dest=field, metavar=metavar, help=f"{help_text} (default: ${variable})"
         )
     common.add_argument(
+        "--profile",
+        metavar="NAME",
+        help=f"the profile of ~/.config/hsm/config.toml to use (default: ${PROFILE_VARIABLE},"
+        " else default)",
+    )
+    common.add_argument(
         "--output",
         choices=["json", "text", "pem"],
         help=f"output format (json); pem only for {_PEM_COMMAND}",
@@ -1456,12 +1465,15 @@ def _build_parser() -> _Parser:
 
 
 def _connection_settings(args: argparse.Namespace) -> ConnectionSettings:
-    """The HSM_* variables, with any option given on the command line taking precedence."""
+    """The settings (channel.ConnectionSettings.from_env: HSM_* variables over the profile),
+    with any option given on the command line taking precedence."""
     overrides = {
         ConnectionSettings.VARIABLES[field]: getattr(args, field)
         for _, field, _, _ in _CONNECTION_OPTIONS
         if hasattr(args, field)
     }
+    if hasattr(args, "profile"):
+        overrides[PROFILE_VARIABLE] = args.profile
     return ConnectionSettings.from_env({**os.environ, **overrides})
 
 
@@ -1529,7 +1541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = command(_connection_settings(args).open_channel())
     except ConfigurationError as error:
-        print(f"hsm: {error} (option {_OPTION_BY_VARIABLE[error.variable]})", file=sys.stderr)
+        option = _OPTION_BY_VARIABLE.get(error.variable)
+        print(f"hsm: {error}" + (f" (option {option})" if option else ""), file=sys.stderr)
         return EXIT_CONNECTION_ERROR
     except ValueError as error:  # the client refused an argument before calling the daemon
         print(f"hsm: error: {error}", file=sys.stderr)
