@@ -5,6 +5,7 @@ and how it treats what comes back: CRC32C checks, enum names, paging, errors, ti
 mutual-TLS channel that the CLI opens.
 """
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -53,6 +54,7 @@ from hsmclient import (
     cli,
     keyimport,
 )
+from hsmclient.aio import AsyncAdminClient, AsyncHsmClient
 from hsmclient.client import SAFE_TO_REPEAT
 
 from hsmd import devpki
@@ -2141,3 +2143,31 @@ def test_cli_import_key_refuses_a_key_file_that_does_not_fit(
         "DescribeKeyRequest",
     ]  # nothing reached GetParametersForImport
     assert kms.keys[key_id].key_state == resources_pb2.PENDING_IMPORT
+
+
+# --- the asyncio clients --------------------------------------------------------------------------
+
+
+def _public(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+
+def test_the_asyncio_clients_have_every_method_of_the_synchronous_ones() -> None:
+    assert _public(AsyncHsmClient) - {"sync"} == _public(HsmClient)
+    assert _public(AsyncAdminClient) - {"sync"} == _public(AdminClient)
+
+
+def test_the_asyncio_client_awaits_calls_concurrently_with_the_same_results(
+    endpoint: str, kms: FakeKms
+) -> None:
+    async def run() -> None:
+        async with AsyncHsmClient(HsmClient(grpc.insecure_channel(endpoint), timeout=5)) as aio:
+            key = await aio.create_key(description="async")
+            sealed = await asyncio.gather(*(aio.encrypt(key.key_id, b"%d" % n) for n in range(20)))
+            opened = await asyncio.gather(*(aio.decrypt(s.ciphertext_blob) for s in sealed))
+            assert [o.plaintext for o in opened] == [b"%d" % n for n in range(20)]
+            assert [k.key_id async for k in aio.iter_keys(page_size=1)] == [key.key_id]
+            with pytest.raises(NotFoundError):
+                await aio.describe_key("no-such-key")
+
+    asyncio.run(run())
