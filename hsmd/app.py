@@ -582,9 +582,10 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, _: signals.put(number))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the coordinator's to handle
-    keep_lifeline(directory / RELAY_SOCKET, running.port, lambda: signals.put(signal.SIGTERM))
-    _next_signal(signals)
-    grace = settings.server.grace_seconds
+    keep_lifeline(directory / RELAY_SOCKET, running.port, lambda: signals.put(_COORDINATOR_GONE))
+    # Stopped by the coordinator, the calls in flight get the grace period; with the
+    # coordinator gone, none can be audited any more, so the worker stops at once.
+    grace = 0.0 if _next_signal(signals) == _COORDINATOR_GONE else settings.server.grace_seconds
     running.stop(grace)
     guard.drain(grace)
     backend.close()
@@ -593,6 +594,8 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     return 0
 
 
+# What a worker's lifeline puts among its signals when the coordinator is gone.
+_COORDINATOR_GONE = -1
 # How long the main thread sleeps at most between looks at the signals that arrived.
 _SIGNAL_POLL_SECONDS = 0.5
 

@@ -6,6 +6,7 @@ process, mutual TLS on 127.0.0.1 with certificates from a CA made for the run.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -108,7 +109,7 @@ class DaemonProcess:
         movable_clock: bool = True,
         scheduler: dict[str, int | float] | None = None,
         quotas: dict[str, int | float] | None = None,
-        processes: int = 1,
+        processes: int | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it). Tests run
@@ -142,6 +143,8 @@ class DaemonProcess:
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
             tables = {"audit": audit, "tenancy": tenancy, "scheduler": scheduler, "quotas": quotas}
+            if processes is None:  # HSMD_TEST_PROCESSES=2 runs the suite against workers
+                processes = int(os.environ.get("HSMD_TEST_PROCESSES", "1"))
             self._write_config(workers, grace_seconds, movable_clock, tables, processes)
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
@@ -257,7 +260,13 @@ class DaemonProcess:
         return code
 
     def kill(self) -> None:
+        """kill -9 of the daemon, workers included: what a power cut or systemd's kill of its
+        cgroup does (a worker alone stops once its coordinator is gone)."""
+        workers = self.pids()[1:]
         self.stop(signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def connect(self, cert_and_key: tuple[bytes, bytes], client: type[Any] = HsmClient) -> Any:
         cert, key = cert_and_key

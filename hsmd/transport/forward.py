@@ -139,12 +139,6 @@ class Forwarder:
     def close(self) -> None:
         self._channel.close()
 
-    def handler(self, method: str) -> grpc.RpcMethodHandler[bytes, bytes]:
-        """A handler that passes every call of `method` on, as raw bytes both ways."""
-        return grpc.unary_unary_rpc_method_handler(
-            lambda request, context: self.forward(method, request, context)
-        )
-
     def forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         """The coordinator's answer to the call; ends the call with its status if it failed."""
         metadata: tuple[tuple[str, str | bytes], ...] = ((_PEER, self._caller.peer(context)),)
@@ -154,7 +148,7 @@ class Forwarder:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
         try:
             response, outcome = call.with_call(
-                request, timeout=context.time_remaining(), metadata=metadata
+                request, timeout=_timeout(context), metadata=metadata
             )
         except grpc.RpcError as exc:
             failed = cast(grpc.Call, exc)
@@ -186,6 +180,17 @@ class Forwarder:
             grpc.StatusCode.UNAVAILABLE,
             f"service unavailable, retry later (request_id={request_id})",
         )
+
+
+# A call without a deadline has ~9.2e18 s remaining in gRPC Python (the largest deadline),
+# which passed on as a timeout fails at once with DEADLINE_EXCEEDED: forward it without one.
+_NO_DEADLINE = 365 * 24 * 3600.0
+
+
+def _timeout(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline, to forward its call with, or None if it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else remaining
 
 
 def passes_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:

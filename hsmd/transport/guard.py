@@ -136,7 +136,9 @@ class RequestGuard(grpc.ServerInterceptor):
         operation = _operation(method)
         forwarder = self._forwarder
         if forwarder is not None and required is not None and operation not in SERVED_BY_WORKERS:
-            return forwarder.handler(method)
+            return grpc.unary_unary_rpc_method_handler(
+                self._counted(lambda request, context: forwarder.forward(method, request, context))
+            )
         handler = continuation(handler_call_details)
         if handler is None or required is None:
             return handler
@@ -167,9 +169,25 @@ class RequestGuard(grpc.ServerInterceptor):
                 return here(request, context)
             if tenant is None or forwarder.serves(tenant):
                 return here(request, context)
-            return forwarder.forward(method, request.SerializeToString(), context)
+            forward = self._counted(lambda raw, call: forwarder.forward(method, raw, call))
+            return forward(request.SerializeToString(), context)
 
         return behaviour
+
+    def _counted(
+        self, behaviour: Callable[[Any, grpc.ServicerContext], Any]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        """A forwarded call, counted among the running handlers, so that a worker's drain at
+        shutdown waits for its answer too (the coordinator audits it)."""
+
+        def counted(request: Any, context: grpc.ServicerContext) -> Any:
+            self._handlers.enter()
+            try:
+                return behaviour(request, context)
+            finally:
+                self._handlers.leave(_Work(counted=False))
+
+        return counted
 
     def _guarded(
         self, method: str, required: PrincipalKind, behaviour: Callable[[Any, Any], Any]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,9 @@ from hsmclient import (
 )
 
 from hsmd import devpki
+from hsmd.v1 import service_pb2, service_pb2_grpc
 from tests.harness import TRUST_DOMAIN, DaemonProcess, TestPki, run_hsmd, wait_until
+from tests.stubs import channel
 
 MINE, THEIRS, THROTTLED = "procs-a", "procs-b", "procs-c"
 # Connections per check: SO_REUSEPORT spreads them over the workers at random, so with 24
@@ -285,8 +288,40 @@ def test_workers_exit_with_their_coordinator(
     own = DaemonProcess(tmp_path / "own", pki, processes=2)
     own.start()
     workers = _worker_pids(own)
-    own.kill()
+    own.stop(signal.SIGKILL)  # the coordinator alone (own.kill() would kill the workers too)
     wait_until(
         lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
         "the workers exit once their coordinator is gone",
     )
+
+
+def test_a_call_without_a_deadline_is_forwarded(daemon: DaemonProcess) -> None:
+    """gRPC Python gives such a call ~9.2e18 s to live, which as a timeout fails at once."""
+    with channel(daemon, daemon.pki.tenant_client(MINE, "app")) as opened:
+        stub = service_pb2_grpc.KeyManagementServiceStub(opened)
+        created = stub.CreateKey(service_pb2.CreateKeyRequest())  # no timeout
+        assert created.key_metadata.key_id
+
+
+def test_a_forwarded_call_in_flight_at_a_stop_is_answered(tmp_path: Path, pki: TestPki) -> None:
+    own = DaemonProcess(tmp_path / "own", pki, processes=2)
+    own.start()
+    try:
+        own.create_tenant("late")  # after the workers started: its calls are forwarded
+        answers: list[object] = []
+        with own.client("late") as client:
+            generating = threading.Thread(
+                target=lambda: answers.append(client.create_key(key_spec="RSA_4096"))
+            )
+            generating.start()
+            wait_until(
+                lambda: own.query("SELECT count(*) FROM keys WHERE state = 'CREATING'")[0][0],
+                "the RSA-4096 generation under way in the coordinator",
+            )
+            own.send(signal.SIGTERM)
+            generating.join(60)
+        assert len(answers) == 1  # answered, not cancelled by the worker's stop
+        assert own.process is not None and own.process.wait(60) == 0
+    finally:
+        if own.process is not None and own.process.poll() is None:
+            own.stop()
