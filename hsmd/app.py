@@ -1,6 +1,8 @@
 """The composition root and the `hsmd` command.
 
-`hsmd serve --config FILE` builds every object from one validated Settings and runs the daemon;
+`hsmd serve --config FILE` builds every object from one validated Settings and runs the daemon
+(with `[server] processes` above 1, as the coordinator of `hsmd worker` processes, which it
+starts itself: hsmd/workers.py);
 `hsmd init --dir DIR` makes a complete development set-up (PKI, token directory, master secret,
 config, a demo tenant); `hsmd tenant ...` calls a running daemon as an operator, except
 `hsmd tenant export|import`, which move a tenant between stopped instances;
@@ -404,15 +406,16 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     if private is None:
         running = grpc_server.bind(settings, guard, kms, admin)
     else:
-        calls = str(private / CALLS_SOCKET)
-        running = grpc_server.bind_internal(settings, guard, kms, admin, calls)
+        calls = private / CALLS_SOCKET
+        running = grpc_server.bind_internal(settings, guard, kms, admin, str(calls))
+        calls.chmod(0o600)
     daemon.start()
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
     running.start()
     workers = None
     if private is not None:
         try:
-            workers = _Workers.start(settings, config_path, private, daemon, audit)
+            workers = _Workers.start(settings, config_path, private, daemon)
         except BaseException:
             running.stop(0)
             daemon.close()
@@ -500,7 +503,6 @@ class _Workers:
         config_path: Path,
         directory: Path,
         daemon: Daemon,
-        audit: AuditLog,
     ) -> _Workers:
         """Raises StartupRefused if a worker does not start (those started are stopped)."""
 
@@ -524,7 +526,13 @@ class _Workers:
 
         pool = WorkerPool(command, settings.server.processes)
         relay = RelayServer(
-            directory / RELAY_SOCKET, audit, daemon.quotas.meters, daemon.served_tenants, pool.ready
+            directory / RELAY_SOCKET,
+            daemon.audit,
+            daemon.quotas.meters,
+            daemon.served_tenants,
+            pool.ready,
+            # Workers would wait on a relay gone silent: the daemon stops instead.
+            failed=lambda: os.kill(os.getpid(), signal.SIGTERM),
         )
         try:
             port = pool.start(settings.server.port)
@@ -536,7 +544,7 @@ class _Workers:
 
     def stop(self, grace_seconds: float) -> None:
         """Stops the workers while this process can still audit their last calls."""
-        log.info("stopping %d worker processes", len(self.pool.pids()))
+        log.info("stopping %d worker processes", self.pool.count)
         self.pool.stop(grace_seconds)
         self.relay.close()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -562,7 +570,6 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     def serves(name: str) -> bool:
         """Whether this worker has the tenant's token open: not if the tenant was made, or
         destroyed and made again, since it started."""
-        tenants.refresh()
         tenant = tenants.served(name)
         return tenant is not None and served.get(name) == tenant.token_serial
 

@@ -13,7 +13,8 @@ exchange is a send and a blocking receive on the calling thread (no dispatcher t
 hand-off). A frame is a 4-byte big-endian length and a JSON object.
 
 Exchanges (worker -> coordinator, each answered once):
-  {"op": "admit", "tenant", "rpc", "count"}   -> {"admitted", "spare", "refusal": null | {...}}
+  {"op": "admit", "tenant", "rpc", "count", "lease"}
+                                               -> {"admitted", "spare", "refusal": null | {...}}
   {"op": "refund", "tenant", "rpc"}            -> {}
   {"op": "append", "events": [...]}            -> {"sizes": [...]} | {"unavailable": message}
   {"op": "tenants"}                            -> {"tenants": {name: token serial}}
@@ -29,7 +30,6 @@ import json
 import logging
 import os
 import selectors
-import signal
 import socket
 import threading
 import time
@@ -126,7 +126,7 @@ class RelayServer:
     FRAME_SECONDS: a worker that stops mid-frame (frozen) has its connection closed, and
     holds the others up at most that long. Whatever one exchange raises costs that exchange
     (its connection is closed; its call fails, closed), never the thread; if the thread ends
-    all the same, the coordinator stops, so that no worker waits on a relay gone silent."""
+    all the same, it says so (failed), so that no worker waits on a relay gone silent."""
 
     def __init__(
         self,
@@ -135,13 +135,16 @@ class RelayServer:
         meters: TenantMeters,
         served_tenants: Callable[[], dict[str, str]],
         ready: Callable[[int, int], None],
+        failed: Callable[[], None],
     ) -> None:
         """served_tenants(): the tenants whose tokens the coordinator serves, with their token
-        serials. ready(pid, port): a worker process serves on port."""
+        serials. ready(pid, port): a worker process serves on port. failed(): the relay's
+        thread has ended on an error it could not contain."""
         self._audit = audit
         self._meters = meters
         self._served_tenants = served_tenants
         self._ready = ready
+        self._failed = failed
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(path))
         os.chmod(path, 0o600)
@@ -171,8 +174,8 @@ class RelayServer:
         try:
             self._serve()
         except BaseException:
-            log.critical("the relay to the worker processes failed: stopping", exc_info=True)
-            os.kill(os.getpid(), signal.SIGTERM)
+            log.critical("the relay to the worker processes failed", exc_info=True)
+            self._failed()
             raise
 
     def _serve(self) -> None:

@@ -13,7 +13,7 @@ connection:
   coordinator, which serves it as a single-process daemon would.
 - The coordinator alone writes tokens and the database (SoftHSM2 2.6.1 loses updates between
   two processes that write one token) and keeps the one audit chain. A worker sees its changes:
-  the database's data_version empties its caches (keystore.SqliteKeyStore.refresh), and
+  every read of its store looks at SQLite's data_version first and drops what it kept, and
   SoftHSM2 reads objects another process made.
 
 The coordinator starts the workers after its own start-up repair, one after another (the first
@@ -69,7 +69,7 @@ class WorkerPool:
     def __init__(self, command: Callable[[int, int], list[str]], count: int) -> None:
         """command(index, port): the command line of worker `index` listening on `port`."""
         self._command = command
-        self._count = count
+        self.count = count
         self._changed = threading.Condition()
         self._ports: dict[int, int] = {}  # pid -> the port it serves on (ready)
         self._workers: dict[int, _Worker] = {}
@@ -83,17 +83,13 @@ class WorkerPool:
             self._ports[pid] = port
             self._changed.notify_all()
 
-    def pids(self) -> list[int]:
-        with self._changed:
-            return [worker.process.pid for worker in self._workers.values()]
-
     def start(self, port: int) -> int:
         """Starts the workers one after another; returns the port they share.
 
         Raises:
             StartupRefused: a worker exited or did not listen within START_TIMEOUT.
         """
-        for index in range(self._count):
+        for index in range(self.count):
             self._port = self._start_worker(index, port if index == 0 else self._port)
         self._watcher.start()
         return self._port

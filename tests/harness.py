@@ -267,6 +267,10 @@ class DaemonProcess:
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # Gone, so their files are closed (a volume they wrote to can be unmounted).
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers to exit"
+        )
 
     def connect(self, cert_and_key: tuple[bytes, bytes], client: type[Any] = HsmClient) -> Any:
         cert, key = cert_and_key

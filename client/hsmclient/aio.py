@@ -16,6 +16,7 @@ iterator that fetches each page in a thread. The default executor bounds the cal
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
@@ -85,8 +86,7 @@ def _awaited(
     async def call(self: _Async[_S], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return await asyncio.to_thread(method, self.sync, *args, **kwargs)
 
-    call.__name__, call.__doc__ = method.__name__, method.__doc__
-    return call
+    return functools.wraps(method)(call)
 
 
 def _iterated(
@@ -105,8 +105,7 @@ def _iterated(
                 return
             yield item
 
-    iterate.__name__, iterate.__doc__ = method.__name__, method.__doc__
-    return iterate
+    return functools.wraps(method)(iterate)
 
 
 _END: Any = object()

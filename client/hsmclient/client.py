@@ -50,8 +50,8 @@ RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 # A RESOURCE_EXHAUSTED whose retry delay is longer than this (an audit volume used up for the
 # hour) is the caller's to wait for, not the client's.
 MAX_HONOURED_DELAY = 5.0
-# Calls that change nothing, so a repeat is safe: retried when the daemon is unavailable (it
-# may be restarting) or asks them to wait (RESOURCE_EXHAUSTED with a retry delay).
+# Calls that change nothing, so a repeat is safe: retried when the daemon is unavailable or
+# cut them off (it may be restarting) or asks them to wait (RESOURCE_EXHAUSTED with a delay).
 SAFE_TO_REPEAT = frozenset(
     {
         *(
@@ -87,7 +87,14 @@ SAFE_TO_REPEAT = frozenset(
         "VerifyAuditLog",
     }
 )
-_SAFE_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# CANCELLED: a call the daemon's stop cut off (this client never cancels one itself).
+_SAFE_RETRIED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 # A call that carries a client token: the daemon answers a repeat with what the first made, so
 # a deadline passed or a first attempt still running (ABORTED) are retried too.
 _TOKEN_RETRIED = _SAFE_RETRIED | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}

@@ -91,7 +91,6 @@ class TenantOps:
         """
         if self._dedicated is not None and name != self._dedicated:
             raise PermissionDenied(ONE_TENANT_ONLY)
-        self.refresh()
         tenant = self.served(name)
         state = tenant.state if tenant else None
         if state is TenantState.DISABLED:
@@ -101,7 +100,7 @@ class TenantOps:
         if state is not TenantState.ACTIVE:
             raise PermissionDenied(f"tenant {name!r} is not served by this daemon")
 
-    def refresh(self) -> None:
+    def _refresh(self) -> None:
         """Forgets the tenants cached if another process changed the store since (a worker
         process's store: KeyStore.refresh)."""
         generation = self._store.refresh()
@@ -113,7 +112,9 @@ class TenantOps:
             self._tenants.clear()
 
     def served(self, name: str) -> Tenant | None:
-        """The tenant as the store last said (cached), or None if there is no such tenant."""
+        """The tenant as the store says (cached until it changes), or None if there is no
+        such tenant."""
+        self._refresh()
         with self._tenants_lock:
             cached = self._tenants.get(name)
             generation = self._generation

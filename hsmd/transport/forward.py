@@ -23,6 +23,9 @@ from typing import Any, NoReturn, cast
 
 import grpc
 
+from hsmd.errors import BackendUnavailable
+from hsmd.transport.status import to_status
+
 log = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA = "x-request-id"
@@ -176,10 +179,8 @@ class Forwarder:
             failed.details(),
         )
         context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
-        context.abort(
-            grpc.StatusCode.UNAVAILABLE,
-            f"service unavailable, retry later (request_id={request_id})",
-        )
+        unanswered = BackendUnavailable("the coordinator did not answer")
+        context.abort(*to_status(unanswered, request_id))
 
 
 # A call without a deadline has ~9.2e18 s remaining in gRPC Python (the largest deadline),

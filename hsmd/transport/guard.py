@@ -5,11 +5,12 @@ gRPC server interceptors do not see the TLS auth context, so the guard wraps eac
 instead: it gives the request an id, takes the identity from the peer certificate (never from
 what a client sends; in the coordinator of worker processes, from the certificate a worker's
 handshake saw, transport/forward.py) once hsmd.auth.certificates has verified it beyond the
-handshake, checks the principal
-kind the service is for, checks that the audit log can be written before anything happens (fail
-closed), hands the RequestContext to the servicer through a context variable, turns every
-exception into a status through the one table, records one audit event of the outcome (durably,
-before the reply), and logs one access line (with the reason when a certificate is refused).
+handshake, checks the principal kind the service is for, checks that the audit log can be
+written before anything happens (fail closed), hands the RequestContext to the servicer
+through a context variable, turns every exception into a status through the one table,
+records one audit event of the outcome (durably, before the reply), and logs one access line
+(with the reason when a certificate is refused). In a worker process it passes the calls a
+worker does not serve to the coordinator (transport/forward.py), counted among its handlers.
 
 The audit event is built here from the request and response messages: only their key id,
 key version and encryption-context keys are read, never a plaintext, key or context value.

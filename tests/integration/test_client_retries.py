@@ -1,5 +1,7 @@
 """The client library's retries against a real daemon that restarts: calls safe to repeat
-finish across the restart, and a CreateKey retried with its client token makes one key."""
+finish across the restart, and a CreateKey sent while the daemon is down is made once it is
+back. (That a retried token makes one key whatever the first attempt did is
+test_idempotency's, against the daemon directly.)"""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def test_calls_safe_to_repeat_finish_across_a_restart(daemon: DaemonProcess) -> 
     assert done == [b"%d" % n for n in range(300)]
 
 
-def test_create_key_retried_with_its_token_across_a_restart_makes_one_key(
+def test_a_create_key_sent_while_the_daemon_is_down_is_made_once_it_is_back(
     daemon: DaemonProcess,
 ) -> None:
     with daemon.client(TENANT) as client:

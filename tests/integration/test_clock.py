@@ -41,6 +41,7 @@ def test_a_deletion_scheduled_while_the_clock_is_behind_keeps_its_whole_window(
         assert client.describe_key(key_id).key_state == "PENDING_DELETION"
         daemon.advance_clock(timedelta(days=1, hours=1))
         daemon.wait_for(lambda: client.describe_key(key_id).key_state == "DESTROYED")
+    daemon.wait_for(lambda: _audited(daemon, "DestroyKey"))  # appended just after the change
     (destroyed,) = _audited(daemon, "DestroyKey")
     assert (destroyed["principal"], destroyed["key_id"]) == ("daemon", key_id)
     assert "earlier than" in daemon.log.read_text()

@@ -148,6 +148,7 @@ def test_a_tenant_made_after_the_workers_started_is_served(daemon: DaemonProcess
         key_id = client.create_key().key_id
         blob = client.encrypt(key_id, b"through the coordinator").ciphertext_blob
         assert client.decrypt(blob).plaintext == b"through the coordinator"
+    assert _served_by(daemon, "Encrypt", "procs-late") == {"coordinator"}  # forwarded
 
 
 def test_a_rate_quota_counts_the_calls_of_every_worker(daemon: DaemonProcess) -> None:
@@ -166,7 +167,7 @@ def test_a_rate_quota_counts_the_calls_of_every_worker(daemon: DaemonProcess) ->
             refused.append(1)
 
     _each_connection(daemon, THROTTLED, call)
-    # One call a burst holds, and one more if 20 s passed: not one per worker.
+    # The one call a burst holds (the next only after 20 s), not one per worker.
     assert len(admitted) == 1 and len(refused) == CONNECTIONS - 1
     assert _served_by(daemon, "Encrypt", THROTTLED) == {"worker-0", "worker-1"}
 
@@ -282,9 +283,7 @@ def test_a_worker_that_dies_is_started_again(daemon: DaemonProcess) -> None:
     _each_connection(daemon, MINE, lambda client: client.encrypt(key_id, b"after"))
 
 
-def test_workers_exit_with_their_coordinator(
-    tmp_path: Path, pki: TestPki, daemon: DaemonProcess
-) -> None:
+def test_workers_exit_with_their_coordinator(tmp_path: Path, pki: TestPki) -> None:
     own = DaemonProcess(tmp_path / "own", pki, processes=2)
     own.start()
     workers = _worker_pids(own)

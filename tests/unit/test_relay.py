@@ -6,6 +6,7 @@ only its own connection."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from hsmd.audit.events import AuditEvent
 from hsmd.audit.log import AuditLog, AuditUnavailable
-from hsmd.quotas import SPARE_LIMIT, QuotaLimits, TenantMeters
+from hsmd.quotas import SPARE_LIMIT, QuotaLimits, TenantMeters, operation_class
 from hsmd.relay import (
     RelayClient,
     RelayedAudit,
@@ -38,19 +39,30 @@ class Coordinator:
     path: Path
     limits: dict[str, QuotaLimits]
     ready: list[tuple[int, int]] = field(default_factory=list)
+    frozen: list[float] = field(default_factory=list)
 
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     limits: dict[str, QuotaLimits] = {}
-    meters = TenantMeters(lambda tenant: limits.get(tenant, QuotaLimits()), time.monotonic, 60)
+    frozen: list[float] = []  # a time here stops the meters' clock (no refill)
+
+    def clock() -> float:
+        return frozen[0] if frozen else time.monotonic()
+
+    meters = TenantMeters(lambda tenant: limits.get(tenant, QuotaLimits()), clock, 60)
     log = AuditLog(tmp_path / "audit.jsonl")
     ready: list[tuple[int, int]] = []
     path = tmp_path / "relay.sock"
     server = RelayServer(
-        path, log, meters, lambda: {"acme": "serial-1"}, lambda *told: ready.append(told)
+        path,
+        log,
+        meters,
+        lambda: {"acme": "serial-1"},
+        lambda *told: ready.append(told),
+        failed=lambda: None,
     )
-    yield Coordinator(log, meters, server, path, limits, ready)
+    yield Coordinator(log, meters, server, path, limits, ready, frozen)
     server.close()
     log.close()
 
@@ -182,22 +194,33 @@ def test_the_lifeline_says_ready_and_ends_with_the_coordinator(
     assert gone.wait(10)
 
 
-def test_concurrent_admissions_hold_one_lease_at_most(coordinator: Coordinator) -> None:
-    coordinator.limits["acme"] = QuotaLimits(symmetric_requests_per_second=100_000.0)
-    meters = RelayedMeters(RelayClient(coordinator.path))
-    start = threading.Barrier(8)
+class TogetherClient(RelayClient):
+    """Holds the first `together` exchanges until all of them have begun: admissions that
+    meet a used-up lease at the same moment."""
 
-    def admit_many() -> None:
-        start.wait()
-        for _ in range(50):
-            meters.admit("acme", "Encrypt")
+    def __init__(self, path: Path, together: int) -> None:
+        super().__init__(path)
+        self._together = threading.Barrier(together)
 
-    threads = [threading.Thread(target=admit_many) for _ in range(8)]
+    def exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self._together.wait(timeout=10)
+        return super().exchange(request)
+
+
+def test_admissions_at_the_same_moment_ask_for_one_lease(coordinator: Coordinator) -> None:
+    """Each lease would replace the last if all asked, and its spare calls be lost from the
+    tenant's bucket: only one asks."""
+    coordinator.frozen.append(0.0)  # no refill: what the bucket lost is what was taken
+    coordinator.limits["acme"] = QuotaLimits(symmetric_requests_per_second=1_600.0)
+    meters = RelayedMeters(TogetherClient(coordinator.path, together=8))
+    threads = [threading.Thread(target=meters.admit, args=("acme", "Encrypt")) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert all(lease.spare <= SPARE_LIMIT for lease in meters._leases.values())
+    left = coordinator.meters._buckets[("acme", operation_class("Encrypt"))].available(0.0)
+    assert 1_600 - left == 8 + SPARE_LIMIT  # 8 admitted, one lease of 16
 
 
 def test_a_worker_frozen_mid_frame_holds_the_others_up_only_briefly(
