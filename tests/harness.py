@@ -268,9 +268,7 @@ class DaemonProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         # Gone, so their files are closed (a volume they wrote to can be unmounted).
-        wait_until(
-            lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers to exit"
-        )
+        wait_until(lambda: not any(_running(pid) for pid in workers), "workers to exit")
 
     def connect(self, cert_and_key: tuple[bytes, bytes], client: type[Any] = HsmClient) -> Any:
         cert, key = cert_and_key
@@ -362,6 +360,16 @@ class DaemonProcess:
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with closing(sqlite3.connect(self.database)) as db, db:
             return db.execute(sql, args).fetchall()
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (an orphan's zombie waits for whoever
+    reaps for PID 1, which in a container may be nobody)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 def wait_until(
