@@ -18,7 +18,7 @@ from hsmclient import AdminClient, HsmClient, UnauthenticatedError, UnavailableE
 from hsmd import devpki
 from tests import certs
 from tests.conftest import TENANT_A, TENANT_B
-from tests.harness import TRUST_DOMAIN, DaemonProcess, TestPki
+from tests.harness import TRUST_DOMAIN, DaemonProcess, TestPki, wait_until
 
 ALPHA = devpki.tenant_uri(TRUST_DOMAIN, TENANT_A, "mallory")
 BETA = devpki.tenant_uri(TRUST_DOMAIN, TENANT_B, "bob")
@@ -36,11 +36,17 @@ def _connect(
 
 
 def _refused(daemon: DaemonProcess, call: Callable[[], object]) -> tuple[str, str]:
-    """(the caller's message, the new lines of the daemon's log) for a refused call."""
+    """(the caller's message, the new lines of the daemon's log) for a refused call, once its
+    access line is there (a thread of the daemon's writes the log, a moment after the call)."""
     offset = daemon.log.stat().st_size
+
+    def new_lines() -> str:
+        return daemon.log.read_bytes()[offset:].decode()
+
     with pytest.raises(UnauthenticatedError) as caught:
         call()
-    return caught.value.message, daemon.log.read_bytes()[offset:].decode()
+    wait_until(lambda: "UNAUTHENTICATED" in new_lines(), "the refusal's access line")
+    return caught.value.message, new_lines()
 
 
 def test_a_leaf_that_is_a_ca_is_unauthenticated(daemon: DaemonProcess) -> None:

@@ -72,6 +72,16 @@ def _served_by(daemon: DaemonProcess, operation: str, tenant: str) -> set[str]:
     }
 
 
+def _assert_served_by(daemon: DaemonProcess, operation: str, tenant: str, *by: str) -> None:
+    """The access lines say exactly these processes served the operation, once the log has
+    them (each process's own thread writes its lines, a moment after the call)."""
+    wait_until(
+        lambda: _served_by(daemon, operation, tenant) == set(by),
+        f"the access lines to say {by} served {operation} of {tenant}",
+        timeout=10,
+    )
+
+
 def _worker_pids(daemon: DaemonProcess) -> list[int]:
     return daemon.pids()[1:]
 
@@ -92,9 +102,9 @@ def test_workers_serve_the_operations_on_keys_and_the_coordinator_the_rest(
         assert not any(isinstance(item, HsmError) for item in items)
 
     _each_connection(daemon, MINE, use)
-    assert _served_by(daemon, "Encrypt", MINE) == {"worker-0", "worker-1"}
-    assert _served_by(daemon, "BatchEncrypt", MINE) == {"worker-0", "worker-1"}
-    assert _served_by(daemon, "CreateKey", MINE) == {"coordinator"}
+    _assert_served_by(daemon, "Encrypt", MINE, "worker-0", "worker-1")
+    _assert_served_by(daemon, "BatchEncrypt", MINE, "worker-0", "worker-1")
+    _assert_served_by(daemon, "CreateKey", MINE, "coordinator")
 
 
 def test_a_change_made_through_the_coordinator_is_seen_by_every_worker_at_once(
@@ -148,7 +158,7 @@ def test_a_tenant_made_after_the_workers_started_is_served(daemon: DaemonProcess
         key_id = client.create_key().key_id
         blob = client.encrypt(key_id, b"through the coordinator").ciphertext_blob
         assert client.decrypt(blob).plaintext == b"through the coordinator"
-    assert _served_by(daemon, "Encrypt", "procs-late") == {"coordinator"}  # forwarded
+    _assert_served_by(daemon, "Encrypt", "procs-late", "coordinator")  # forwarded
 
 
 def test_a_rate_quota_counts_the_calls_of_every_worker(daemon: DaemonProcess) -> None:
@@ -169,7 +179,7 @@ def test_a_rate_quota_counts_the_calls_of_every_worker(daemon: DaemonProcess) ->
     _each_connection(daemon, THROTTLED, call)
     # The one call a burst holds (the next only after 20 s), not one per worker.
     assert len(admitted) == 1 and len(refused) == CONNECTIONS - 1
-    assert _served_by(daemon, "Encrypt", THROTTLED) == {"worker-0", "worker-1"}
+    _assert_served_by(daemon, "Encrypt", THROTTLED, "worker-0", "worker-1")
 
 
 def test_one_audit_chain_holds_every_process_events(daemon: DaemonProcess) -> None:
