@@ -54,6 +54,19 @@ def _ops(store: KeyStore, clock: Clock, tokens: Tokens, dedicated: str | None = 
     return TenantOps(store, cast(CryptoBackend, tokens), clock, dedicated)
 
 
+def _counting_reads(store: SqliteKeyStore) -> list[str]:
+    """The names the store's get_tenant is asked for, from now on."""
+    reads: list[str] = []
+    read = store.get_tenant
+
+    def counted(name: str) -> Any:
+        reads.append(name)
+        return read(name)
+
+    store.get_tenant = counted  # type: ignore[method-assign]
+    return reads
+
+
 def test_a_dedicated_instance_refuses_others_before_looking_anything_up() -> None:
     class Untouchable:
         def __getattr__(self, name: str) -> Any:
@@ -115,14 +128,7 @@ def test_a_cancelled_deletion_is_not_carried_out(store: SqliteKeyStore) -> None:
 def test_admission_reads_a_tenants_state_once_and_again_after_every_change(
     store: SqliteKeyStore,
 ) -> None:
-    reads: list[str] = []
-    read = store.get_tenant
-
-    def counted(name: str) -> Any:
-        reads.append(name)
-        return read(name)
-
-    store.get_tenant = counted  # type: ignore[method-assign]
+    reads = _counting_reads(store)
     ops = _ops(store, Clock(), Tokens())
     for _ in range(3):
         ops.admit("alpha")
@@ -144,14 +150,7 @@ def test_a_worker_admits_by_what_the_coordinator_last_committed(store: SqliteKey
     its cached tenants go once that process commits, and stay while it does not."""
     coordinator = _ops(store, Clock(), Tokens())
     reader = SqliteKeyStore(store.path, written_elsewhere=True)
-    reads: list[str] = []
-    read = reader.get_tenant
-
-    def counted(name: str) -> Any:
-        reads.append(name)
-        return read(name)
-
-    reader.get_tenant = counted  # type: ignore[method-assign]
+    reads = _counting_reads(reader)
     worker = _ops(reader, Clock(), Tokens())
     try:
         for _ in range(3):
