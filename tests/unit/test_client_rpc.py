@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap_with_padding,
 )
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from hsmclient import (
     AdminClient,
     Alias,
@@ -58,8 +60,6 @@ from hsmclient.aio import AsyncAdminClient, AsyncHsmClient
 from hsmclient.client import SAFE_TO_REPEAT
 
 from hsmd import devpki
-from hsmd.errors import ResourceExhausted
-from hsmd.transport.status import with_details
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
 from tests.unit.test_client_keyimport import MATERIAL, rsa_key, spki, unwrap_import
 
@@ -165,6 +165,17 @@ def der_public_key(private_key: ec.EllipticCurvePrivateKey) -> bytes:
     return private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _throttled(delay: float) -> grpc.Status:
+    """RESOURCE_EXHAUSTED with a RetryInfo of `delay` seconds, as the daemon answers a rate."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromTimedelta(timedelta(seconds=delay))
+    status = status_pb2.Status(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="slow down"
+    )
+    status.details.add().Pack(retry)
+    return rpc_status.to_status(status)
 
 
 class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
@@ -273,9 +284,7 @@ class FakeKms(service_pb2_grpc.KeyManagementServiceServicer):
         if queued:
             code, delay = queued.pop(0)
             if delay is not None:
-                context.abort_with_status(
-                    with_details(ResourceExhausted("slow down", delay), "slow down")
-                )
+                context.abort_with_status(_throttled(delay))
             context.abort(code, "not now")
 
     def Encrypt(self, request, context):
