@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hsmclient import cli, errors
 from hsmclient.channel import ConnectionSettings
+from hsmclient.cli import batch
 from hsmclient.client import (
     AdminClient,
     Alias,
@@ -1768,7 +1769,7 @@ def test_unwrap_key(fake, capsys, tmp_path) -> None:
 
 def test_batch_input_lines_become_items_a_call_at_a_time() -> None:
     line = json.dumps({"KeyId": "k", "Plaintext": "cA==", "EncryptionContext": {"a": "1"}})
-    batches = list(cli._batches(io.StringIO((line + "\n\n") * 1001), EncryptItem))
+    batches = list(batch.batches(io.StringIO((line + "\n\n") * 1001), EncryptItem))
     assert [len(batch) for batch in batches] == [1000, 1]
     assert batches[0][0] == EncryptItem("k", b"p", {"a": "1"})
     for bad, problem in (
@@ -1778,4 +1779,4 @@ def test_batch_input_lines_become_items_a_call_at_a_time() -> None:
         ("[1]", "line 1: expected a JSON object"),
     ):
         with pytest.raises(ValueError, match=problem):
-            list(cli._batches(io.StringIO(bad), EncryptItem))
+            list(batch.batches(io.StringIO(bad), EncryptItem))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hsmclient import ConfigurationError, cli
 from hsmclient.channel import ConnectionSettings
+from hsmclient.cli import commands
 
 CONFIG = """
 [default]
@@ -79,9 +80,9 @@ def test_the_cli_takes_profile_then_variables_then_options(
     for variable in ("HSM_ENDPOINT", "HSM_CA_CERT", "HSM_CLIENT_CERT", "HSM_CLIENT_KEY"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HSM_PROFILE", "staging")
-    args = cli._build_parser().parse_args(["--profile", "default", "list-keys"])
+    args = commands.build_parser().parse_args(["--profile", "default", "list-keys"])
     assert cli._connection_settings(args).endpoint == "hsm.example:7443"  # option over variable
-    args = cli._build_parser().parse_args(["list-keys", "--endpoint", "cli:1"])
+    args = commands.build_parser().parse_args(["list-keys", "--endpoint", "cli:1"])
     settings = cli._connection_settings(args)
     assert (settings.endpoint, settings.server_name) == ("cli:1", "hsm.staging")
     assert cli.main(["--profile", "prod", "list-keys"]) == cli.EXIT_CONNECTION_ERROR
