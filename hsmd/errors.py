@@ -11,7 +11,32 @@ class HsmdError(Exception):
 
 
 class UserError(HsmdError):
-    """The request cannot be served as asked; the message is safe to show the caller."""
+    """The request cannot be served as asked; the message is safe to show the caller.
+
+    `reason` says what went wrong more finely than the status code (a disabled key, a
+    ciphertext that does not decrypt, ...): it reaches the caller as a google.rpc.ErrorInfo,
+    so that a client can name the error as AWS KMS does (DisabledException) without parsing
+    messages. None: the status code says it all. The REASON_* values are the whole set."""
+
+    reason: str | None = None
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+# The ErrorInfo reasons (docs/api.md "Error reasons"); each error is one of a status code's.
+REASON_KEY_DISABLED = "KEY_DISABLED"  # FAILED_PRECONDITION
+REASON_KEY_USAGE = "KEY_USAGE"  # FAILED_PRECONDITION: the key's spec or usage cannot do it
+REASON_UNSUPPORTED_OPERATION = "UNSUPPORTED_OPERATION"  # FAILED_PRECONDITION: nor can its kind
+REASON_INVALID_CIPHERTEXT = "INVALID_CIPHERTEXT"  # INVALID_ARGUMENT
+REASON_INVALID_ALIAS_NAME = "INVALID_ALIAS_NAME"  # INVALID_ARGUMENT
+REASON_MALFORMED_POLICY = "MALFORMED_POLICY"  # INVALID_ARGUMENT
+REASON_INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 (INVALID_ARGUMENT; not a secret)
+REASON_INVALID_IMPORT_TOKEN = "INVALID_IMPORT_TOKEN"  # noqa: S105 (INVALID_ARGUMENT; not a secret)
+REASON_EXPIRED_IMPORT_TOKEN = "EXPIRED_IMPORT_TOKEN"  # noqa: S105 (INVALID_ARGUMENT; not a secret)
+REASON_INVALID_TAG = "INVALID_TAG"  # INVALID_ARGUMENT
 
 
 class InvalidArgument(UserError):
@@ -70,6 +95,7 @@ class DecryptionFailed(UserError):
     """One opaque answer for every decryption failure: tamper, wrong context, key or tenant."""
 
     MESSAGE = "ciphertext is invalid, or does not match the key and encryption context"
+    reason = REASON_INVALID_CIPHERTEXT
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
@@ -80,6 +106,7 @@ class UnwrapFailed(InvalidArgument):
     key, truncated, flipped, or of the wrong size for its key spec."""
 
     MESSAGE = "the wrapped key material does not unwrap under this wrapping key into this key"
+    reason = REASON_INVALID_CIPHERTEXT
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)

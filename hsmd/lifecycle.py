@@ -10,7 +10,12 @@ from __future__ import annotations
 import enum
 
 from hsmd.domain import Key, KeyOrigin, KeyState, KeyUsage
-from hsmd.errors import FailedPrecondition
+from hsmd.errors import (
+    REASON_KEY_DISABLED,
+    REASON_KEY_USAGE,
+    REASON_UNSUPPORTED_OPERATION,
+    FailedPrecondition,
+)
 from hsmd.keyspecs import SPECS, Family
 
 
@@ -164,10 +169,15 @@ def _fits(key: Key, operation: Operation) -> bool:
 def check_allowed(key: Key, operation: Operation) -> None:
     """Raises FailedPrecondition unless the key's spec, usage and state allow the operation."""
     if not _fits(key, operation):
+        # Rotation and import are what a kind of key lacks (AWS: UnsupportedOperation); the
+        # rest, a usage the key was not made for (AWS: InvalidKeyUsage).
+        unsupported = operation in ROTATION or operation in IMPORT_ONLY
         raise FailedPrecondition(
-            f"key {key.key_id} ({key.spec}, {key.usage}) cannot be used for {operation}"
+            f"key {key.key_id} ({key.spec}, {key.usage}) cannot be used for {operation}",
+            REASON_UNSUPPORTED_OPERATION if unsupported else REASON_KEY_USAGE,
         )
     if operation not in STATE_ALLOWS[key.state]:
         raise FailedPrecondition(
-            f"key {key.key_id} is {key.state}, which does not allow {operation}"
+            f"key {key.key_id} is {key.state}, which does not allow {operation}",
+            REASON_KEY_DISABLED if key.state is KeyState.DISABLED else None,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from hsmd.errors import InvalidArgument, NotFound
+from hsmd.errors import REASON_INVALID_ALIAS_NAME, InvalidArgument, NotFound
 
 # A tenant name becomes part of a 32-byte token label ("hsmd/" + name), so it is short.
 _TENANT_NAME = re.compile(r"[a-z][a-z0-9-]{0,25}")
@@ -63,15 +63,44 @@ def parse_alias_name(name: str) -> str:
     """
     if not _ALIAS_NAME.fullmatch(name):
         raise InvalidArgument(
-            "alias names are alias/<name>, with 1-250 characters of A-Z a-z 0-9 / _ -"
+            "alias names are alias/<name>, with 1-250 characters of A-Z a-z 0-9 / _ -",
+            REASON_INVALID_ALIAS_NAME,
         )
     if name.startswith(RESERVED_ALIAS_PREFIX):
-        raise InvalidArgument(f"alias names under {RESERVED_ALIAS_PREFIX} are reserved")
+        raise InvalidArgument(
+            f"alias names under {RESERVED_ALIAS_PREFIX} are reserved", REASON_INVALID_ALIAS_NAME
+        )
     return name
 
 
 def key_resource_name(tenant: str, key_id: str) -> str:
     return f"tenants/{tenant}/keys/{key_id}"
+
+
+_KEY_RESOURCE_NAME = re.compile(r"tenants/([^/]*)/keys/(.*)", re.DOTALL)
+# arn:PARTITION:kms:REGION:ACCOUNT:key/ID or ...:alias/NAME, as AWS names keys and aliases.
+_KMS_ARN = re.compile(r"arn:[^:]*:kms:[^:]*:([^:]*):((?:key/|alias/).*)", re.DOTALL)
+
+
+def local_key_name(tenant: str, name: str) -> str:
+    """A key named as the tenant's own: hsmd's resource name (tenants/T/keys/ID, the Arn of
+    its answers) becomes the key id, and an AWS ARN whose account is the tenant
+    (arn:aws:kms:REGION:T:key/ID, or ...:alias/NAME) the key id or alias name, so that scripts
+    written for AWS KMS and hsm's own output can be passed back. Other names are returned as
+    they are.
+
+    Raises:
+        NotFound: the name is of another tenant, answered as a key that does not exist.
+    """
+    if match := _KEY_RESOURCE_NAME.fullmatch(name):
+        owner, local = match[1], match[2]
+    elif match := _KMS_ARN.fullmatch(name):
+        owner, local = match[1], match[2].removeprefix("key/")
+    else:
+        return name
+    if owner != tenant:
+        raise NotFound(f"key {name!r} not found")
+    return local
 
 
 _CLIENT_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")

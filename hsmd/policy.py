@@ -16,7 +16,12 @@ from collections.abc import Iterable
 
 from hsmd import limits
 from hsmd.domain import KeyPolicy, Principal
-from hsmd.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from hsmd.errors import (
+    REASON_MALFORMED_POLICY,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+)
 from hsmd.lifecycle import USE_OPERATIONS, Operation
 
 _PATTERN = re.compile(rf"[A-Za-z0-9._@*?-]{{1,{limits.MAX_PRINCIPAL_PATTERN_CHARS}}}")
@@ -82,15 +87,21 @@ def validate(policy: KeyPolicy, author: Principal) -> None:
         if not is_valid_pattern(pattern):
             raise InvalidArgument(
                 f"policy pattern {pattern!r} must be 1-{limits.MAX_PRINCIPAL_PATTERN_CHARS}"
-                " characters of A-Z a-z 0-9 . _ @ - * ?"
+                " characters of A-Z a-z 0-9 . _ @ - * ?",
+                REASON_MALFORMED_POLICY,
             )
     if len(policy.administrators) + len(policy.users) > MAX_PATTERNS:
-        raise InvalidArgument(f"a policy holds at most {MAX_PATTERNS} patterns")
+        raise InvalidArgument(
+            f"a policy holds at most {MAX_PATTERNS} patterns", REASON_MALFORMED_POLICY
+        )
     if not policy.administrators:
-        raise FailedPrecondition("the policy would leave the key without an administrator")
+        raise FailedPrecondition(
+            "the policy would leave the key without an administrator", REASON_MALFORMED_POLICY
+        )
     if Role.ADMINISTRATOR not in roles(policy, author):
         raise FailedPrecondition(
-            f"the policy would lock {author} out of managing the key; include it in administrators"
+            f"the policy would lock {author} out of managing the key; include it in administrators",
+            REASON_MALFORMED_POLICY,
         )
 
 

@@ -5,6 +5,8 @@ server's message is kept verbatim. `from_rpc_error` is the one place a `grpc.Rpc
 one of these.
 """
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -19,9 +21,15 @@ class ConfigurationError(ValueError):
 
 
 class HsmError(Exception):
-    """Base of every error a call to the daemon can raise; `code` is the gRPC status."""
+    """Base of every error a call to the daemon can raise; `code` is the gRPC status.
+
+    `reason` is the daemon's finer word for it (its google.rpc.ErrorInfo), or None:
+    KEY_DISABLED, KEY_USAGE, UNSUPPORTED_OPERATION, INVALID_CIPHERTEXT, INVALID_ALIAS_NAME,
+    MALFORMED_POLICY, INVALID_PAGE_TOKEN, INVALID_IMPORT_TOKEN, EXPIRED_IMPORT_TOKEN,
+    INVALID_TAG (docs/api.md "Error reasons")."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str | None = None
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
@@ -151,41 +159,61 @@ def from_rpc_error(error: grpc.RpcError) -> HsmError:
     still carries the code.
     """
     code = error.code()
-    return _error(code, error.details() or code.name, _retry_delay(error))
+    status = _status_of(error)
+    return _error(code, error.details() or code.name, status)
 
 
 def from_status(status: status_pb2.Status) -> HsmError:
     """The exception for a google.rpc.Status, such as a batch item's error, as from_rpc_error
     gives it for a failed call with that status."""
     code = _CODE_OF_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
-    return _error(code, status.message or code.name, _retry_delay_in(status))
+    return _error(code, status.message or code.name, status)
 
 
-def _error(code: grpc.StatusCode, message: str, retry_after: float | None) -> HsmError:
+def _error(code: grpc.StatusCode, message: str, status: status_pb2.Status | None) -> HsmError:
+    """The exception for code and message, with the details of `status` (if it has any)."""
+    error: HsmError
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ResourceExhaustedError(message, retry_after)
-    cls = _ERROR_BY_CODE.get(code)
-    return cls(message) if cls is not None else HsmError(message, code)
+        error = ResourceExhaustedError(message, _retry_delay(status))
+    else:
+        cls = _ERROR_BY_CODE.get(code)
+        error = cls(message) if cls is not None else HsmError(message, code)
+    error.reason = _reason(status)
+    return error
 
 
 _CODE_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _retry_delay(error: grpc.RpcError) -> float | None:
-    """The RetryInfo delay in the status details, in seconds, if the daemon sent one."""
+def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status of a failed call's details, if it has any."""
     if not hasattr(error, "trailing_metadata"):  # only a failed call carries details
         return None
     try:
-        status = rpc_status.from_call(error)
+        return rpc_status.from_call(error)
     except ValueError:  # the details do not match the code and message
         return None
-    return _retry_delay_in(status) if status is not None else None
 
 
-def _retry_delay_in(status: status_pb2.Status) -> float | None:
-    for detail in status.details:
+def _retry_delay(status: status_pb2.Status | None) -> float | None:
+    """The RetryInfo delay in the status details, in seconds, if the daemon sent one."""
+    for detail in _details(status):
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             delay: float = info.retry_delay.ToTimedelta().total_seconds()
             return delay
     return None
+
+
+def _reason(status: status_pb2.Status | None) -> str | None:
+    """The ErrorInfo reason in the status details, if the daemon sent one."""
+    for detail in _details(status):
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason: str = info.reason
+            return reason or None
+    return None
+
+
+def _details(status: status_pb2.Status | None) -> list[Any]:
+    return list(status.details) if status is not None else []

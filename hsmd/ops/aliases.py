@@ -14,7 +14,7 @@ from hsmd.domain import Alias, Clock, RequestContext
 from hsmd.errors import InvalidArgument
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
-from hsmd.names import ALIAS_PREFIX, parse_alias_name, parse_key_id
+from hsmd.names import ALIAS_PREFIX, local_key_name, parse_alias_name, parse_key_id
 from hsmd.ops import paging
 from hsmd.ops.resolve import resolve_key_id, usable_key
 from hsmd.quotas import QuotaLimits, default_limits
@@ -42,7 +42,9 @@ class AliasOps:
         ResourceExhausted if it has as many aliases as its quota allows (checked in the
         store's transaction)."""
         parse_alias_name(name)
-        key = usable_key(self._store, ctx, _key_id_only(target_key_id), Operation.CREATE_ALIAS)
+        key = usable_key(
+            self._store, ctx, _key_id_only(ctx.tenant, target_key_id), Operation.CREATE_ALIAS
+        )
         now = self._clock.now()
         alias = Alias(ctx.tenant, name, key.key_id, now, now)
         self._store.add_alias(alias, self._limits(ctx.tenant).max_aliases)
@@ -52,7 +54,9 @@ class AliasOps:
         """Repoints the alias at a key of the same spec and usage."""
         current = self._store.get_alias(ctx.tenant, parse_alias_name(name))
         old = usable_key(self._store, ctx, current.key_id, Operation.UPDATE_ALIAS)
-        new = usable_key(self._store, ctx, _key_id_only(target_key_id), Operation.UPDATE_ALIAS)
+        new = usable_key(
+            self._store, ctx, _key_id_only(ctx.tenant, target_key_id), Operation.UPDATE_ALIAS
+        )
         if (old.spec, old.usage) != (new.spec, new.usage):
             raise InvalidArgument(
                 f"an alias can only move to a key of the same spec and usage ({old.spec},"
@@ -73,8 +77,9 @@ class AliasOps:
         return AliasPage(aliases, paging.encode_token(cursor))
 
 
-def _key_id_only(key_id: str) -> str:
-    """Aliases point at keys, never at other aliases."""
+def _key_id_only(tenant: str, key_id: str) -> str:
+    """Aliases point at keys (by id, resource name or ARN), never at other aliases."""
+    key_id = local_key_name(tenant, key_id)
     if key_id.startswith(ALIAS_PREFIX):
         raise InvalidArgument("target_key_id must be a key id, not an alias")
     return parse_key_id(key_id)

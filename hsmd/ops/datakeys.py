@@ -24,7 +24,8 @@ from hsmd.lifecycle import Operation
 from hsmd.ops.crypto import CryptoOps, Sealed
 from hsmd.ops.resolve import usable_key
 
-AES_256_DATA_KEY_SIZE = 32
+# The data key sizes a DataKeySpec names (AWS KMS: AES_256, AES_128).
+DATA_KEY_SIZES = {"AES_256": 32, "AES_128": 16}
 MAX_RANDOM_BYTES = 1024
 
 

@@ -34,7 +34,14 @@ from hsmd.domain import (
     SigningAlgorithm,
     WrappingAlgorithm,
 )
-from hsmd.errors import InvalidArgument, NotFound, Unimplemented, UnwrapFailed
+from hsmd.errors import (
+    REASON_EXPIRED_IMPORT_TOKEN,
+    REASON_INVALID_IMPORT_TOKEN,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    UnwrapFailed,
+)
 from hsmd.lifecycle import Operation
 from hsmd.ops.keys import KeyMaker, new_object_id
 from hsmd.ops.resolve import usable_key
@@ -177,11 +184,19 @@ class ImportOps(KeyMaker):
         try:
             parameters = self._store.get_import_parameters(key.tenant, token)
         except NotFound:
-            raise InvalidArgument("import_token is not a token of GetParametersForImport") from None
+            raise InvalidArgument(
+                "import_token is not a token of GetParametersForImport",
+                REASON_INVALID_IMPORT_TOKEN,
+            ) from None
         if parameters.key_id != key.key_id:
-            raise InvalidArgument("import_token was issued for another key")
+            raise InvalidArgument(
+                "import_token was issued for another key", REASON_INVALID_IMPORT_TOKEN
+            )
         if parameters.expires_at <= self._clock.now():
-            raise InvalidArgument("import_token has expired; call GetParametersForImport again")
+            raise InvalidArgument(
+                "import_token has expired; call GetParametersForImport again",
+                REASON_EXPIRED_IMPORT_TOKEN,
+            )
         return parameters
 
     def _prove_private_key(self, key: Key, object_id: bytes, given: bytes | None) -> str:

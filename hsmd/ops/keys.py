@@ -31,7 +31,14 @@ from hsmd.domain import (
     KeyVersion,
     RequestContext,
 )
-from hsmd.errors import Aborted, AlreadyExists, InvalidArgument, ResourceExhausted, Unimplemented
+from hsmd.errors import (
+    REASON_INVALID_TAG,
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    ResourceExhausted,
+    Unimplemented,
+)
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops import paging
@@ -319,11 +326,12 @@ def _check_tags(
         if not _TAG_KEY.fullmatch(name) or len(value) > limits.MAX_TAG_VALUE_CHARS:
             raise InvalidArgument(
                 f"tag keys are 1-{limits.MAX_TAG_KEY_CHARS} characters and tag values"
-                f" 0-{limits.MAX_TAG_VALUE_CHARS}"
+                f" 0-{limits.MAX_TAG_VALUE_CHARS}",
+                REASON_INVALID_TAG,
             )
     count = len(set(add) | {name for name, _ in existing})
     if count > MAX_TAGS:
-        raise InvalidArgument(f"a key has at most {MAX_TAGS} tags")
+        raise InvalidArgument(f"a key has at most {MAX_TAGS} tags", REASON_INVALID_TAG)
     if count > quota.max_tags_per_key:
         raise ResourceExhausted(
             f"limit exceeded: a key of this tenant may have at most {quota.max_tags_per_key}"

@@ -6,7 +6,7 @@ import base64
 import binascii
 
 from hsmd import limits
-from hsmd.errors import InvalidArgument
+from hsmd.errors import REASON_INVALID_PAGE_TOKEN, InvalidArgument
 
 DEFAULT_PAGE_SIZE = limits.DEFAULT_PAGE_SIZE
 MAX_PAGE_SIZE = limits.MAX_PAGE_SIZE
@@ -30,4 +30,6 @@ def decode_token(token: str) -> int:
     try:
         return int(base64.urlsafe_b64decode(token.encode()).decode())
     except (ValueError, binascii.Error):
-        raise InvalidArgument("page_token is not a token from a previous List call") from None
+        raise InvalidArgument(
+            "page_token is not a token from a previous List call", REASON_INVALID_PAGE_TOKEN
+        ) from None

@@ -8,16 +8,18 @@ from hsmd import policy
 from hsmd.domain import Key, RequestContext
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation, check_allowed
-from hsmd.names import ALIAS_PREFIX, parse_alias_name, parse_key_id
+from hsmd.names import ALIAS_PREFIX, local_key_name, parse_alias_name, parse_key_id
 
 
 def resolve_key_id(store: KeyStore, tenant: str, key_id: str) -> str:
-    """The key id an id or `alias/<name>` names in the tenant.
+    """The key id an id, `alias/<name>`, or either as a resource name or ARN of the tenant
+    (names.local_key_name) names in the tenant.
 
     Raises:
         InvalidArgument: empty or malformed.
-        NotFound: no such key or alias in the tenant.
+        NotFound: no such key or alias in the tenant (or a name of another tenant).
     """
+    key_id = local_key_name(tenant, key_id)
     if key_id.startswith(ALIAS_PREFIX):
         return store.get_alias(tenant, parse_alias_name(key_id)).key_id
     return parse_key_id(key_id)

@@ -33,7 +33,7 @@ from hsmd.domain import (
 )
 from hsmd.errors import InvalidArgument
 from hsmd.names import key_resource_name, validate_client_token
-from hsmd.ops.datakeys import AES_256_DATA_KEY_SIZE
+from hsmd.ops.datakeys import DATA_KEY_SIZES
 from hsmd.ops.quotas import TenantQuota, TenantUsage
 from hsmd.quotas import QuotaLimits
 from hsmd.v1 import admin_pb2, resources_pb2
@@ -103,6 +103,7 @@ def to_proto_list(proto_enum: Any, values: Iterable[enum.StrEnum]) -> list[Any]:
 
 
 _WRAP_PREFIX = "WRAP_"
+_DATA_KEY_PREFIX = "DATA_KEY_"
 
 
 def wrapping_algorithm(value: int) -> WrappingAlgorithm:
@@ -122,9 +123,13 @@ def data_key_size(spec: int, number_of_bytes: int) -> int:
         raise InvalidArgument("give key_spec or number_of_bytes, not both")
     if number_of_bytes:
         return number_of_bytes
-    if spec in (resources_pb2.DATA_KEY_SPEC_UNSPECIFIED, resources_pb2.DATA_KEY_AES_256):
-        return AES_256_DATA_KEY_SIZE
-    raise InvalidArgument(f"key_spec {spec} is not a known data key spec")
+    if spec == resources_pb2.DATA_KEY_SPEC_UNSPECIFIED:
+        return DATA_KEY_SIZES["AES_256"]
+    try:
+        name = resources_pb2.DataKeySpec.Name(spec)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidArgument(f"key_spec {spec} is not a known data key spec") from None
+    return DATA_KEY_SIZES[name.removeprefix(_DATA_KEY_PREFIX)]
 
 
 def key_metadata(key: Key, tenancy: TenancyMode) -> resources_pb2.KeyMetadata:

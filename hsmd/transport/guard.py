@@ -688,7 +688,7 @@ def _end_with_failure(
     request_id: str,
 ) -> NoReturn:
     """Logs the failed call's access line (who: the caller, or its address if unknown) and
-    ends it with the failure's status, with its details (a RetryInfo) if it has any, and
+    ends it with the failure's status, with its details (ErrorInfo, RetryInfo) if it has any, and
     the request id in the trailers either way."""
     code, message = to_status(failure, request_id)
     log.log(
@@ -702,7 +702,7 @@ def _end_with_failure(
         f": {failure}" if isinstance(failure, Unauthenticated) else "",
         exc_info=failure if is_internal(failure) else None,
     )
-    detailed = with_details(failure, message, ((REQUEST_ID_METADATA, request_id),))
+    detailed = with_details(failure, code, message, ((REQUEST_ID_METADATA, request_id),))
     if detailed is not None:
         context.abort_with_status(detailed)
     context.abort(code, message)

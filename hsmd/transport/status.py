@@ -15,6 +15,9 @@ from grpc_status import rpc_status
 
 from hsmd import errors
 
+# The domain of every ErrorInfo hsmd sends: its reasons are errors.REASON_*.
+ERROR_DOMAIN = "hsmd"
+
 _CODES: dict[type[errors.HsmdError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.DecryptionFailed: grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,17 +53,19 @@ def is_internal(exc: BaseException) -> bool:
 
 
 def with_details(
-    exc: BaseException, message: str, metadata: tuple[tuple[str, str], ...] = ()
+    exc: BaseException,
+    code: grpc.StatusCode,
+    message: str,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> grpc.Status | None:
-    """The status with google.rpc details for an error that has any: a RetryInfo with the
-    retry delay of a ResourceExhausted that names one (rounded up to the millisecond, so a
-    caller that waits exactly that long finds the quota refilled). None for the rest.
-    `metadata` joins the details in the trailers (a status replaces the call's trailers: the
-    request id would be lost otherwise)."""
-    if _retry_info(exc) is None:
+    """The status (code and message, as to_status gives them) with the google.rpc details of
+    an error that has any (see rpc_status_of); None for the rest. `metadata` joins the details
+    in the trailers (a status replaces the call's trailers: the request id would be lost
+    otherwise)."""
+    described = rpc_status_of(exc, code, message)
+    if not described.details:
         return None
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.to_status(rpc_status_of(exc, code, message))
+    status = rpc_status.to_status(described)
     detailed: grpc.Status = status._replace(  # a namedtuple, as grpc_status makes it
         trailing_metadata=(*status.trailing_metadata, *metadata)
     )
@@ -68,9 +73,15 @@ def with_details(
 
 
 def rpc_status_of(exc: BaseException, code: grpc.StatusCode, message: str) -> status_pb2.Status:
-    """The google.rpc.Status the caller would get for `exc` answered with code and message
-    (to_status), with its details: what a batch item's error carries."""
+    """The google.rpc.Status the caller gets for `exc` answered with code and message
+    (to_status), with its details: an ErrorInfo with the user error's reason, if it has one,
+    and a RetryInfo with the retry delay of a ResourceExhausted that names one (rounded up to
+    the millisecond, so a caller that waits exactly that long finds the quota refilled). A
+    batch item's error is this too."""
     status = status_pb2.Status(code=code.value[0], message=message)
+    reason = getattr(exc, "reason", None) if isinstance(exc, errors.UserError) else None
+    if reason is not None:
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
     retry_info = _retry_info(exc)
     if retry_info is not None:
         status.details.add().Pack(retry_info)

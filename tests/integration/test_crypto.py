@@ -142,6 +142,17 @@ def test_a_data_keys_plaintext_is_what_decrypt_returns(client: HsmClient, key_id
     assert len(sized.plaintext) == 1024
 
 
+@pytest.mark.parametrize(("spec", "size"), [("AES_128", 16), ("AES_256", 32)])
+def test_a_data_key_spec_names_its_size(
+    client: HsmClient, key_id: str, spec: str, size: int
+) -> None:
+    data_key = client.generate_data_key(key_id, key_spec=spec)
+    assert len(data_key.plaintext) == size
+    assert client.decrypt(data_key.ciphertext_blob).plaintext == data_key.plaintext
+    sealed = client.generate_data_key_without_plaintext(key_id, key_spec=spec)
+    assert len(client.decrypt(sealed.ciphertext_blob).plaintext) == size
+
+
 def test_a_data_key_without_plaintext_decrypts_to_a_fresh_key(
     client: HsmClient, key_id: str
 ) -> None:

@@ -62,6 +62,29 @@ def test_another_tenants_key_looks_exactly_like_a_missing_one(
         assert foreign.message.replace(key_id, "K") == absent.message.replace(missing, "K")
 
 
+@pytest.mark.parametrize(
+    "name_of",
+    [
+        lambda tenant, key_id: f"tenants/{tenant}/keys/{key_id}",
+        lambda tenant, key_id: f"arn:aws:kms:eu-west-1:{tenant}:key/{key_id}",
+    ],
+    ids=["resource name", "ARN"],
+)
+def test_keys_named_by_resource_name_or_arn_stay_in_their_tenant(
+    alice: HsmClient, bob: HsmClient, name_of
+) -> None:
+    """Alice's own names for her key reach it; the same names from Bob, and Bob's names for
+    it, are answered as for a key that does not exist, byte for byte."""
+    key_id = alice.create_key().key_id
+    assert alice.describe_key(name_of(TENANT_A, key_id)).key_id == key_id
+    missing = str(uuid.uuid4())
+    for tenant in (TENANT_A, TENANT_B):
+        foreign = _error(partial(bob.describe_key, name_of(tenant, key_id)))
+        absent = _error(partial(bob.describe_key, name_of(tenant, missing)))
+        assert isinstance(foreign, NotFoundError) and foreign.reason is None
+        assert foreign.message.replace(key_id, "K") == absent.message.replace(missing, "K")
+
+
 def test_another_tenants_ciphertext_fails_like_a_tampered_one(
     alice: HsmClient, bob: HsmClient
 ) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from hsmd import errors
 from hsmd.domain import Key, KeyOrigin, KeySpec, KeyState, KeyUsage
 from hsmd.errors import FailedPrecondition
 from hsmd.keyspecs import SPECS
@@ -95,6 +96,15 @@ def test_every_state_spec_usage_and_operation(
     with pytest.raises(FailedPrecondition) as refused:
         check_allowed(key, operation)
     assert (str(state) if fits else "cannot be used for") in str(refused.value)
+    assert refused.value.reason == _reason(state, operation, fits)
+
+
+def _reason(state: KeyState, operation: Operation, fits: bool) -> str | None:
+    """What a refusal tells a client besides its status (AWS: DisabledException, ...)."""
+    if not fits:
+        kind_lacks = operation.value in ROTATE or operation.value in EXTERNAL_ONLY
+        return errors.REASON_UNSUPPORTED_OPERATION if kind_lacks else errors.REASON_KEY_USAGE
+    return errors.REASON_KEY_DISABLED if state is KeyState.DISABLED else None
 
 
 @pytest.mark.parametrize(("state", "spec", "usage", "operation"), COMBINATIONS)

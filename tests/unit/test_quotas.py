@@ -158,8 +158,13 @@ def test_overrides_are_checked_and_overlay_the_defaults() -> None:
             check_overrides(bad)
 
 
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_a_rate_refusal_carries_retry_info_that_the_client_reads() -> None:
-    status = with_details(ResourceExhausted("slow down", retry_after=0.2501), "slow down")
+    status = with_details(
+        ResourceExhausted("slow down", retry_after=0.2501), _EXHAUSTED, "slow down"
+    )
     assert status is not None and status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     error = _FailedCall(status)
     assert rpc_status.from_call(error) is not None
@@ -172,7 +177,10 @@ def test_a_rate_refusal_carries_retry_info_that_the_client_reads() -> None:
 def test_the_detailed_status_keeps_the_request_id_in_the_trailers() -> None:
     """A status replaces the call's trailers: the request id must travel with the details."""
     status = with_details(
-        ResourceExhausted("slow down", retry_after=1), "slow down", (("x-request-id", "r1"),)
+        ResourceExhausted("slow down", retry_after=1),
+        _EXHAUSTED,
+        "slow down",
+        (("x-request-id", "r1"),),
     )
     assert status is not None
     trailers = dict(status.trailing_metadata)
@@ -180,8 +188,8 @@ def test_the_detailed_status_keeps_the_request_id_in_the_trailers() -> None:
 
 
 def test_a_limit_refusal_has_no_retry_delay() -> None:
-    assert with_details(ResourceExhausted("limit exceeded"), "limit exceeded") is None
-    assert with_details(InvalidArgument("bad"), "bad") is None
+    assert with_details(ResourceExhausted("limit exceeded"), _EXHAUSTED, "limit exceeded") is None
+    assert with_details(InvalidArgument("bad"), grpc.StatusCode.INVALID_ARGUMENT, "bad") is None
     assert from_rpc_error(_FailedCall(None)).retry_after is None  # type: ignore[attr-defined]
 
 
