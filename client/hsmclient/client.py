@@ -26,7 +26,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hsmclient import keyimport
+from hsmclient import aws, keyimport
 from hsmclient.channel import ConnectionSettings, secure_channel
 from hsmclient.errors import (
     ChecksumMismatchError,
@@ -116,14 +116,15 @@ class _ProtoEnum(Protocol[_V]):
 
 
 def _enum_value(enum: _ProtoEnum[_V], name: str | None, prefix: str = "") -> _V:
-    """The enum value called `prefix + name` (None: the zero value, "not set"); refuses unknown
-    names before any call is made.
+    """The enum value called `prefix + name`, in hsmd's spelling or AWS KMS's (hsmclient.aws;
+    None: the zero value, "not set"); refuses unknown names before any call is made.
 
     Raises:
         ValueError: `name` is not a value of the enum (the *_UNSPECIFIED value is none either).
     """
     if name is None:
         return enum.Value(enum.DESCRIPTOR.values[0].name)
+    name = aws.hsmd_name(enum.DESCRIPTOR.name, name)
     names = [key.removeprefix(prefix) for key in enum.keys() if not key.endswith("_UNSPECIFIED")]
     if name not in names:
         raise ValueError(
@@ -1297,7 +1298,8 @@ class HsmClient(_Client):
             OSError: the key file cannot be read.
         """
         _timestamp("valid_to", valid_to)  # refuse a naive time before any call
-        material, public_key = keyimport.material_from_key_file(key_file, key_spec)
+        spec = aws.hsmd_name("KeySpec", key_spec)
+        material, public_key = keyimport.material_from_key_file(key_file, spec)
         algorithm = wrapping_algorithm or keyimport.default_wrapping_algorithm(material, public_key)
         parameters = self.get_parameters_for_import(key_id, algorithm)
         encrypted = keyimport.wrap_for_import(material, parameters.public_key, algorithm)

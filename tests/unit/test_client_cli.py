@@ -18,7 +18,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hsmclient import cli, errors
+from hsmclient import aws, cli, errors
 from hsmclient.channel import ConnectionSettings
 from hsmclient.cli import batch
 from hsmclient.client import (
@@ -346,22 +346,51 @@ def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
     assert fake.calls == [
         ("create_key", ("AES_256", None, "payroll", None, None, False, "GENERATED", None))
     ]
+    # AWS's fields in AWS's spellings (the tenant is the account), and hsmd's Exportable and
+    # PrimaryVersion besides.
     assert output == {
         "KeyMetadata": {
+            "AWSAccountId": "acme",
             "KeyId": KEY.key_id,
             "Arn": f"tenants/acme/keys/{KEY.key_id}",
             "CreationDate": "2024-05-06T07:08:09+00:00",
             "Enabled": True,
             "Description": "payroll",
             "KeyUsage": "ENCRYPT_DECRYPT",
-            "KeyState": "ENABLED",
-            "Origin": "GENERATED",
-            "Exportable": False,
-            "KeySpec": "AES_256",
+            "KeyState": "Enabled",
+            "Origin": "AWS_KMS",
+            "KeyManager": "CUSTOMER",
+            "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT",
+            "KeySpec": "SYMMETRIC_DEFAULT",
             "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
+            "MultiRegion": False,
+            "Exportable": False,
             "PrimaryVersion": 2,
         }
     }
+
+
+def test_an_external_key_has_an_expiration_model(fake, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(fake, "describe_key", lambda key_id: replace(KEY, origin="EXTERNAL"))
+    metadata = run_json(capsys, "describe-key", "--key-id", "k")["KeyMetadata"]
+    assert metadata["Origin"] == "EXTERNAL"
+    assert metadata["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE"
+    expiring = replace(KEY, origin="EXTERNAL", valid_to=KEY.creation_time)
+    monkeypatch.setattr(fake, "describe_key", lambda key_id: expiring)
+    metadata = run_json(capsys, "describe-key", "--key-id", "k")["KeyMetadata"]
+    assert metadata["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [("SYMMETRIC_DEFAULT", "AES_256"), ("ECC_NIST_P256", "EC_P256"), ("EC_P256", "EC_P256")],
+)
+def test_create_key_takes_aws_and_hsmd_spellings(fake, capsys, given: str, sent: str) -> None:
+    # The client maps AWS's spellings (hsmclient.aws); the fake records what it was given.
+    run_json(capsys, "create-key", "--customer-master-key-spec", given, "--origin", "AWS_KMS")
+    assert fake.calls[0][1][0] == given and fake.calls[0][1][6] == "AWS_KMS"
+    assert aws.hsmd_name("KeySpec", given) == sent
+    assert aws.hsmd_name("KeyOrigin", "AWS_KMS") == "GENERATED"
 
 
 def test_create_key_passes_spec_and_usage(fake, capsys) -> None:
@@ -375,7 +404,7 @@ def test_a_disabled_key_is_not_enabled(fake, capsys, monkeypatch) -> None:
     monkeypatch.setattr(fake, "describe_key", lambda key_id: replace(KEY, key_state="DISABLED"))
     output = run_json(capsys, "describe-key", "--key-id", KEY.key_id)
     assert output["KeyMetadata"]["Enabled"] is False
-    assert output["KeyMetadata"]["KeyState"] == "DISABLED"
+    assert output["KeyMetadata"]["KeyState"] == "Disabled"
 
 
 def test_output_keeps_non_ascii_text(fake, capsys, monkeypatch) -> None:
@@ -393,16 +422,20 @@ def test_describe_key_as_text_follows_aws(fake, capsys) -> None:
         "\t".join(
             [
                 "KEYMETADATA",
+                "acme",
                 f"tenants/acme/keys/{KEY.key_id}",
                 "2024-05-06T07:08:09+00:00",
+                "SYMMETRIC_DEFAULT",
                 "payroll",
                 "True",
                 "False",
                 KEY.key_id,
-                "AES_256",
-                "ENABLED",
+                "CUSTOMER",
+                "SYMMETRIC_DEFAULT",
+                "Enabled",
                 "ENCRYPT_DECRYPT",
-                "GENERATED",
+                "False",
+                "AWS_KMS",
                 "2",
             ]
         ),
@@ -422,20 +455,63 @@ def test_list_keys_pages_through_everything_by_default(fake, capsys) -> None:
 
 
 def test_list_keys_with_limit_returns_one_page_and_the_marker(fake, capsys) -> None:
-    output = run_json(capsys, "list-keys", "--limit", "2", "--starting-token", "2")
+    output = run_json(capsys, "list-keys", "--limit", "2", "--marker", "2")
     assert [key["KeyId"] for key in output["Keys"]] == ["key-2", "key-3"]
-    assert output["NextMarker"] == "4"
+    assert output["NextMarker"] == "4" and output["Truncated"] is True
     assert fake.calls == [("list_keys", (2, "2", None))]
+
+
+def test_no_paginate_makes_one_call_as_the_api_answers(fake, capsys) -> None:
+    output = run_json(capsys, "list-keys", "--no-paginate", "--marker", "4")
+    assert output == {
+        "Keys": [{"KeyId": "key-4", "KeyArn": "tenants/acme/keys/key-4"}],
+        "Truncated": False,
+    }
+    assert fake.calls == [("list_keys", (0, "4", None))]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected", "next_token"),
+    [
+        (["--max-items", "3"], ["key-0", "key-1", "key-2"], "2~1"),  # ends inside a page
+        (["--max-items", "2"], ["key-0", "key-1"], "2"),  # ends at a page's end
+        (["--starting-token", "2~1"], ["key-3", "key-4"], None),
+        (["--starting-token", "2~1", "--max-items", "1"], ["key-3"], "4"),
+        (["--max-items", "9"], [f"key-{n}" for n in range(5)], None),
+    ],
+)
+def test_max_items_and_starting_token_page_as_aws_cli_does(
+    fake, capsys, argv: list[str], expected: list[str], next_token: str | None
+) -> None:
+    output = run_json(capsys, "list-keys", *argv)
+    assert [key["KeyId"] for key in output["Keys"]] == expected
+    assert output.get("NextToken") == next_token
+    assert "Truncated" not in output and "NextMarker" not in output
+
+
+def test_page_size_sets_the_calls_page_size(fake, capsys) -> None:
+    run_json(capsys, "list-keys", "--page-size", "7")
+    assert {args[0] for _, args in fake.calls} == {7}
 
 
 def test_list_keys_as_text(fake, capsys) -> None:
     code, out, _ = run(capsys, "list-keys", "--limit", "2", "--output", "text")
     assert code == 0
     assert out.splitlines() == [
-        "2",
+        "2\tTrue",
         "KEYS\ttenants/acme/keys/key-0\tkey-0",
         "KEYS\ttenants/acme/keys/key-1\tkey-1",
     ]
+
+
+def test_describe_key_as_a_table(fake, capsys) -> None:
+    code, out, _ = run(capsys, "describe-key", "--key-id", KEY.key_id, "--output", "table")
+    assert code == 0
+    lines = out.splitlines()
+    assert len({len(line) for line in lines}) == 1  # one box, every line as wide
+    assert "DescribeKey" in lines[1] and "KeyMetadata" in lines[3]
+    assert any(line.startswith("||  KeyState ") and "Enabled" in line for line in lines)
+    assert any("SYMMETRIC_DEFAULT" in line and line.startswith("|||") for line in lines)
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "many"])
@@ -689,7 +765,7 @@ def test_generate_data_key_pair(fake, capsys) -> None:
         "PrivateKeyPlaintext": b64(PRIVATE_KEY),
         "PublicKey": b64(PUBLIC_KEY_DER),
         "KeyId": "k",
-        "KeyPairSpec": "EC_P256",
+        "KeyPairSpec": "ECC_NIST_P256",
         "KeyVersion": 2,
     }
 
@@ -746,8 +822,7 @@ def test_text_output_of_a_signature_is_its_base64(fake, capsys) -> None:
     )
 
 
-@pytest.mark.parametrize(("signature", "valid"), [(SIGNATURE, True), (b"forged", False)])
-def test_verify_exits_zero_whether_valid_or_not(fake, capsys, signature: bytes, valid) -> None:
+def test_verify_prints_a_valid_signature(fake, capsys) -> None:
     output = run_json(
         capsys,
         "verify",
@@ -758,14 +833,14 @@ def test_verify_exits_zero_whether_valid_or_not(fake, capsys, signature: bytes, 
         "--message-type",
         "RAW",
         "--signature",
-        b64(signature),
+        b64(SIGNATURE),
         "--signing-algorithm",
         "ED25519_SHA_512",
     )
-    assert fake.calls == [("verify", ("k", b"x", signature, "ED25519_SHA_512", "RAW"))]
+    assert fake.calls == [("verify", ("k", b"x", SIGNATURE, "ED25519_SHA_512", "RAW"))]
     assert output == {
         "KeyId": "k",
-        "SignatureValid": valid,
+        "SignatureValid": True,
         "SigningAlgorithm": "ED25519_SHA_512",
         "KeyVersion": 2,
     }
@@ -777,7 +852,7 @@ def test_get_public_key(fake, capsys) -> None:
     assert output == {
         "KeyId": "k",
         "PublicKey": b64(PUBLIC_KEY_DER),
-        "KeySpec": "ED25519",
+        "KeySpec": "ECC_NIST_EDWARDS25519",
         "KeyUsage": "SIGN_VERIFY",
         "SigningAlgorithms": ["ED25519_SHA_512"],
         "KeyVersion": 2,
@@ -839,12 +914,30 @@ def test_generate_mac(fake, capsys) -> None:
     }
 
 
-@pytest.mark.parametrize(("mac", "valid"), [(MAC, True), (b"\x00" * 32, False)])
-def test_verify_mac_exits_zero_whether_valid_or_not(fake, capsys, mac: bytes, valid) -> None:
-    argv = ["--key-id", "k", "--message", "eA==", "--mac", b64(mac), "--mac-algorithm", "M"]
+def test_verify_mac_prints_a_valid_mac(fake, capsys) -> None:
+    argv = ["--key-id", "k", "--message", "eA==", "--mac", b64(MAC), "--mac-algorithm", "M"]
     output = run_json(capsys, "verify-mac", *argv)
-    assert fake.calls == [("verify_mac", ("k", b"x", mac, "M"))]
-    assert output == {"KeyId": "k", "MacValid": valid, "MacAlgorithm": "M", "KeyVersion": 2}
+    assert fake.calls == [("verify_mac", ("k", b"x", MAC, "M"))]
+    assert output == {"KeyId": "k", "MacValid": True, "MacAlgorithm": "M", "KeyVersion": 2}
+
+
+@pytest.mark.parametrize(
+    ("command", "blob_option", "error"),
+    [
+        ("verify", "--signature", "KMSInvalidSignatureException"),
+        ("verify-mac", "--mac", "KMSInvalidMacException"),
+    ],
+)
+def test_an_invalid_signature_or_mac_is_an_aws_error(
+    fake, capsys, command: str, blob_option: str, error: str
+) -> None:
+    # As aws: the verification failing is an error (exit 254), not SignatureValid false.
+    algorithm = "--signing-algorithm" if command == "verify" else "--mac-algorithm"
+    argv = [command, "--key-id", "k", "--message", "eA==", blob_option, "Zm9yZ2Vk"]
+    code, out, err = run(capsys, *argv, algorithm, "ED25519_SHA_512")
+    assert (code, out) == (cli.EXIT_SERVICE_ERROR, "")
+    operation = "Verify" if command == "verify" else "VerifyMac"
+    assert err.startswith(f"An error occurred ({error}) when calling the {operation} operation")
 
 
 def test_get_capabilities(fake, capsys) -> None:
@@ -1089,6 +1182,43 @@ def test_service_errors_are_reported_as_aws_does(
     )
 
 
+def _with_reason(error: errors.HsmError, reason: str) -> errors.HsmError:
+    error.reason = reason
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "name"),
+    [
+        (_with_reason(errors.FailedPreconditionError("x"), "KEY_DISABLED"), "DisabledException"),
+        (
+            _with_reason(errors.FailedPreconditionError("x"), "KEY_USAGE"),
+            "InvalidKeyUsageException",
+        ),
+        (
+            _with_reason(errors.FailedPreconditionError("x"), "UNSUPPORTED_OPERATION"),
+            "UnsupportedOperationException",
+        ),
+        (
+            _with_reason(errors.InvalidArgumentError("x"), "INVALID_CIPHERTEXT"),
+            "InvalidCiphertextException",
+        ),
+        (
+            _with_reason(errors.InvalidArgumentError("x"), "INVALID_PAGE_TOKEN"),
+            "InvalidMarkerException",
+        ),
+        (_with_reason(errors.InvalidArgumentError("x"), "SOMETHING_NEW"), "ValidationException"),
+    ],
+)
+def test_the_daemons_reason_names_the_aws_exception(
+    fake, capsys, error: errors.HsmError, name: str
+) -> None:
+    fake.raises = error
+    code, _, err = run(capsys, "generate-data-key-without-plaintext", "--key-id", "k")
+    assert code == cli.EXIT_SERVICE_ERROR
+    assert err.startswith(f"An error occurred ({name}) ")
+
+
 def test_a_throttled_call_prints_the_retry_delay_the_daemon_asked_for(fake, capsys) -> None:
     fake.raises = errors.ResourceExhaustedError("rate exceeded", retry_after=0.25)
     code, _, err = run(capsys, "generate-data-key-without-plaintext", "--key-id", "k")
@@ -1161,7 +1291,7 @@ def test_schedule_key_deletion(fake, capsys) -> None:
     assert output == {
         "KeyId": KEY.key_id,
         "DeletionDate": "2024-07-01T12:00:00+00:00",
-        "KeyState": "PENDING_DELETION",
+        "KeyState": "PendingDeletion",
         "PendingWindowInDays": 7,
     }
 
@@ -1198,7 +1328,7 @@ def test_describe_key_shows_the_deletion_date_when_there_is_one(fake, capsys, mo
     monkeypatch.setattr(fake, "describe_key", lambda key_id: pending)
     metadata = run_json(capsys, "describe-key", "--key-id", "k")["KeyMetadata"]
     assert metadata["DeletionDate"] == "2024-07-01T12:00:00+00:00"
-    assert (metadata["KeyState"], metadata["Enabled"]) == ("PENDING_DELETION", False)
+    assert (metadata["KeyState"], metadata["Enabled"]) == ("PendingDeletion", False)
 
 
 @pytest.mark.parametrize("description", ["new text", ""])
@@ -1241,7 +1371,6 @@ def test_untag_resource(fake, capsys) -> None:
 def test_list_resource_tags_comes_from_the_key_sorted(fake, capsys) -> None:
     assert run_json(capsys, "list-resource-tags", "--key-id", "alias/p") == {
         "Tags": [{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "pay"}],
-        "Truncated": False,
     }
     assert fake.calls == [("describe_key", ("alias/p",))]
 
@@ -1432,6 +1561,7 @@ def test_list_aliases(fake, capsys) -> None:
             for n in range(2)
         ],
         "NextMarker": "2",
+        "Truncated": True,
     }
 
 
@@ -1462,7 +1592,7 @@ EVENT_JSON = {
 def test_audit_list_uses_the_tenant_service_by_default(fake, capsys) -> None:
     output = run_json(capsys, "audit", "list", "--key-id", "alias/k", "--limit", "1")
     assert fake.calls == [("list_audit_events", (1, "", "alias/k"))]
-    assert output == {"Events": [EVENT_JSON], "NextMarker": "1"}
+    assert output == {"Events": [EVENT_JSON], "NextMarker": "1", "Truncated": True}
 
 
 @pytest.mark.parametrize(

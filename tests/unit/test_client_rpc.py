@@ -1258,7 +1258,7 @@ def test_get_capabilities(client: HsmClient, kms: FakeKms) -> None:
         ("put_key_policy", ("k", KeyPolicy("alice"))),
         ("put_key_policy", ("k", KeyPolicy(("alice",), "bob"))),
         ("create_key", ("AES_256", None, "", KeyPolicy("alice"))),
-        ("create_key", ("AES_256", None, "", None, None, False, "AWS_KMS")),
+        ("create_key", ("AES_256", None, "", None, None, False, "AWS_CLOUDHSM")),
         ("unwrap_key", (b"blob", "w", "", KeyPolicy("alice"))),
         # The client's names are AWS's; the proto's WRAP_ prefix is the client's business.
         ("get_parameters_for_import", ("k", "WRAP_RSAES_OAEP_SHA_1")),
@@ -1945,7 +1945,7 @@ def test_cli_end_to_end(hsm: Callable[..., str], tmp_path) -> None:
 
 
 def test_cli_signs_verifies_and_prints_pem_end_to_end(
-    hsm: Callable[..., str], kms: FakeKms
+    hsm: Callable[..., str], kms: FakeKms, capsys
 ) -> None:
     key_id = json.loads(hsm("create-key", "--key-spec", "EC_P256", "--key-usage", "SIGN_VERIFY"))[
         "KeyMetadata"
@@ -1953,9 +1953,11 @@ def test_cli_signs_verifies_and_prints_pem_end_to_end(
     message = ["--key-id", key_id, "--message", base64.b64encode(b"hi").decode()]
     algorithm = ["--signing-algorithm", "ECDSA_SHA_256"]
     signature = json.loads(hsm("sign", *message, *algorithm))["Signature"]
-    for signed, valid in ((signature, True), (base64.b64encode(b"forged").decode(), False)):
-        verified = json.loads(hsm("verify", *message, *algorithm, "--signature", signed))
-        assert verified["SignatureValid"] is valid
+    verified = json.loads(hsm("verify", *message, *algorithm, "--signature", signature))
+    assert verified["SignatureValid"] is True
+    forged = ["--signature", base64.b64encode(b"forged").decode()]
+    assert cli.main(["verify", *message, *algorithm, *forged]) == cli.EXIT_SERVICE_ERROR
+    assert "(KMSInvalidSignatureException)" in capsys.readouterr().err
     pem = hsm("get-public-key", "--key-id", key_id, "--output", "pem")
     public_key = serialization.load_pem_public_key(pem.encode())
     assert public_key == kms.signing_keys[key_id].public_key()
@@ -2014,12 +2016,12 @@ def test_cli_manages_a_key_end_to_end(hsm: Callable[..., str], kms: FakeKms) -> 
     assert scheduled == {
         "KeyId": key_id,
         "DeletionDate": (NOW + timedelta(days=7)).isoformat(),
-        "KeyState": "PENDING_DELETION",
+        "KeyState": "PendingDeletion",
         "PendingWindowInDays": 7,
     }
     metadata = json.loads(hsm("describe-key", *alias))["KeyMetadata"]
     assert (metadata["KeyState"], metadata["DeletionDate"]) == (
-        "PENDING_DELETION",
+        "PendingDeletion",
         scheduled["DeletionDate"],
     )
     assert json.loads(hsm("cancel-key-deletion", *alias)) == {"KeyId": key_id}
@@ -2072,7 +2074,7 @@ def test_cli_imports_wraps_and_unwraps_end_to_end(
         )
     )["KeyMetadata"]
     assert (imported["KeyState"], imported["Origin"], imported["Exportable"]) == (
-        "ENABLED",
+        "Enabled",
         "EXTERNAL",
         True,
     )
@@ -2130,7 +2132,7 @@ def test_cli_imports_key_material_as_aws_does(
     deleted = hsm("delete-imported-key-material", "--key-id", key_id)
     assert json.loads(deleted) == {"KeyId": key_id}
     metadata = json.loads(hsm("describe-key", "--key-id", key_id))["KeyMetadata"]
-    assert (metadata["KeyState"], metadata["Origin"]) == ("PENDING_IMPORT", "EXTERNAL")
+    assert (metadata["KeyState"], metadata["Origin"]) == ("PendingImport", "EXTERNAL")
     assert "ValidTo" not in metadata
 
 

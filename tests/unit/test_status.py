@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
+from hsmclient import aws
 
 from hsmd import errors
-from hsmd.transport.status import to_status
+from hsmd.transport.status import rpc_status_of, to_status, with_details
 
 
 @pytest.mark.parametrize(
@@ -62,3 +64,37 @@ def test_storage_faults_are_retryable_statuses_without_paths(
     got, message = to_status(error, "r7")
     assert got is code
     assert "/var/lib" not in message and "request_id=r7" in message
+
+
+def _details(status: status_pb2.Status) -> list[object]:
+    found: list[object] = []
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+            message = kind()
+            if detail.Unpack(message):
+                found.append(message)
+    return found
+
+
+def test_a_user_error_with_a_reason_carries_an_error_info() -> None:
+    status = rpc_status_of(errors.DecryptionFailed(), grpc.StatusCode.INVALID_ARGUMENT, "m")
+    assert _details(status) == [
+        error_details_pb2.ErrorInfo(reason=errors.REASON_INVALID_CIPHERTEXT, domain="hsmd")
+    ]
+    detailed = with_details(errors.DecryptionFailed(), grpc.StatusCode.INVALID_ARGUMENT, "m")
+    assert detailed is not None and detailed.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_error_without_a_reason_has_no_details() -> None:
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    assert _details(rpc_status_of(errors.FailedPrecondition("m"), code, "m")) == []
+    assert with_details(errors.FailedPrecondition("m"), code, "m") is None
+    # An internal error never says more than its status, whatever it carries.
+    internal = errors.BackendError("m")
+    internal.reason = "KEY_DISABLED"  # type: ignore[attr-defined]
+    assert _details(rpc_status_of(internal, grpc.StatusCode.INTERNAL, "m")) == []
+
+
+def test_every_reason_has_an_aws_exception_in_the_client() -> None:
+    reasons = {value for name, value in vars(errors).items() if name.startswith("REASON_")}
+    assert reasons == set(aws.ERROR_NAMES)

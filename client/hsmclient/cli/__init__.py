@@ -1,14 +1,19 @@
-"""`hsm`: hsmd's command line, shaped like `aws kms` so that scripts move over with few changes.
+"""`hsm`: hsmd's command line, a drop-in for `aws kms` scripts.
 
-Subcommand and option names, JSON field names, blob arguments (base64 or fileb://), --output,
---query and exit codes follow AWS CLI v2: 252 for a bad command line, 254 when the daemon refuses
-the request, 255 when it cannot be reached or the connection settings are wrong. Commands for which
-aws prints nothing (enable-key, tag-resource, create-alias, ...) print nothing. Enum values are
-hsmd's proto names (KeyState "PENDING_DELETION", not "PendingDeletion"). `hsm audit verify` exits
-1 when the audit log is broken or a time in it goes backwards, so that scripts can test it.
-Beyond aws: `hsm import-key` does the whole import flow from a local key file, `hsm wrap-key` and
-`hsm unwrap-key` move exportable keys, `hsm encrypt-file` and `hsm decrypt-file` encrypt data of
-any size in the HSME envelope format (docs/envelope.md).
+Command names, options (every input of botocore's KMS service model for each command; those
+hsmd cannot honour refused with the reason), JSON field names and AWS's enum spellings, blob
+arguments (base64 or fileb://), paging, --output json|text|table, --query, error names and exit
+codes follow AWS CLI v2: 252 for a bad command line, 254 when the daemon refuses the request,
+255 when it cannot be reached or the connection settings are wrong. Commands for which aws
+prints nothing (enable-key, tag-resource, create-alias, ...) print nothing. `hsm audit verify`
+exits 1 when the audit log is broken or a time in it goes backwards, so that scripts can test
+it. Beyond aws: `hsm import-key` does the whole import flow from a local key file, `hsm
+wrap-key` and `hsm unwrap-key` move exportable keys, `hsm encrypt-file` and `hsm decrypt-file`
+encrypt data of any size in the HSME envelope format (docs/envelope.md). docs/aws.md maps one
+to the other.
+
+The package: `arguments` reads option values, `output` shapes and prints results, `batch`
+runs `hsm batch`, `commands` holds the handlers and the parser, and `main` here runs one.
 """
 
 import argparse
@@ -20,7 +25,7 @@ from typing import TypeVar
 
 import grpc
 
-from hsmclient import envelope
+from hsmclient import aws, envelope
 from hsmclient.channel import PROFILE_VARIABLE, ConnectionSettings
 from hsmclient.cli import arguments, commands, output
 from hsmclient.cli.arguments import EXIT_USAGE
@@ -46,10 +51,7 @@ __all__ = [
 ]
 
 EXIT_SERVICE_ERROR = 254
-
-
 EXIT_CONNECTION_ERROR = 255
-
 
 # Each gRPC status as the AWS KMS exception a script may look for, and the exit code. The daemon
 # being unreachable, too slow or answering corrupted data is no refusal of the request: 255.
@@ -66,14 +68,9 @@ _AWS_ERRORS: dict[grpc.StatusCode, tuple[str, int]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: ("DependencyTimeoutException", EXIT_CONNECTION_ERROR),
     grpc.StatusCode.ABORTED: ("ConflictException", EXIT_SERVICE_ERROR),
 }
-
-
 _AWS_INTERNAL_ERROR = ("KMSInternalException", EXIT_SERVICE_ERROR)  # DATA_LOSS from the daemon too
-
-
 # A CRC32C check of the client's own that failed: the data was corrupted on the way.
 _CHECKSUM_MISMATCH = ("ChecksumMismatchException", EXIT_CONNECTION_ERROR)
-
 
 _OPTION_BY_VARIABLE = {
     **{ConnectionSettings.VARIABLES[f]: o for o, f, _, _ in commands.CONNECTION_OPTIONS},
@@ -146,11 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = commands.build_parser()
     try:
         args = parser.parse_args(argv)
+        if hasattr(args, "unsupported"):  # an AWS KMS operation hsmd does not have
+            raise commands.AwsError("UnsupportedOperationException", args.unsupported)
+        arguments.decode_blobs(parser, args)
         command = _command(parser, args)
+        result = command(_connection_settings(args).open_channel())
     except arguments.ParserExit as exit_:
         return exit_.status
-    try:
-        result = command(_connection_settings(args).open_channel())
     except ConfigurationError as error:
         option = _OPTION_BY_VARIABLE.get(error.variable)
         print(f"hsm: {error}" + (f" (option {option})" if option else ""), file=sys.stderr)
@@ -161,14 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except envelope.EnvelopeError as error:
         print(f"hsm: {error}", file=sys.stderr)
         return commands.EXIT_ENVELOPE_REFUSED
-    except HsmError as error:
-        name, status = (
-            _CHECKSUM_MISMATCH
-            if isinstance(error, ChecksumMismatchError)
-            else _AWS_ERRORS.get(error.code, _AWS_INTERNAL_ERROR)
-        )
-        if isinstance(error, ResourceExhaustedError) and error.retry_after is None:
-            name = "LimitExceededException"  # a resource limit: waiting will not lift it
+    except (HsmError, commands.AwsError) as error:
+        name, status = _aws_error(error)
         print(
             f"An error occurred ({name}) when calling the {_operation(args)} operation: {error}",
             file=sys.stderr,
@@ -177,6 +170,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     query = getattr(args, "query", None)
     if result is not None:  # None: the command prints nothing, as aws for enable-key, ...
         selected = result if query is None else output.select(result, query)
-        output.print_result(selected, getattr(args, "output", "json"))
+        output.print_result(selected, getattr(args, "output", "json"), _operation(args))
     exit_status: Callable[[object], int] | None = getattr(args, "exit_status", None)
     return 0 if exit_status is None else exit_status(result)
+
+
+def _aws_error(error: HsmError | commands.AwsError) -> tuple[str, int]:
+    """The AWS KMS exception name of an error, and the exit code: by the daemon's reason where
+    it gave one (a disabled key: DisabledException), else by the status code."""
+    if isinstance(error, commands.AwsError):
+        return error.name, EXIT_SERVICE_ERROR
+    if isinstance(error, ChecksumMismatchError):
+        return _CHECKSUM_MISMATCH
+    if error.reason is not None and error.reason in aws.ERROR_NAMES:
+        return aws.ERROR_NAMES[error.reason], EXIT_SERVICE_ERROR
+    if isinstance(error, ResourceExhaustedError) and error.retry_after is None:
+        return "LimitExceededException", EXIT_SERVICE_ERROR  # waiting will not lift it
+    return _AWS_ERRORS.get(error.code, _AWS_INTERNAL_ERROR)

@@ -46,16 +46,81 @@ def file_bytes(path: str) -> bytes:
         raise argparse.ArgumentTypeError(f"cannot read {path}: {error.strerror}") from error
 
 
-def blob(value: str) -> bytes:
-    """A blob argument as AWS CLI v2 reads it: fileb://PATH (raw bytes, - for stdin) or base64."""
+class BlobText(str):
+    """A blob option given as text, which decode_blobs reads once --cli-binary-format (which
+    may come after it) is known."""
+
+
+def blob(value: str) -> bytes | BlobText:
+    """A blob argument as AWS CLI v2 reads it: fileb://PATH (raw bytes, - for stdin), or text:
+    base64, or the bytes themselves with --cli-binary-format raw-in-base64-out."""
     if value.startswith("fileb://"):
         return file_bytes(value.removeprefix("fileb://"))
-    try:
-        return base64.b64decode("".join(value.split()), validate=True)
-    except binascii.Error as error:
-        raise argparse.ArgumentTypeError(
-            f"invalid base64 ({error}); pass raw bytes as fileb://PATH"
-        ) from error
+    return BlobText(value)
+
+
+# --cli-binary-format: AWS CLI v2's default, and AWS CLI v1's way (text blobs as they are).
+BINARY_FORMATS = ("base64", "raw-in-base64-out")
+
+
+def decode_blobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Replace every blob given as text by its bytes, as --cli-binary-format says.
+
+    Raises:
+        ParserExit: a blob is not base64 (in the default format).
+    """
+    raw = getattr(args, "cli_binary_format", "base64") == "raw-in-base64-out"
+    for dest, value in vars(args).items():
+        if not isinstance(value, BlobText):
+            continue
+        if raw:
+            setattr(args, dest, value.encode("utf-8"))
+            continue
+        try:
+            setattr(args, dest, base64.b64decode("".join(value.split()), validate=True))
+        except binascii.Error as error:
+            option = "--" + dest.replace("_", "-")
+            parser.error(
+                f"argument {option}: invalid base64 ({error}); pass raw bytes as fileb://PATH,"
+                " or text as it is with --cli-binary-format raw-in-base64-out"
+            )
+
+
+class Refused(argparse.Action):
+    """An option of AWS KMS that hsmd cannot honour. It is accepted only with a value that
+    asks for what hsmd does anyway (`accepted`), and otherwise refused with `reason`, so that
+    a script written for AWS learns why rather than reading "unrecognized arguments"."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        reason: str,
+        accepted: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.reason = reason
+        self.accepted = accepted
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = values if isinstance(values, list) else [values]
+        if self.nargs == 0 or not set(given) <= set(self.accepted):
+            parser.error(f"argument {option_string}: hsmd cannot honour it: {self.reason}")
+
+
+def endpoint_url(value: str) -> str:
+    """AWS CLI's --endpoint-url (https://HOST:PORT) as hsm's --endpoint (HOST:PORT)."""
+    host_port = value.removeprefix("https://").rstrip("/")
+    if "://" in host_port or "/" in host_port or ":" not in host_port:
+        raise argparse.ArgumentTypeError(f"expected https://HOST:PORT, not {value!r}")
+    return host_port
 
 
 def json_value(value: str) -> object:

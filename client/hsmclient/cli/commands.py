@@ -4,6 +4,7 @@ them and their options as `aws kms` does."""
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +19,6 @@ from hsmclient.cli import arguments, batch, output
 from hsmclient.client import MAX_BATCH_ITEMS, AdminClient, HsmClient
 
 EXIT_AUDIT_CHAIN_BROKEN = 1
-
-
 # decrypt-file: the message is malformed, changed, cut short, or no key of it decrypts.
 EXIT_ENVELOPE_REFUSED = 1
 
@@ -34,20 +33,28 @@ CONNECTION_OPTIONS = (
     ("--server-name", "server_name", "NAME", "the name the daemon's certificate must carry"),
 )
 
-
 # A command's handler over the KeyManagementService; None: print nothing, as aws does.
 Handler = Callable[[HsmClient, argparse.Namespace], output.Result | None]
-
-
 # A command's handler over the AdminService (operator certificates).
 AdminHandler = Callable[[AdminClient, argparse.Namespace], output.Result]
-
-
 # The handler of the one command that can print PEM (`--output pem`), as plain text.
 PemHandler = Callable[[HsmClient, argparse.Namespace], str]
-
-
 PEM_COMMAND = "get-public-key"
+
+
+class AwsError(Exception):
+    """An error that AWS KMS answers where the daemon answers otherwise (an invalid signature
+    is a KMSInvalidSignatureException there, SignatureValid false here), or an operation of
+    AWS KMS that hsmd does not have; `name` is AWS's exception."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+# --max-items: a NextToken that resumes in the middle of a page is its marker, "~", and how
+# many of its items were output (the daemon's markers are URL-safe base64: never a "~").
+_TOKEN_SKIP = "~"  # noqa: S105 (a separator, not a secret)
 
 
 def _listing(
@@ -55,25 +62,41 @@ def _listing(
     field: str,
     item_fields: Sequence[str],
     list_page: Callable[..., tuple[list[Any], str]],
-    iterate: Callable[..., Iterator[Any]],
     *arguments: object,
     **filters: object,
 ) -> output.Result:
-    """Like an `aws kms list-*` command: the items (each with the AWS fields `item_fields`) of
-    every page unless --limit asks for one, and then the NextMarker to pass as --starting-token
-    for the next. `list_page` and `iterate` are a client's list_* and iter_* methods, called with
-    `arguments` and `filters`."""
-    if args.limit is None:
-        pages = iterate(*arguments, page_token=args.starting_token, **filters)
-        items, next_token = list(pages), ""
-    else:
-        items, next_token = list_page(
-            *arguments, page_size=args.limit, page_token=args.starting_token, **filters
+    """An `aws kms list-*` command over a client's list_* method (called with `arguments`,
+    `filters`, page_size and page_token), the items with the AWS fields `item_fields`.
+
+    As AWS CLI v2: every page, --page-size items a call, unless --max-items stops earlier
+    (then a NextToken for --starting-token); or, with --limit, --marker or --no-paginate, one
+    call, answered as the API answers it (Truncated, and the NextMarker for --marker)."""
+    if args.limit is not None or args.marker is not None or getattr(args, "no_paginate", False):
+        items, marker = list_page(
+            *arguments, page_size=args.limit or 0, page_token=args.marker or "", **filters
         )
-    result: output.Result = {field: [output.aws_fields(item, *item_fields) for item in items]}
-    if next_token:
-        result["NextMarker"] = next_token
-    return result
+        page: output.Result = {field: [output.aws_fields(i, *item_fields) for i in items]}
+        return {**page, **({"NextMarker": marker} if marker else {}), "Truncated": bool(marker)}
+    marker, _, skip = args.starting_token.partition(_TOKEN_SKIP)
+    wanted: int | None = args.max_items
+    collected: list[Any] = []
+    next_token = ""
+    while True:
+        items, next_marker = list_page(
+            *arguments, page_size=args.page_size or 0, page_token=marker, **filters
+        )
+        offset = int(skip or 0)
+        room = len(items) - offset if wanted is None else wanted - len(collected)
+        collected += items[offset : offset + room]
+        if offset + room < len(items):  # --max-items ends inside this page
+            next_token = f"{marker}{_TOKEN_SKIP}{offset + room}"
+            break
+        if not next_marker or (wanted is not None and len(collected) == wanted):
+            next_token = next_marker
+            break
+        marker, skip = next_marker, ""
+    result: output.Result = {field: [output.aws_fields(i, *item_fields) for i in collected]}
+    return {**result, **({"NextToken": next_token} if next_token else {})}
 
 
 def _silent(method: str, *options: str) -> Handler:
@@ -107,9 +130,7 @@ def _describe_key(client: HsmClient, args: argparse.Namespace) -> output.Result:
 
 def _list_keys(client: HsmClient, args: argparse.Namespace) -> output.Result:
     fields = ("KeyId", "KeyArn")
-    return _listing(
-        args, "Keys", fields, client.list_keys, client.iter_keys, tag_filter=args.tag_filter
-    )
+    return _listing(args, "Keys", fields, client.list_keys, tag_filter=args.tag_filter)
 
 
 # ScheduleKeyDeletionRequest: "0 means 30"; AWS prints the window in force.
@@ -128,16 +149,41 @@ def _cancel_key_deletion(client: HsmClient, args: argparse.Namespace) -> output.
     return output.aws_fields(client.cancel_key_deletion(args.key_id), "KeyId")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Tag:
+    tag_key: str
+    tag_value: str
+
+
 def _list_resource_tags(client: HsmClient, args: argparse.Namespace) -> output.Result:
-    """AWS's ListResourceTags, from the tags in the key's metadata: all of them in one page."""
-    tags = sorted(client.describe_key(args.key_id).tags.items())
-    return {"Tags": [{"TagKey": key, "TagValue": value} for key, value in tags], "Truncated": False}
+    """AWS's ListResourceTags, from the tags in the key's metadata, sorted by key; a marker is
+    the position of the next tag."""
+    tags = [_Tag(*tag) for tag in sorted(client.describe_key(args.key_id).tags.items())]
+
+    def tag_page(page_size: int, page_token: str) -> tuple[list[_Tag], str]:
+        if not re.fullmatch(r"\d*", page_token):
+            raise ValueError(f"{page_token!r} is not a marker of list-resource-tags")
+        start = int(page_token or 0)
+        end = start + page_size if page_size else len(tags)
+        return tags[start:end], str(end) if end < len(tags) else ""
+
+    return _listing(args, "Tags", ("TagKey", "TagValue"), tag_page)
+
+
+# The one policy of a key (AWS: PolicyName "default"), which --policy-name may name.
+_POLICY_NAME = "default"
 
 
 def _get_key_policy(client: HsmClient, args: argparse.Namespace) -> output.Result:
     """As aws: the policy document as a JSON string, which put-key-policy --policy takes back."""
     document = output.aws_fields(client.get_key_policy(args.key_id), *arguments.POLICY_FIELDS)
-    return {"Policy": json.dumps(document)}
+    return {"Policy": json.dumps(document), "PolicyName": _POLICY_NAME}
+
+
+def _list_key_policies(client: HsmClient, args: argparse.Namespace) -> output.Result:
+    """The names of a key's policies: hsmd's keys have one, as AWS's do."""
+    client.describe_key(args.key_id)  # a key that is not the caller's is NotFound
+    return {"PolicyNames": [_POLICY_NAME], "Truncated": False}
 
 
 def _get_key_rotation_status(client: HsmClient, args: argparse.Namespace) -> output.Result:
@@ -157,13 +203,12 @@ def _rotate_key_on_demand(client: HsmClient, args: argparse.Namespace) -> output
 
 def _list_key_rotations(client: HsmClient, args: argparse.Namespace) -> output.Result:
     fields = ("KeyId", "RotationDate", "RotationType", "KeyVersion")
-    methods = (client.list_key_rotations, client.iter_key_rotations)
-    return _listing(args, "Rotations", fields, *methods, args.key_id)
+    return _listing(args, "Rotations", fields, client.list_key_rotations, args.key_id)
 
 
 def _list_aliases(client: HsmClient, args: argparse.Namespace) -> output.Result:
     fields = ("AliasName", "TargetKeyId", "CreationDate", "LastUpdatedDate")
-    return _listing(args, "Aliases", fields, client.list_aliases, client.iter_aliases, args.key_id)
+    return _listing(args, "Aliases", fields, client.list_aliases, args.key_id)
 
 
 _AUDIT_EVENT_FIELDS = (
@@ -187,8 +232,7 @@ def _list_audit_events(client: HsmClient | AdminClient, args: argparse.Namespace
     """Either service's ListAuditEvents; only the AdminService's takes --tenant (which selects
     it, see _wants_admin)."""
     filters = {"key_id": args.key_id, **({"tenant": args.tenant} if args.tenant else {})}
-    methods = (client.list_audit_events, client.iter_audit_events)
-    return _listing(args, "Events", _AUDIT_EVENT_FIELDS, *methods, **filters)
+    return _listing(args, "Events", _AUDIT_EVENT_FIELDS, client.list_audit_events, **filters)
 
 
 def _verify_audit_log(client: AdminClient, args: argparse.Namespace) -> output.Result:
@@ -352,10 +396,12 @@ def _sign(client: HsmClient, args: argparse.Namespace) -> output.Result:
 
 
 def _verify(client: HsmClient, args: argparse.Namespace) -> output.Result:
-    """An invalid signature is output (SignatureValid false), not an error: exit 0 either way."""
+    """As aws: an invalid signature is a KMSInvalidSignatureException (exit 254)."""
     result = client.verify(
         args.key_id, args.message, args.signature, args.signing_algorithm, args.message_type
     )
+    if not result.signature_valid:
+        raise AwsError("KMSInvalidSignatureException", "the signature is not valid")
     return output.aws_fields(result, *output.VERIFY_OUTPUT)
 
 
@@ -382,8 +428,10 @@ def _generate_mac(client: HsmClient, args: argparse.Namespace) -> output.Result:
 
 
 def _verify_mac(client: HsmClient, args: argparse.Namespace) -> output.Result:
-    """As verify: a wrong MAC is output (MacValid false) and exits 0."""
+    """As aws: a wrong MAC is a KMSInvalidMacException (exit 254)."""
     result = client.verify_mac(args.key_id, args.message, args.mac, args.mac_algorithm)
+    if not result.mac_valid:
+        raise AwsError("KMSInvalidMacException", "the MAC is not valid")
     return output.aws_fields(result, *output.VERIFY_MAC_OUTPUT)
 
 
@@ -483,6 +531,78 @@ def _generate_random(client: HsmClient, args: argparse.Namespace) -> output.Resu
     return {"Plaintext": output.b64(client.generate_random(args.number_of_bytes))}
 
 
+_GRANTS = "hsmd has no grants: a key's policy names who uses it (put-key-policy)"
+_DRY_RUN = "hsmd has no dry runs"
+_ENCLAVES = "hsmd has no Nitro Enclaves attestation"
+_KEY_STORES = "hsmd has no custom key stores: each tenant's keys are in a token of its own"
+_ONE_MATERIAL = "hsmd keeps one key material per key, and it has no id"
+_MULTI_REGION = "hsmd has no multi-Region keys yet"
+# The options of AWS KMS that hsmd cannot honour (arguments.Refused), with why, and the values
+# that ask for what hsmd does anyway. A boolean's false form (--no-dry-run) is accepted.
+_REFUSED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--grant-tokens": (_GRANTS, ()),
+    "--dry-run": (_DRY_RUN, ()),
+    "--dry-run-modifiers": (_DRY_RUN, ()),
+    "--recipient": (_ENCLAVES, ()),
+    "--custom-key-store-id": (_KEY_STORES, ()),
+    "--xks-key-id": (_KEY_STORES, ()),
+    "--multi-region": (_MULTI_REGION, ()),
+    "--bypass-policy-lockout-safety-check": (
+        "hsmd always refuses a policy that would lock its author out",
+        (),
+    ),
+    "--key-material-id": (_ONE_MATERIAL, ()),
+    "--key-material-description": (_ONE_MATERIAL, ()),
+    "--import-type": (_ONE_MATERIAL, ("NEW_KEY_MATERIAL",)),
+    "--include-key-material": ("hsmd lists rotations only", ("ROTATIONS_ONLY",)),
+    "--resource-owners": ("hsmd lists the tenant's own keys only", ("SELF",)),
+    "--no-verify-ssl": ("hsm always verifies the daemon's certificate", ()),
+}
+# Those of them that are switches; all but --no-verify-ssl have a false form.
+_REFUSED_SWITCHES = ("--dry-run", "--multi-region", "--bypass-policy-lockout-safety-check")
+# The AWS KMS operations hsmd does not have, and why: each answers UnsupportedOperationException.
+_NOT_IN_HSMD = {
+    **dict.fromkeys(
+        ("create-grant", "list-grants", "list-retirable-grants", "retire-grant", "revoke-grant"),
+        _GRANTS,
+    ),
+    **dict.fromkeys(
+        (
+            "connect-custom-key-store",
+            "create-custom-key-store",
+            "delete-custom-key-store",
+            "describe-custom-key-stores",
+            "disconnect-custom-key-store",
+            "update-custom-key-store",
+        ),
+        _KEY_STORES,
+    ),
+    **dict.fromkeys(("replicate-key", "update-primary-region"), _MULTI_REGION),
+    "derive-shared-secret": "hsmd has no key agreement keys",
+    **dict.fromkeys(("encapsulate", "decapsulate"), "hsmd has no ML-KEM keys"),
+    "get-key-last-usage": "hsmd does not keep a key's last use apart: `hsm audit list --key-id`"
+    " lists every use",
+}
+
+
+def _refuse(sub: argparse.ArgumentParser, *options: str) -> None:
+    """Add the AWS options hsmd cannot honour (_REFUSED) to a command, out of its help."""
+    for option in options:
+        reason, accepted = _REFUSED[option]
+        hidden: dict[str, Any] = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+        if option in _REFUSED_SWITCHES:
+            sub.add_argument("--no-" + option.removeprefix("--"), action="store_true", **hidden)
+        switch = option in _REFUSED_SWITCHES or option == "--no-verify-ssl"
+        sub.add_argument(
+            option,
+            action=arguments.Refused,
+            nargs=0 if switch else "+",
+            reason=reason,
+            accepted=accepted,
+            **hidden,
+        )
+
+
 def build_parser() -> arguments.Parser:
     # Global options are accepted before and after the subcommand, as aws accepts them.
     # SUPPRESS keeps an option given before the subcommand from being reset by the subparser.
@@ -500,9 +620,34 @@ def build_parser() -> arguments.Parser:
     )
     common.add_argument(
         "--output",
-        choices=["json", "text", "pem"],
+        choices=["json", "text", "table", "pem"],
         help=f"output format (json); pem only for {PEM_COMMAND}",
     )
+    # AWS CLI's global options that scripts pass.
+    common.add_argument(
+        "--endpoint-url",
+        dest="endpoint",
+        type=arguments.endpoint_url,
+        metavar="https://HOST:PORT",
+        help="as --endpoint",
+    )
+    common.add_argument("--ca-bundle", dest="ca_cert_path", metavar="PEM", help="as --ca-cert")
+    common.add_argument(
+        "--region", metavar="REGION", help="accepted and unused: one endpoint is one region"
+    )
+    common.add_argument(
+        "--cli-binary-format",
+        choices=arguments.BINARY_FORMATS,
+        help="base64 (the default): blobs given as text are base64; raw-in-base64-out: as they are",
+    )
+    common.add_argument(
+        "--no-paginate", action="store_true", help="list commands: one call, as the API answers"
+    )
+    common.add_argument("--no-cli-pager", action="store_true", help="accepted: hsm has no pager")
+    common.add_argument(
+        "--color", choices=["on", "off", "auto"], help="accepted: hsm prints no colours"
+    )
+    _refuse(common, "--no-verify-ssl")
     common.add_argument(
         "--query",
         type=arguments.query_path,
@@ -576,6 +721,8 @@ def build_parser() -> arguments.Parser:
         sub = keyed(name, handler, help_text)
         blob(sub, "--message")
         sub.add_argument(algorithm_option, required=True, help=algorithm_help)
+        if algorithm_option == "--mac-algorithm":
+            _refuse(sub, "--grant-tokens", "--dry-run")
         return sub
 
     def signing(name: str, handler: Handler, help_text: str) -> arguments.Parser:
@@ -583,18 +730,33 @@ def build_parser() -> arguments.Parser:
             name, handler, help_text, "--signing-algorithm", "one of the key's SigningAlgorithms"
         )
         algorithm(sub, "--message-type", "RAW (the default) or DIGEST", default="RAW")
+        _refuse(sub, "--grant-tokens", "--dry-run")
         return sub
 
     def data_key_size(sub: arguments.Parser) -> None:
         size = sub.add_mutually_exclusive_group()
-        size.add_argument("--key-spec", help="AES_256 (the default)")
+        size.add_argument("--key-spec", help="AES_256 (the default) or AES_128")
         size.add_argument("--number-of-bytes", type=int, help="1 to 1,024")
 
     def paging(sub: arguments.Parser, items: str) -> None:
+        """AWS CLI v2's paging options (see _listing)."""
         sub.add_argument(
-            "--limit", type=arguments.positive_int, help=f"at most this many {items} (1-1,000)"
+            "--max-items",
+            type=arguments.positive_int,
+            help=f"output at most this many {items}, and a NextToken for the rest",
         )
-        sub.add_argument("--starting-token", default="", help="the NextMarker of a previous call")
+        sub.add_argument("--starting-token", default="", help="the NextToken of a previous call")
+        sub.add_argument(
+            "--page-size",
+            type=arguments.positive_int,
+            help=f"{items} per call to the daemon (1-1,000)",
+        )
+        sub.add_argument(
+            "--limit",
+            type=arguments.positive_int,
+            help=f"one call for at most this many {items} (1-1,000), answered with its NextMarker",
+        )
+        sub.add_argument("--marker", help="one call from the NextMarker of a previous one")
 
     def tags(sub: arguments.Parser, required: bool = False) -> None:
         sub.add_argument(
@@ -669,12 +831,21 @@ def build_parser() -> arguments.Parser:
         help="GENERATED (the default), or EXTERNAL for a key whose material you import: it"
         " starts PENDING_IMPORT (see import-key)",
     )
+    sub.add_argument("--customer-master-key-spec", dest="key_spec", help="as --key-spec")
+    _refuse(
+        sub,
+        "--custom-key-store-id",
+        "--xks-key-id",
+        "--multi-region",
+        "--bypass-policy-lockout-safety-check",
+    )
 
-    keyed("describe-key", _describe_key, "Show a key's metadata.")
+    _refuse(keyed("describe-key", _describe_key, "Show a key's metadata."), "--grant-tokens")
 
-    sub = command("list-keys", _list_keys, "List your keys (all pages unless --limit).")
+    sub = command("list-keys", _list_keys, "List your keys.")
     paging(sub, "keys")
     context(sub, "--tag-filter")
+    _refuse(sub, "--resource-owners")
 
     sub = keyed("encrypt", _encrypt, "Encrypt up to 4,096 bytes under a key.")
     blob(sub, "--plaintext")
@@ -685,12 +856,14 @@ def build_parser() -> arguments.Parser:
         "SYMMETRIC_DEFAULT (the default), or RSAES_OAEP_* for an RSA key",
         default="SYMMETRIC_DEFAULT",
     )
+    _refuse(sub, "--grant-tokens", "--dry-run")
 
     sub = command("decrypt", _decrypt, "Decrypt a ciphertext blob.")
     blob(sub, "--ciphertext-blob")
     context(sub)
     key_id(sub, required=False)
     algorithm(sub, "--encryption-algorithm", "as given to encrypt; RSA needs --key-id too")
+    _refuse(sub, "--grant-tokens", "--recipient", "--dry-run", "--dry-run-modifiers")
 
     sub = command("re-encrypt", _re_encrypt, "Decrypt and encrypt again, inside the daemon.")
     blob(sub, "--ciphertext-blob")
@@ -700,6 +873,7 @@ def build_parser() -> arguments.Parser:
     key_id(sub, False, "--source-key-id", "the key that made the blob (needed for RSA)")
     algorithm(sub, "--source-encryption-algorithm", "as for decrypt")
     algorithm(sub, "--destination-encryption-algorithm", "as for encrypt")
+    _refuse(sub, "--grant-tokens", "--dry-run", "--dry-run-modifiers")
 
     for name, handler, help_text in (
         ("generate-data-key", _generate_data_key, "A data key, in plaintext and encrypted."),
@@ -712,6 +886,8 @@ def build_parser() -> arguments.Parser:
         sub = keyed(name, handler, help_text)
         data_key_size(sub)
         context(sub)
+        _refuse(sub, "--grant-tokens", "--dry-run")
+    _refuse(commands.choices["generate-data-key"], "--recipient")
 
     for name, handler, help_text in (
         (
@@ -726,21 +902,24 @@ def build_parser() -> arguments.Parser:
         ),
     ):
         sub = keyed(name, handler, help_text)
-        sub.add_argument("--key-pair-spec", required=True, help="RSA_* or EC_*")
+        sub.add_argument("--key-pair-spec", required=True, help="RSA_*, ECC_NIST_* or EC_*")
         context(sub)
+        _refuse(sub, "--grant-tokens", "--dry-run")
+    _refuse(commands.choices["generate-data-key-pair"], "--recipient")
 
     signing("sign", _sign, "Sign a message, or its digest, with an asymmetric key.")
-    verify_help = "Verify a signature; SignatureValid tells, the exit code does not."
+    verify_help = "Verify a signature; an invalid one is a KMSInvalidSignatureException."
     blob(signing("verify", _verify, verify_help), "--signature")
 
     sub = keyed(PEM_COMMAND, _get_public_key, "The public key of an asymmetric key.")
     sub.set_defaults(pem_handler=_public_key_pem)
+    _refuse(sub, "--grant-tokens")
 
     mac_help = "the key's MacAlgorithm, e.g. HMAC_SHA_256"
     keyed_message(
         "generate-mac", _generate_mac, "An HMAC of a message.", "--mac-algorithm", mac_help
     )
-    verify_help = "Verify an HMAC; MacValid tells, the exit code does not."
+    verify_help = "Verify an HMAC; a wrong one is a KMSInvalidMacException."
     blob(
         keyed_message("verify-mac", _verify_mac, verify_help, "--mac-algorithm", mac_help), "--mac"
     )
@@ -782,8 +961,8 @@ def build_parser() -> arguments.Parser:
     )
 
     sub = command("generate-random", _generate_random, "Random bytes from the HSM.")
-
     sub.add_argument("--number-of-bytes", type=int, required=True, help="1 to 1,024")
+    _refuse(sub, "--custom-key-store-id", "--recipient")
 
     for name, method, help_text in (
         ("enable-key", "enable_key", "Make a disabled key usable again."),
@@ -818,7 +997,7 @@ def build_parser() -> arguments.Parser:
     )
     sub.add_argument("--tag-keys", nargs="+", action="extend", required=True, metavar="KEY")
 
-    keyed("list-resource-tags", _list_resource_tags, "A key's tags.")
+    paging(keyed("list-resource-tags", _list_resource_tags, "A key's tags."), "tags")
 
     sub = keyed("get-key-policy", _get_key_policy, "A key's policy, as a JSON string.")
     policy_name(sub)
@@ -830,6 +1009,10 @@ def build_parser() -> arguments.Parser:
     )
     policy(sub, required=True)
     policy_name(sub)
+    _refuse(sub, "--bypass-policy-lockout-safety-check")
+
+    sub = keyed("list-key-policies", _list_key_policies, "The names of a key's policies.")
+    paging(sub, "names")
 
     sub = keyed(
         "enable-key-rotation",
@@ -853,6 +1036,7 @@ def build_parser() -> arguments.Parser:
 
     sub = keyed("list-key-rotations", _list_key_rotations, "A key's rotations, oldest first.")
     paging(sub, "rotations")
+    _refuse(sub, "--include-key-material")
 
     alias(
         "create-alias",
@@ -871,7 +1055,7 @@ def build_parser() -> arguments.Parser:
         target=False,
     )
 
-    sub = command("list-aliases", _list_aliases, "Your aliases (all pages unless --limit).")
+    sub = command("list-aliases", _list_aliases, "Your aliases.")
     key_id(sub, required=False, help_text="only this key's aliases")
     paging(sub, "aliases")
 
@@ -904,12 +1088,14 @@ def build_parser() -> arguments.Parser:
         required=False,
         what="an imported private key's DER SubjectPublicKeyInfo, required for EC keys: ",
     )
+    _refuse(sub, "--import-type", "--key-material-description", "--key-material-id")
 
-    keyed(
+    sub = keyed(
         "delete-imported-key-material",
         _delete_imported_key_material,
         "Delete a key's imported material; the key returns to PENDING_IMPORT.",
     )
+    _refuse(sub, "--key-material-id")
 
     sub = keyed(
         "import-key",
@@ -1008,4 +1194,9 @@ def build_parser() -> arguments.Parser:
         operation="VerifyAuditLog",
         exit_status=_verification_status,
     )
+    for name, reason in _NOT_IN_HSMD.items():
+        # Out of the help (no help=); takes any words, since the command is refused whole.
+        sub = commands.add_parser(name, prefix_chars="\0", add_help=False)
+        sub.add_argument("words", nargs="*")
+        sub.set_defaults(unsupported=f"{reason} (docs/aws.md)")
     return parser

@@ -5,8 +5,10 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
+from hsmclient import aws
 from hsmclient.client import KeyMetadata
 
 Result = dict[str, object]
@@ -65,8 +67,6 @@ def b64(data: bytes) -> str:
 
 
 WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
-
-
 PASCAL_WORD = re.compile(r"(?:^|_)([a-z0-9])")
 
 
@@ -81,14 +81,25 @@ _AWS_ATTRIBUTES = {
     "KeyArn": "name",
     "CreationDate": "creation_time",
     "LastUpdatedDate": "last_updated_time",
+    "CustomerMasterKeySpec": "key_spec",
+    "AWSAccountId": "tenant",
+}
+# The AWS output fields whose values hsmd spells its own way: the hsmclient.aws enum of each.
+_AWS_ENUMS = {
+    "KeySpec": "KeySpec",
+    "KeyPairSpec": "KeySpec",
+    "CustomerMasterKeySpec": "KeySpec",
+    "KeyState": "KeyState",
+    "Origin": "KeyOrigin",
 }
 
 
 def aws_fields(result: object, *names: str) -> Result:
     """The AWS output fields `names`, each the `result` attribute of the same name in snake case
     (KeyId: key_id) unless _AWS_ATTRIBUTES says otherwise; blobs in base64, times in ISO 8601,
-    tuples as lists. A name ending in "?" is left out when empty, as AWS leaves out the
-    *Algorithms lists of the operations a key cannot do, or a DeletionDate not set."""
+    tuples as lists, enum values in AWS's spelling (KeyState Enabled, not ENABLED). A name
+    ending in "?" is left out when empty, as AWS leaves out the *Algorithms lists of the
+    operations a key cannot do, or a DeletionDate not set."""
     output: Result = {}
     for name in names:
         field = name.removesuffix("?")
@@ -100,49 +111,130 @@ def aws_fields(result: object, *names: str) -> Result:
             value = b64(value)
         elif isinstance(value, datetime):
             value = value.isoformat()
+        elif field in _AWS_ENUMS:
+            value = aws.aws_name(_AWS_ENUMS[field], value)
         output[field] = list(value) if isinstance(value, tuple) else value
     return output
 
 
 def key_metadata(key: KeyMetadata) -> Result:
-    return {
-        **aws_fields(key, "KeyId", "Arn", "CreationDate"),
+    """AWS's KeyMetadata, with hsmd's Exportable and PrimaryVersion besides: the tenant is the
+    account, and hsmd's keys are customer managed, in one region."""
+    metadata: Result = {
+        **aws_fields(key, "AWSAccountId", "KeyId", "Arn", "CreationDate"),
         "Enabled": key.key_state == "ENABLED",
         **aws_fields(
             key,
             "Description",
             "KeyUsage",
             "KeyState",
+            "DeletionDate?",
+            "ValidTo?",
             "Origin",
-            "Exportable",
+        ),
+        "KeyManager": "CUSTOMER",
+        **aws_fields(
+            key,
+            "CustomerMasterKeySpec",
             "KeySpec",
             "EncryptionAlgorithms?",
             "SigningAlgorithms?",
             "MacAlgorithms?",
-            "PrimaryVersion",
-            "DeletionDate?",
-            "ValidTo?",
         ),
+        "MultiRegion": False,
+        **aws_fields(key, "Exportable", "PrimaryVersion"),
     }
+    if key.origin == "EXTERNAL":
+        metadata["ExpirationModel"] = (
+            "KEY_MATERIAL_EXPIRES" if key.valid_to else "KEY_MATERIAL_DOES_NOT_EXPIRE"
+        )
+    return metadata
 
 
-def print_result(result: object, output: str) -> None:
+def print_result(result: object, output: str, title: str) -> None:
+    """Print a command's result as --output asks; `title` (the operation's name) heads a
+    table."""
     if output == "pem":
         print(result, end="")
     elif output == "json":
         print(json.dumps(result, indent=4, ensure_ascii=False))
+    elif output == "table":
+        section = _section(title, result)
+        width = max(_width(section), len(title) + 4)
+        print("-" * width)
+        for line in _table_lines(section, width):
+            print(line)
     else:
         for line in _text_lines(result):
             print(line)
 
 
+@dataclass
+class _Section:
+    """A part of AWS CLI's table output: a titled box of rows (key and value for an object,
+    one line per item with a header of column names for a list of objects) and the boxes of
+    its nested values."""
+
+    title: str
+    header: list[str] | None
+    rows: list[list[str]]
+    children: list["_Section"]
+
+
+def _section(title: str, value: object) -> _Section:
+    if isinstance(value, dict):
+        rows = [[key, _cell(item)] for key, item in value.items() if not _nested(item)]
+        children = [_section(key, item) for key, item in value.items() if _nested(item)]
+        return _Section(title, None, rows, children)
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        objects: list[dict[str, object]] = value
+        columns = sorted({key for item in objects for key, f in item.items() if not _nested(f)})
+        rows = [[_cell(item.get(column, "")) for column in columns] for item in objects]
+        children = [
+            _section(key, field)
+            for item in objects
+            for key, field in item.items()
+            if _nested(field)
+        ]
+        return _Section(title, columns, rows, children)
+    items = value if isinstance(value, list) else [value]
+    return _Section(title, None, [[_cell(item)] for item in items], [])
+
+
+def _cell(value: object) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def _column_widths(section: _Section) -> list[int]:
+    rows = [section.header, *section.rows] if section.header else section.rows
+    return [max(len(row[column]) for row in rows) for column in range(len(rows[0]))] if rows else []
+
+
+def _width(section: _Section) -> int:
+    """The narrowest box that holds the section's title, rows and nested boxes."""
+    widths = _column_widths(section)
+    rows = sum(widths) + 5 * len(widths) + 1 if widths else 0  # "|  cell  |  cell  |"
+    return max(len(section.title) + 4, rows, *(_width(child) + 2 for child in section.children))
+
+
+def _table_lines(section: _Section, width: int) -> Iterator[str]:
+    """The section as lines of exactly `width` characters: its title, its rows, then each
+    nested box inside borders of its own."""
+    yield "|" + section.title.center(width - 2) + "|"
+    yield "+" + "-" * (width - 2) + "+"
+    widths = _column_widths(section)
+    for row in [section.header, *section.rows] if section.header else section.rows:
+        cells = "|".join(f"  {cell.ljust(size)}  " for cell, size in zip(row, widths, strict=True))
+        yield "|" + cells.ljust(width - 2) + "|"
+    if widths:
+        yield "+" + "-" * (width - 2) + "+"
+    for child in section.children:
+        yield from ("|" + line + "|" for line in _table_lines(child, width - 2))
+
+
 # The output fields of the cryptographic commands, single and batched.
 ENCRYPT_OUTPUT = ("CiphertextBlob", "KeyId", "EncryptionAlgorithm", "KeyVersion")
-
-
 DECRYPT_OUTPUT = ("KeyId", "Plaintext", "EncryptionAlgorithm", "KeyVersion")
-
-
 RE_ENCRYPT_OUTPUT = (
     "CiphertextBlob",
     "SourceKeyId",
@@ -152,18 +244,8 @@ RE_ENCRYPT_OUTPUT = (
     "SourceKeyVersion",
     "KeyVersion",
 )
-
-
 GENERATE_DATA_KEY_OUTPUT = ("CiphertextBlob", "Plaintext", "KeyId", "KeyVersion")
-
-
 SIGN_OUTPUT = ("KeyId", "Signature", "SigningAlgorithm", "KeyVersion")
-
-
 VERIFY_OUTPUT = ("KeyId", "SignatureValid", "SigningAlgorithm", "KeyVersion")
-
-
 GENERATE_MAC_OUTPUT = ("Mac", "MacAlgorithm", "KeyId", "KeyVersion")
-
-
 VERIFY_MAC_OUTPUT = ("KeyId", "MacValid", "MacAlgorithm", "KeyVersion")
