@@ -79,6 +79,7 @@ from hsmd.transport import server as grpc_server
 from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
+from hsmd.transport.tls import TlsFiles
 from hsmd.workers import CALLS_SOCKET, RELAY_SOCKET, WORKER_SETTINGS, WorkerPool
 
 log = logging.getLogger("hsmd")
@@ -390,8 +391,10 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     daemon = Daemon.build(settings)
     audit = daemon.audit
     processes = settings.server.processes
+    verifier = _certificates(settings, daemon.clock)
+    tls = TlsFiles(settings.tls, verifier, daemon.clock.system.now)
     guard = RequestGuard(
-        _certificates(settings, daemon.clock),
+        verifier,
         daemon.tenants.admit,
         audit,
         daemon.clock.system,
@@ -404,7 +407,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     admin = AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas)
     private = _workers_directory(settings) if processes > 1 else None
     if private is None:
-        running = grpc_server.bind(settings, guard, kms, admin)
+        running = grpc_server.bind(settings, guard, kms, admin, tls)
     else:
         calls = private / CALLS_SOCKET
         running = grpc_server.bind_internal(settings, guard, kms, admin, str(calls))
@@ -429,6 +432,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
         daemon=True,
     )
     maintainer.start()
+    tls.watch(settings.tls.reload_check_seconds, stop)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()  # put() is safe in a signal handler
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda number, _: signals.put(number))
@@ -450,6 +454,9 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
         )
     while _next_signal(signals) == signal.SIGHUP:
         settings = _reload(config_path, settings)
+        tls.check()
+        if workers is not None:
+            workers.pool.signal_all(signal.SIGHUP)
     if workers is not None:
         workers.stop(settings.server.grace_seconds)
     _stop(daemon, running, guard, stop, maintainer)
@@ -574,8 +581,10 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
         return tenant is not None and served.get(name) == tenant.token_serial
 
     forwarder = Forwarder(str(directory / CALLS_SOCKET), serves)
+    verifier = _certificates(settings, clock)
+    tls = TlsFiles(settings.tls, verifier, clock.system.now)
     guard = RequestGuard(
-        _certificates(settings, clock),
+        verifier,
         tenants.admit,
         RelayedAudit(relay),
         clock.system,
@@ -583,16 +592,20 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
         forwarder=forwarder,
     )
     kms = KeyManagementServicer(operations, tenants.mode)
-    running = grpc_server.bind(settings, guard, kms, None, port=port, shared=True)
+    running = grpc_server.bind(settings, guard, kms, None, tls, port=port, shared=True)
     running.start()
+    stop = threading.Event()
+    tls.watch(settings.tls.reload_check_seconds, stop)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the coordinator's
         signal.signal(signum, lambda number, _: signals.put(number))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the coordinator's to handle
     keep_lifeline(directory / RELAY_SOCKET, running.port, lambda: signals.put(_COORDINATOR_GONE))
+    while (received := _next_signal(signals)) == signal.SIGHUP:
+        tls.check()
+    stop.set()
     # Stopped by the coordinator, the calls in flight get the grace period; with the
     # coordinator gone, none can be audited any more, so the worker stops at once.
-    grace = 0.0 if _next_signal(signals) == _COORDINATOR_GONE else settings.server.grace_seconds
+    grace = 0.0 if received == _COORDINATOR_GONE else settings.server.grace_seconds
     running.stop(grace)
     guard.drain(grace)
     backend.close()

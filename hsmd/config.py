@@ -42,10 +42,15 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class TlsSettings:
+    """crl: a file of certificate revocation lists (PEM or DER), or None. The files are looked
+    at every reload_check_seconds, and changed ones used without a restart (hsmd.transport.tls)."""
+
     ca_cert: Path
     server_cert: Path
     server_key: Path
     trust_domain: str
+    crl: Path | None = None
+    reload_check_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,8 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         server_cert=tls.path("server_cert"),
         server_key=tls.path("server_key"),
         trust_domain=tls.string("trust_domain", "hsmd.local"),
+        crl=tls.optional_path("crl"),
+        reload_check_seconds=tls.number("reload_check_seconds", 5.0, 0.1, 3600.0),
     )
     tls.done()
 

@@ -130,6 +130,22 @@ def issue(
     return Issued(builder.sign(ca.private_key, hashes.SHA256()), key)
 
 
+def revocation_list(ca: Issued, serials: Sequence[int], now: datetime, days: int = 7) -> bytes:
+    """A CRL (PEM) of `ca` revoking the certificates of these serial numbers, due to be
+    replaced after `days`."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=days))
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(ca.private_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def load(cert_path: Path, key_path: Path) -> Issued:
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

@@ -113,6 +113,14 @@ class WorkerPool:
                 worker.process.kill()
                 worker.process.wait()
 
+    def signal_all(self, signum: int) -> None:
+        """Passes a signal (SIGHUP: look at the TLS files now) to every running worker."""
+        with self._changed:
+            workers = list(self._workers.values())
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signum)
+
     def _start_worker(self, index: int, port: int) -> int:
         # Our own interpreter and arguments (app._Workers): nothing from a caller.
         process = subprocess.Popen(self._command(index, port), start_new_session=True)  # noqa: S603

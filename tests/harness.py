@@ -110,6 +110,7 @@ class DaemonProcess:
         scheduler: dict[str, int | float] | None = None,
         quotas: dict[str, int | float] | None = None,
         processes: int | None = None,
+        tls: dict[str, int | float | str] | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it). Tests run
@@ -118,7 +119,8 @@ class DaemonProcess:
         `tenancy` and `scheduler` hold settings of the config's tables of those names. Its clock can
         be moved (move_clock) unless movable_clock is False, as in production (benchmarks:
         the offset clock reads its file's status on every call). processes above 1: a
-        coordinator and that many worker processes (hsmd/workers.py)."""
+        coordinator and that many worker processes (hsmd/workers.py). `tls`: more settings of
+        the [tls] table (crl, reload_check_seconds)."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
@@ -145,7 +147,7 @@ class DaemonProcess:
             tables = {"audit": audit, "tenancy": tenancy, "scheduler": scheduler, "quotas": quotas}
             if processes is None:  # HSMD_TEST_PROCESSES=2 runs the suite against workers
                 processes = int(os.environ.get("HSMD_TEST_PROCESSES", "1"))
-            self._write_config(workers, grace_seconds, movable_clock, tables, processes)
+            self._write_config(workers, grace_seconds, movable_clock, tables, processes, tls)
         self.softhsm_conf.write_text(
             f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\n"
             "log.level = ERROR\nslots.removable = false\n"
@@ -158,6 +160,7 @@ class DaemonProcess:
         movable_clock: bool,
         tables: dict[str, Mapping[str, int | float | str] | None],
         processes: int,
+        tls: Mapping[str, int | float | str] | None,
     ) -> None:
         pki = self.pki
         clock = 'clock_offset_file = "clock.offset"\n' if movable_clock else ""
@@ -178,7 +181,9 @@ class DaemonProcess:
             + (f"workers = {workers}\n" if workers is not None else "")
             + f"grace_seconds = {grace_seconds}\nprocesses = {processes}\n\n"
             f'[tls]\nca_cert = "{pki.ca_cert}"\nserver_cert = "{pki.server_cert}"\n'
-            f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
+            f'server_key = "{pki.server_key}"\ntrust_domain = "{TRUST_DOMAIN}"\n'
+            + "".join(f"{name} = {_toml(value)}\n" for name, value in (tls or {}).items())
+            + "\n"
             f'[pkcs11]\nlibrary = "{SOFTHSM_LIB}"\ntoken_dir = "tokens"\n\n'
             '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
             'audit_log = "audit.jsonl"\n\n'

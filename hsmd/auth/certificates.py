@@ -16,7 +16,10 @@ client sent. What that verifier checks, in cryptography 51:
 - every certificate of the chain valid at the validation time.
 
 It returns the leaf's SANs without judging them; `identity.principal_from_san` then requires
-exactly one URI SAN naming an identity of our trust domain. It checks no revocation.
+exactly one URI SAN naming an identity of our trust domain. Revocation (hsmd.auth.revocation) is
+checked at every call, against the leaf and the intermediates of the verified chain: a revoked
+client's next call fails, whatever its connection. The trust anchors and the revocations are
+replaced while the daemon runs (hsmd.transport.tls), each as one reference.
 
 Cost: gRPC exposes no connection object, so results are cached by the exact certificate and
 chain bytes in two bounded LRUs (verified and refused). A call with a known certificate costs a
@@ -41,6 +44,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from hsmd.auth.identity import principal_from_san
+from hsmd.auth.revocation import CertificateId, Revocations, certificate_id
 from hsmd.domain import Clock, Principal
 from hsmd.errors import ConfigError, Unauthenticated
 
@@ -61,6 +65,7 @@ class _Verified:
     principal: Principal
     not_before: datetime  # the latest not-before of the chain
     not_after: datetime  # the earliest not-after of the chain
+    revocable: frozenset[CertificateId]  # the chain but its anchor, as CRLs name them
 
 
 class _Lru(Generic[_K, _V]):
@@ -82,6 +87,9 @@ class _Lru(Generic[_K, _V]):
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
 
 class ClientCertificateVerifier:
     """Turns the client certificate of a TLS connection into a Principal, or refuses it.
@@ -99,7 +107,9 @@ class ClientCertificateVerifier:
         refused_cache_size: int = REFUSED_CACHE_SIZE,
     ) -> None:
         """Raises ConfigError if the bundle holds no certificate or one that is not a CA."""
-        self._store = Store(_trust_anchors(ca_bundle))
+        self.anchors = _trust_anchors(ca_bundle)
+        self._store = Store(self.anchors)
+        self._revocations = Revocations.none()
         self._trust_domain = trust_domain
         self._clock = clock
         self._lock = threading.Lock()
@@ -107,6 +117,23 @@ class ClientCertificateVerifier:
         self._refused: _Lru[tuple[bytes, bytes], str] = _Lru(refused_cache_size)
         self.verifications = 0
         """How many certificates were verified in full (cache misses), for tests and metrics."""
+
+    def trust(self, ca_bundle: bytes) -> None:
+        """Verifies against the CAs of a new bundle from now on; forgets every verdict.
+
+        Raises:
+            ConfigError: as the constructor; the CAs in use stay.
+        """
+        anchors = _trust_anchors(ca_bundle)
+        with self._lock:
+            self.anchors, self._store = anchors, Store(anchors)
+            self._verified.clear()
+            self._refused.clear()
+
+    def revoke(self, revocations: Revocations) -> None:
+        """Refuses, from the next call on, every certificate `revocations` names (and every
+        one that chains through a revoked intermediate); the previous list is replaced."""
+        self._revocations = revocations
 
     def identify(self, certificate_pem: bytes, chain_pem: bytes = b"") -> Principal:
         """The principal of a client certificate (PEM) and the intermediates it sent (PEM).
@@ -127,6 +154,8 @@ class ClientCertificateVerifier:
             raise Unauthenticated("the client certificate (or its issuer) is not valid yet")
         if now > verified.not_after:
             raise Unauthenticated("the client certificate (or its issuer) has expired")
+        if verified.revocable & self._revocations.revoked:
+            raise Unauthenticated("the client certificate (or its issuer) is revoked")
         return verified.principal
 
     def _verify_and_remember(self, key: tuple[bytes, bytes], now: datetime) -> _Verified:
@@ -170,6 +199,7 @@ class ClientCertificateVerifier:
             principal,
             max(certificate.not_valid_before_utc for certificate in client.chain),
             min(certificate.not_valid_after_utc for certificate in client.chain),
+            frozenset(certificate_id(certificate) for certificate in client.chain[:-1]),
         )
 
 

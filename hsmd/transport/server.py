@@ -20,6 +20,7 @@ from hsmd.errors import ConfigError
 from hsmd.transport.forward import FORWARDED_METADATA_OPTIONS, MAX_MESSAGE
 from hsmd.transport.guard import RequestGuard
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
+from hsmd.transport.tls import TlsFiles
 from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,15 @@ def bind(
     guard: RequestGuard,
     kms: KeyManagementServicer,
     admin: AdminServicer | None,
+    tls: TlsFiles,
     *,
     port: int | None = None,
     shared: bool = False,
 ) -> RunningServer:
-    """The public server on server.listen (or on `port` of its host). shared: other processes
-    of this daemon listen on the same port (SO_REUSEPORT, hsmd/workers.py); otherwise the
-    port is this process's alone, so a stray second daemon cannot take half its calls."""
+    """The public server on server.listen (or on `port` of its host), with the certificates of
+    `tls`. shared: other processes of this daemon listen on the same port (SO_REUSEPORT,
+    hsmd/workers.py); otherwise the port is this process's alone, so a stray second daemon
+    cannot take half its calls."""
     server, health_servicer, names = _server(
         settings,
         guard,
@@ -101,7 +104,8 @@ def bind(
         admin,
         [
             ("grpc.so_reuseport", int(shared)),
-            # Nothing checks revocation: bound how long one connection (and handshake) lasts.
+            # A new server certificate or CA bundle counts from a connection's handshake: bound
+            # how long one connection lasts (revocation is checked at every call).
             ("grpc.max_connection_age_ms", int(settings.server.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", 30_000),
             *_connection_limits(settings),
@@ -109,11 +113,7 @@ def bind(
     )
     # The handshake alone is not enough (docs/security.md#authentication): the guard verifies
     # every client certificate again with hsmd.auth.certificates.
-    credentials = grpc.ssl_server_credentials(
-        [(settings.tls.server_key.read_bytes(), settings.tls.server_cert.read_bytes())],
-        root_certificates=settings.tls.ca_cert.read_bytes(),
-        require_client_auth=True,
-    )
+    credentials = tls.credentials()
     host, port = settings.server.host, settings.server.port if port is None else port
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from hsmd import devpki
 from hsmd.auth.certificates import MAX_PRESENTED_BYTES, ClientCertificateVerifier
+from hsmd.auth.revocation import Revocations, certificate_id, load_revocations
 from hsmd.domain import Principal, PrincipalKind
 from hsmd.errors import ConfigError, Unauthenticated
 from tests import certs
@@ -362,3 +363,77 @@ def test_many_threads_get_the_right_answer(ca: devpki.Issued, clock: MovableCloc
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+# --- revocation and a new CA bundle (hsmd.auth.revocation) -------------------------------------
+
+
+def _revoked(ca: devpki.Issued, *certificates: devpki.Issued) -> bytes:
+    return devpki.revocation_list(ca, [c.certificate.serial_number for c in certificates], NOW)
+
+
+def test_a_revoked_certificate_is_refused_at_its_next_call(
+    verifier: ClientCertificateVerifier, ca: devpki.Issued
+) -> None:
+    leaver, stayer = devpki.issue(ca, "leaver", uris=[ALPHA]), devpki.issue(ca, "s", uris=[BETA])
+    verifier.identify(leaver.cert_pem())  # verified and cached before the revocation
+    verifier.revoke(load_revocations(_revoked(ca, leaver), verifier.anchors, NOW))
+    assert _refusal(verifier, leaver) == "the client certificate (or its issuer) is revoked"
+    assert verifier.identify(stayer.cert_pem()).tenant == "beta"
+    verifier.revoke(Revocations.none())
+    assert verifier.identify(leaver.cert_pem()).tenant == "alpha"
+
+
+def test_a_revoked_intermediate_refuses_the_certificates_it_issued(clock: MovableClock) -> None:
+    root = devpki.create_ca("root", NOW, path_length=1)
+    intermediate = devpki.create_ca("intermediate", NOW, issuer=root)
+    leaf = devpki.issue(intermediate, "leaf", uris=[ALPHA])
+    verifier = ClientCertificateVerifier(root.cert_pem(), DOMAIN, clock)
+    verifier.revoke(load_revocations(_revoked(root, intermediate), verifier.anchors, NOW))
+    assert "revoked" in _refusal(verifier, leaf, intermediate.cert_pem())
+
+
+def test_a_crl_file_holds_a_list_per_ca_in_pem_or_one_in_der(clock: MovableClock) -> None:
+    first, second = devpki.create_ca("first", NOW), devpki.create_ca("second", NOW)
+    one, two = devpki.issue(first, "one", uris=[ALPHA]), devpki.issue(second, "two", uris=[ALPHA])
+    anchors = [first.certificate, second.certificate]
+    both = load_revocations(_revoked(first, one) + _revoked(second, two), anchors, NOW)
+    assert both.revoked == {certificate_id(one.certificate), certificate_id(two.certificate)}
+    der = x509.load_pem_x509_crl(_revoked(first, one)).public_bytes(serialization.Encoding.DER)
+    assert load_revocations(der, anchors, NOW).revoked == {certificate_id(one.certificate)}
+
+
+@pytest.mark.parametrize(
+    ("crl", "message"),
+    [
+        (lambda ca: b"not a list", "holds no CRL"),
+        (lambda ca: _revoked(devpki.create_ca("stranger", NOW)), "not signed by a CA"),
+        # A list in the CA's name, signed by another key: forged.
+        (
+            lambda ca: _revoked(
+                devpki.Issued(ca.certificate, ec.generate_private_key(ec.SECP256R1()))
+            ),
+            "not signed by a CA",
+        ),
+    ],
+)
+def test_a_crl_that_does_not_load_is_refused_whole(
+    ca: devpki.Issued, crl: Callable[[devpki.Issued], bytes], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_revocations(crl(ca), [ca.certificate], NOW)
+
+
+def test_a_new_bundle_trusts_its_cas_and_forgets_the_verdicts(
+    verifier: ClientCertificateVerifier, ca: devpki.Issued
+) -> None:
+    second = devpki.create_ca("second", NOW)
+    newcomer, old = devpki.issue(second, "n", uris=[ALPHA]), devpki.issue(ca, "o", uris=[ALPHA])
+    assert "refused" in _refusal(verifier, newcomer)
+    verifier.identify(old.cert_pem())
+    verifier.trust(second.cert_pem())
+    assert verifier.identify(newcomer.cert_pem()).tenant == "alpha"
+    assert "refused" in _refusal(verifier, old)  # the first CA is no longer trusted
+    with pytest.raises(ConfigError):
+        verifier.trust(b"no certificate")
+    assert verifier.identify(newcomer.cert_pem()).tenant == "alpha"  # the bundle in use stays
