@@ -129,6 +129,14 @@ _UNWRAP_FAILED = (
     p11.AttributeValueInvalid,
     p11.DomainParamsInvalid,
 )
+# What using unwrapped material answers when it is not a key of its spec (a 28-byte AES key
+# refuses the fingerprint's mechanism); a device fault is none of these, and stays the backend's.
+_MATERIAL_REFUSED = (
+    *_UNWRAP_FAILED,
+    p11.MechanismInvalid,
+    p11.KeyTypeInconsistent,
+    p11.MechanismParamInvalid,
+)
 _ONE_STEP = frozenset({WrappingAlgorithm.RSAES_OAEP_SHA_1, WrappingAlgorithm.RSAES_OAEP_SHA_256})
 _FINGERPRINT_LABEL = b"hsmd key material fingerprint v1"
 # unwrap_key sets every capability attribute of its own (to its defaults, or all false with no
@@ -596,7 +604,7 @@ class Pkcs11Backend:
             if not self._has_size(lease, probe, info.bits // 8):
                 raise UnwrapFailed()
             fingerprint = _fingerprint(probe, target.spec)
-        except p11.PKCS11Error:
+        except _MATERIAL_REFUSED:  # a device fault is the backend's (lease translates it)
             raise UnwrapFailed() from None
         finally:
             probe.destroy()
@@ -681,7 +689,7 @@ class Pkcs11Backend:
             lease.remember(
                 target.object_id, ObjectClass.PUBLIC_KEY, lease.session.create_object(public)
             )
-        except (UnwrapFailed, ValueError, p11.PKCS11Error):
+        except (UnwrapFailed, ValueError, *_MATERIAL_REFUSED):
             lease.destroy(target.object_id)
             raise UnwrapFailed() from None
         return ""

@@ -53,8 +53,12 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 @pytest.mark.parametrize(
     ("argv", "option", "reason"),
     [
-        (["encrypt", "--plaintext", "eA==", "--grant-tokens", "t"], "--grant-tokens", "grants"),
-        (["encrypt", "--plaintext", "eA==", "--dry-run"], "--dry-run", "dry runs"),
+        (
+            ["encrypt", "--key-id", "k", "--plaintext", "eA==", "--grant-tokens", "t"],
+            "--grant-tokens",
+            "grants",
+        ),
+        (["encrypt", "--key-id", "k", "--plaintext", "eA==", "--dry-run"], "--dry-run", "dry runs"),
         (["decrypt", "--ciphertext-blob", "eA==", "--recipient", "{}"], "--recipient", "Nitro"),
         (["list-keys", "--resource-owners", "OTHER_ACCOUNTS_VIA_RAM"], "--resource-owners", "own"),
         (["create-key", "--multi-region"], "--multi-region", "multi-Region"),
@@ -62,6 +66,8 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
         (
             [
                 "put-key-policy",
+                "--key-id",
+                "k",
                 "--policy",
                 '{"Administrators": ["a"]}',
                 "--bypass-policy-lockout-safety-check",
@@ -69,14 +75,22 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
             "--bypass-policy-lockout-safety-check",
             "lock its author out",
         ),
-        (["list-key-rotations", "--include-key-material", "ALL_KEY_MATERIAL"], "--include", "only"),
-        (["describe-key", "--no-verify-ssl"], "--no-verify-ssl", "always verifies"),
+        (
+            ["list-key-rotations", "--key-id", "k", "--include-key-material", "ALL_KEY_MATERIAL"],
+            "--include",
+            "only",
+        ),
+        (
+            ["describe-key", "--key-id", "k", "--no-verify-ssl"],
+            "--no-verify-ssl",
+            "always verifies",
+        ),
     ],
 )
 def test_options_hsmd_cannot_honour_are_refused_with_the_reason(
     capsys: pytest.CaptureFixture[str], argv: list[str], option: str, reason: str
 ) -> None:
-    code, out, err = _run(capsys, *argv[:1], "--key-id", "k", *argv[1:])
+    code, out, err = _run(capsys, *argv)
     assert (code, out) == (arguments.EXIT_USAGE, "")
     assert option in err and "hsmd cannot honour it" in err and reason in err
 

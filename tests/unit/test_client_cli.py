@@ -478,6 +478,9 @@ def test_no_paginate_makes_one_call_as_the_api_answers(fake, capsys) -> None:
         (["--starting-token", "2~1"], ["key-3", "key-4"], None),
         (["--starting-token", "2~1", "--max-items", "1"], ["key-3"], "4"),
         (["--max-items", "9"], [f"key-{n}" for n in range(5)], None),
+        # A token of larger pages, resumed with smaller ones: its position is kept.
+        (["--starting-token", "~3"], ["key-3", "key-4"], None),
+        (["--starting-token", "~3", "--max-items", "1"], ["key-3"], "4"),
     ],
 )
 def test_max_items_and_starting_token_page_as_aws_cli_does(
@@ -487,6 +490,25 @@ def test_max_items_and_starting_token_page_as_aws_cli_does(
     assert [key["KeyId"] for key in output["Keys"]] == expected
     assert output.get("NextToken") == next_token
     assert "Truncated" not in output and "NextMarker" not in output
+
+
+def test_limit_takes_the_starting_token_as_its_marker(fake, capsys) -> None:
+    output = run_json(capsys, "list-keys", "--limit", "2", "--starting-token", "2")
+    assert [key["KeyId"] for key in output["Keys"]] == ["key-2", "key-3"]
+    assert output["NextMarker"] == "4"
+
+
+@pytest.mark.parametrize("argv", [["--starting-token", "2~x"], ["--marker", "~-1"]])
+def test_a_token_hsm_did_not_issue_is_an_invalid_marker(fake, capsys, argv: list[str]) -> None:
+    code, out, err = run(capsys, "list-keys", *argv)
+    assert (code, out) == (cli.EXIT_SERVICE_ERROR, "")
+    assert err.startswith("An error occurred (InvalidMarkerException) when calling the ListKeys")
+
+
+def test_a_blob_may_be_text_from_a_file(fake, capsys, tmp_path) -> None:
+    (tmp_path / "plain.b64").write_text(b64(b"from a file") + "\n")
+    run_json(capsys, "encrypt", "--key-id", "k", "--plaintext", f"file://{tmp_path}/plain.b64")
+    assert fake.calls[0][1][1] == b"from a file"
 
 
 def test_page_size_sets_the_calls_page_size(fake, capsys) -> None:

@@ -5,6 +5,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -52,10 +53,13 @@ class BlobText(str):
 
 
 def blob(value: str) -> bytes | BlobText:
-    """A blob argument as AWS CLI v2 reads it: fileb://PATH (raw bytes, - for stdin), or text:
-    base64, or the bytes themselves with --cli-binary-format raw-in-base64-out."""
+    """A blob argument as AWS CLI v2 reads it: fileb://PATH (raw bytes, - for stdin), or text
+    (given, or read from file://PATH): base64, or the bytes themselves with
+    --cli-binary-format raw-in-base64-out."""
     if value.startswith("fileb://"):
         return file_bytes(value.removeprefix("fileb://"))
+    if value.startswith("file://"):
+        return BlobText(os.fsdecode(file_bytes(value.removeprefix("file://"))))
     return BlobText(value)
 
 
@@ -74,7 +78,7 @@ def decode_blobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         if not isinstance(value, BlobText):
             continue
         if raw:
-            setattr(args, dest, value.encode("utf-8"))
+            setattr(args, dest, os.fsencode(value))  # the bytes given, whatever their encoding
             continue
         try:
             setattr(args, dest, base64.b64decode("".join(value.split()), validate=True))

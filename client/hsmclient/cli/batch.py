@@ -101,11 +101,13 @@ def batches(source: TextIO, item_class: type[_T]) -> Iterator[list[_T]]:
 
 
 def _batch_line(answer: object, fields: tuple[str, ...]) -> output.Result:
-    """One output line: the unary command's output, or {"error": {"code", "message"}} (and
-    "retry_after" in seconds when the daemon named a delay)."""
+    """One output line: the unary command's output, or {"error": {"code", "message"}} (and the
+    daemon's "reason" when it gave one, "retry_after" in seconds when it named a delay)."""
     if not isinstance(answer, HsmError):
         return output.aws_fields(answer, *fields)
     error: output.Result = {"code": answer.code.name, "message": answer.message}
+    if answer.reason is not None:
+        error["reason"] = answer.reason
     if isinstance(answer, ResourceExhaustedError) and answer.retry_after is not None:
         error["retry_after"] = answer.retry_after
     return {"error": error}
@@ -116,8 +118,8 @@ def handler(
 ) -> Callable[[HsmClient, argparse.Namespace], None]:
     """A `hsm batch` command: items as JSON Lines from --input, one JSON line out per item, in
     order. The input is sent in calls of at most MAX_BATCH_ITEMS items, one after the other;
-    an item's error is output, not a failure of the command (exit 0), as verify's invalid
-    signature is."""
+    an item's error is output, not a failure of the command (exit 0), and so is an invalid
+    signature or MAC (SignatureValid or MacValid false)."""
 
     def run(client: HsmClient, args: argparse.Namespace) -> None:
         with _input(args.input) as source:

@@ -71,32 +71,50 @@ def _listing(
     As AWS CLI v2: every page, --page-size items a call, unless --max-items stops earlier
     (then a NextToken for --starting-token); or, with --limit, --marker or --no-paginate, one
     call, answered as the API answers it (Truncated, and the NextMarker for --marker)."""
+    marker, skip = _resume_at(args.marker if args.marker is not None else args.starting_token)
     if args.limit is not None or args.marker is not None or getattr(args, "no_paginate", False):
-        items, marker = list_page(
-            *arguments, page_size=args.limit or 0, page_token=args.marker or "", **filters
+        items, next_marker = list_page(
+            *arguments, page_size=args.limit or 0, page_token=marker, **filters
         )
-        page: output.Result = {field: [output.aws_fields(i, *item_fields) for i in items]}
-        return {**page, **({"NextMarker": marker} if marker else {}), "Truncated": bool(marker)}
-    marker, _, skip = args.starting_token.partition(_TOKEN_SKIP)
+        page: output.Result = {field: [output.aws_fields(i, *item_fields) for i in items[skip:]]}
+        return {
+            **page,
+            **({"NextMarker": next_marker} if next_marker else {}),
+            "Truncated": bool(next_marker),
+        }
     wanted: int | None = args.max_items
     collected: list[Any] = []
-    next_token = ""
     while True:
         items, next_marker = list_page(
             *arguments, page_size=args.page_size or 0, page_token=marker, **filters
         )
-        offset = int(skip or 0)
-        room = len(items) - offset if wanted is None else wanted - len(collected)
-        collected += items[offset : offset + room]
-        if offset + room < len(items):  # --max-items ends inside this page
-            next_token = f"{marker}{_TOKEN_SKIP}{offset + room}"
+        if skip >= len(items) and next_marker:  # resumed beyond this page (a smaller page size)
+            marker, skip = next_marker, skip - len(items)
+            continue
+        room = len(items) - skip if wanted is None else wanted - len(collected)
+        collected += items[skip : skip + room]
+        if skip + room < len(items):  # --max-items ends inside this page
+            next_token = f"{marker}{_TOKEN_SKIP}{skip + room}"
             break
         if not next_marker or (wanted is not None and len(collected) == wanted):
             next_token = next_marker
             break
-        marker, skip = next_marker, ""
+        marker, skip = next_marker, 0
     result: output.Result = {field: [output.aws_fields(i, *item_fields) for i in collected]}
     return {**result, **({"NextToken": next_token} if next_token else {})}
+
+
+def _resume_at(token: str) -> tuple[str, int]:
+    """The daemon's marker in a NextToken (or NextMarker), and how many of that page's items
+    were output already.
+
+    Raises:
+        AwsError: InvalidMarkerException, as AWS answers a token it did not issue.
+    """
+    marker, separator, skip = token.partition(_TOKEN_SKIP)
+    if separator and not skip.isdigit():
+        raise AwsError("InvalidMarkerException", f"{token!r} is not a token of a list command")
+    return marker, int(skip or 0)
 
 
 def _silent(method: str, *options: str) -> Handler:
@@ -162,7 +180,7 @@ def _list_resource_tags(client: HsmClient, args: argparse.Namespace) -> output.R
 
     def tag_page(page_size: int, page_token: str) -> tuple[list[_Tag], str]:
         if not re.fullmatch(r"\d*", page_token):
-            raise ValueError(f"{page_token!r} is not a marker of list-resource-tags")
+            raise AwsError("InvalidMarkerException", f"{page_token!r} is not a tags marker")
         start = int(page_token or 0)
         end = start + page_size if page_size else len(tags)
         return tags[start:end], str(end) if end < len(tags) else ""
@@ -829,7 +847,7 @@ def build_parser() -> arguments.Parser:
         "--origin",
         default="GENERATED",
         help="GENERATED (the default), or EXTERNAL for a key whose material you import: it"
-        " starts PENDING_IMPORT (see import-key)",
+        " starts PendingImport (see import-key)",
     )
     sub.add_argument("--customer-master-key-spec", dest="key_spec", help="as --key-spec")
     _refuse(

@@ -202,7 +202,7 @@ def _section(title: str, value: object) -> _Section:
 
 
 def _cell(value: object) -> str:
-    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+    return str(value)  # as text output prints it (True, None), as AWS CLI's table does
 
 
 def _column_widths(section: _Section) -> list[int]:
