@@ -36,7 +36,7 @@ from typing import Any
 
 from hsmclient import AdminClient, ConfigurationError, HsmError, TenantQuota, TenantQuotas
 
-from hsmd import config, devpki, repair
+from hsmd import config, devpki, metrics, repair
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
 from hsmd.audit.errors import AuditBroken
 from hsmd.audit.index import index_path_for
@@ -54,7 +54,7 @@ from hsmd.domain import Clock, SystemClock
 from hsmd.errors import ConfigError, HsmdError, InvalidArgument, StartupRefused
 from hsmd.keystore.audit_index import SqliteAuditIndex
 from hsmd.keystore.sqlite_store import SqliteKeyStore
-from hsmd.logs import BatchingLogWriter
+from hsmd.logs import BatchingLogWriter, JsonFormatter
 from hsmd.names import is_valid_principal_name, is_valid_tenant_name, validate_tenant_name
 from hsmd.ops.aliases import AliasOps
 from hsmd.ops.crypto import CryptoOps
@@ -78,6 +78,7 @@ from hsmd.scheduler import Scheduler
 from hsmd.transport import server as grpc_server
 from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
+from hsmd.transport.observe import Health, ObservationServer
 from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
 from hsmd.transport.tls import TlsFiles
 from hsmd.workers import CALLS_SOCKET, RELAY_SOCKET, WORKER_SETTINGS, WorkerPool
@@ -436,6 +437,22 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()  # put() is safe in a signal handler
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda number, _: signals.put(number))
+    health = Health({"token backend": daemon.backend.health_problem, "audit log": audit.problem})
+    health.follow(running.health, running.health_names)
+    health.watch(settings.observability.health_check_seconds, stop)
+    metrics.gauges(
+        "hsmd_keys",
+        "Keys that are not destroyed, by tenant",
+        ["tenant"],
+        lambda: [((tenant,), count) for tenant, count in daemon.store.key_counts().items()],
+    )
+    metrics.gauges(
+        "hsmd_certificate_expiry_timestamp_seconds",
+        "When each certificate in use expires (server, each CA) and the CRL is due (crl)",
+        ["certificate"],
+        tls.expiry_times,
+    )
+    observation = _observe(settings, health, 0)
     port = workers.port if workers else running.port
     log.info(
         "listening on %s:%d (mutual TLS%s)",
@@ -460,7 +477,35 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     if workers is not None:
         workers.stop(settings.server.grace_seconds)
     _stop(daemon, running, guard, stop, maintainer)
+    if observation is not None:
+        observation.close()
     return 0
+
+
+def _observe(settings: config.Settings, health: Health, offset: int) -> ObservationServer | None:
+    """The metrics and health endpoint of [metrics] listen, if set, on its port plus `offset`
+    (each worker process has its own: 1 + its index), or any free port for port 0.
+
+    Raises:
+        ConfigError: the address cannot be bound.
+    """
+    observability = settings.observability
+    if observability.metrics_host is None:
+        return None
+    port = observability.metrics_port + offset if observability.metrics_port else 0
+    try:
+        server = ObservationServer(observability.metrics_host, port, health)
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.listen: cannot listen on {observability.metrics_host}:{port} ({exc.strerror})"
+        ) from None
+    server.start()
+    log.info(
+        "metrics and health on http://%s:%d/metrics and /healthz",
+        observability.metrics_host,
+        server.port,
+    )
+    return server
 
 
 def _workers_directory(settings: config.Settings) -> Path:
@@ -557,7 +602,7 @@ class _Workers:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
+def serve_worker(settings: config.Settings, directory: Path, port: int, index: int) -> int:
     """A worker process of a coordinator whose sockets are in directory (hsmd/workers.py):
     serves on port, beside the other workers, until SIGTERM or the coordinator is gone."""
     store = SqliteKeyStore(settings.storage.database, written_elsewhere=True)
@@ -596,6 +641,10 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     running.start()
     stop = threading.Event()
     tls.watch(settings.tls.reload_check_seconds, stop)
+    health = Health({"token backend": backend.health_problem})  # the coordinator's: the audit
+    health.follow(running.health, running.health_names)
+    health.watch(settings.observability.health_check_seconds, stop)
+    observation = _observe(settings, health, 1 + index)
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the coordinator's
         signal.signal(signum, lambda number, _: signals.put(number))
@@ -608,6 +657,8 @@ def serve_worker(settings: config.Settings, directory: Path, port: int) -> int:
     grace = 0.0 if received == _COORDINATOR_GONE else settings.server.grace_seconds
     running.stop(grace)
     guard.drain(grace)
+    if observation is not None:
+        observation.close()
     backend.close()
     store.close()
     forwarder.close()
@@ -716,7 +767,10 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
             f'[tls]\nca_cert = "pki/ca.pem"\nserver_cert = "pki/server.pem"\n'
             f'server_key = "pki/server-key.pem"\ntrust_domain = "{DEV_TRUST_DOMAIN}"\n\n'
             f'[pkcs11]\nlibrary = "{config.DEFAULT_PKCS11_LIBRARY}"\ntoken_dir = "tokens"\n\n'
-            '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
+            '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n\n'
+            "# Prometheus metrics and a health check without a client certificate; port 0:\n"
+            "# a free one, named in the log at start.\n"
+            '[metrics]\nlisten = "127.0.0.1:0"\n'
         )
     settings = config.load(config_path)
     if not (pki / "operator.pem").exists():
@@ -1133,11 +1187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_format = _LOG_FORMAT
             if args.command == "worker":
                 log_format = log_format.replace("%(name)s", f"worker-{args.index} %(name)s")
-            writer = BatchingLogWriter(sys.stderr, logging.Formatter(log_format))
+            formatter: logging.Formatter = logging.Formatter(log_format)
+            if settings.observability.log_format == "json":
+                formatter = JsonFormatter(args.index if args.command == "worker" else None)
+            writer = BatchingLogWriter(sys.stderr, formatter)
             writer.start()
             try:
                 if args.command == "worker":
-                    return serve_worker(settings, args.dir, args.port)
+                    return serve_worker(settings, args.dir, args.port, args.index)
                 client_env = args.config.parent / "client.env"
                 return serve(settings, args.config, client_env if client_env.exists() else None)
             finally:

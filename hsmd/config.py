@@ -21,6 +21,7 @@ from hsmd.scheduler import SchedulerLimits
 
 DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LOG_FORMATS = ("text", "json")
 TENANCY_MULTI = "multi"
 TENANCY_SINGLE = "single"
 
@@ -116,6 +117,18 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True)
+class ObservabilitySettings:
+    """metrics_host, metrics_port: where the Prometheus and plain health endpoint listens
+    (hsmd/transport/observe.py), or None: nowhere. log_format: "text" or "json" (one object a
+    line). health_check_seconds: how often the token backend and the audit log are checked."""
+
+    metrics_host: str | None = None
+    metrics_port: int = 0
+    log_format: str = "text"
+    health_check_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     tls: TlsSettings
@@ -127,6 +140,7 @@ class Settings:
     quotas: QuotaSettings
     scheduler: SchedulerLimits
     tenancy: TenancySettings = TenancySettings(TENANCY_MULTI)
+    observability: ObservabilitySettings = ObservabilitySettings()
 
 
 class _Section:
@@ -204,7 +218,17 @@ def load(path: Path, base: Path | None = None) -> Settings:
 
 
 def parse(doc: Mapping[str, Any], base: Path) -> Settings:
-    known = {"server", "tls", "pkcs11", "storage", "lifecycle", "log", "audit", "tenancy"}
+    known = {
+        "server",
+        "tls",
+        "pkcs11",
+        "storage",
+        "lifecycle",
+        "log",
+        "audit",
+        "tenancy",
+        "metrics",
+    }
     unknown = sorted(set(doc) - known - {"quotas", "scheduler"})
     if unknown:
         raise ConfigError(f"unknown table(s): {', '.join(unknown)}")
@@ -298,7 +322,11 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
     level = log.string("level", "INFO").upper()
     if level not in _LOG_LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(_LOG_LEVELS)}")
+    log_format = log.string("format", "text")
+    if log_format not in _LOG_FORMATS:
+        raise ConfigError(f'log.format must be "{_LOG_FORMATS[0]}" or "{_LOG_FORMATS[1]}"')
     log.done()
+    observability = _observability(_Section(doc, "metrics", base), log_format)
 
     tenancy = _tenancy(_Section(doc, "tenancy", base))
     return Settings(
@@ -317,7 +345,22 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
             dedicated=tenancy.dedicated_tenant is not None,
         ),
         tenancy=tenancy,
+        observability=observability,
     )
+
+
+def _observability(section: _Section, log_format: str) -> ObservabilitySettings:
+    listen = section.string("listen") if "listen" in section else None
+    health_check_seconds = section.number("health_check_seconds", 5.0, 0.1, 3600.0)
+    section.done()
+    if listen is None:
+        return ObservabilitySettings(
+            log_format=log_format, health_check_seconds=health_check_seconds
+        )
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("metrics.listen must be HOST:PORT with a port from 0 to 65535")
+    return ObservabilitySettings(host.strip("[]"), int(port), log_format, health_check_seconds)
 
 
 def _tenancy(section: _Section) -> TenancySettings:

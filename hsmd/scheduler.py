@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from hsmd import metrics
 from hsmd.errors import ResourceExhausted
 
 
@@ -209,11 +210,15 @@ class Scheduler:
                 self._sleepers[ticket] = wakeup = threading.Lock()
                 wakeup.acquire()
         if waiting:  # (its state may change as soon as the lock is released)
+            metrics.SCHEDULER_WAITING.inc()
             wakeup.acquire(timeout=max(0.0, ticket.arrived + wait - self._monotonic()))
+            metrics.SCHEDULER_WAITING.dec()
             with self._lock:
                 del self._sleepers[ticket]
                 self._queue.give_up(ticket, self._monotonic())  # if its wait is over unsettled
                 self._wake_settled()  # a call its giving up let run
+        waited = self._monotonic() - ticket.arrived if waiting else 0.0
+        metrics.SCHEDULER_WAIT_SECONDS.labels(tenant).observe(waited)
         if ticket.state is TicketState.REFUSED:
             raise ResourceExhausted(ticket.refusal, retry_after=limits.max_wait)
         return ticket

@@ -111,6 +111,8 @@ class DaemonProcess:
         quotas: dict[str, int | float] | None = None,
         processes: int | None = None,
         tls: dict[str, int | float | str] | None = None,
+        metrics: dict[str, int | float | str] | None = None,
+        log: dict[str, int | float | str] | None = None,
     ) -> None:
         """A daemon on a new state directory, or (existing=True) on one made before, such as
         a copy of another daemon's (every path in its config is relative to it). Tests run
@@ -120,7 +122,7 @@ class DaemonProcess:
         be moved (move_clock) unless movable_clock is False, as in production (benchmarks:
         the offset clock reads its file's status on every call). processes above 1: a
         coordinator and that many worker processes (hsmd/workers.py). `tls`: more settings of
-        the [tls] table (crl, reload_check_seconds)."""
+        the [tls] table (crl, reload_check_seconds); `metrics` and `log`, of those tables."""
         self.directory = directory
         self.pki = pki
         self.tokens = directory / "tokens"
@@ -144,7 +146,14 @@ class DaemonProcess:
             self.master_secret = secrets.token_bytes(32)
             secret_file.write_bytes(self.master_secret)
             secret_file.chmod(0o600)
-            tables = {"audit": audit, "tenancy": tenancy, "scheduler": scheduler, "quotas": quotas}
+            tables = {
+                "audit": audit,
+                "tenancy": tenancy,
+                "scheduler": scheduler,
+                "quotas": quotas,
+                "metrics": metrics,
+                "log": log,
+            }
             if processes is None:  # HSMD_TEST_PROCESSES=2 runs the suite against workers
                 processes = int(os.environ.get("HSMD_TEST_PROCESSES", "1"))
             self._write_config(workers, grace_seconds, movable_clock, tables, processes, tls)

@@ -86,6 +86,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NoReturn, Protocol
 
+from hsmd import metrics
 from hsmd.audit.checkpoint import (
     Checkpointing,
     check_anchor,
@@ -386,6 +387,12 @@ class AuditLog:
         reason = self._unusable_reason(check_length)
         if reason is not None:
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
+
+    def problem(self) -> str | None:
+        """Why the log cannot take an event now (ensure_writable's reason), or None: the
+        health check's question (hsmd/transport/observe.py)."""
+        reason = self._unusable_reason(True)
+        return None if reason is None else f"{self._path}: {reason}"
 
     def expect_appends(self, working: Callable[[], int], gather_seconds: float) -> None:
         """Groups fsyncs by load: `working` says how many calls are at work, each of which
@@ -898,11 +905,13 @@ class AuditLog:
         if failed is not None:
             self._lost(line)
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {failed}")
+        started = time.monotonic()
         try:
             os.fsync(self._fd)
             failure = None
         except OSError as exc:
             failure = f"fsync failed: {exc.strerror}"
+        metrics.AUDIT_FSYNC_SECONDS.observe(time.monotonic() - started)
         with self._synced:
             self._syncing = False
             if failure is None:

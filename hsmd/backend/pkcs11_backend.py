@@ -62,6 +62,9 @@ from hsmd.domain import (
 from hsmd.errors import (
     BackendError,
     DecryptionFailed,
+    HsmdError,
+    StorageFull,
+    StorageUnavailable,
     Unimplemented,
     UnwrapFailed,
 )
@@ -331,6 +334,31 @@ class Pkcs11Backend:
     def attached_tenants(self) -> list[str]:
         """The tenants whose tokens are open here."""
         return [name for name in self._tokens.attached() if name != DAEMON_TOKEN]
+
+    def health_problem(self) -> str | None:
+        """Why the backend as a whole cannot serve, or None (hsmd/transport/observe.py): its
+        token directory cannot be written (read-only, I/O errors; a full disk is a limit, not
+        a failure), or the library answers no attached token. One tenant's damaged token is
+        that tenant's failure, logged, and leaves the others served."""
+        if not self._read_only:
+            try:
+                self._tokens.check_storage()
+            except StorageUnavailable as exc:
+                return str(exc)
+            except StorageFull:
+                pass
+        failed = []
+        tokens = self._tokens.attached()
+        for name in tokens:
+            try:
+                with self._tokens.lease(name, Lane.FAST) as lease:
+                    lease.session.generate_random(64)
+            except HsmdError as exc:
+                log.error("health: the token of %s does not answer: %s", name, exc)
+                failed.append(name)
+        if tokens and len(failed) == len(tokens):
+            return f"the PKCS#11 library answers none of the {len(tokens)} tokens"
+        return None
 
     # Capabilities
 

@@ -631,6 +631,11 @@ class SqliteKeyStore:
             )
         return ResourceCounts(keys=keys, aliases=aliases, pending_imports=imports)
 
+    def key_counts(self) -> dict[str, int]:
+        """Every tenant's keys that are not destroyed (the hsmd_keys metric)."""
+        with self._read() as db:
+            return dict(db.execute(_COUNT_KEYS_BY_TENANT).fetchall())
+
     # Keys
 
     def add_key(
@@ -1252,6 +1257,9 @@ def _columns(db: sqlite3.Connection, table: str) -> list[str]:
 
 
 _COUNT_KEYS = f"SELECT COUNT(*) FROM keys WHERE tenant = ? AND state != '{KeyState.DESTROYED}'"  # noqa: S608
+_COUNT_KEYS_BY_TENANT = (
+    f"SELECT tenant, COUNT(*) FROM keys WHERE state != '{KeyState.DESTROYED}' GROUP BY tenant"  # noqa: S608
+)
 _COUNT_ALIASES = "SELECT COUNT(*) FROM aliases WHERE tenant = ?"
 _COUNT_IMPORTS = "SELECT COUNT(*) FROM import_parameters WHERE tenant = ?"
 

@@ -42,13 +42,20 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from hsmd import limits
+from hsmd import limits, metrics
 from hsmd.audit.events import AuditEvent, bounded_keys, bounded_text
 from hsmd.audit.log import AuditSink, AuditUnavailable, Written
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
-from hsmd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unauthenticated
+from hsmd.errors import (
+    BackendError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from hsmd.names import is_valid_tenant_name
 from hsmd.quotas import SLOW_RPCS, Meters
 from hsmd.scheduler import Scheduler
@@ -277,7 +284,14 @@ class RequestGuard(grpc.ServerInterceptor):
                 self._charge_audit(principal, recorded)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if failure is None:
-                log.info("%s %s %s OK %.1fms", request_id, method, principal, elapsed_ms)
+                log.info(
+                    "%s %s %s OK %.1fms",
+                    request_id,
+                    method,
+                    principal,
+                    elapsed_ms,
+                    extra=_answered(request_id, operation, principal, None, elapsed_ms),
+                )
                 return response
             who = principal or self._caller.peer(context)
             _end_with_failure(context, method, who, failure, elapsed_ms, request_id)
@@ -354,6 +368,7 @@ class RequestGuard(grpc.ServerInterceptor):
                     principal,
                     elapsed_ms,
                     _item_codes(events),
+                    extra=_answered(batch_id, operation, principal, None, elapsed_ms),
                 )
                 return response
             who = principal or self._caller.peer(context)
@@ -701,11 +716,43 @@ def _end_with_failure(
         elapsed_ms,
         f": {failure}" if isinstance(failure, Unauthenticated) else "",
         exc_info=failure if is_internal(failure) else None,
+        extra=_answered(request_id, _operation(method), who, failure, elapsed_ms),
     )
     detailed = with_details(failure, code, message, ((REQUEST_ID_METADATA, request_id),))
     if detailed is not None:
         context.abort_with_status(detailed)
     context.abort(code, message)
+
+
+def _answered(
+    request_id: str,
+    operation: str,
+    who: Principal | str | None,
+    failure: Exception | None,
+    elapsed_ms: float,
+) -> dict[str, object]:
+    """Counts an answered call in the metrics (hsmd.metrics), and returns the fields of its
+    access line for JSON logs (hsmd.logs.JsonFormatter). who: the caller, or its address."""
+    principal = who if isinstance(who, Principal) else None
+    tenant = principal.tenant or "" if principal else ""
+    status = to_status(failure, request_id)[0].name if failure else "OK"
+    metrics.REQUESTS.labels(tenant, operation, status).inc()
+    metrics.REQUEST_SECONDS.labels(tenant, operation).observe(elapsed_ms / 1000)
+    if isinstance(failure, ResourceExhausted):
+        metrics.QUOTA_REJECTIONS.labels(tenant, operation).inc()
+    elif isinstance(failure, BackendError | BackendUnavailable):
+        metrics.BACKEND_ERRORS.labels(tenant, operation).inc()
+    return {
+        "access": {
+            "request_id": request_id,
+            "tenant": tenant,
+            "principal": principal.name if principal else "",
+            "peer": "" if principal or who is None else str(who),
+            "operation": operation,
+            "status": status,
+            "duration_ms": round(elapsed_ms, 1),
+        }
+    }
 
 
 def _level(failure: Exception) -> int:

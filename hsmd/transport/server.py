@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from hsmd.config import Settings
 from hsmd.errors import ConfigError
@@ -168,7 +168,26 @@ def _server(
         service_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     ]
-    reflection.enable_server_reflection(
-        [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1]
+    reflection.enable_server_reflection(names, server)
+    server.add_generic_rpc_handlers((_reflection_v1(names),))
     return server, health_servicer, ["", *services]
+
+
+# grpcio-reflection serves v1alpha only; v1 (what grpcurl and current tools ask first) has the
+# same messages, field for field, under another package: the same servicer answers it.
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _reflection_v1(names: list[str]) -> grpc.GenericRpcHandler:
+    servicer = reflection.ReflectionServicer(names)
+    return grpc.method_handlers_generic_handler(
+        _REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )

@@ -109,6 +109,18 @@ class TlsFiles:
         watcher.start()
         return watcher
 
+    def expiry_times(self) -> list[tuple[tuple[str], float]]:
+        """When each certificate in use expires, and when the CRL is due to be replaced, as
+        POSIX times (the hsmd_certificate_expiry_timestamp_seconds metric)."""
+        times = [(("server",), self.server_not_after.timestamp())]
+        times += [
+            ((f"ca:{anchor.subject.rfc4514_string()}",), anchor.not_valid_after_utc.timestamp())
+            for anchor in self._verifier.anchors
+        ]
+        if self.revocations.next_update is not None:
+            times.append((("crl",), self.revocations.next_update.timestamp()))
+        return times
+
     def _reload_server(self, changed: set[str]) -> None:
         pair = _server_pair(self._settings)
         bundle = self._settings.ca_cert.read_bytes()
