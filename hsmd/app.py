@@ -163,6 +163,7 @@ class Daemon:
                 checkpoints=_checkpointing(settings, backend.daemon_key()),
                 index=index,  # the log closes it from now on
             )
+            backend.self_test()  # in the daemon's token, which daemon_key() attached
             undo.pop_all()  # the daemon owns them now; close() releases them
         clock = GuardedClock(system_clock, store.clock_high_water())
         quotas = _quota_ops(store, settings)

@@ -37,7 +37,7 @@ from pkcs11.constants import DEFAULT
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsmd.backend import encoding
+from hsmd.backend import encoding, selftest
 from hsmd.backend.api import Capabilities, TokenObjects, UnwrapTarget
 from hsmd.backend.lanes import Lane, LaneSizes
 from hsmd.backend.mechanisms import (
@@ -140,6 +140,8 @@ _MATERIAL_REFUSED = (
     p11.KeyTypeInconsistent,
     p11.MechanismParamInvalid,
 )
+# How each family's pairwise consistency test signs (selftest.pairwise_consistent).
+_PAIRWISE_SCHEMES = {Family.RSA: "rsa", Family.EC: "ecdsa", Family.EDWARDS: "eddsa"}
 _ONE_STEP = frozenset({WrappingAlgorithm.RSAES_OAEP_SHA_1, WrappingAlgorithm.RSAES_OAEP_SHA_256})
 _FINGERPRINT_LABEL = b"hsmd key material fingerprint v1"
 # unwrap_key sets every capability attribute of its own (to its defaults, or all false with no
@@ -483,6 +485,25 @@ class Pkcs11Backend:
             )
             lease.remember(object_id, ObjectClass.PUBLIC_KEY, public_key)
             lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
+            encrypts = usage is KeyUsage.ENCRYPT_DECRYPT
+            scheme = _PAIRWISE_SCHEMES[info.family]
+            if not selftest.pairwise_consistent(public_key, private_key, encrypts, scheme):
+                lease.destroy(object_id)
+                raise BackendError(
+                    f"the new {spec} key pair failed its pairwise consistency test (the private"
+                    " key's result does not check with the public key); it was destroyed"
+                )
+
+    def self_test(self) -> None:
+        """Runs the known-answer tests (hsmd.backend.selftest) in the daemon's token, which
+        daemon_key() attached.
+
+        Raises:
+            StartupRefused: one failed; the message names it.
+        """
+        with self._tokens.lease(DAEMON_TOKEN, Lane.FAST) as lease:
+            passed = selftest.run_known_answers(lease.session)
+        log.info("self-tests passed through the token: %s", ", ".join(passed))
 
     # Wrapping and import
 
