@@ -36,7 +36,7 @@ from typing import Any
 
 from hsmclient import AdminClient, ConfigurationError, HsmError, TenantQuota, TenantQuotas
 
-from hsmd import config, devpki, metrics, repair
+from hsmd import config, devpki, metrics, repair, systemd
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
 from hsmd.audit.errors import AuditBroken
 from hsmd.audit.index import index_path_for
@@ -470,11 +470,16 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
             f"Stop with Ctrl-C.\n",
             flush=True,
         )
+    listening = f"listening on {settings.server.host}:{port}"
+    systemd.ready(listening)
     while _next_signal(signals) == signal.SIGHUP:
+        systemd.reloading()
         settings = _reload(config_path, settings)
         tls.check()
         if workers is not None:
             workers.pool.signal_all(signal.SIGHUP)
+        systemd.ready(listening)
+    systemd.stopping()
     if workers is not None:
         workers.stop(settings.server.grace_seconds)
     _stop(daemon, running, guard, stop, maintainer)

@@ -1,17 +1,22 @@
-"""The shipped example configuration is valid (with its files in place)."""
+"""The shipped production configurations are valid (with their files in place)."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from hsmd import config
 
-EXAMPLE = Path(__file__).parents[2] / "deploy" / "hsmd.example.toml"
+DEPLOY = Path(__file__).parents[2] / "deploy"
 
 
-def test_the_example_configuration_parses(tmp_path: Path) -> None:
-    doc = tomllib.loads(EXAMPLE.read_text())
+@pytest.mark.parametrize(
+    ("name", "tenant"), [("hsmd.multi-tenant.toml", None), ("hsmd.single-tenant.toml", "acme")]
+)
+def test_the_production_configurations_parse(tmp_path: Path, name: str, tenant: str | None) -> None:
+    doc = tomllib.loads((DEPLOY / name).read_text())
     for table, field in [
         ("tls", "ca_cert"),
         ("tls", "server_cert"),
@@ -29,3 +34,5 @@ def test_the_example_configuration_parses(tmp_path: Path) -> None:
     assert settings.storage.database == Path("/var/lib/hsmd/hsmd.db")
     assert settings.audit.checkpoint_file == Path("/var/lib/hsmd/audit.jsonl.checkpoint")
     assert settings.audit.checkpoint_every_events == 1000
+    assert settings.tenancy.dedicated_tenant == tenant
+    assert settings.observability.metrics_port == 9464
