@@ -56,7 +56,9 @@ from hsmd.keystore.audit_index import SqliteAuditIndex
 from hsmd.keystore.sqlite_store import SqliteKeyStore
 from hsmd.logs import BatchingLogWriter, JsonFormatter
 from hsmd.names import is_valid_principal_name, is_valid_tenant_name, validate_tenant_name
+from hsmd.ops import backup
 from hsmd.ops.aliases import AliasOps
+from hsmd.ops.backup import BackupOps
 from hsmd.ops.crypto import CryptoOps
 from hsmd.ops.datakeys import DataKeyOps
 from hsmd.ops.imports import ImportOps
@@ -406,7 +408,15 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     )
     audit.expect_appends(guard.at_work, settings.audit.group_commit_seconds)
     kms = KeyManagementServicer(daemon.operations, daemon.tenants.mode)
-    admin = AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas)
+    backups = BackupOps(
+        daemon.store,
+        daemon.backend,
+        audit,
+        settings.audit.public_key_file,
+        settings.storage.backup_dir,
+        daemon.clock,
+    )
+    admin = AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas, backups)
     private = _workers_directory(settings) if processes > 1 else None
     if private is None:
         running = grpc_server.bind(settings, guard, kms, admin, tls)
@@ -842,6 +852,73 @@ def _admin_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup() -> int:
+    try:
+        with AdminClient.from_env() as admin:
+            made = admin.backup()
+    except (HsmError, ConfigurationError) as exc:
+        print(f"hsmd: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"backup: {made.directory}\n{made.files} files, {made.bytes:,} bytes, {made.tokens}"
+        f" tokens, audit events up to {made.audit_sequence}; the master secret is not in it"
+    )
+    return 0
+
+
+def _restore(source: Path, config_path: Path) -> int:
+    """`hsmd restore`: the snapshot's files, checked, into the config's empty state.
+
+    Raises:
+        StartupRefused: the target is not empty or in use, or the master secret is not the
+            one the snapshot's tokens need.
+        DataLoss: the snapshot is not whole (hsmd.ops.backup.check_snapshot).
+    """
+    settings = config.load(config_path)
+    manifest = backup.check_snapshot(source)
+    storage, token_dir = settings.storage, _token_files(settings, write_conf=False).directory
+    if token_dir is None:
+        raise StartupRefused("pkcs11.token_dir (or a SoftHSM2 configuration naming one) is needed")
+    occupied = [
+        str(path)
+        for path in (storage.database, storage.audit_log, settings.audit.checkpoint_file)
+        if path.exists()
+    ] + [str(entry) for entry in token_dir.iterdir() if entry.is_dir()]
+    if occupied:
+        raise StartupRefused(
+            "restore needs an empty state; these exist: "
+            + ", ".join(occupied)
+            + ". Restore into a new directory, or move them away with the daemon stopped."
+        )
+    state_lock = _lock_state(storage.database)  # refuses while a daemon holds this state
+    try:
+        secret = PinDeriver(storage.master_secret_file.read_bytes()).fingerprint()
+        if secret != manifest["master_secret_fingerprint"]:
+            raise StartupRefused(
+                f"{storage.master_secret_file} is not the master secret of this snapshot's"
+                " tokens; give the config the secret the backed-up daemon used"
+            )
+        shutil.copyfile(source / backup.DATABASE, storage.database)
+        storage.database.chmod(0o600)
+        for name in manifest["tokens"]:
+            softhsm_files.copy_token(source / backup.TOKENS / name, token_dir / name)
+        shutil.copyfile(source / backup.AUDIT_LOG, storage.audit_log)
+        storage.audit_log.chmod(0o600)
+        for name, target in (
+            (backup.CHECKPOINT, settings.audit.checkpoint_file),
+            (backup.PUBLIC_KEY, settings.audit.public_key_file),
+        ):
+            if (source / name).exists():
+                shutil.copyfile(source / name, target)
+    finally:
+        os.close(state_lock)
+    print(
+        f"restored {source} ({manifest['created']}, audit events up to"
+        f" {manifest['audit']['sequence']}) into the state of {config_path}; start the daemon"
+    )
+    return 0
+
+
 def _tenant_command(admin: AdminClient, args: argparse.Namespace) -> None:
     command = args.tenant_command
     if command == "quota":
@@ -1167,6 +1244,21 @@ def _parser() -> argparse.ArgumentParser:
         "(daemon stopped)",
     )
     reset.add_argument("--config", type=Path, required=True, help="the daemon's TOML settings")
+    commands.add_parser(
+        "backup",
+        help="have the running daemon write a consistent snapshot of its state (operator"
+        " certificate: HSM_* variables)",
+    )
+    restore = commands.add_parser(
+        "restore",
+        help="bring a snapshot back into the empty state of a config (daemon stopped)",
+        description="Checks every file of the snapshot against its manifest and that the"
+        " config's master secret is the one the snapshot's tokens need, then copies the"
+        " database, the tokens and the audit files to where the config says. Refuses a"
+        " target that holds a database, tokens or an audit log.",
+    )
+    restore.add_argument("--from", dest="source", type=Path, required=True, help="the snapshot")
+    restore.add_argument("--config", type=Path, required=True, help="the daemon's TOML settings")
     return parser
 
 
@@ -1211,6 +1303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tenant" and args.tenant_command in MOVE_COMMANDS:
             return _move_command(args)
+        if args.command == "backup":
+            return _backup()
+        if args.command == "restore":
+            return _restore(args.source, args.config)
         if args.command in ("tenant", "quarantine"):
             return _admin_command(args)
         if args.command == "audit":

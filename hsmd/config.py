@@ -69,9 +69,13 @@ class Pkcs11Settings:
 
 @dataclass(frozen=True)
 class StorageSettings:
+    """backup_dir: where AdminService.Backup writes its snapshots (hsmd/ops/backup.py);
+    by default `backups` beside the database."""
+
     database: Path
     master_secret_file: Path
     audit_log: Path
+    backup_dir: Path
 
 
 @dataclass(frozen=True)
@@ -278,10 +282,13 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         raise ConfigError("pkcs11.token_dir and pkcs11.softhsm2_conf exclude each other")
 
     storage = _Section(doc, "storage", base)
+    database = storage.path("database", "hsmd.db", must_exist=False)
     storage_settings = StorageSettings(
-        database=storage.path("database", "hsmd.db", must_exist=False),
+        database=database,
         master_secret_file=storage.path("master_secret_file"),
         audit_log=storage.path("audit_log", "audit.jsonl", must_exist=False),
+        backup_dir=storage.optional_path("backup_dir", must_exist=False)
+        or database.parent / "backups",
     )
     storage.done()
     _check_private(storage_settings.master_secret_file, "storage.master_secret_file")

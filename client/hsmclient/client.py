@@ -450,6 +450,19 @@ class TimeReversal:
 
 
 @dataclass(frozen=True)
+class Backup:
+    """A snapshot AdminClient.backup made: its directory on the daemon's host, when it was
+    taken, its files and their bytes in all, the last audit event and the tokens it holds."""
+
+    directory: str
+    create_time: datetime
+    files: int
+    bytes: int
+    audit_sequence: int
+    tokens: int
+
+
+@dataclass(frozen=True)
 class AuditVerification:
     """The result of walking the audit log's hash chain and checking its signed checkpoints;
     when not `valid`, the 1-based line that breaks it (0: the checkpoint file itself) and what
@@ -1703,6 +1716,12 @@ class AdminClient(_Client):
         return _every_page(
             lambda token: self.list_audit_events(page_size, token, key_id, tenant), page_token
         )
+
+    def backup(self) -> Backup:
+        """Make the daemon write a consistent snapshot of its state while it serves (database,
+        tokens, audit log; not the master secret) into its backup directory; `hsmd restore`
+        brings it back. Not retried: each call makes a snapshot."""
+        return _from_message(Backup, self._call(self._stub.Backup, admin_pb2.BackupRequest()))
 
     def verify_audit_log(self) -> AuditVerification:
         """Walk the whole audit log's hash chain and check its checkpoints; a broken chain is

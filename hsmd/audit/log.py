@@ -170,6 +170,22 @@ class AuditSink(Protocol):
     def append_many(self, events: Sequence[AuditEvent]) -> Sequence[Written]: ...
 
 
+# A backup copies the log in pieces of this size.
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class AuditCut:
+    """A point of the log that a backup copies: the bytes before `end` (whole lines, the last
+    one of `sequence` and `hash`) and the checkpoint file as it was then, which names a line
+    before the cut (None: no checkpoint yet)."""
+
+    end: int
+    sequence: int
+    hash: str
+    checkpoint: bytes | None
+
+
 @dataclass(frozen=True)
 class _Tail:
     """Where the log ends: its last line's sequence, hash and offset, and its size."""
@@ -387,6 +403,28 @@ class AuditLog:
         reason = self._unusable_reason(check_length)
         if reason is not None:
             raise AuditUnavailable(f"audit log unavailable: {self._path}: {reason}")
+
+    def cut(self) -> AuditCut:
+        """Where the log is now, for a backup: no checkpoint is in progress, so the checkpoint
+        file read here names a line the cut holds."""
+        with self._checkpoint_lock, self._write_lock:
+            checkpoint = None
+            if self._checkpointing is not None:
+                checkpoint = read_checkpoint_file(self._checkpointing.checkpoint_file)
+            return AuditCut(self._end, self._head_sequence, self._head_hash, checkpoint)
+
+    def copy_until(self, cut: AuditCut, target: Path) -> None:
+        """The log's bytes before the cut, in target (a new file), made durable."""
+        with self._path.open("rb") as source, target.open("xb") as copy:
+            left = cut.end
+            while left:
+                chunk = source.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise AuditUnavailable(f"audit log {self._path} is shorter than its cut")
+                copy.write(chunk)
+                left -= len(chunk)
+            copy.flush()
+            os.fsync(copy.fileno())
 
     def problem(self) -> str | None:
         """Why the log cannot take an event now (ensure_writable's reason), or None: the

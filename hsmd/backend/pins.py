@@ -36,6 +36,11 @@ class PinDeriver:
     def daemon_so_pin(self) -> str:
         return self._derive(b"hsmd token security officer pin v1", DAEMON_PIN_CONTEXT)
 
+    def fingerprint(self) -> str:
+        """Names the master secret without revealing it (a backup's manifest records it, so a
+        restore can tell whether the secret it is given is the one the tokens need)."""
+        return self._derive(b"hsmd master secret fingerprint v1", "")
+
     def _derive(self, role: bytes, tenant: str) -> str:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=24, salt=role, info=tenant.encode())
         return base64.urlsafe_b64encode(hkdf.derive(self._master_secret)).decode()

@@ -37,7 +37,7 @@ from pkcs11.constants import DEFAULT
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsmd.backend import encoding, selftest
+from hsmd.backend import encoding, selftest, softhsm_files
 from hsmd.backend.api import Capabilities, TokenObjects, UnwrapTarget
 from hsmd.backend.lanes import Lane, LaneSizes
 from hsmd.backend.mechanisms import (
@@ -285,7 +285,10 @@ class Pkcs11Backend:
             os.environ["SOFTHSM2_CONF"] = str(softhsm2_conf)
         self._pins = pins
         self._read_only = read_only
+        self._token_dir = token_dir
         self._tokens = TokenTable(library, lanes or LaneSizes(), token_dir)
+        # Every token change holds it shared; a backup's copy of the tokens holds it alone.
+        self._changes = _SharedExclusive()
         self._probing = threading.Lock()
         self._capabilities: Capabilities | None = None
 
@@ -293,7 +296,35 @@ class Pkcs11Backend:
 
     def ensure_token(self, tenant: str) -> str:
         self._check_writable()
-        return self._tokens.ensure(self._tenant_token(tenant))
+        with self._changes.shared():
+            return self._tokens.ensure(self._tenant_token(tenant))
+
+    def master_secret_fingerprint(self) -> str:
+        return self._pins.fingerprint()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """While it lasts, no token changes: the changes in progress finish first, new ones
+        wait, and what they changed has been made durable (a backup's consistent point)."""
+        with self._changes.exclusive():
+            self._tokens.make_durable()
+            yield
+
+    def copy_tokens(self, target: Path) -> list[str]:
+        """Copies every token's directory into target (a new directory); call it within
+        frozen(). Returns the tokens' directory names.
+
+        Raises:
+            BackendError: the token directory is not known (a SoftHSM2 configuration of the
+                operator's that names none).
+        """
+        if self._token_dir is None:
+            raise BackendError("the token directory is not known: it cannot be copied")
+        target.mkdir(mode=0o700)
+        copied = [entry for entry in sorted(self._token_dir.iterdir()) if entry.is_dir()]
+        for source in copied:
+            softhsm_files.copy_token(source, target / source.name)
+        return [source.name for source in copied]
 
     def attach_token(self, tenant: str, serial: str) -> None:
         self._tokens.attach(self._tenant_token(tenant), serial)
@@ -955,13 +986,14 @@ class Pkcs11Backend:
         self._check_writable()
         if adds:
             self._tokens.check_storage()
-        try:
-            with self._tokens.lease(tenant, Lane.SLOW) as lease:
-                yield lease
-        except BackendError:
-            self._tokens.check_storage()  # a full or read-only disk is the likelier cause
-            raise
-        self._tokens.make_durable()
+        with self._changes.shared():
+            try:
+                with self._tokens.lease(tenant, Lane.SLOW) as lease:
+                    yield lease
+            except BackendError:
+                self._tokens.check_storage()  # a full or read-only disk is the likelier cause
+                raise
+            self._tokens.make_durable()
 
     # Removing a tenant's token (tenant deletion)
 
@@ -973,7 +1005,8 @@ class Pkcs11Backend:
                 library refused to erase it.
         """
         self._check_writable()
-        self._tokens.remove(self._tenant_token(tenant), serial)
+        with self._changes.shared():
+            self._tokens.remove(self._tenant_token(tenant), serial)
 
     def _check_writable(self) -> None:
         if self._read_only:
@@ -1018,3 +1051,40 @@ def _fingerprint(probe: Any, spec: KeySpec) -> str:
     else:
         value = probe.sign(_FINGERPRINT_LABEL, mechanism=MAC_MECHANISMS[info.mac[0]])
     return bytes(value).hex()
+
+
+class _SharedExclusive:
+    """Many holders at once (token changes), or one alone (a backup's copy); one that waits
+    to hold it alone keeps new shared holders out, so it does not wait for ever."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._shared -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting += 1
+            self._changed.wait_for(lambda: not self._exclusive and not self._shared)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._exclusive = False
+                self._changed.notify_all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -630,6 +631,21 @@ class SqliteKeyStore:
                 for query in (_COUNT_KEYS, _COUNT_ALIASES, _COUNT_IMPORTS)
             )
         return ResourceCounts(keys=keys, aliases=aliases, pending_imports=imports)
+
+    def copy_to(self, target: Path) -> None:
+        """A consistent copy of the database in target (a new file), made with SQLite's backup
+        API while the daemon serves, and made durable."""
+        with self._read() as db:
+            copy = sqlite3.connect(target)
+            try:
+                db.backup(copy)
+            finally:
+                copy.close()
+        descriptor = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def key_counts(self) -> dict[str, int]:
         """Every tenant's keys that are not destroyed (the hsmd_keys metric)."""

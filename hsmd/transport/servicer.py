@@ -28,6 +28,7 @@ from hsmd.errors import InvalidArgument
 from hsmd.names import parse_key_id, validate_tenant_name
 from hsmd.ops import paging
 from hsmd.ops.aliases import AliasOps
+from hsmd.ops.backup import BackupOps
 from hsmd.ops.crypto import CryptoOps, Sealed
 from hsmd.ops.datakeys import DataKeyOps, DataKeyPair
 from hsmd.ops.imports import ImportOps
@@ -706,13 +707,32 @@ def _rotation_status(status: RotationStatus) -> service_pb2.GetKeyRotationStatus
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, tenants: TenantOps, reconciler: Reconciler, audit: AuditLog, quotas: QuotaOps
+        self,
+        tenants: TenantOps,
+        reconciler: Reconciler,
+        audit: AuditLog,
+        quotas: QuotaOps,
+        backups: BackupOps,
     ) -> None:
         self._tenants = tenants
         self._reconciler = reconciler
         self._audit = audit
         self._key_metadata = functools.partial(convert.key_metadata, tenancy=tenants.mode)
         self._quotas = quotas
+        self._backups = backups
+
+    def Backup(
+        self, request: admin_pb2.BackupRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.BackupResponse:
+        report = self._backups.take()
+        return admin_pb2.BackupResponse(
+            directory=str(report.directory),
+            create_time=convert.timestamp(report.created),
+            files=report.files,
+            bytes=report.bytes,
+            audit_sequence=report.audit_sequence,
+            tokens=report.tokens,
+        )
 
     def ListAuditEvents(
         self, request: service_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
