@@ -36,7 +36,7 @@ from typing import Any
 
 from hsmclient import AdminClient, ConfigurationError, HsmError, TenantQuota, TenantQuotas
 
-from hsmd import config, devpki, metrics, repair, systemd
+from hsmd import binding, config, devpki, doctor, metrics, repair, systemd
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
 from hsmd.audit.errors import AuditBroken
 from hsmd.audit.index import index_path_for
@@ -284,21 +284,11 @@ def _bind_token_dir(store: SqliteKeyStore, token_dir: Path) -> None:
         StartupRefused: it belongs to another database, or to the database this one was
             copied from.
     """
-    mark = softhsm_files.read_owner_mark(token_dir)
-    database = store.path.resolve()
-    other = None
-    if mark is not None and not _same_file(Path(mark.database_path), database):
-        binding = SqliteKeyStore.read_binding(Path(mark.database_path))
-        if binding is None:
-            other = repair.OtherDatabase.MISSING
-        elif _same_file(Path(binding[1]), token_dir):
-            other = repair.OtherDatabase.CLAIMS_THESE_TOKENS
-        else:
-            other = repair.OtherDatabase.USES_OTHER_TOKENS
-    decision = repair.decide_binding(mark, store.database_id(), str(database), other)
+    decision = binding.token_dir_binding(store.path, store.database_id(), token_dir)
     if decision.action is repair.Binding.REFUSE:
         raise StartupRefused(f"token directory {token_dir}: {decision.reason}")
     if decision.action is not repair.Binding.KEEP:
+        database = store.path.resolve()
         log.warning(
             "token directory %s: %s; marking it as %s's", token_dir, decision.reason, database
         )
@@ -306,13 +296,6 @@ def _bind_token_dir(store: SqliteKeyStore, token_dir: Path) -> None:
             token_dir, repair.OwnerMark(store.database_id(), str(database))
         )
     store.bind_token_dir(str(token_dir.resolve()))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
 
 
 def _clock(settings: config.Settings) -> Clock:
@@ -770,7 +753,7 @@ def init_dev(directory: Path, listen: str = DEV_LISTEN) -> Path:
         devpki.issue(ca, "localhost", hosts=["localhost", "127.0.0.1", "::1"], server=True).write(
             pki / "server.pem", pki / "server-key.pem"
         )
-    (directory / "tokens").mkdir(parents=True, exist_ok=True)
+    (directory / "tokens").mkdir(mode=0o700, parents=True, exist_ok=True)
     master_secret = directory / "master.secret"
     if not master_secret.exists():
         descriptor = os.open(master_secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -1244,6 +1227,14 @@ def _parser() -> argparse.ArgumentParser:
         "(daemon stopped)",
     )
     reset.add_argument("--config", type=Path, required=True, help="the daemon's TOML settings")
+    doctor_parser = commands.add_parser(
+        "doctor",
+        help="look over a deployment (config, file modes, certificates, tokens, quarantine,"
+        " free space) and say what is wrong and how to fix it; changes nothing",
+    )
+    doctor_parser.add_argument(
+        "--config", type=Path, required=True, help="the daemon's TOML settings"
+    )
     commands.add_parser(
         "backup",
         help="have the running daemon write a consistent snapshot of its state (operator"
@@ -1303,6 +1294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tenant" and args.tenant_command in MOVE_COMMANDS:
             return _move_command(args)
+        if args.command == "doctor":
+            findings = doctor.examine(args.config, SystemClock())
+            print("\n".join(str(finding) for finding in findings))
+            return 1 if any(finding.level == doctor.PROBLEM for finding in findings) else 0
         if args.command == "backup":
             return _backup()
         if args.command == "restore":

@@ -456,6 +456,19 @@ class SqliteKeyStore:
             return None
         return str(rows["database_id"]), str(rows["token_dir"])
 
+    @staticmethod
+    def read_quarantine_count(path: Path) -> int:
+        """How many token objects the database at path keeps in quarantine, read-only (hsmd
+        doctor, beside a running daemon); 0 if there is no database yet."""
+        if not path.is_file():
+            return 0
+        database = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            count: int = database.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        finally:
+            database.close()
+        return count
+
     def clock_high_water(self) -> datetime | None:
         """The latest time the daemon is known to have acted at (hsmd.clock)."""
         value = self._meta("clock_high_water")

@@ -64,9 +64,9 @@ class TlsFiles:
         self._lock = threading.Lock()
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._stamps = self._current_stamps()
-        self._server_pair = _server_pair(settings)
+        self.server_pair = server_pair(settings)
         self._ca_bundle = settings.ca_cert.read_bytes()
-        self.server_not_after = _not_after(self._server_pair[1])
+        self.server_not_after = _not_after(self.server_pair[1])
         self.revocations = self._load_crl()
         verifier.revoke(self.revocations)
 
@@ -122,12 +122,12 @@ class TlsFiles:
         return times
 
     def _reload_server(self, changed: set[str]) -> None:
-        pair = _server_pair(self._settings)
+        pair = server_pair(self._settings)
         bundle = self._settings.ca_cert.read_bytes()
         if "ca_cert" in changed:
             self._verifier.trust(bundle)  # raises ConfigError before anything changed
         with self._lock:
-            self._server_pair, self._ca_bundle = pair, bundle
+            self.server_pair, self._ca_bundle = pair, bundle
             self._pending = self._configuration()
         self.server_not_after = _not_after(pair[1])
         log.warning("tls: reloaded %s; new connections use them", ", ".join(sorted(changed)))
@@ -148,7 +148,7 @@ class TlsFiles:
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
-            [self._server_pair], root_certificates=self._ca_bundle
+            [self.server_pair], root_certificates=self._ca_bundle
         )
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -167,7 +167,7 @@ class TlsFiles:
         }
 
 
-def _server_pair(settings: TlsSettings) -> tuple[bytes, bytes]:
+def server_pair(settings: TlsSettings) -> tuple[bytes, bytes]:
     """The server's (key, certificate chain) PEM, if the key is the certificate's.
 
     Raises:
