@@ -473,6 +473,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
             workers.pool.signal_all(signal.SIGHUP)
         systemd.ready(listening)
     systemd.stopping()
+    health.stopping()
     if workers is not None:
         workers.stop(settings.server.grace_seconds)
     _stop(daemon, running, guard, stop, maintainer)
@@ -640,7 +641,7 @@ def serve_worker(settings: config.Settings, directory: Path, port: int, index: i
     running.start()
     stop = threading.Event()
     tls.watch(settings.tls.reload_check_seconds, stop)
-    health = Health({"token backend": backend.health_problem})  # the coordinator's: the audit
+    health = Health({"token backend": backend.health_problem, "audit log": relay.audit_problem})
     health.follow(running.health, running.health_names)
     health.watch(settings.observability.health_check_seconds, stop)
     observation = _observe(settings, health, 1 + index)
@@ -650,6 +651,7 @@ def serve_worker(settings: config.Settings, directory: Path, port: int, index: i
     keep_lifeline(directory / RELAY_SOCKET, running.port, lambda: signals.put(_COORDINATOR_GONE))
     while (received := _next_signal(signals)) == signal.SIGHUP:
         tls.check()
+    health.stopping()
     stop.set()
     # Stopped by the coordinator, the calls in flight get the grace period; with the
     # coordinator gone, none can be audited any more, so the worker stops at once.
@@ -849,6 +851,10 @@ def _backup() -> int:
     return 0
 
 
+# The files SQLite keeps beside a database: a stale one would be replayed onto a restored one.
+_SQLITE_SIDE = ("", "-wal", "-shm", "-journal")
+
+
 def _restore(source: Path, config_path: Path) -> int:
     """`hsmd restore`: the snapshot's files, checked, into the config's empty state.
 
@@ -862,9 +868,10 @@ def _restore(source: Path, config_path: Path) -> int:
     storage, token_dir = settings.storage, _token_files(settings, write_conf=False).directory
     if token_dir is None:
         raise StartupRefused("pkcs11.token_dir (or a SoftHSM2 configuration naming one) is needed")
+    database_files = [storage.database.with_name(storage.database.name + s) for s in _SQLITE_SIDE]
     occupied = [
         str(path)
-        for path in (storage.database, storage.audit_log, settings.audit.checkpoint_file)
+        for path in (*database_files, storage.audit_log, settings.audit.checkpoint_file)
         if path.exists()
     ] + [str(entry) for entry in token_dir.iterdir() if entry.is_dir()]
     if occupied:
@@ -881,8 +888,6 @@ def _restore(source: Path, config_path: Path) -> int:
                 f"{storage.master_secret_file} is not the master secret of this snapshot's"
                 " tokens; give the config the secret the backed-up daemon used"
             )
-        shutil.copyfile(source / backup.DATABASE, storage.database)
-        storage.database.chmod(0o600)
         for name in manifest["tokens"]:
             softhsm_files.copy_token(source / backup.TOKENS / name, token_dir / name)
         shutil.copyfile(source / backup.AUDIT_LOG, storage.audit_log)
@@ -893,6 +898,13 @@ def _restore(source: Path, config_path: Path) -> int:
         ):
             if (source / name).exists():
                 shutil.copyfile(source / name, target)
+        # The database last, under its name only once whole: a restore cut short leaves
+        # none, and the next restore (after the target is emptied) starts over.
+        arriving = storage.database.with_name(storage.database.name + ".restoring")
+        shutil.copyfile(source / backup.DATABASE, arriving)
+        arriving.chmod(0o600)
+        os.replace(arriving, storage.database)
+        softhsm_files.sync_directory(storage.database.parent)
     finally:
         os.close(state_lock)
     print(

@@ -19,6 +19,7 @@ Exchanges (worker -> coordinator, each answered once):
   {"op": "append", "events": [...]}            -> {"sizes": [...]} | {"unavailable": message}
   {"op": "tenants"}                            -> {"tenants": {name: token serial}}
   {"op": "ready", "port"}                      -> {}   (the worker serves on that port)
+  {"op": "audit_problem"}                      -> {"problem": why the log takes no events, or None}
 The tenants are those whose tokens the coordinator serves: a worker opens just those. After
 "ready", the worker's lifeline connection stays open without a further exchange; it ends only
 when the coordinator exits, and then the worker stops.
@@ -258,6 +259,8 @@ class RelayServer:
         if op == "ready":
             self._ready(pid, int(request["port"]))
             return {}
+        if op == "audit_problem":
+            return {"problem": self._audit.problem()}
         raise ValueError(f"unknown exchange {op!r}")
 
     def _append(self, requests: list[tuple[socket.socket, int, dict[str, Any]]]) -> None:
@@ -303,6 +306,15 @@ class RelayClient:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._local = threading.local()
+
+    def audit_problem(self) -> str | None:
+        """Why the coordinator's audit log cannot take events now, or None (a worker's health
+        check: every call it serves needs that log)."""
+        try:
+            problem = self.exchange({"op": "audit_problem"})["problem"]
+        except AuditUnavailable as exc:
+            return str(exc)
+        return None if problem is None else str(problem)
 
     def served_tenants(self) -> dict[str, str]:
         """The tenants whose tokens the coordinator serves, with their token serials."""

@@ -192,5 +192,6 @@ class AsyncAdminClient(_Async[AdminClient]):
     list_tenants = _awaited(AdminClient.list_tenants)
     set_tenant_quota = _awaited(AdminClient.set_tenant_quota)
     verify_audit_log = _awaited(AdminClient.verify_audit_log)
+    backup = _awaited(AdminClient.backup)
     iter_audit_events = _iterated(AdminClient.iter_audit_events)
     iter_quarantined_objects = _iterated(AdminClient.iter_quarantined_objects)

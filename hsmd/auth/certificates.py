@@ -109,6 +109,7 @@ class ClientCertificateVerifier:
         """Raises ConfigError if the bundle holds no certificate or one that is not a CA."""
         self.anchors = _trust_anchors(ca_bundle)
         self._store = Store(self.anchors)
+        self._generation = 0  # CA bundles trusted so far, less one
         self._revocations = Revocations.none()
         self._trust_domain = trust_domain
         self._clock = clock
@@ -127,6 +128,7 @@ class ClientCertificateVerifier:
         anchors = _trust_anchors(ca_bundle)
         with self._lock:
             self.anchors, self._store = anchors, Store(anchors)
+            self._generation += 1  # a verdict reached against the old CAs is not kept
             self._verified.clear()
             self._refused.clear()
 
@@ -164,19 +166,25 @@ class ClientCertificateVerifier:
         certificate_pem, chain_pem = key
         if len(certificate_pem) + len(chain_pem) > MAX_PRESENTED_BYTES:
             raise Unauthenticated("the client certificate chain is too large")
+        with self._lock:
+            generation, store = self._generation, self._store
         try:
-            verified = self._verify(certificate_pem, chain_pem, now)
+            verified = self._verify(certificate_pem, chain_pem, now, store)
         except Unauthenticated as exc:
             with self._lock:
                 self.verifications += 1
-                self._refused.put(key, str(exc))
+                if generation == self._generation:
+                    self._refused.put(key, str(exc))
             raise
         with self._lock:
             self.verifications += 1
-            self._verified.put(key, verified)
+            if generation == self._generation:
+                self._verified.put(key, verified)
         return verified
 
-    def _verify(self, certificate_pem: bytes, chain_pem: bytes, now: datetime) -> _Verified:
+    def _verify(
+        self, certificate_pem: bytes, chain_pem: bytes, now: datetime, store: Store
+    ) -> _Verified:
         try:
             leaf = x509.load_pem_x509_certificate(certificate_pem)
             intermediates = x509.load_pem_x509_certificates(chain_pem) if chain_pem else []
@@ -187,7 +195,7 @@ class ClientCertificateVerifier:
         # Verify at a moment inside the leaf's validity, so that the verdict does not depend on
         # when the certificate was first seen; identify() compares the window with the clock.
         moment = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
-        verifier = PolicyBuilder().store(self._store).time(moment).build_client_verifier()
+        verifier = PolicyBuilder().store(store).time(moment).build_client_verifier()
         try:
             client = verifier.verify(leaf, intermediates)
         except VerificationError as exc:

@@ -140,6 +140,8 @@ _MATERIAL_REFUSED = (
     p11.KeyTypeInconsistent,
     p11.MechanismParamInvalid,
 )
+# How many tokens one health check asks the library to answer (health_problem).
+_HEALTH_SAMPLE = 8
 # How each family's pairwise consistency test signs (selftest.pairwise_consistent).
 _PAIRWISE_SCHEMES = {Family.RSA: "rsa", Family.EC: "ecdsa", Family.EDWARDS: "eddsa"}
 _ONE_STEP = frozenset({WrappingAlgorithm.RSAES_OAEP_SHA_1, WrappingAlgorithm.RSAES_OAEP_SHA_256})
@@ -289,6 +291,7 @@ class Pkcs11Backend:
         self._tokens = TokenTable(library, lanes or LaneSizes(), token_dir)
         # Every token change holds it shared; a backup's copy of the tokens holds it alone.
         self._changes = _SharedExclusive()
+        self._probed = 0  # tokens the health checks have looked at (health_problem)
         self._probing = threading.Lock()
         self._capabilities: Capabilities | None = None
 
@@ -372,16 +375,20 @@ class Pkcs11Backend:
         """Why the backend as a whole cannot serve, or None (hsmd/transport/observe.py): its
         token directory cannot be written (read-only, I/O errors; a full disk is a limit, not
         a failure), or the library answers no attached token. One tenant's damaged token is
-        that tenant's failure, logged, and leaves the others served."""
-        if not self._read_only:
-            try:
-                self._tokens.check_storage()
-            except StorageUnavailable as exc:
-                return str(exc)
-            except StorageFull:
-                pass
+        that tenant's failure, logged, and leaves the others served. A worker process, which
+        writes no token, answers the same as its coordinator about the directory."""
+        try:
+            self._tokens.check_storage()
+        except StorageUnavailable as exc:
+            return str(exc)
+        except StorageFull:
+            pass
         failed = []
-        tokens = self._tokens.attached()
+        attached = self._tokens.attached()
+        # A few tokens a look, in turn: the check's cost does not grow with the tenants.
+        start = self._probed % max(1, len(attached))
+        tokens = (attached[start:] + attached[:start])[:_HEALTH_SAMPLE]
+        self._probed += len(tokens)
         for name in tokens:
             try:
                 with self._tokens.lease(name, Lane.FAST) as lease:
@@ -532,6 +539,12 @@ class Pkcs11Backend:
         Raises:
             StartupRefused: one failed; the message names it.
         """
+        if os.environ.get(selftest.CORRUPT_VARIABLE):
+            log.warning(
+                "%s is set: the self-test %r is made to fail (for labs and tests only)",
+                selftest.CORRUPT_VARIABLE,
+                os.environ[selftest.CORRUPT_VARIABLE],
+            )
         with self._tokens.lease(DAEMON_TOKEN, Lane.FAST) as lease:
             passed = selftest.run_known_answers(lease.session)
         log.info("self-tests passed through the token: %s", ", ".join(passed))

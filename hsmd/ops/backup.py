@@ -2,7 +2,7 @@
 that a snapshot is whole before it is restored (docs/operations.md#backup-and-restore).
 
 At one point, with no token change in progress (Pkcs11Backend.frozen; calls that change no
-token go on), the database is copied with SQLite's backup API, the audit log is cut, and every
+token go on), the audit log is cut, the database is copied with SQLite's backup API, and every
 token's directory is copied. The audit log's lines before the cut are copied after, with the
 checkpoint file of that moment and the public key file. The master secret is not copied: it is
 kept apart, and the manifest names it by a fingerprint only. The snapshot is made under a
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from hsmd.domain import Clock
 from hsmd.errors import DataLoss, FailedPrecondition
 
 FORMAT = "hsmd-backup-1"
+# A token directory's name, as SoftHSM2 makes them: one path component, no dot first.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MANIFEST = "manifest.json"
 DATABASE = "hsmd.db"
 TOKENS = "tokens"
@@ -90,8 +93,10 @@ class BackupOps:
         staging.mkdir(mode=0o700)
         try:
             with self._backend.frozen():
-                self._database.copy_to(staging / DATABASE)
+                # The cut first: a call's event follows its commit, so a change the copy
+                # holds may lack its event (as after a crash), never the other way round.
                 cut = self._audit.cut()
+                self._database.copy_to(staging / DATABASE)
                 tokens = self._backend.copy_tokens(staging / TOKENS)
             self._audit.copy_until(cut, staging / AUDIT_LOG)
             if cut.checkpoint is not None:
@@ -130,9 +135,13 @@ def check_snapshot(directory: Path) -> dict[str, Any]:
     records, and nothing else.
 
     Raises:
-        DataLoss: the manifest is missing or not one of ours, or a file is missing, changed or
-            extra.
+        DataLoss: the manifest is missing or not one of ours; a file is missing, changed or
+            extra; the snapshot holds a symbolic link; or its token names are not the plain
+            names of its token directories.
     """
+    links = [path for path in directory.rglob("*") if path.is_symlink()]
+    if links:
+        raise DataLoss(f"{directory}: {links[0]} is a symbolic link; a snapshot holds none")
     try:
         manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
@@ -148,6 +157,10 @@ def check_snapshot(directory: Path) -> dict[str, Any]:
             raise DataLoss(f"{directory}: {name} is not in the manifest")
         if found[name] != recorded[name]:
             raise DataLoss(f"{directory}: {name} does not match the manifest (changed or cut)")
+    tokens = manifest.get("tokens", [])
+    present = {entry.name for entry in (directory / TOKENS).iterdir() if entry.is_dir()}
+    if not all(_PLAIN_NAME.fullmatch(str(name)) for name in tokens) or set(tokens) != present:
+        raise DataLoss(f"{directory}: its manifest's tokens are not its token directories")
     return manifest
 
 

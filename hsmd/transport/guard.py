@@ -737,7 +737,7 @@ def _answered(
     tenant = principal.tenant or "" if principal else ""
     status = to_status(failure, request_id)[0].name if failure else "OK"
     metrics.REQUESTS.labels(tenant, operation, status).inc()
-    metrics.REQUEST_SECONDS.labels(tenant, operation).observe(elapsed_ms / 1000)
+    metrics.REQUEST_SECONDS.labels(operation).observe(elapsed_ms / 1000)
     if isinstance(failure, ResourceExhausted):
         metrics.QUOTA_REJECTIONS.labels(tenant, operation).inc()
     elif isinstance(failure, BackendError | BackendUnavailable):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
@@ -27,11 +30,17 @@ Check = Callable[[], str | None]
 class Health:
     """The daemon's health: every check passes (SERVING) or one does not (NOT_SERVING)."""
 
-    def __init__(self, checks: Mapping[str, Check]) -> None:
+    def __init__(self, checks: Mapping[str, Check], timeout: float = 10.0) -> None:
+        """timeout: a check that has not answered by then is a problem (a hung library must
+        not leave the status at SERVING); it is not started again until it returns."""
         self._checks = checks
+        self._timeout = timeout
+        self._runner = ThreadPoolExecutor(max(1, len(checks)), thread_name_prefix="hsmd-check")
+        self._running: dict[str, Future[str | None]] = {}
         self._lock = threading.Lock()
         self._servers: list[tuple[health.HealthServicer, list[str]]] = []
         self.problems: dict[str, str] = {}
+        self._stopped = False
         metrics.SERVING.set(1)
 
     @property
@@ -46,15 +55,22 @@ class Health:
 
     def check(self) -> None:
         """Runs every check now; logs and publishes what changed."""
-        problems: dict[str, str] = {}
         for name, check in self._checks.items():
+            if name not in self._running or self._running[name].done():
+                self._running[name] = self._runner.submit(check)
+        problems: dict[str, str] = {}
+        for name, running in self._running.items():
             try:
-                problem = check()
+                problem = running.result(timeout=self._timeout)
+            except FuturesTimeout:
+                problem = f"the check has not answered within {self._timeout:g} s"
             except Exception as exc:  # a check that fails is a problem, not a crash
                 problem = f"the check failed: {exc}"
             if problem is not None:
                 problems[name] = problem
         with self._lock:
+            if self._stopped:  # a look that began before the stop tells nothing now
+                return
             before, self.problems = self.problems, problems
         for name in sorted(problems.keys() - before.keys()):
             log.error("health: %s fails, the daemon is NOT_SERVING: %s", name, problems[name])
@@ -62,6 +78,14 @@ class Health:
             log.warning("health: %s passes again", name)
         if (before == {}) != (problems == {}):
             self._publish()
+
+    def stopping(self) -> None:
+        """A stop has begun: NOT_SERVING from now on (load balancers move away while the
+        calls in flight drain); no check runs any more."""
+        with self._lock:
+            self._stopped = True
+            self.problems = {"daemon": "stopping"}
+        self._publish()
 
     def watch(self, interval: float, stop: threading.Event) -> threading.Thread:
         def run() -> None:
@@ -84,6 +108,33 @@ class Health:
         for servicer, names in servers:
             for name in names:
                 servicer.set(name, status)
+
+
+# How long a connection may take to send its request, and how many are served at once (more
+# are closed at once): the endpoint needs no certificate, so it must not cost the daemon
+# threads or file descriptors without bound.
+_CONNECTION_SECONDS = 10.0
+_MAX_CONNECTIONS = 16
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(_MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class ObservationServer:
@@ -117,8 +168,8 @@ class ObservationServer:
             def log_message(self, format: str, *args: object) -> None:
                 """Scrapes are not logged (one every few seconds)."""
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        Handler.timeout = _CONNECTION_SECONDS  # a connection that sends nothing is closed
+        self._server = _BoundedServer((host, port), Handler)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hsmd-metrics", daemon=True

@@ -28,6 +28,8 @@ from hsmd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The files read together: a server certificate is judged with its key.
+_GROUPS = {"ca": ("ca_cert",), "server": ("server_cert", "server_key"), "crl": ("crl",)}
 # What tells that a file changed: its identity, size and modification time.
 _Stamp = tuple[int, int, int, int] | None
 
@@ -63,10 +65,11 @@ class TlsFiles:
         self._now = now
         self._lock = threading.Lock()
         self._pending: grpc.ServerCertificateConfiguration | None = None
-        self._stamps = self._current_stamps()
-        self.server_pair = server_pair(settings)
+        self._checking = threading.Lock()
+        self._seen = self._current_stamps()
+        self._pair = server_pair(settings)
         self._ca_bundle = settings.ca_cert.read_bytes()
-        self.server_not_after = _not_after(self.server_pair[1])
+        self.server_not_after = _not_after(self._pair[1])
         self.revocations = self._load_crl()
         verifier.revoke(self.revocations)
 
@@ -81,22 +84,34 @@ class TlsFiles:
 
     def check(self) -> None:
         """Reads the files that changed since the last look and puts to use those that load;
-        logs (ERROR) and keeps the old for those that do not."""
-        stamps = self._current_stamps()
-        with self._lock:
-            changed = {name for name, stamp in stamps.items() if stamp != self._stamps[name]}
-            self._stamps = stamps
-        if not changed:
-            return
+        logs (ERROR) and keeps the old for those that do not. One look at a time (the
+        watcher's, SIGHUP's). The CA bundle goes first: the server's handshake and the CRL's
+        signatures are judged against it. A refused file is not read again until it (or the
+        other file of its group) changes."""
+        with self._checking:
+            stamps = self._current_stamps()
+
+            def changed(group: str) -> bool:
+                return any(stamps[name] != self._seen[name] for name in _GROUPS[group])
+
+            trusted = changed("ca") and self._apply("ca", self._reload_ca, stamps)
+            if changed("server") or trusted:
+                self._apply("server", self._reload_server, stamps)
+            if changed("crl") or trusted:
+                self._apply("crl", self._reload_revocations, stamps)
+
+    def _apply(self, group: str, reload: Callable[[], None], stamps: dict[str, _Stamp]) -> bool:
+        for name in _GROUPS[group]:
+            self._seen[name] = stamps[name]  # looked at: used, or refused until it changes
         try:
-            if changed & {"server_cert", "server_key", "ca_cert"}:
-                self._reload_server(changed)
-            if changed & {"ca_cert", "crl"}:
-                self._reload_revocations()
+            reload()
         except ConfigError as exc:
             log.error("tls: the changed file is refused; the one in use stays: %s", exc)
+            return False
         except OSError as exc:
             log.error("tls: cannot read %s (%s); the one in use stays", exc.filename, exc.strerror)
+            return False
+        return True
 
     def watch(self, interval: float, stop: threading.Event) -> threading.Thread:
         """Looks for changed files every `interval` seconds until `stop` is set."""
@@ -121,16 +136,21 @@ class TlsFiles:
             times.append((("crl",), self.revocations.next_update.timestamp()))
         return times
 
-    def _reload_server(self, changed: set[str]) -> None:
-        pair = server_pair(self._settings)
+    def _reload_ca(self) -> None:
         bundle = self._settings.ca_cert.read_bytes()
-        if "ca_cert" in changed:
-            self._verifier.trust(bundle)  # raises ConfigError before anything changed
+        self._verifier.trust(bundle)  # raises ConfigError before anything changed
         with self._lock:
-            self.server_pair, self._ca_bundle = pair, bundle
+            self._ca_bundle = bundle
+            self._pending = self._configuration()  # handshakes trust it too, whatever else
+        log.warning("tls: reloaded ca_cert; handshakes and calls trust its CAs")
+
+    def _reload_server(self) -> None:
+        pair = server_pair(self._settings)
+        with self._lock:
+            self._pair = pair
             self._pending = self._configuration()
         self.server_not_after = _not_after(pair[1])
-        log.warning("tls: reloaded %s; new connections use them", ", ".join(sorted(changed)))
+        log.warning("tls: reloaded server_cert and server_key; new connections use them")
 
     def _reload_revocations(self) -> None:
         self.revocations = self._load_crl()
@@ -148,7 +168,7 @@ class TlsFiles:
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
-            [self.server_pair], root_certificates=self._ca_bundle
+            [self._pair], root_certificates=self._ca_bundle
         )
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:

@@ -6,6 +6,7 @@ a master secret that is not the tokens'."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -150,3 +151,20 @@ def test_another_master_secret_is_refused(
     done = _hsmd("restore", "--from", str(snapshot[0]), "--config", str(target.config))
     assert done.returncode != 0 and "is not the master secret of this snapshot" in done.stderr
     assert not target.database.exists()
+
+
+@pytest.mark.parametrize("tokens", [["../outside"], []])
+def test_a_manifest_whose_tokens_are_not_its_directories_is_refused(
+    tmp_path: Path, pki: TestPki, snapshot: tuple[Path, bytes], tokens: list[str]
+) -> None:
+    """A name that leaves the token directory, or a list that leaves tokens out, is refused
+    before anything is written."""
+    changed = tmp_path / "changed"
+    shutil.copytree(snapshot[0], changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["tokens"] = tokens
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    target = _restored(tmp_path, pki, "target", snapshot[1])
+    done = _hsmd("restore", "--from", str(changed), "--config", str(target.config))
+    assert done.returncode != 0 and "manifest's tokens are not its token directories" in done.stderr
+    assert not target.database.exists() and not (tmp_path / "outside").exists()

@@ -408,6 +408,8 @@ ADMIN_REQUESTS: dict[str, Callable[[], Message]] = {
         tenant="alpha", quota=admin_pb2.TenantQuota()
     ),
     "GetTenantQuota": lambda: admin_pb2.GetTenantQuotaRequest(tenant="alpha"),
+    # The snapshot stays on the daemon's host: the answer names where, and counts.
+    "Backup": lambda: admin_pb2.BackupRequest(),
 }
 # Nothing is in quarantine, so the calls that act on an object find none.
 ADMIN_NOT_FOUND = {"DestroyQuarantinedObject", "AdoptQuarantinedObject"}
