@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[daemon,dev]'
+	$(BIN)/pip install -q -e '.[daemon,dev,lab]'
 	touch $@
 
 $(GEN): $(PROTOS) $(VENV)/.installed

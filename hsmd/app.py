@@ -36,7 +36,7 @@ from typing import Any
 
 from hsmclient import AdminClient, ConfigurationError, HsmError, TenantQuota, TenantQuotas
 
-from hsmd import binding, config, devpki, doctor, metrics, repair, systemd
+from hsmd import binding, config, devpki, doctor, lab, metrics, repair, systemd
 from hsmd.audit.checkpoint import Checkpointing, CheckpointSigner
 from hsmd.audit.errors import AuditBroken
 from hsmd.audit.index import index_path_for
@@ -1239,6 +1239,22 @@ def _parser() -> argparse.ArgumentParser:
         "(daemon stopped)",
     )
     reset.add_argument("--config", type=Path, required=True, help="the daemon's TOML settings")
+    lab_parser = commands.add_parser("lab", help="measure how isolated tenants are")
+    lab_commands = lab_parser.add_subparsers(dest="lab_command", required=True)
+    isolation = lab_commands.add_parser(
+        "isolation",
+        help="compare a multi-tenant instance with single-tenant ones and write a report",
+        description="Runs the isolation controls (docs/lab.md) against the lab's own"
+        " deployments on 127.0.0.1, or against those --targets names, and writes report.md,"
+        " report.html, plots and raw data into --out. Exit 0 if no control failed.",
+    )
+    isolation.add_argument("--out", type=Path, required=True, help="the report directory")
+    isolation.add_argument(
+        "--quick", action="store_true", help="about two minutes instead of about fifteen"
+    )
+    isolation.add_argument(
+        "--targets", type=Path, help="a TOML file naming existing deployments (docs/lab.md)"
+    )
     doctor_parser = commands.add_parser(
         "doctor",
         help="look over a deployment (config, file modes, certificates, tokens, quarantine,"
@@ -1306,6 +1322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "tenant" and args.tenant_command in MOVE_COMMANDS:
             return _move_command(args)
+        if args.command == "lab":
+            return lab.run(args.out, quick=args.quick, targets=args.targets)
         if args.command == "doctor":
             findings = doctor.examine(args.config, SystemClock())
             print("\n".join(str(finding) for finding in findings))

@@ -900,9 +900,19 @@ def _policy_message(policy: KeyPolicy) -> resources_pb2.KeyPolicy:
 class _Client:
     """Channel ownership, construction and error translation shared by both services."""
 
-    def __init__(self, channel: grpc.Channel, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: bool = True,
+    ) -> None:
+        """timeout: each attempt's deadline in seconds (None: none). retries: False makes one
+        attempt of every call, for callers that want each refusal as the daemon gives it (a
+        load generator, a latency probe)."""
         self._channel = channel
         self._timeout = timeout
+        self._retries = retries
 
     @classmethod
     def connect(
@@ -953,7 +963,7 @@ class _Client:
     ) -> _T:
         """Calls until an answer, a failure not in `retried`, or RETRY_DELAYS run out; each
         attempt has the full timeout."""
-        for delay in (*RETRY_DELAYS, None):
+        for delay in (*(RETRY_DELAYS if self._retries else ()), None):
             try:
                 return method(request, timeout=self._timeout)
             except grpc.RpcError as error:
@@ -1008,8 +1018,14 @@ class HsmClient(_Client):
     and ValueError for arguments it can reject without asking the daemon.
     """
 
-    def __init__(self, channel: grpc.Channel, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        super().__init__(channel, timeout=timeout)
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: bool = True,
+    ) -> None:
+        super().__init__(channel, timeout=timeout, retries=retries)
         self._stub = service_pb2_grpc.KeyManagementServiceStub(channel)
 
     def _metadata(self, method: Callable[..., Message], request: object) -> KeyMetadata:
@@ -1615,8 +1631,14 @@ class HsmClient(_Client):
 class AdminClient(_Client):
     """Tenant administration; needs an operator's client certificate."""
 
-    def __init__(self, channel: grpc.Channel, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        super().__init__(channel, timeout=timeout)
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: bool = True,
+    ) -> None:
+        super().__init__(channel, timeout=timeout, retries=retries)
         self._stub = admin_pb2_grpc.AdminServiceStub(channel)
 
     def create_tenant(

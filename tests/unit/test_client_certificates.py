@@ -26,6 +26,15 @@ from tests import certs
 
 DOMAIN = "hsmd.test"
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is each test's start, not the module's import: certificates are issued valid from
+    five minutes before the moment they are made, and a whole suite's run takes longer."""
+    monkeypatch.setattr(f"{__name__}.NOW", datetime.now(UTC))
+
+
 ALPHA = devpki.tenant_uri(DOMAIN, "alpha", "app")
 BETA = devpki.tenant_uri(DOMAIN, "beta", "app")
 

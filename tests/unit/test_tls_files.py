@@ -19,6 +19,13 @@ from hsmd.transport.tls import TlsFiles
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is each test's start, not the module's import: certificates are issued valid from
+    five minutes before the moment they are made, and a whole suite's run takes longer."""
+    monkeypatch.setattr(f"{__name__}.NOW", datetime.now(UTC))
+
+
 class _Clock:
     def now(self) -> datetime:
         return NOW

@@ -1,0 +1,63 @@
+"""The at-rest control's look into the tokens, in a process of its own (SoftHSM2 reads its
+configuration once, and the lab's process must not hold a second one): reads a JSON request
+{"conf": SOFTHSM2_CONF, "tokens": {tenant: user PIN}} on stdin, writes what it found on stdout.
+Run as `python -m hsmd.lab.probe`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+
+from hsmd.config import DEFAULT_PKCS11_LIBRARY
+
+_SECRET = {ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY}
+
+
+def _flag(obj: Any, attribute: Attribute) -> bool | None:
+    try:
+        return bool(obj[attribute])
+    except pkcs11.PKCS11Error:
+        return None
+
+
+def main() -> int:
+    request = json.load(sys.stdin)
+    library = pkcs11.lib(DEFAULT_PKCS11_LIBRARY)
+    tokens = {
+        tenant: library.get_token(token_label=f"hsmd/{tenant}") for tenant in request["tokens"]
+    }
+    objects = []
+    for tenant, token in tokens.items():
+        with token.open(user_pin=request["tokens"][tenant]) as session:
+            for obj in session.get_objects():
+                kind = obj[Attribute.CLASS]
+                objects.append(
+                    {
+                        "tenant": tenant,
+                        "class": ObjectClass(kind).name,
+                        "secret": kind in _SECRET,
+                        "sensitive": _flag(obj, Attribute.SENSITIVE),
+                        "extractable": _flag(obj, Attribute.EXTRACTABLE),
+                    }
+                )
+    cross = 0
+    for tenant, token in tokens.items():
+        for other, pin in request["tokens"].items():
+            if other == tenant:
+                continue
+            try:
+                with token.open(user_pin=pin):
+                    cross += 1
+            except pkcs11.PKCS11Error:
+                pass
+    serials = {tenant: token.serial.decode() for tenant, token in tokens.items()}
+    json.dump({"serials": serials, "objects": objects, "cross_logins": cross}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
