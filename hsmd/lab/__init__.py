@@ -9,11 +9,13 @@ report.html, plots, raw data and the environment into the report directory.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hsmclient import HsmError
+
+from hsmd.errors import HsmdError
 from hsmd.lab import controls, report
 from hsmd.lab.deploy import Lab, local_lab, targeted_lab
 
@@ -25,26 +27,36 @@ def run(out: Path, *, quick: bool, targets: Path | None) -> int:
     effort = controls.QUICK if quick else controls.FULL
     started = datetime.now(UTC)
     if targets is not None:
-        results, lab = _run_controls(targeted_lab(targets), effort)
+        lab = targeted_lab(targets)
+        results = _run_controls(lab, effort)
     else:
         with tempfile.TemporaryDirectory(prefix="hsmd-lab-") as scratch:
-            _progress(f"starting the lab's deployments under {scratch}")
+            controls.progress(f"starting the lab's deployments under {scratch}")
             with local_lab(Path(scratch), TENANTS) as lab:
-                results, _ = _run_controls(lab, effort)
+                results = _run_controls(lab, effort)
     written = report.write(out, lab, results, quick, started, datetime.now(UTC))
-    _progress(f"report: {written} (and report.html beside it)")
+    controls.progress(f"report: {written} (and report.html beside it)")
     return 1 if any(result.passed is False for result in results) else 0
 
 
-def _run_controls(lab: Lab, effort: controls.Effort) -> tuple[list[controls.Result], Lab]:
+def _run_controls(lab: Lab, effort: controls.Effort) -> list[controls.Result]:
+    """Every control, in order; one that breaks down is reported FAIL with its error, and
+    the others still run."""
     results = []
+    total = len(controls.CONTROLS)
     for number, control in enumerate(controls.CONTROLS, 1):
-        _progress(f"[{number}/{len(controls.CONTROLS)}] {control.__name__.replace('_', ' ')} ...")
-        result = control(lab, effort)
-        _progress(f"[{number}/{len(controls.CONTROLS)}] {report.verdict(result)}")
+        controls.progress(f"[{number}/{total}] {control.__name__.replace('_', ' ')} ...")
+        try:
+            result = control(lab, effort)
+        except (HsmError, HsmdError, OSError) as exc:
+            result = controls.Result(
+                control.__name__,
+                control.__name__.replace("_", " "),
+                "the control could not finish",
+                "it finishes",
+                {"error": f"{type(exc).__name__}: {exc}"},
+                passed=False,
+            )
+        controls.progress(f"[{number}/{total}] {report.verdict(result)}")
         results.append(result)
-    return results, lab
-
-
-def _progress(line: str) -> None:
-    print(f"hsmd lab: {line}", file=sys.stderr, flush=True)
+    return results

@@ -14,17 +14,26 @@ import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from hsmclient import AdminClient, HsmClient
 from hsmclient.channel import ConnectionSettings
 
 from hsmd import devpki
+from hsmd.config import DEFAULT_PKCS11_LIBRARY
 from hsmd.errors import ConfigError
 
 TRUST_DOMAIN = "hsmd.lab"
+_RATE_QUOTAS = (
+    "symmetric_requests_per_second",
+    "asymmetric_requests_per_second",
+    "key_generation_requests_per_second",
+    "management_requests_per_second",
+    "audit_requests_per_second",
+)
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 _START_SECONDS = 120.0
 
@@ -49,7 +58,7 @@ class Instance:
     process: subprocess.Popen[bytes] | None = None
     master_secret: bytes | None = None
     config_digest: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    library: str = DEFAULT_PKCS11_LIBRARY
 
     @property
     def own(self) -> bool:
@@ -135,18 +144,24 @@ def targeted_lab(config_path: Path) -> Lab:
         tenants = [str(t) for t in doc["tenants"]]
         multi = _targeted("multi-tenant", doc["multi"], base)
         single = {t: _targeted(f"single:{t}", doc["single"][t], base) for t in tenants}
-    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{config_path}: not a lab configuration ({exc!r})") from None
+    if len(tenants) < 2:
+        raise ConfigError(f"{config_path}: tenants must name at least two tenants")
+    for tenant in tenants:
+        if tenant not in multi.tenants or tenant not in single[tenant].tenants:
+            raise ConfigError(
+                f"{config_path}: tenant {tenant!r} needs a certificate in [multi.tenants] and"
+                f" in [single.{tenant}.tenants]"
+            )
     return Lab(tenants, multi, single)
 
 
-def _targeted(name: str, table: dict[str, object], base: Path) -> Instance:
-    def credentials(entry: object) -> Credentials:
-        assert isinstance(entry, dict)
+def _targeted(name: str, table: dict[str, Any], base: Path) -> Instance:
+    def credentials(entry: dict[str, Any]) -> Credentials:
         return Credentials(base / str(entry["cert"]), base / str(entry["key"]))
 
-    tenants = table["tenants"]
-    assert isinstance(tenants, dict)
+    tenants: dict[str, Any] = table["tenants"]
     operator = table.get("operator")
     return Instance(
         name,
@@ -202,8 +217,11 @@ def _start(
         f'server_key = "{pki.server.key}"\ntrust_domain = "{TRUST_DOMAIN}"\n\n'
         '[pkcs11]\ntoken_dir = "tokens"\n\n'
         '[storage]\ndatabase = "hsmd.db"\nmaster_secret_file = "master.secret"\n'
-        # The flood controls make keys faster than the default quota lets a tenant.
-        "\n[quotas]\nkey_generation_requests_per_second = 100000\n" + tenancy
+        # Floods are held by the fair-share scheduler alone: the rate quotas are lifted (the
+        # quota control sets its own).
+        + "\n[quotas]\n"
+        + "".join(f"{quota} = 1000000\n" for quota in _RATE_QUOTAS)
+        + tenancy
     )
     log = directory / "hsmd.log"
     with log.open("wb") as output:
@@ -212,10 +230,9 @@ def _start(
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    port = _wait_for_port(log, process)
     instance = Instance(
         name,
-        f"localhost:{port}",
+        "",
         pki.ca_cert,
         {tenant: pki.tenants[tenant] for tenant in tenants},
         pki.operator,
@@ -224,10 +241,15 @@ def _start(
         secret,
         _digest(config),
     )
-    if dedicated is None:
-        with instance.admin() as admin:
-            for tenant in tenants:
-                admin.create_tenant(tenant)
+    try:
+        instance.endpoint = f"localhost:{_wait_for_port(log, process)}"
+        if dedicated is None:
+            with instance.admin() as admin:
+                for tenant in tenants:
+                    admin.create_tenant(tenant)
+    except BaseException:
+        stop(instance)  # not left running when it cannot be used
+        raise
     return instance
 
 

@@ -1,7 +1,7 @@
 """The at-rest control's look into the tokens, in a process of its own (SoftHSM2 reads its
-configuration once, and the lab's process must not hold a second one): reads a JSON request
-{"conf": SOFTHSM2_CONF, "tokens": {tenant: user PIN}} on stdin, writes what it found on stdout.
-Run as `python -m hsmd.lab.probe`."""
+configuration, named by SOFTHSM2_CONF, once, and the lab's process must not hold a second one):
+reads a JSON request {"library": PKCS#11 library, "tokens": {tenant: user PIN}} on stdin,
+writes what it found on stdout. Run as `python -m hsmd.lab.probe`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from typing import Any
 
 import pkcs11
 from pkcs11 import Attribute, ObjectClass
-
-from hsmd.config import DEFAULT_PKCS11_LIBRARY
 
 _SECRET = {ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY}
 
@@ -26,10 +24,14 @@ def _flag(obj: Any, attribute: Attribute) -> bool | None:
 
 def main() -> int:
     request = json.load(sys.stdin)
-    library = pkcs11.lib(DEFAULT_PKCS11_LIBRARY)
-    tokens = {
-        tenant: library.get_token(token_label=f"hsmd/{tenant}") for tenant in request["tokens"]
-    }
+    library = pkcs11.lib(request["library"])
+    tokens = {t: library.get_token(token_label=f"hsmd/{t}") for t in request["tokens"]}
+    visible_without_login = 0
+    for token in tokens.values():
+        with token.open() as public:  # no login: only public objects would show
+            visible_without_login += sum(
+                obj[Attribute.CLASS] in _SECRET for obj in public.get_objects()
+            )
     objects = []
     for tenant, token in tokens.items():
         with token.open(user_pin=request["tokens"][tenant]) as session:
@@ -40,6 +42,7 @@ def main() -> int:
                         "tenant": tenant,
                         "class": ObjectClass(kind).name,
                         "secret": kind in _SECRET,
+                        "private": _flag(obj, Attribute.PRIVATE),
                         "sensitive": _flag(obj, Attribute.SENSITIVE),
                         "extractable": _flag(obj, Attribute.EXTRACTABLE),
                     }
@@ -55,7 +58,15 @@ def main() -> int:
             except pkcs11.PKCS11Error:
                 pass
     serials = {tenant: token.serial.decode() for tenant, token in tokens.items()}
-    json.dump({"serials": serials, "objects": objects, "cross_logins": cross}, sys.stdout)
+    json.dump(
+        {
+            "serials": serials,
+            "objects": objects,
+            "visible_without_login": visible_without_login,
+            "cross_logins": cross,
+        },
+        sys.stdout,
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from hsmd.lab.controls import Result
 from hsmd.lab.deploy import Lab
+from hsmd.lab.stats import percentile
 
 
 def write(
@@ -149,16 +150,21 @@ def _plot(directory: Path, result: Result) -> Path | None:
 
     figure, axes = pyplot.subplots(figsize=(9, 5))
     if result.name == "existence_oracle":
+        # Up to the 99th percentile of both arms: the slowest calls would squash the rest.
+        top = max(percentile(values, 0.99) for values in result.series.values())
         for label, values in result.series.items():
-            axes.hist(values, bins=80, alpha=0.5, label=label)
+            axes.hist([v for v in values if v <= top], bins=80, alpha=0.5, label=label)
         axes.set_xlabel("DescribeKey latency (microseconds)")
         axes.set_ylabel("calls")
     else:
+        phases = list(dict.fromkeys(label.split(": ", 1)[1] for label in result.series))
         for label, values in result.series.items():
             ordered = sorted(values)
             fractions = [(index + 1) / len(ordered) for index in range(len(ordered))]
-            style = "-" if label.startswith("multi") else "--"
-            axes.plot(ordered, fractions, style, label=label)
+            kind, phase = label.split(": ", 1)
+            colour = f"C{phases.index(phase)}"  # a colour a phase: solid multi, dashed single
+            style = "-" if kind == "multi" else "--"
+            axes.plot(ordered, fractions, style, color=colour, label=label)
         axes.set_xscale("log")
         axes.set_xlabel("quiet tenant's Encrypt latency (ms, log scale)")
         axes.set_ylabel("fraction of calls")

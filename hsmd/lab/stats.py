@@ -26,8 +26,14 @@ class MannWhitney:
 
 
 def mann_whitney(first: Sequence[float], second: Sequence[float]) -> MannWhitney:
-    """Two-sided Mann-Whitney U test of `first` against `second` (each at least 2 values)."""
+    """Two-sided Mann-Whitney U test of `first` against `second`.
+
+    Raises:
+        ValueError: a sample has fewer than 2 values.
+    """
     n1, n2 = len(first), len(second)
+    if n1 < 2 or n2 < 2:
+        raise ValueError("each sample needs at least 2 values")
     ranked = sorted([(value, 0) for value in first] + [(value, 1) for value in second])
     ranks = [0.0] * len(ranked)
     ties = 0.0
