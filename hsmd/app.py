@@ -479,6 +479,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     _stop(daemon, running, guard, stop, maintainer)
     if observation is not None:
         observation.close()
+    metrics.drop_gauges()
     return 0
 
 

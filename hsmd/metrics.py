@@ -113,6 +113,14 @@ def gauges(name: str, documentation: str, labels: list[str], read: _Read) -> Non
     REGISTRY.register(_computed[name])
 
 
+def drop_gauges() -> None:
+    """Forgets the gauges `gauges` registered: at a stop, so that nothing module-wide keeps
+    the daemon's objects (the token library among them) alive into the interpreter's end,
+    where python-pkcs11's library object cannot be released cleanly."""
+    for name in list(_computed):
+        REGISTRY.unregister(_computed.pop(name))
+
+
 def exposition() -> bytes:
     """The registry in Prometheus's text format."""
     return generate_latest(REGISTRY)

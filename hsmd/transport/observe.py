@@ -86,6 +86,7 @@ class Health:
             self._stopped = True
             self.problems = {"daemon": "stopping"}
         self._publish()
+        self._runner.shutdown(wait=False, cancel_futures=True)
 
     def watch(self, interval: float, stop: threading.Event) -> threading.Thread:
         def run() -> None:
