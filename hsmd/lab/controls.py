@@ -509,7 +509,7 @@ def at_rest(lab: Lab, effort: Effort) -> Result:
         "tokens": {tenant: pins.user_pin(tenant) for tenant in lab.tenants},
     }
     probed = subprocess.run(
-        [sys.executable, "-m", "hsmd.lab.probe"],
+        [sys.executable, "-m", "hsmd.backend.token_probe"],
         input=json.dumps(request),
         capture_output=True,
         text=True,

@@ -1,7 +1,8 @@
-"""The at-rest control's look into the tokens, in a process of its own (SoftHSM2 reads its
+"""The isolation lab's look into the tokens (its at-rest control, hsmd/lab/controls.py), in
+the backend, which alone touches PKCS#11, and in a process of its own (SoftHSM2 reads its
 configuration, named by SOFTHSM2_CONF, once, and the lab's process must not hold a second one):
 reads a JSON request {"library": PKCS#11 library, "tokens": {tenant: user PIN}} on stdin,
-writes what it found on stdout. Run as `python -m hsmd.lab.probe`."""
+writes what it found on stdout. Run as `python -m hsmd.backend.token_probe`."""
 
 from __future__ import annotations
 
