@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,3 +376,21 @@ def test_errors_carry_the_aws_exception_the_model_lists(
     assert (code, out) == (cli.EXIT_SERVICE_ERROR, "")
     assert err.startswith(f"An error occurred ({exception}) "), err
     assert exception in {shape.name for shape in operation(command).error_shapes}
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(
+    daemon: DaemonProcess, client: HsmClient, tmp_path: Path
+) -> None:
+    """`hsm list-keys | head -1`: the pipe closes before hsm writes; hsm exits quietly."""
+    client.create_key()
+    hsm_command = str(Path(sys.executable).parent / "hsm")
+    listing = subprocess.Popen(
+        [hsm_command, "list-keys", "--output", "table"],
+        env=daemon.client_env(TENANT, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()  # the reader is gone before hsm has answered
+    errors = listing.stderr.read().decode()
+    assert (listing.wait(120), errors) == (0, "")

@@ -170,7 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     query = getattr(args, "query", None)
     if result is not None:  # None: the command prints nothing, as aws for enable-key, ...
         selected = result if query is None else output.select(result, query)
-        output.print_result(selected, getattr(args, "output", "json"), _operation(args))
+        try:
+            output.print_result(selected, getattr(args, "output", "json"), _operation(args))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `hsm list-keys | head`: the reader had what it wanted
+            # Python's advice: point stdout at /dev/null, so the flush at exit fails no more.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     exit_status: Callable[[object], int] | None = getattr(args, "exit_status", None)
     return 0 if exit_status is None else exit_status(result)
 
