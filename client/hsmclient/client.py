@@ -913,6 +913,11 @@ class _Client:
         self._channel = channel
         self._timeout = timeout
         self._retries = retries
+        self._bind(channel)
+
+    def _bind(self, channel: grpc.Channel) -> None:
+        """Makes the service's stub on the channel (each client's own service)."""
+        raise NotImplementedError
 
     @classmethod
     def connect(
@@ -1018,14 +1023,7 @@ class HsmClient(_Client):
     and ValueError for arguments it can reject without asking the daemon.
     """
 
-    def __init__(
-        self,
-        channel: grpc.Channel,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retries: bool = True,
-    ) -> None:
-        super().__init__(channel, timeout=timeout, retries=retries)
+    def _bind(self, channel: grpc.Channel) -> None:
         self._stub = service_pb2_grpc.KeyManagementServiceStub(channel)
 
     def _metadata(self, method: Callable[..., Message], request: object) -> KeyMetadata:
@@ -1631,14 +1629,7 @@ class HsmClient(_Client):
 class AdminClient(_Client):
     """Tenant administration; needs an operator's client certificate."""
 
-    def __init__(
-        self,
-        channel: grpc.Channel,
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retries: bool = True,
-    ) -> None:
-        super().__init__(channel, timeout=timeout, retries=retries)
+    def _bind(self, channel: grpc.Channel) -> None:
         self._stub = admin_pb2_grpc.AdminServiceStub(channel)
 
     def create_tenant(
