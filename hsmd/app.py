@@ -68,6 +68,7 @@ from hsmd.ops.maintenance import Maintenance
 from hsmd.ops.policies import PolicyOps
 from hsmd.ops.quotas import QuotaOps
 from hsmd.ops.reconcile import Reconciler
+from hsmd.ops.regions import ReplicationOps
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
@@ -81,7 +82,13 @@ from hsmd.transport import server as grpc_server
 from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.observe import Health, ObservationServer
-from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, Operations
+from hsmd.transport.peers import GrpcPeers
+from hsmd.transport.servicer import (
+    AdminServicer,
+    KeyManagementServicer,
+    Operations,
+    RegionServicer,
+)
 from hsmd.transport.tls import TlsFiles
 from hsmd.workers import CALLS_SOCKET, RELAY_SOCKET, WORKER_SETTINGS, WorkerPool
 
@@ -130,6 +137,7 @@ class Daemon:
     clock: GuardedClock
     maintenance: Maintenance
     token_dirs: dict[str, Path]  # token serial -> its directory, for log lines
+    peers: GrpcPeers | None  # the other regions ([region]); None in no region
 
     @classmethod
     def build(cls, settings: config.Settings) -> Daemon:
@@ -169,8 +177,10 @@ class Daemon:
             undo.pop_all()  # the daemon owns them now; close() releases them
         clock = GuardedClock(system_clock, store.clock_high_water())
         quotas = _quota_ops(store, settings)
-        operations = _operations(store, backend, clock, quotas, audit)
         tenants = TenantOps(store, backend, clock, dedicated, forget=quotas.forget)
+        region = settings.region
+        peers = GrpcPeers(region, settings.tls.ca_cert) if region.name else None
+        operations = _operations(store, backend, clock, quotas, audit, tenants, region.name, peers)
         return cls(
             settings=settings,
             store=store,
@@ -190,8 +200,10 @@ class Daemon:
                 clock,
                 store,
                 audit,
+                operations.regions,
             ),
             token_dirs=tokens.by_serial,
+            peers=peers,
         )
 
     def start(self) -> None:
@@ -226,6 +238,8 @@ class Daemon:
         return {t.name: t.token_serial for t in self.store.list_tenants() if t.name in attached}
 
     def close(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
         self.maintenance.record_clock()
         self.audit.close()
         self.backend.close()
@@ -245,21 +259,27 @@ def _operations(
     clock: GuardedClock,
     quotas: QuotaOps,
     audit: AuditLog | None,
+    tenants: TenantOps,
+    region: str | None,
+    peers: GrpcPeers | None,
 ) -> Operations:
+    """peers: None in a worker process, which forwards every call that reaches a region."""
     crypto = CryptoOps(store, backend)
     limits = quotas.limits
+    regions = ReplicationOps(store, backend, clock, region, peers, tenants.admit, limits)
     return Operations(
-        keys=KeyOps(store, backend, clock, limits),
+        keys=KeyOps(store, backend, clock, limits, region),
         crypto=crypto,
         datakeys=DataKeyOps(store, backend, crypto),
         signing=SigningOps(store, backend),
         mac=MacOps(store, backend),
         states=StateOps(store, backend, clock),
-        rotation=RotationOps(store, backend, clock),
+        rotation=RotationOps(store, backend, clock, regions.push_versions),
         aliases=AliasOps(store, clock, limits),
         policies=PolicyOps(store),
         wrapping=WrappingOps(store, backend, clock, limits),
         imports=ImportOps(store, backend, clock, limits),
+        regions=regions,
         audit=audit,
     )
 
@@ -388,9 +408,14 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
         Admission(daemon.quotas.meters, Scheduler(settings.scheduler, time.monotonic)),
         # With workers, this process serves only the calls they forward.
         caller=ForwardedCaller() if processes > 1 else None,
+        region=settings.region.name,
     )
     audit.expect_appends(guard.at_work, settings.audit.group_commit_seconds)
     kms = KeyManagementServicer(daemon.operations, daemon.tenants.mode)
+    region = settings.region.name
+    regions = (
+        RegionServicer(daemon.operations.regions, region, daemon.tenants.mode) if region else None
+    )
     backups = BackupOps(
         daemon.store,
         daemon.backend,
@@ -402,10 +427,10 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     admin = AdminServicer(daemon.tenants, daemon.reconciler, audit, daemon.quotas, backups)
     private = _workers_directory(settings) if processes > 1 else None
     if private is None:
-        running = grpc_server.bind(settings, guard, kms, admin, tls)
+        running = grpc_server.bind(settings, guard, kms, admin, tls, region=regions)
     else:
         calls = private / CALLS_SOCKET
-        running = grpc_server.bind_internal(settings, guard, kms, admin, str(calls))
+        running = grpc_server.bind_internal(settings, guard, kms, admin, str(calls), region=regions)
         calls.chmod(0o600)
     daemon.start()
     daemon.maintenance.run_once()  # catch up on rotations and deletions due while down
@@ -468,6 +493,8 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     while _next_signal(signals) == signal.SIGHUP:
         systemd.reloading()
         settings = _reload(config_path, settings)
+        if daemon.peers is not None:
+            daemon.peers.reconfigure(settings.region)
         tls.check()
         if workers is not None:
             workers.pool.signal_all(signal.SIGHUP)
@@ -617,8 +644,10 @@ def serve_worker(settings: config.Settings, directory: Path, port: int, index: i
             log.error("tenant %s: token not opened in this worker: %s", name, exc)
             del served[name]
     clock = GuardedClock(_clock(settings), store.clock_high_water())
-    operations = _operations(store, backend, clock, _quota_ops(store, settings), None)
     tenants = TenantOps(store, backend, clock, settings.tenancy.dedicated_tenant)
+    operations = _operations(
+        store, backend, clock, _quota_ops(store, settings), None, tenants, None, None
+    )
 
     def serves(name: str) -> bool:
         """Whether this worker has the tenant's token open: not if the tenant was made, or
@@ -700,13 +729,23 @@ def _reload(config_path: Path, running: config.Settings) -> config.Settings:
         for name in ("server", "tls", "pkcs11", "storage", "audit", "lifecycle", "tenancy")
         if getattr(loaded, name) != getattr(running, name)
     ]
+    # A region's peers change at once (an operator approving or removing a region); its own
+    # name and certificate wait for a restart.
+    region = loaded.region
+    if (region.name, region.client_cert, region.client_key) != (
+        running.region.name,
+        running.region.client_cert,
+        running.region.client_key,
+    ):
+        waiting.append("region")
+        region = running.region
     log.warning(
         "SIGHUP: reloaded %s: log level %s%s",
         config_path,
         loaded.log_level,
         f"; changes to [{'], ['.join(waiting)}] take effect at the next start" if waiting else "",
     )
-    return dataclasses.replace(running, log_level=loaded.log_level)
+    return dataclasses.replace(running, log_level=loaded.log_level, region=region)
 
 
 def _stop(

@@ -7,6 +7,7 @@ it names the master-secret file, whose permissions must be 0600.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tomllib
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsmd.domain import is_valid_region_name
 from hsmd.errors import ConfigError
 from hsmd.quotas import FIELD_BOUNDS, QuotaLimits
 from hsmd.scheduler import SchedulerLimits
@@ -133,6 +135,21 @@ class ObservabilitySettings:
 
 
 @dataclass(frozen=True)
+class RegionSettings:
+    """This instance's region and the peer regions it trusts (multi-region keys, docs/regions
+    .md). name None: the instance is in no region and makes no multi-region keys. peers maps
+    a peer's region name to its HOST:PORT; a peer is trusted as the holder of a certificate
+    of the trust domain naming spiffe://<trust-domain>/region/<name>, and the instance calls
+    peers with client_cert, which names its own region the same way."""
+
+    name: str | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    peers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    call_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     tls: TlsSettings
@@ -145,6 +162,7 @@ class Settings:
     scheduler: SchedulerLimits
     tenancy: TenancySettings = TenancySettings(TENANCY_MULTI)
     observability: ObservabilitySettings = ObservabilitySettings()
+    region: RegionSettings = RegionSettings()
 
 
 class _Section:
@@ -200,6 +218,11 @@ class _Section:
             return None
         return self.path(field, must_exist=must_exist)
 
+    def table(self, field: str) -> dict[str, Any]:
+        """An optional sub-table, {} if absent."""
+        value: dict[str, Any] = self._get(field, dict, {})
+        return value
+
     def __contains__(self, field: str) -> bool:
         return field in self._table
 
@@ -232,6 +255,7 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         "audit",
         "tenancy",
         "metrics",
+        "region",
     }
     unknown = sorted(set(doc) - known - {"quotas", "scheduler"})
     if unknown:
@@ -353,6 +377,7 @@ def parse(doc: Mapping[str, Any], base: Path) -> Settings:
         ),
         tenancy=tenancy,
         observability=observability,
+        region=_region(_Section(doc, "region", base)),
     )
 
 
@@ -368,6 +393,31 @@ def _observability(section: _Section, log_format: str) -> ObservabilitySettings:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("metrics.listen must be HOST:PORT with a port from 0 to 65535")
     return ObservabilitySettings(host.strip("[]"), int(port), log_format, health_check_seconds)
+
+
+def _region(section: _Section) -> RegionSettings:
+    if "name" not in section:
+        section.done()
+        return RegionSettings()
+    name = section.string("name")
+    if not is_valid_region_name(name):
+        raise ConfigError("region.name must be 1-32 characters of a-z 0-9 -, from a letter")
+    peers: dict[str, str] = section.table("peers")
+    for peer, address in peers.items():
+        if not is_valid_region_name(peer) or peer == name:
+            raise ConfigError(f"region.peers: {peer[:40]!r} is not another region's name")
+        host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"region.peers.{peer} must be HOST:PORT")
+    settings = RegionSettings(
+        name=name,
+        client_cert=section.path("client_cert"),
+        client_key=section.path("client_key"),
+        peers=peers,
+        call_timeout_seconds=section.number("call_timeout_seconds", 10.0, 0.1, 600.0),
+    )
+    section.done()
+    return settings
 
 
 def _tenancy(section: _Section) -> TenancySettings:

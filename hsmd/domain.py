@@ -6,6 +6,7 @@ Frozen dataclasses and string enums only; nothing here talks to a token, a datab
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -122,20 +123,22 @@ class TenancyMode(enum.StrEnum):
 class PrincipalKind(enum.StrEnum):
     TENANT = "tenant"
     OPERATOR = "operator"
+    REGION = "region"  # another hsmd instance of the deployment (multi-region keys)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling, as the certificate's SPIFFE URI says: a tenant principal or an operator."""
+    """Who is calling, as the certificate's SPIFFE URI says: a tenant principal, an operator
+    or a peer region."""
 
     kind: PrincipalKind
     name: str
     tenant: str | None = None
 
     def __str__(self) -> str:
-        if self.kind is PrincipalKind.OPERATOR:
-            return f"operator/{self.name}"
-        return f"tenant/{self.tenant}/{self.name}"
+        if self.kind is PrincipalKind.TENANT:
+            return f"tenant/{self.tenant}/{self.name}"
+        return f"{self.kind}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,41 @@ class KeyPolicy:
     users: tuple[str, ...]
 
 
+# A region's name, spelled as AWS's are (us-east-1), or any short lowercase name.
+_REGION_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def is_valid_region_name(name: str) -> bool:
+    return _REGION_NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A replica of a multi-region key, as its primary knows it: its region and how many of
+    the key's versions it was last seen to hold."""
+
+    region: str
+    versions: int
+
+
+@dataclass(frozen=True)
+class MultiRegion:
+    """Where a multi-region key lives: this copy's region, the primary's, and the replicas.
+    Each region's row says which copy it is; the primary's list is the one kept up to date,
+    a replica's is what the primary last told it."""
+
+    region: str
+    primary_region: str
+    replicas: tuple[Replica, ...] = ()
+
+    @property
+    def is_primary(self) -> bool:
+        return self.region == self.primary_region
+
+    def replica(self, region: str) -> Replica | None:
+        return next((r for r in self.replicas if r.region == region), None)
+
+
 @dataclass(frozen=True)
 class Key:
     """A customer key's metadata; its material is in the tenant's token, one object a version.
@@ -197,6 +235,7 @@ class Key:
     exportable: bool = False
     valid_to: datetime | None = None
     material_fingerprint: str = ""
+    multi_region: MultiRegion | None = None
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ class UnwrapFailed(InvalidArgument):
         super().__init__(self.MESSAGE)
 
 
+class RegionUnavailable(UserError):
+    """A peer region (multi-region keys) cannot be reached now; nothing was changed there."""
+
+
 class InternalError(HsmdError):
     """Something hsmd or its dependencies got wrong; details go to the log only."""
 

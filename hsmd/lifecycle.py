@@ -57,6 +57,9 @@ class Operation(enum.StrEnum):
     GET_IMPORT_PARAMETERS = "GetParametersForImport"
     IMPORT_MATERIAL = "ImportKeyMaterial"
     DELETE_MATERIAL = "DeleteImportedKeyMaterial"
+    # Multi-region keys
+    REPLICATE = "ReplicateKey"
+    UPDATE_PRIMARY_REGION = "UpdatePrimaryRegion"
 
 
 Op = Operation
@@ -88,6 +91,8 @@ STATE_ALLOWS: dict[KeyState, frozenset[Operation]] = {
         Op.CREATE_ALIAS,
         Op.UPDATE_ALIAS,
         Op.DELETE_MATERIAL,
+        Op.REPLICATE,
+        Op.UPDATE_PRIMARY_REGION,
     },
     KeyState.PENDING_IMPORT: _READS | _UPKEEP | _IMPORT | {Op.SCHEDULE_DELETION, Op.CREATE_ALIAS},
     KeyState.PENDING_DELETION: _READS | {Op.CANCEL_DELETION, Op.DELETE_ALIAS},
@@ -145,6 +150,10 @@ ASYMMETRIC_ONLY = frozenset({Op.GET_PUBLIC_KEY})
 ROTATION = frozenset({Op.ENABLE_ROTATION, Op.ROTATE})
 # Only keys of origin EXTERNAL take imported material.
 IMPORT_ONLY = frozenset({Op.GET_IMPORT_PARAMETERS, Op.IMPORT_MATERIAL, Op.DELETE_MATERIAL})
+# Only multi-region keys replicate; and only the primary replicates, moves the primary role
+# or rotates (its replicas receive its versions), as in AWS KMS.
+MULTI_REGION_ONLY = frozenset({Op.REPLICATE, Op.UPDATE_PRIMARY_REGION})
+PRIMARY_ONLY = MULTI_REGION_ONLY | {Op.ENABLE_ROTATION, Op.DISABLE_ROTATION, Op.ROTATE}
 
 
 def _fits(key: Key, operation: Operation) -> bool:
@@ -157,6 +166,10 @@ def _fits(key: Key, operation: Operation) -> bool:
         return False
     if operation in IMPORT_ONLY and key.origin is not KeyOrigin.EXTERNAL:
         return False
+    if operation in MULTI_REGION_ONLY and key.multi_region is None:
+        return False
+    if operation in PRIMARY_ONLY and key.multi_region and not key.multi_region.is_primary:
+        return False
     if operation in ROTATION:
         return (family, key.usage, key.origin) == (
             Family.AES,
@@ -166,16 +179,32 @@ def _fits(key: Key, operation: Operation) -> bool:
     return True
 
 
+def _role(key: Key) -> str:
+    if key.multi_region is None:
+        return ""
+    if key.multi_region.is_primary:
+        return ", multi-region primary"
+    return f", replica of the primary in {key.multi_region.primary_region}"
+
+
 def check_allowed(key: Key, operation: Operation) -> None:
     """Raises FailedPrecondition unless the key's spec, usage and state allow the operation."""
     if not _fits(key, operation):
         # Rotation and import are what a kind of key lacks (AWS: UnsupportedOperation); the
         # rest, a usage the key was not made for (AWS: InvalidKeyUsage).
-        unsupported = operation in ROTATION or operation in IMPORT_ONLY
+        unsupported = operation in ROTATION | IMPORT_ONLY | PRIMARY_ONLY
         raise FailedPrecondition(
-            f"key {key.key_id} ({key.spec}, {key.usage}) cannot be used for {operation}",
+            f"key {key.key_id} ({key.spec}, {key.usage}{_role(key)}) cannot be used for"
+            f" {operation}",
             REASON_UNSUPPORTED_OPERATION if unsupported else REASON_KEY_USAGE,
         )
+    if operation is Op.SCHEDULE_DELETION and key.multi_region and key.multi_region.replicas:
+        if key.multi_region.is_primary:
+            raise FailedPrecondition(
+                f"key {key.key_id} is the primary of replicas in"
+                f" {', '.join(r.region for r in key.multi_region.replicas)}: delete them, or"
+                " make one of them the primary (UpdatePrimaryRegion), first"
+            )
     if operation not in STATE_ALLOWS[key.state]:
         raise FailedPrecondition(
             f"key {key.key_id} is {key.state}, which does not allow {operation}",

@@ -28,6 +28,11 @@ MAX_ALIAS_NAME_CHARS = 256
 MAX_TENANT_NAME_CHARS = 26  # "hsmd/" + name fits a 32-byte token label
 MAX_PRINCIPAL_PATTERN_CHARS = 128
 MAX_CLIENT_TOKEN_CHARS = 64
+MAX_REGION_NAME_CHARS = 32
+# Between regions (multi-region keys): the regions a key lives in, and the versions one
+# package brings (every version of the key, each a wrapped key of at most 8 KiB).
+MAX_KEY_REGIONS = 32
+MAX_REPLICA_VERSIONS = 2000  # AES versions (~420 bytes each); asymmetric keys do not rotate
 MAX_PAGE_TOKEN_CHARS = 64
 MAX_OBJECT_ID_CHARS = 128  # a CKA_ID in hex
 

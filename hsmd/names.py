@@ -35,18 +35,38 @@ def token_label(tenant: str) -> str:
 
 
 def parse_key_id(key_id: str) -> str:
-    """Returns the canonical form of a key id.
+    """Returns the canonical form of a key id: a UUID, or a multi-region key's id.
 
     Raises:
         InvalidArgument: key_id is empty.
-        NotFound: key_id is not a UUID, so no key can have it.
+        NotFound: key_id is neither, so no key can have it.
     """
     if not key_id:
         raise InvalidArgument("key_id is required")
+    if key_id.startswith(MULTI_REGION_KEY_PREFIX):
+        if _MULTI_REGION_KEY_ID.fullmatch(key_id.lower()):
+            return key_id.lower()
+        raise NotFound(f"key {key_id[:80]!r} not found")
     try:
         return str(uuid.UUID(key_id))
     except ValueError:
         raise NotFound(f"key {key_id!r} not found") from None
+
+
+# A multi-region key's id says so, as AWS KMS's do: "mrk-" and 32 hex digits. Every replica
+# of the key has the same id, so a blob or a key id moves between regions unchanged.
+MULTI_REGION_KEY_PREFIX = "mrk-"
+_MULTI_REGION_KEY_ID = re.compile(r"mrk-[0-9a-f]{32}")
+
+
+def new_multi_region_key_id() -> str:
+    return MULTI_REGION_KEY_PREFIX + uuid.uuid4().hex
+
+
+# The CKA_IDs of a token's region transport objects (hsmd.backend.regions): its own transport
+# key pair and the peers' trusted public keys. Their length differs from a key version's
+# (hsmd.ops.keys.OBJECT_ID_SIZE), so no version's object can be taken for one.
+REGION_OBJECT_PREFIX = b"hsmd region "
 
 
 ALIAS_PREFIX = "alias/"

@@ -106,10 +106,10 @@ def _event(fields: dict[str, Any]) -> AuditEvent:
     """The event a worker sent (ValueError, TypeError or KeyError if it is not one)."""
     fields = dict(fields)
     fields["time"] = datetime.fromisoformat(fields["time"])
-    keys = fields["encryption_context_keys"]
-    if not isinstance(keys, list):
-        raise TypeError("encryption_context_keys must be a list")
-    fields["encryption_context_keys"] = tuple(keys)
+    for name in ("encryption_context_keys", "regions"):
+        if not isinstance(fields[name], list):
+            raise TypeError(f"{name} must be a list")
+        fields[name] = tuple(fields[name])
     return AuditEvent(**fields)
 
 

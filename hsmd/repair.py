@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hsmd.domain import KeyState, VersionState
+from hsmd.names import REGION_OBJECT_PREFIX
 
 # Why an object is in quarantine (shown to operators).
 NO_ROW = "no key version or import token of this database names it"
@@ -97,6 +98,9 @@ def plan(inventory: Inventory, present: Iterable[bytes]) -> Plan:
         # token's PIN: an object without one is what an interrupted creation left behind.
         proven.add(TORN)
     named = {version.object_id for version in inventory.versions} | inventory.import_objects
+    # The token's region transport objects (its transport key pair, its peers' trusted keys)
+    # are named by their CKA_ID's prefix; hsmd makes them, and they are no key's.
+    named |= {object_id for object_id in present if object_id.startswith(REGION_OBJECT_PREFIX)}
     live: dict[str, list[bytes]] = {}
     for version in inventory.versions:
         if version.state is VersionState.ENABLED:

@@ -158,6 +158,8 @@ class AsyncHsmClient(_Async[HsmClient]):
     put_key_policy = _awaited(HsmClient.put_key_policy)
     re_encrypt = _awaited(HsmClient.re_encrypt)
     rotate_key_on_demand = _awaited(HsmClient.rotate_key_on_demand)
+    replicate_key = _awaited(HsmClient.replicate_key)
+    update_primary_region = _awaited(HsmClient.update_primary_region)
     schedule_key_deletion = _awaited(HsmClient.schedule_key_deletion)
     sign = _awaited(HsmClient.sign)
     tag_key = _awaited(HsmClient.tag_key)

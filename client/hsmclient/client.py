@@ -148,6 +148,8 @@ def _python_value(enum_values: Mapping[int, _Named] | None, value: object) -> ob
         return known.name if known is not None else str(value)
     if isinstance(value, Timestamp):
         return value.ToDatetime(tzinfo=UTC)
+    if isinstance(value, Message) and value.DESCRIPTOR.full_name in _NESTED:
+        return _from_message(_NESTED[value.DESCRIPTOR.full_name], value)
     return value
 
 
@@ -315,6 +317,22 @@ def _key_pair_request(
 
 
 @dataclass(frozen=True)
+class MultiRegionConfiguration:
+    """Where a multi-region key lives: `multi_region_key_type` PRIMARY or REPLICA says which
+    copy this is and `region` where it is; `replica_regions` (at a replica: as its primary
+    last told it)."""
+
+    multi_region_key_type: str
+    region: str
+    primary_region: str
+    replica_regions: tuple[str, ...]
+
+
+# Nested result messages, converted by _from_message too.
+_NESTED: dict[str, type[Any]] = {"hsmd.v1.MultiRegionConfiguration": MultiRegionConfiguration}
+
+
+@dataclass(frozen=True)
 class KeyMetadata:
     """A key's metadata; the *_algorithms tuples say what the key accepts, empty for the others.
 
@@ -324,7 +342,8 @@ class KeyMetadata:
     is PENDING_DELETION. `exportable` says whether wrap_key may export the key (wrapped);
     `valid_to`, set only for imported material that expires, when the key returns to
     PENDING_IMPORT. `tenancy_mode` is "DEDICATED" when the instance holding the key serves
-    its tenant alone, "SHARED" when it serves other tenants too.
+    its tenant alone, "SHARED" when it serves other tenants too. `multi_region_configuration`
+    is set only for a multi-region key (`multi_region`): where its primary and replicas are.
     """
 
     key_id: str
@@ -345,6 +364,8 @@ class KeyMetadata:
     exportable: bool
     valid_to: datetime | None
     tenancy_mode: str
+    multi_region: bool
+    multi_region_configuration: MultiRegionConfiguration | None
 
 
 @dataclass(frozen=True)
@@ -1040,13 +1061,15 @@ class HsmClient(_Client):
         exportable: bool = False,
         origin: str = "GENERATED",
         client_token: str | None = None,
+        multi_region: bool = False,
     ) -> KeyMetadata:
         """A new key. Without `key_usage` the daemon gives the spec's only usage (HMAC_256:
         GENERATE_VERIFY_MAC), else ENCRYPT_DECRYPT; it refuses a usage the spec cannot have.
         Without `policy` the caller and the tenant's admin principals administer the key and the
         caller uses it. An `exportable` key can be exported, wrapped, by wrap_key; that cannot
         change later. Origin EXTERNAL makes a key without material, PENDING_IMPORT until
-        import_key (or import_key_material) gives it some.
+        import_key (or import_key_material) gives it some. `multi_region` makes the primary of
+        a multi-region key (its id starts "mrk-"), which replicate_key copies to other regions.
 
         The call carries a client token (a new one unless `client_token` is given) and is
         retried with it when the daemon is unavailable or slow: it makes one key at most."""
@@ -1059,6 +1082,7 @@ class HsmClient(_Client):
             exportable=exportable,
             origin=_enum_value(resources_pb2.KeyOrigin, origin),
             client_token=client_token or _new_client_token(),
+            multi_region=multi_region,
         )
         response = self._call_with_retries(self._stub.CreateKey, request)
         return _from_message(KeyMetadata, response.key_metadata)
@@ -1170,6 +1194,36 @@ class HsmClient(_Client):
     def get_key_rotation_status(self, key_id: str) -> KeyRotationStatus:
         request = service_pb2.GetKeyRotationStatusRequest(key_id=key_id)
         return self._result(self._stub.GetKeyRotationStatus, request, KeyRotationStatus)
+
+    # --- multi-region keys (docs/regions.md) ------------------------------------------------
+
+    def replicate_key(
+        self,
+        key_id: str,
+        replica_region: str,
+        description: str = "",
+        policy: KeyPolicy | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> KeyMetadata:
+        """A replica of the multi-region primary `key_id` in `replica_region`, with the same
+        id and material; returns the replica as its region holds it. Its description defaults
+        to the primary's."""
+        request = service_pb2.ReplicateKeyRequest(
+            key_id=key_id,
+            replica_region=replica_region,
+            description=description,
+            policy=None if policy is None else _policy_message(policy),
+            tags=tags,
+        )
+        return self._result(self._stub.ReplicateKey, request, KeyMetadata, "replica_key_metadata")
+
+    def update_primary_region(self, key_id: str, primary_region: str) -> KeyMetadata:
+        """Makes the key's replica in `primary_region` its primary; returns this region's copy,
+        now a replica."""
+        request = service_pb2.UpdatePrimaryRegionRequest(
+            key_id=key_id, primary_region=primary_region
+        )
+        return self._metadata(self._stub.UpdatePrimaryRegion, request)
 
     def rotate_key_on_demand(self, key_id: str) -> RotateKeyOnDemandResult:
         """Rotate now: a new version becomes primary; older versions still decrypt."""

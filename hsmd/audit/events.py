@@ -23,6 +23,9 @@ event with sequence n, as one JSON object with exactly these members::
     encryption_context_keys  array of strings, sorted by code point, no duplicates
     outcome                  string, the status code name: "OK", "NOT_FOUND", ...
     peer                     string, the caller's network address
+    regions                  array of strings, sorted, no duplicates: the regions a
+                             multi-region key's replication involved (both ends). Present
+                             only on such events, so lines of other events are unchanged.
     previous_hash            string, 64 lowercase hex digits
     hash                     string, 64 lowercase hex digits
 
@@ -99,6 +102,8 @@ EVENT_FIELDS = (
     "peer",
 )
 LINE_FIELDS = ("sequence", *EVENT_FIELDS, "previous_hash", "hash")
+# Members of an event line present only when they hold something (see the format above).
+OPTIONAL_EVENT_FIELDS = ("regions",)
 
 _STRING_FIELDS = ("request_id", "tenant", "principal", "operation", "key_id", "outcome", "peer")
 _MAX_KEY_VERSION = 2**32 - 1  # uint32 in the API
@@ -167,6 +172,7 @@ class AuditEvent:
     encryption_context_keys: tuple[str, ...]
     outcome: str
     peer: str
+    regions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.time, datetime) or self.time.utcoffset() is None:
@@ -183,6 +189,12 @@ class AuditEvent:
             raise TypeError("encryption_context_keys must be a sequence of strings")
         for key in self.encryption_context_keys:
             _check_text("encryption_context_keys", key)
+        regions: object = self.regions
+        if isinstance(regions, str | bytes):
+            raise TypeError("regions must be a sequence of strings")
+        for region in self.regions:
+            _check_text("regions", region)
+        object.__setattr__(self, "regions", tuple(sorted(set(self.regions))))
         # Frozen: normalise through object.__setattr__, once, here.
         object.__setattr__(self, "time", self.time.astimezone(UTC))
         object.__setattr__(
@@ -413,10 +425,11 @@ def _require_canonical(record: Record, raw: bytes) -> None:
 
 
 def _decode_event(obj: dict[str, Any]) -> RecordedEvent:
+    regions = obj.pop(_REGIONS, [])
     _check_members(obj, LINE_FIELDS)
     keys = obj["encryption_context_keys"]
-    if not isinstance(keys, list):
-        raise MalformedEvent("encryption_context_keys must be an array")
+    if not isinstance(keys, list) or not isinstance(regions, list):
+        raise MalformedEvent("encryption_context_keys and regions must be arrays")
     try:
         event = AuditEvent(
             time=_parse_time(obj["time"]),
@@ -429,6 +442,7 @@ def _decode_event(obj: dict[str, Any]) -> RecordedEvent:
             encryption_context_keys=tuple(keys),
             outcome=obj["outcome"],
             peer=obj["peer"],
+            regions=tuple(regions),
         )
     except (TypeError, ValueError) as exc:
         raise MalformedEvent(str(exc)) from None
@@ -641,7 +655,10 @@ def _members(event: AuditEvent, sequence: int, previous_hash: str) -> dict[str, 
         "outcome": event.outcome,
         "peer": event.peer,
         "previous_hash": previous_hash,
-    }
+    } | ({_REGIONS: list(event.regions)} if event.regions else {})
+
+
+_REGIONS = OPTIONAL_EVENT_FIELDS[0]
 
 
 def _canonical(members: dict[str, Any]) -> bytes:

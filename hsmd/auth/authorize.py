@@ -1,4 +1,5 @@
-"""Which kind of principal may call which service: tenants use keys, operators manage tenants."""
+"""Which kind of principal may call which service: tenants use keys, operators manage tenants,
+peer regions replicate multi-region keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from hsmd.errors import PermissionDenied
 def require_kind(principal: Principal, required: PrincipalKind) -> None:
     """Raises PermissionDenied if the principal is not of the kind the service is for."""
     if principal.kind is not required:
-        if required is PrincipalKind.TENANT:
-            raise PermissionDenied("operators manage tenants; they cannot use keys")
-        raise PermissionDenied("only operators may call the admin service")
+        raise PermissionDenied(_ONLY[required])
+
+
+_ONLY = {
+    PrincipalKind.TENANT: "only tenant principals use keys; operators and regions cannot",
+    PrincipalKind.OPERATOR: "only operators may call the admin service",
+    PrincipalKind.REGION: "only peer regions may call the region service",
+}

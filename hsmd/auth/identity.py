@@ -2,9 +2,11 @@
 
 The certificate must carry exactly one URI SAN in all, whatever its scheme (SPIFFE's X509-SVID
 rule; other kinds of name, such as DNS names, are allowed and ignored), and that URI must be
-`spiffe://<trust-domain>/tenant/<tenant>/<principal>` for a tenant principal or
-`spiffe://<trust-domain>/operator/<name>` for an operator. The chain, the leaf's key usages
-and its validity are checked before, by `hsmd.auth.certificates`.
+`spiffe://<trust-domain>/tenant/<tenant>/<principal>` for a tenant principal,
+`spiffe://<trust-domain>/operator/<name>` for an operator, or
+`spiffe://<trust-domain>/region/<name>` for another hsmd instance of the deployment (a
+region). The chain, the leaf's key usages and its validity are checked before, by
+`hsmd.auth.certificates`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from hsmd.domain import Principal, PrincipalKind
+from hsmd.domain import Principal, PrincipalKind, is_valid_region_name
 from hsmd.errors import InvalidArgument, Unauthenticated
 from hsmd.names import is_valid_principal_name, validate_tenant_name
 
@@ -46,7 +48,11 @@ def principal_from_uri(uri: str, trust_domain: str) -> Principal:
             return Principal(PrincipalKind.TENANT, name, tenant)
         case ["operator", name] if is_valid_principal_name(name):
             return Principal(PrincipalKind.OPERATOR, name)
-    raise Unauthenticated("the certificate's identity names no tenant principal or operator")
+        case ["region", name] if is_valid_region_name(name):
+            return Principal(PrincipalKind.REGION, name)
+    raise Unauthenticated(
+        "the certificate's identity names no tenant principal, operator or region"
+    )
 
 
 def _valid_tenant(name: str) -> bool:

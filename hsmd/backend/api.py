@@ -34,13 +34,15 @@ class Capabilities:
 @dataclass(frozen=True)
 class UnwrapTarget:
     """The token object an unwrap or import makes. public_key (SPKI) is needed for EC
-    private keys, whose public point the token cannot derive."""
+    private keys, whose public point the token cannot derive. replicable: a multi-region
+    key's replica, which can leave again only to a trusted peer region (hsmd.backend.regions)."""
 
     object_id: bytes
     spec: KeySpec
     usage: KeyUsage
     exportable: bool = False
     public_key: bytes | None = None
+    replicable: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,37 @@ class CryptoBackend(Protocol):
         spec: KeySpec,
         usage: KeyUsage,
         exportable: bool = False,
+        replicable: bool = False,
     ) -> None:
         """Generates a sensitive token key (or pair) limited to its usage; non-extractable
-        unless exportable (then it can leave only wrapped)."""
+        unless exportable (then it can leave only wrapped) or replicable (a multi-region
+        key: it can leave only wrapped for a trusted peer region, wrap_for_peer)."""
+        ...
+
+    # Multi-region keys (hsmd.backend.regions)
+
+    def transport_key(self, tenant: str) -> bytes:
+        """The SPKI of the tenant token's transport key, made on first use: what a peer
+        region wraps material for this token under (unwrap_from_peer unwraps it)."""
+        ...
+
+    def trust_peer(self, tenant: str, region: str, public_key: bytes) -> None:
+        """Makes public_key (an SPKI) the tenant token's trusted key for the peer region,
+        replacing another; no-op if it is already."""
+        ...
+
+    def wrap_for_peer(self, tenant: str, region: str, object_id: bytes, spec: KeySpec) -> bytes:
+        """A replicable key wrapped under the peer region's trusted key (trust_peer), for
+        the peer's unwrap_from_peer."""
+        ...
+
+    def unwrap_from_peer(self, tenant: str, wrapped: bytes, target: UnwrapTarget) -> str:
+        """Unwraps what a peer's wrap_for_peer made for this token's transport key into a new
+        replicable token key; returns its fingerprint (as import_material).
+
+        Raises:
+            UnwrapFailed: the bytes were not wrapped for this token's transport key.
+        """
         ...
 
     def wrap(self, tenant: str, wrapping_object_id: bytes, object_id: bytes) -> bytes:

@@ -48,6 +48,19 @@ def rsa_spki(modulus: bytes, public_exponent: bytes) -> bytes:
     return _spki(numbers.public_key())
 
 
+def rsa_numbers(spki: bytes, min_bits: int = 3072) -> tuple[bytes, bytes]:
+    """(CKA_MODULUS, CKA_PUBLIC_EXPONENT) of an RSA SPKI of at least min_bits. Raises
+    ValueError for anything else."""
+    key = serialization.load_der_public_key(spki)
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < min_bits:
+        raise ValueError(f"not an RSA public key of at least {min_bits} bits")
+    numbers = key.public_numbers()
+    return (
+        numbers.n.to_bytes((key.key_size + 7) // 8, "big"),
+        numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
+    )
+
+
 def ec_spki(spec: KeySpec, ec_point: bytes) -> bytes:
     """SPKI from CKA_EC_POINT, which holds the point inside a DER OCTET STRING."""
     point = _octet_string(ec_point)

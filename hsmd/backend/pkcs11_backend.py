@@ -20,6 +20,8 @@ import hashlib
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ from pkcs11.constants import DEFAULT
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsmd.backend import encoding, selftest, softhsm_files
+from hsmd.backend import encoding, regions, selftest, softhsm_files
 from hsmd.backend.api import Capabilities, TokenObjects, UnwrapTarget
 from hsmd.backend.lanes import Lane, LaneSizes
 from hsmd.backend.mechanisms import (
@@ -164,8 +166,11 @@ def key_template(
     *,
     extractable: bool = False,
     unwrapped: bool = False,
+    wrap_with_trusted: bool = False,
 ) -> dict[Any, Any]:
     """The full template of a secret or private key: nothing is left to library defaults.
+    wrap_with_trusted: the key can be wrapped only under a CKA_TRUSTED key (a multi-region
+    secret key, hsmd.backend.regions).
 
     An extractable key can leave the token only wrapped (it stays sensitive), and only by a
     wrapping key whose own template allows WRAP; see docs/security.md. SoftHSM2 2.6.1 refuses
@@ -182,6 +187,7 @@ def key_template(
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
             Attribute.EXTRACTABLE: extractable,
+            Attribute.WRAP_WITH_TRUSTED: wrap_with_trusted,
             Attribute.MODIFIABLE: False,
         }
     )
@@ -286,6 +292,7 @@ class Pkcs11Backend:
             # SoftHSM2 reads its configuration once, at C_Initialize.
             os.environ["SOFTHSM2_CONF"] = str(softhsm2_conf)
         self._pins = pins
+        self._library = library
         self._read_only = read_only
         self._token_dir = token_dir
         self._tokens = TokenTable(library, lanes or LaneSizes(), token_dir)
@@ -491,6 +498,7 @@ class Pkcs11Backend:
         spec: KeySpec,
         usage: KeyUsage,
         exportable: bool = False,
+        replicable: bool = False,
     ) -> None:
         info = SPECS[spec]
         rights = _USAGE_CAPABILITIES[(info.family.asymmetric, usage)]
@@ -503,7 +511,11 @@ class Pkcs11Backend:
                     store=True,
                     mechanism=GENERATION[info.family],
                     template=key_template(
-                        object_id, rights, _SECRET_CAPABILITIES, extractable=exportable
+                        object_id,
+                        rights,
+                        _SECRET_CAPABILITIES,
+                        extractable=exportable or replicable,
+                        wrap_with_trusted=replicable,
                     ),
                 )
                 lease.remember(object_id, ObjectClass.SECRET_KEY, key)
@@ -519,7 +531,9 @@ class Pkcs11Backend:
                 store=True,
                 mechanism=GENERATION[info.family],
                 public_template=public,
-                private_template=key_template(object_id, rights, _PRIVATE_CAPABILITIES),
+                private_template=key_template(
+                    object_id, rights, _PRIVATE_CAPABILITIES, extractable=replicable
+                ),
             )
             lease.remember(object_id, ObjectClass.PUBLIC_KEY, public_key)
             lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
@@ -714,8 +728,9 @@ class Pkcs11Backend:
                 target.object_id,
                 rights,
                 _SECRET_CAPABILITIES,
-                extractable=target.exportable,
+                extractable=target.exportable or target.replicable,
                 unwrapped=True,
+                wrap_with_trusted=target.replicable,
             ),
         )
         lease.remember(target.object_id, ObjectClass.SECRET_KEY, key)
@@ -759,7 +774,13 @@ class Pkcs11Backend:
                 store=True,
                 capabilities=_NO_DEFAULTS,
                 template={
-                    **key_template(target.object_id, rights, _PRIVATE_CAPABILITIES, unwrapped=True),
+                    **key_template(
+                        target.object_id,
+                        rights,
+                        _PRIVATE_CAPABILITIES,
+                        extractable=target.replicable,
+                        unwrapped=True,
+                    ),
                     **_NOT_ON_PRIVATE_KEYS,
                 },
             )
@@ -786,6 +807,118 @@ class Pkcs11Backend:
             lease.destroy(target.object_id)
             raise UnwrapFailed() from None
         return ""
+
+    # Multi-region keys (hsmd.backend.regions)
+
+    def transport_key(self, tenant: str) -> bytes:
+        with self._changing(tenant) as lease:
+            try:
+                public_key = lease.object(regions.TRANSPORT_ID, ObjectClass.PUBLIC_KEY)
+            except p11.NoSuchKey:
+                public_key = self._make_transport_key(lease)
+            return encoding.rsa_spki(
+                public_key[Attribute.MODULUS], public_key[Attribute.PUBLIC_EXPONENT]
+            )
+
+    @staticmethod
+    def _make_transport_key(lease: Lease) -> Any:
+        object_id = regions.TRANSPORT_ID
+        lease.destroy(object_id)  # a half-made pair (one object of two) is made anew
+        public = public_template(object_id, KeyUsage.WRAP_UNWRAP)
+        public[Attribute.WRAP] = False  # peers wrap under their trusted copy, not this one
+        public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
+        private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
+        public_key, private_key = lease.session.generate_keypair(
+            KEY_TYPES[Family.RSA],
+            regions.TRANSPORT_BITS,
+            store=True,
+            mechanism=GENERATION[Family.RSA],
+            public_template=public,
+            private_template=private,
+        )
+        lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
+        lease.remember(object_id, ObjectClass.PUBLIC_KEY, public_key)
+        return public_key
+
+    def trust_peer(self, tenant: str, region: str, public_key: bytes) -> None:
+        modulus, exponent = encoding.rsa_numbers(public_key)
+        object_id = regions.peer_object_id(region)
+        with self._tokens.lease(tenant, Lane.SLOW) as lease:
+            try:
+                trusted = lease.object(object_id, ObjectClass.PUBLIC_KEY)
+                if (trusted[Attribute.MODULUS], trusted[Attribute.PUBLIC_EXPONENT]) == (
+                    modulus,
+                    exponent,
+                ) and trusted[Attribute.TRUSTED]:
+                    return
+            except p11.NoSuchKey:
+                pass
+        self._check_writable()
+        token = self._tenant_token(tenant)
+        # The child process writes the token: no other change may interleave (SoftHSM2 loses
+        # updates between two processes that write one token).
+        with self._changes.exclusive():
+            installed = subprocess.run(
+                [sys.executable, "-m", "hsmd.backend.regions"],
+                input=regions.request(
+                    str(self._library), token.label, token.so_pin(), object_id, modulus, exponent
+                ),
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            with self._tokens.lease(tenant, Lane.SLOW) as lease:
+                lease.forget(object_id)
+            self._tokens.make_durable()
+        if installed.returncode != 0:
+            raise BackendError(
+                f"installing region {region}'s trusted key in tenant {tenant}'s token failed:"
+                f" {installed.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+        log.warning(
+            "tenant %s: region %s's transport key (SHA-256 %s) is now trusted by its token",
+            tenant,
+            region,
+            hashlib.sha256(public_key).hexdigest()[:16],
+        )
+
+    def wrap_for_peer(self, tenant: str, region: str, object_id: bytes, spec: KeySpec) -> bytes:
+        with self._tokens.lease(tenant, Lane.SLOW) as lease:
+            trusted = lease.object(regions.peer_object_id(region), ObjectClass.PUBLIC_KEY)
+            oaep = oaep_param(EncryptionAlgorithm.RSAES_OAEP_SHA_1)
+            if not SPECS[spec].family.asymmetric:
+                key = lease.object(object_id, ObjectClass.SECRET_KEY)
+                return bytes(
+                    trusted.wrap_key(key, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep)
+                )
+            private = lease.object(object_id, ObjectClass.PRIVATE_KEY)
+            template = session_template({Attribute.WRAP}, extractable=True)
+            template[Attribute.WRAP_WITH_TRUSTED] = True
+            transfer = lease.session.generate_key(
+                KEY_TYPES[Family.AES],
+                256,
+                store=False,
+                mechanism=GENERATION[Family.AES],
+                template=template,
+            )
+            try:
+                head = trusted.wrap_key(
+                    transfer, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=oaep
+                )
+                return bytes(head) + bytes(
+                    transfer.wrap_key(private, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+                )
+            finally:
+                transfer.destroy()
+
+    def unwrap_from_peer(self, tenant: str, wrapped: bytes, target: UnwrapTarget) -> str:
+        one_step = not SPECS[target.spec].family.asymmetric
+        algorithm = (
+            WrappingAlgorithm.RSAES_OAEP_SHA_1
+            if one_step
+            else WrappingAlgorithm.RSA_AES_KEY_WRAP_SHA_1
+        )
+        return self.import_material(tenant, regions.TRANSPORT_ID, algorithm, wrapped, target)
 
     def has_objects(self, tenant: str, object_ids: list[bytes]) -> bool:
         with self._tokens.lease(tenant, Lane.SLOW) as lease:

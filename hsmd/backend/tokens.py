@@ -222,14 +222,22 @@ class Lease:
         obj.key_type  # noqa: B018 (read once here, so every rebound copy has it)
         self.token.objects[(object_id, object_class)] = obj
 
+    def forget(self, object_id: bytes) -> None:
+        """Drops the cached handles of this CKA_ID: another process changed its objects."""
+        with self.token.lock:
+            self._forget_locked(object_id)
+
+    def _forget_locked(self, object_id: bytes) -> None:
+        for key in [k for k in list(self.token.objects) if k[0] == object_id]:
+            self.token.objects.pop(key, None)
+        self.token.public_keys.pop(object_id, None)
+
     def destroy(self, object_id: bytes) -> None:
         """Destroys every object with this CKA_ID and forgets it, under the token's lock."""
         with self.token.lock:
             # A snapshot: a generation on another session may add to the cache meanwhile
             # (remember() does not take the lock, which object() holds when it calls it).
-            for key in [k for k in list(self.token.objects) if k[0] == object_id]:
-                self.token.objects.pop(key, None)
-            self.token.public_keys.pop(object_id, None)
+            self._forget_locked(object_id)
             for obj in list(self.session.get_objects({Attribute.ID: object_id})):
                 obj.destroy()
 

@@ -33,7 +33,9 @@ from hsmd.domain import (
     KeyState,
     KeyUsage,
     KeyVersion,
+    MultiRegion,
     QuarantinedObject,
+    Replica,
     RotationType,
     Tenant,
     TenantState,
@@ -188,12 +190,17 @@ _MIGRATIONS = [
         overrides  TEXT NOT NULL
     );
     """,
+    # Multi-region keys: where the key lives (a JSON object of domain.MultiRegion), NULL for
+    # a key of this region only.
+    """
+    ALTER TABLE keys ADD COLUMN multi_region TEXT;
+    """,
 ]
 
 _KEY_COLUMNS = (
     "tenant, key_id, description, spec, usage, origin, state, created_at, primary_version,"
     " policy, rotation_period_days, next_rotation_at, deletion_at, exportable, valid_to,"
-    " material_fingerprint"
+    " material_fingerprint, multi_region"
 )
 _IMPORT_COLUMNS = "token, tenant, key_id, object_id, algorithm, wrapping_spec, expires_at"
 _VERSION_COLUMNS = "tenant, key_id, version, object_id, created_at, state, rotation_type"
@@ -685,7 +692,7 @@ class SqliteKeyStore:
             _check_limit(db, _COUNT_KEYS, key.tenant, max_keys, "keys")
             db.execute(
                 f"INSERT INTO keys ({_KEY_COLUMNS}, client_token, request_fingerprint)"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.tenant,
                     key.key_id,
@@ -703,6 +710,7 @@ class SqliteKeyStore:
                     int(key.exportable),
                     _iso_or_none(key.valid_to),
                     key.material_fingerprint,
+                    _column_value(key.multi_region),
                     *_request_columns(request),
                 ),
             )
@@ -712,7 +720,8 @@ class SqliteKeyStore:
 
     def update_key(self, tenant: str, key_id: str, **changes: Any) -> Key:
         """Sets columns of a key (state, description, policy, rotation_period_days,
-        next_rotation_at, deletion_at) in one transaction and returns the key as it is now.
+        next_rotation_at, deletion_at, multi_region, ...) in one transaction and returns the
+        key as it is now.
 
         Raises:
             NotFound: the tenant has no such key.
@@ -727,6 +736,7 @@ class SqliteKeyStore:
             "deletion_at",
             "valid_to",
             "material_fingerprint",
+            "multi_region",
         }
         if unknown:
             raise AssertionError(f"not key columns: {unknown}")
@@ -807,6 +817,16 @@ class SqliteKeyStore:
                 f"SELECT tenant, key_id FROM keys WHERE state = ? AND {column} <= ?"  # noqa: S608
                 f" ORDER BY {column}",
                 (state, _iso(now)),
+            ).fetchall()
+            return self._keys(db, rows)
+
+    def multi_region_keys(self) -> list[Key]:
+        """Every tenant's multi-region keys that are not destroyed (replication's sync pass)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT tenant, key_id FROM keys WHERE multi_region IS NOT NULL AND state != ?"
+                " ORDER BY seq",
+                (KeyState.DESTROYED,),
             ).fetchall()
             return self._keys(db, rows)
 
@@ -1371,6 +1391,27 @@ def _key(row: tuple[Any, ...], tags: list[tuple[str, str]]) -> Key:
         exportable=bool(row[13]),
         valid_to=_parse_time(row[14]) if row[14] else None,
         material_fingerprint=row[15],
+        multi_region=_multi_region(row[16]) if row[16] else None,
+    )
+
+
+def _multi_region_json(regions: MultiRegion) -> str:
+    return json.dumps(
+        {
+            "region": regions.region,
+            "primary_region": regions.primary_region,
+            "replicas": [[r.region, r.versions] for r in regions.replicas],
+        },
+        sort_keys=True,
+    )
+
+
+def _multi_region(text: str) -> MultiRegion:
+    value = json.loads(text)
+    return MultiRegion(
+        value["region"],
+        value["primary_region"],
+        tuple(Replica(region, int(versions)) for region, versions in value["replicas"]),
     )
 
 
@@ -1390,6 +1431,8 @@ def _import_parameters(row: tuple[Any, ...]) -> ImportParameters:
 def _column_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return _iso(value)
+    if isinstance(value, MultiRegion):
+        return _multi_region_json(value)
     if isinstance(value, KeyPolicy):
         return _policy_json(value)
     return value

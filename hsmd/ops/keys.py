@@ -29,18 +29,21 @@ from hsmd.domain import (
     KeyState,
     KeyUsage,
     KeyVersion,
+    MultiRegion,
     RequestContext,
 )
 from hsmd.errors import (
     REASON_INVALID_TAG,
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     Unimplemented,
 )
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
+from hsmd.names import new_multi_region_key_id
 from hsmd.ops import paging
 from hsmd.ops.resolve import usable_key
 from hsmd.quotas import QuotaLimits, default_limits
@@ -48,6 +51,9 @@ from hsmd.wrapped import WRAPPABLE
 
 # Key specs whose material ImportKeyMaterial can bring (all but Ed25519, as in AWS KMS).
 IMPORTABLE = frozenset(KeySpec) - {KeySpec.ED25519}
+# Key specs a multi-region key can have: those a peer's transport key can unwrap, the same as
+# can be imported (hsmd.backend.regions uses import's unwrapping).
+REPLICABLE = IMPORTABLE
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,18 @@ class KeyMaker:
 
 
 class KeyOps(KeyMaker):
+    def __init__(
+        self,
+        store: KeyStore,
+        backend: CryptoBackend,
+        clock: Clock,
+        limits: Callable[[str], QuotaLimits] = default_limits,
+        region: str | None = None,
+    ) -> None:
+        """region: this instance's region, where its multi-region keys have their primary."""
+        super().__init__(store, backend, clock, limits)
+        self._region = region
+
     def capabilities(self) -> Capabilities:
         return self._backend.capabilities()
 
@@ -100,16 +118,20 @@ class KeyOps(KeyMaker):
         exportable: bool = False,
         origin: KeyOrigin = KeyOrigin.GENERATED,
         request: ClientRequest | None = None,
+        multi_region: bool = False,
     ) -> Key:
         """Creates a key with one version, generated in the tenant's token (or, for origin
         EXTERNAL, a PENDING_IMPORT key whose material ImportKeyMaterial brings). With a client
         request token used before, returns the key that call made instead (replayed).
+        multi_region: the primary of a multi-region key in this instance's region (its id
+        starts "mrk-"; ReplicateKey copies it to peer regions, hsmd.ops.regions).
 
         Raises:
             InvalidArgument: the usage does not fit the spec, a field is out of range, or the
                 client token was used for a different request.
             FailedPrecondition: the policy would leave no administrator or lock the caller out.
             Unimplemented: the backend cannot make keys of this spec.
+            FailedPrecondition: multi_region, and this instance has no region.
             Aborted: the call that first used the client token is still running.
             ResourceExhausted: the tenant has as many keys as its quota allows, or the tags
                 are more than its quota of tags per key.
@@ -127,6 +149,7 @@ class KeyOps(KeyMaker):
             raise InvalidArgument(f"{spec} key material cannot be imported")
         if exportable and spec not in WRAPPABLE:
             raise InvalidArgument(f"only AES and HMAC keys can be exportable, not {spec}")
+        regions = self._multi_region(spec, origin, exportable) if multi_region else None
         quota = self._limits(ctx.tenant)
         key_policy = check_new_key_fields(
             self._store, ctx, description, key_policy, tags or {}, quota
@@ -135,7 +158,7 @@ class KeyOps(KeyMaker):
         now = self._clock.now()
         key = Key(
             tenant=ctx.tenant,
-            key_id=str(uuid.uuid4()),
+            key_id=new_multi_region_key_id() if regions else str(uuid.uuid4()),
             description=description,
             spec=spec,
             usage=usage,
@@ -146,6 +169,7 @@ class KeyOps(KeyMaker):
             policy=key_policy,
             tags=tuple(sorted((tags or {}).items())),
             exportable=exportable,
+            multi_region=regions,
         )
         if external:  # its material comes later, through ImportKeyMaterial
             return add_new_key(self._store, ctx, key, None, request, quota) or key
@@ -154,10 +178,24 @@ class KeyOps(KeyMaker):
         if earlier is not None:
             return earlier
         with rolled_back_unless_finished(self._store, self._backend, key, version):
-            self._backend.generate_key(ctx.tenant, version.object_id, spec, usage, exportable)
+            self._backend.generate_key(
+                ctx.tenant, version.object_id, spec, usage, exportable, replicable=bool(regions)
+            )
             created = self._store.update_key(ctx.tenant, key.key_id, state=KeyState.ENABLED)
         log.info("created key %s (%s, %s)", key.key_id, spec, usage)
         return created
+
+    def _multi_region(self, spec: KeySpec, origin: KeyOrigin, exportable: bool) -> MultiRegion:
+        if self._region is None:
+            raise FailedPrecondition(
+                "this instance is in no region, so it makes no multi-region keys (an operator"
+                " sets [region] name, docs/regions.md)"
+            )
+        if origin is not KeyOrigin.GENERATED or exportable:
+            raise InvalidArgument("a multi-region key is generated by hsmd and not exportable")
+        if spec not in REPLICABLE:
+            raise InvalidArgument(f"{spec} keys cannot be multi-region")
+        return MultiRegion(self._region, self._region)
 
     def describe_key(self, ctx: RequestContext, key_id: str) -> Key:
         return usable_key(self._store, ctx, key_id, Operation.DESCRIBE)

@@ -1,7 +1,8 @@
 """What the daemon does by itself: rotate keys that are due, destroy keys whose deletion
-window has passed, forget imported material past its expiry, and destroy tenants whose
-deletion window has passed. Run at start-up (to catch up
-on anything that came due while the daemon was down) and then periodically.
+window has passed, forget imported material past its expiry, destroy tenants whose
+deletion window has passed, and bring multi-region replicas that are behind up to date. Run at
+start-up (to catch up on anything that came due while the daemon was down) and then
+periodically.
 
 Each pass also keeps the clock honest (hsmd.clock.GuardedClock): it stores the latest time the
 daemon has acted at, and while the system clock reads earlier than that it logs and audits the
@@ -20,6 +21,7 @@ from hsmd.audit.log import AuditLog
 from hsmd.clock import GuardedClock
 from hsmd.keystore.store import KeyStore
 from hsmd.ops.imports import ImportOps
+from hsmd.ops.regions import ReplicationOps
 from hsmd.ops.rotation import RotationOps
 from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
@@ -39,7 +41,9 @@ class Maintenance:
         clock: GuardedClock,
         store: KeyStore,
         audit: AuditLog,
+        regions: ReplicationOps,
     ) -> None:
+        self._regions = regions
         self._rotation = rotation
         self._states = states
         self._imports = imports
@@ -64,9 +68,13 @@ class Maintenance:
             self._report_clock(*behind)
         for version in self._rotation.rotate_due():
             self._record("RotateKey", version.tenant, version.key_id, version.version)
+        for key, region in self._regions.sync_due():
+            regions = (region, key.multi_region.region if key.multi_region else "")
+            self._record("SyncReplica", key.tenant, key.key_id, key.primary_version, regions)
         if behind is None:
             for key in self._states.destroy_due():
                 self._record("DestroyKey", key.tenant, key.key_id)
+                self._regions.replica_destroyed(key)
             for key in self._imports.expire_due():
                 self._record("ExpireKeyMaterial", key.tenant, key.key_id)
             for tenant in self._tenants.destroy_due():
@@ -90,7 +98,14 @@ class Maintenance:
         self._record("ClockMovedBackwards", "", "")
         self._clock_reported = True
 
-    def _record(self, operation: str, tenant: str, key_id: str, key_version: int = 0) -> None:
+    def _record(
+        self,
+        operation: str,
+        tenant: str,
+        key_id: str,
+        key_version: int = 0,
+        regions: tuple[str, ...] = (),
+    ) -> None:
         self._audit.append(
             AuditEvent(
                 time=self._clock.now(),
@@ -103,6 +118,7 @@ class Maintenance:
                 encryption_context_keys=(),
                 outcome="OK",
                 peer="",
+                regions=regions,
             )
         )
         log.info("maintenance: %s %s %s", operation, tenant, key_id)

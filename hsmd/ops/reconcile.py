@@ -143,7 +143,8 @@ class Reconciler:
             raise FailedPrecondition(
                 f"version {version} of key {key.key_id} has its object; nothing to adopt"
             )
-        if not self._backend.fits(tenant, object_id, key.spec, key.usage, key.exportable):
+        extractable = key.exportable or key.multi_region is not None
+        if not self._backend.fits(tenant, object_id, key.spec, key.usage, extractable):
             raise FailedPrecondition(
                 f"object {object_id.hex()} is not a {key.spec} key for {key.usage}"
                 f"{' (exportable)' if key.exportable else ''} as hsmd makes them"

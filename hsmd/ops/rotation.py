@@ -13,7 +13,7 @@ due rotates once when it next checks, not once per missed period.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -46,10 +46,19 @@ class RotationPage:
 
 
 class RotationOps:
-    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        backend: CryptoBackend,
+        clock: Clock,
+        rotated: Callable[[Key], None] | None = None,
+    ) -> None:
+        """rotated: told of each key rotated, as it is now (a multi-region primary sends
+        the new version to its replicas, hsmd.ops.regions)."""
         self._store = store
         self._backend = backend
         self._clock = clock
+        self._rotated = rotated
 
     def enable(self, ctx: RequestContext, key_id: str, period_days: int) -> RotationStatus:
         """Raises InvalidArgument unless the period is 90-2,560 days (0 means 365)."""
@@ -109,7 +118,13 @@ class RotationOps:
         now = self._clock.now()
         version = self._store.add_version(key.tenant, key.key_id, new_object_id(), now, how)
         try:
-            self._backend.generate_key(key.tenant, version.object_id, key.spec, key.usage)
+            self._backend.generate_key(
+                key.tenant,
+                version.object_id,
+                key.spec,
+                key.usage,
+                replicable=key.multi_region is not None,
+            )
         except Exception:
             try:
                 self._backend.destroy(key.tenant, version.object_id)
@@ -119,8 +134,10 @@ class RotationOps:
         next_rotation = None  # on demand leaves the automatic schedule alone, as in AWS KMS
         if how is RotationType.AUTOMATIC and key.rotation_period_days is not None:
             next_rotation = now + timedelta(days=key.rotation_period_days)
-        self._store.activate_version(version, next_rotation)
+        rotated = self._store.activate_version(version, next_rotation)
         log.info("rotated key %s to version %d (%s)", key.key_id, version.version, how)
+        if self._rotated is not None:
+            self._rotated(rotated)
         return version
 
     def _status(self, key: Key) -> RotationStatus:

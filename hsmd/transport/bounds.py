@@ -56,8 +56,19 @@ def _policy(field: str, value: Message) -> None:
 
 
 def _fields_of(field: str, value: Message) -> None:
-    """A message of fixed-size fields (numbers), such as a TenantQuota."""
+    """A message whose fields have rules of their own, such as a TenantQuota."""
     check_fields(value, prefix=f"{field}.")
+
+
+def _messages(count: int) -> Rule:
+    """A list of at most count messages, each field of each checked by its own rule."""
+
+    def check(field: str, values: Sequence[Message]) -> None:
+        limits.check_count(field, values, count)
+        for value in values:
+            check_fields(value, prefix=f"{field}[].")
+
+    return check
 
 
 def _time(field: str, value: Timestamp) -> None:
@@ -120,6 +131,14 @@ RULES: dict[str, Rule] = {
     "public_key": _bytes(limits.MAX_PUBLIC_KEY_BYTES),
     "valid_to": _time,
     "quota": _fields_of,
+    # Between regions (region.proto)
+    "replica_region": _chars(limits.MAX_REGION_NAME_CHARS),
+    "primary_region": _chars(limits.MAX_REGION_NAME_CHARS),
+    "region": _chars(limits.MAX_REGION_NAME_CHARS),
+    "key": _fields_of,
+    "replicas": _messages(limits.MAX_KEY_REGIONS),
+    "versions": _messages(limits.MAX_REPLICA_VERSIONS),
+    "creation_time": _time,
     "requests": _batch_items,
 }
 

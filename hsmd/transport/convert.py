@@ -24,19 +24,28 @@ from hsmd.domain import (
     Alias,
     ClientRequest,
     Key,
+    KeyOrigin,
     KeyPolicy,
+    KeySpec,
+    KeyState,
+    KeyUsage,
     KeyVersion,
+    MultiRegion,
     QuarantinedObject,
+    Replica,
+    RotationType,
     TenancyMode,
     Tenant,
     WrappingAlgorithm,
+    is_valid_region_name,
 )
 from hsmd.errors import InvalidArgument
-from hsmd.names import key_resource_name, validate_client_token
+from hsmd.names import key_resource_name, parse_key_id, validate_client_token
 from hsmd.ops.datakeys import DATA_KEY_SIZES
 from hsmd.ops.quotas import TenantQuota, TenantUsage
+from hsmd.ops.regions import ReplicaVersion
 from hsmd.quotas import QuotaLimits
-from hsmd.v1 import admin_pb2, resources_pb2
+from hsmd.v1 import admin_pb2, region_pb2, resources_pb2
 
 E = TypeVar("E", bound=enum.StrEnum)
 
@@ -157,7 +166,138 @@ def key_metadata(key: Key, tenancy: TenancyMode) -> resources_pb2.KeyMetadata:
         metadata.deletion_date.CopyFrom(timestamp(key.deletion_at))
     if key.valid_to is not None:
         metadata.valid_to.CopyFrom(timestamp(key.valid_to))
+    regions = key.multi_region
+    if regions is not None:
+        metadata.multi_region = True
+        metadata.multi_region_configuration.CopyFrom(
+            resources_pb2.MultiRegionConfiguration(
+                multi_region_key_type=resources_pb2.PRIMARY
+                if regions.is_primary
+                else resources_pb2.REPLICA,
+                region=regions.region,
+                primary_region=regions.primary_region,
+                replica_regions=[replica.region for replica in regions.replicas],
+            )
+        )
     return metadata
+
+
+# Between regions (hsmd.ops.regions): a key's shared properties and its wrapped versions.
+
+
+def replica_key(key: Key) -> region_pb2.ReplicaKey:
+    regions = key.multi_region
+    assert regions is not None, "only a multi-region key goes to another region"
+    return region_pb2.ReplicaKey(
+        tenant=key.tenant,
+        key_id=key.key_id,
+        key_spec=to_proto(resources_pb2.KeySpec, key.spec),
+        key_usage=to_proto(resources_pb2.KeyUsage, key.usage),
+        description=key.description,
+        policy=key_policy(key.policy),
+        tags=dict(key.tags),
+        creation_time=timestamp(key.created_at),
+        rotation_period_days=key.rotation_period_days or 0,
+        primary_region=regions.primary_region,
+        replicas=[
+            region_pb2.ReplicaRegion(region=r.region, versions=r.versions) for r in regions.replicas
+        ],
+    )
+
+
+def replica_key_from(message: region_pb2.ReplicaKey, region: str) -> Key:
+    """The key a peer sent, as this region (`region`) would record it.
+
+    Raises:
+        InvalidArgument: a field is missing or out of range.
+    """
+    names = [message.primary_region, *(r.region for r in message.replicas)]
+    if not all(is_valid_region_name(name) for name in names) or len(set(names)) != len(names):
+        raise InvalidArgument("key.primary_region and key.replicas must be distinct region names")
+    return Key(
+        tenant=message.tenant,
+        key_id=parse_key_id(message.key_id),
+        description=message.description,
+        spec=required(
+            from_proto(KeySpec, resources_pb2.KeySpec, message.key_spec, "key.key_spec"),
+            "key.key_spec",
+        ),
+        usage=required(
+            from_proto(KeyUsage, resources_pb2.KeyUsage, message.key_usage, "key.key_usage"),
+            "key.key_usage",
+        ),
+        origin=KeyOrigin.GENERATED,
+        state=KeyState.ENABLED,
+        created_at=datetime_from(message.creation_time, "key.creation_time"),
+        primary_version=0,
+        policy=key_policy_from(message.policy),
+        tags=tuple(sorted(message.tags.items())),
+        rotation_period_days=message.rotation_period_days or None,
+        multi_region=MultiRegion(
+            region,
+            message.primary_region,
+            tuple(Replica(r.region, r.versions) for r in message.replicas),
+        ),
+    )
+
+
+def key_from_metadata(metadata: resources_pb2.KeyMetadata) -> Key:
+    """A peer region's answer about its copy of a key, for showing and counting its versions
+    (KeyMetadata holds no policy, and no replica's version count)."""
+    regions = metadata.multi_region_configuration
+    return Key(
+        tenant=metadata.tenant,
+        key_id=metadata.key_id,
+        description=metadata.description,
+        spec=required(
+            from_proto(KeySpec, resources_pb2.KeySpec, metadata.key_spec, "key_spec"), "key_spec"
+        ),
+        usage=required(
+            from_proto(KeyUsage, resources_pb2.KeyUsage, metadata.key_usage, "key_usage"),
+            "key_usage",
+        ),
+        origin=required(
+            from_proto(KeyOrigin, resources_pb2.KeyOrigin, metadata.origin, "origin"), "origin"
+        ),
+        state=required(
+            from_proto(KeyState, resources_pb2.KeyState, metadata.key_state, "key_state"),
+            "key_state",
+        ),
+        created_at=datetime_from(metadata.creation_time, "creation_time"),
+        primary_version=metadata.primary_version,
+        tags=tuple(sorted(metadata.tags.items())),
+        multi_region=MultiRegion(
+            regions.region,
+            regions.primary_region,
+            tuple(Replica(region, 0) for region in regions.replica_regions),
+        ),
+    )
+
+
+def replica_version(version: ReplicaVersion) -> region_pb2.ReplicaKeyVersion:
+    message = region_pb2.ReplicaKeyVersion(
+        version=version.version,
+        creation_time=timestamp(version.created_at),
+        wrapped_key=version.wrapped,
+        public_key=version.public_key,
+    )
+    if version.rotation_type is not None:
+        message.rotation_type = to_proto(resources_pb2.RotationType, version.rotation_type)
+    return message
+
+
+def replica_version_from(message: region_pb2.ReplicaKeyVersion) -> ReplicaVersion:
+    if message.version < 1:
+        raise InvalidArgument("versions[].version must be at least 1")
+    return ReplicaVersion(
+        message.version,
+        datetime_from(message.creation_time, "versions[].creation_time"),
+        from_proto(
+            RotationType, resources_pb2.RotationType, message.rotation_type, "rotation_type"
+        ),
+        message.wrapped_key,
+        message.public_key,
+    )
 
 
 def key_policy(policy: KeyPolicy) -> resources_pb2.KeyPolicy:
@@ -248,6 +388,7 @@ def audit_event(record: RecordedEvent) -> resources_pb2.AuditEvent:
         encryption_context_keys=list(event.encryption_context_keys),
         outcome=event.outcome,
         peer=event.peer,
+        regions=list(event.regions),
         previous_hash=record.previous_hash,
         hash=record.hash,
     )

@@ -47,7 +47,7 @@ from hsmd.audit.events import AuditEvent, bounded_keys, bounded_text
 from hsmd.audit.log import AuditSink, AuditUnavailable, Written
 from hsmd.auth.authorize import require_kind
 from hsmd.auth.certificates import ClientCertificateVerifier
-from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext
+from hsmd.domain import Clock, Principal, PrincipalKind, RequestContext, is_valid_region_name
 from hsmd.errors import (
     BackendError,
     BackendUnavailable,
@@ -84,6 +84,7 @@ _VERIFY_AUDIT_LOG = "VerifyAuditLog"
 SERVICE_PRINCIPALS = {
     "hsmd.v1.KeyManagementService": PrincipalKind.TENANT,
     "hsmd.v1.AdminService": PrincipalKind.OPERATOR,
+    "hsmd.v1.RegionService": PrincipalKind.REGION,
 }
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("hsmd_request")
@@ -106,17 +107,20 @@ class RequestGuard(grpc.ServerInterceptor):
         *,
         caller: Caller | None = None,
         forwarder: Forwarder | None = None,
+        region: str | None = None,
     ) -> None:
         """caller: where the caller's certificate is read (the TLS handshake with this
         process unless the call was forwarded to it). forwarder: in a worker process, the
         channel that passes to the coordinator the calls a worker does not serve itself
-        (hsmd/transport/forward.py)."""
+        (hsmd/transport/forward.py). region: this instance's region, named with the other
+        region in the events of multi-region keys' replication."""
         self._certificates = certificates
         self._caller = caller or TlsCaller()
         self._forwarder = forwarder
         self._admit_tenant = admit_tenant
         self._audit = audit
         self._clock = clock
+        self._region = region
         self._admission = admission
         self._handlers = _Handlers()
         self._malformed_log = _RateLimitedLog(log, per_second=5)
@@ -404,6 +408,7 @@ class RequestGuard(grpc.ServerInterceptor):
             ),
             outcome=code.name,
             peer=bounded_text(self._caller.peer(context), limits.AUDIT_PEER_BYTES),
+            regions=_event_regions(self._region, principal, request),
         )
 
     # Quotas and fair share (hsmd.quotas, hsmd.scheduler): tenant calls only; operators'
@@ -636,8 +641,25 @@ def _event_tenant(principal: Principal | None, request: Any) -> str:
         return ""
     if principal.tenant is not None:
         return principal.tenant
-    name = _field(request, "name")
+    if principal.kind is PrincipalKind.REGION:
+        sent = _field(request, "key")
+        name = _field(sent, "tenant") if sent is not None else _field(request, "tenant")
+    else:
+        name = _field(request, "name")
     return name if isinstance(name, str) and is_valid_tenant_name(name) else ""
+
+
+def _event_regions(here: str | None, principal: Principal | None, request: Any) -> tuple[str, ...]:
+    """The regions an event of a multi-region key's replication names: this one and the
+    other end (the peer calling, or the region a tenant's ReplicateKey or
+    UpdatePrimaryRegion names). Only a valid region name is taken."""
+    if here is None:
+        return ()
+    if principal is not None and principal.kind is PrincipalKind.REGION:
+        other = principal.name
+    else:
+        other = _field(request, "replica_region") or _field(request, "primary_region")
+    return (here, other) if isinstance(other, str) and is_valid_region_name(other) else ()
 
 
 @dataclass

@@ -19,9 +19,16 @@ from hsmd.config import Settings
 from hsmd.errors import ConfigError
 from hsmd.transport.forward import FORWARDED_METADATA_OPTIONS, MAX_MESSAGE
 from hsmd.transport.guard import RequestGuard
-from hsmd.transport.servicer import AdminServicer, KeyManagementServicer
+from hsmd.transport.servicer import AdminServicer, KeyManagementServicer, RegionServicer
 from hsmd.transport.tls import TlsFiles
-from hsmd.v1 import admin_pb2, admin_pb2_grpc, service_pb2, service_pb2_grpc
+from hsmd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    region_pb2,
+    region_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,7 @@ def bind(
     *,
     port: int | None = None,
     shared: bool = False,
+    region: RegionServicer | None = None,
 ) -> RunningServer:
     """The public server on server.listen (or on `port` of its host), with the certificates of
     `tls`. shared: other processes of this daemon listen on the same port (SO_REUSEPORT,
@@ -102,6 +110,7 @@ def bind(
         guard,
         kms,
         admin,
+        region,
         [
             ("grpc.so_reuseport", int(shared)),
             # A new server certificate or CA bundle counts from a connection's handshake: bound
@@ -129,12 +138,13 @@ def bind_internal(
     kms: KeyManagementServicer,
     admin: AdminServicer,
     socket_path: str,
+    region: RegionServicer | None = None,
 ) -> RunningServer:
     """The coordinator's server for the calls its workers forward (hsmd/transport/forward.py):
     a Unix socket in a directory only the daemon's user can enter, without TLS (the workers
     pass on what their handshakes showed, and this guard verifies it)."""
     server, health_servicer, names = _server(
-        settings, guard, kms, admin, FORWARDED_METADATA_OPTIONS
+        settings, guard, kms, admin, region, FORWARDED_METADATA_OPTIONS
     )
     server.add_insecure_port(f"unix:{socket_path}")
     return RunningServer(server, health_servicer, names, 0)
@@ -145,8 +155,11 @@ def _server(
     guard: RequestGuard,
     kms: KeyManagementServicer,
     admin: AdminServicer | None,
+    region: RegionServicer | None,
     options: list[tuple[str, int]],
 ) -> tuple[grpc.Server, health.HealthServicer, list[str]]:
+    """admin, region: None in a worker process, which forwards those calls (and region None
+    in an instance that is in no region)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.server.workers, thread_name_prefix="hsmd-rpc"
@@ -162,11 +175,14 @@ def _server(
     service_pb2_grpc.add_KeyManagementServiceServicer_to_server(kms, server)
     if admin is not None:  # a worker forwards every operator call (hsmd/transport/forward.py)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    if region is not None:
+        region_pb2_grpc.add_RegionServiceServicer_to_server(region, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [
         service_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+        region_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,
     ]
     names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1]
     reflection.enable_server_reflection(names, server)

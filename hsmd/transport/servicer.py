@@ -37,6 +37,7 @@ from hsmd.ops.mac import MacOps
 from hsmd.ops.policies import PolicyOps
 from hsmd.ops.quotas import QuotaOps
 from hsmd.ops.reconcile import Reconciler
+from hsmd.ops.regions import ReplicaPackage, ReplicationOps
 from hsmd.ops.rotation import RotationOps, RotationStatus
 from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
@@ -45,7 +46,15 @@ from hsmd.ops.wrapping import WrappingOps
 from hsmd.transport import batch, convert
 from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
 from hsmd.transport.guard import current_batch, current_request
-from hsmd.v1 import admin_pb2, admin_pb2_grpc, resources_pb2, service_pb2, service_pb2_grpc
+from hsmd.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    region_pb2,
+    region_pb2_grpc,
+    resources_pb2,
+    service_pb2,
+    service_pb2_grpc,
+)
 
 _ENCRYPTION = resources_pb2.EncryptionAlgorithm
 _SIGNING = resources_pb2.SigningAlgorithm
@@ -85,6 +94,7 @@ class Operations:
     policies: PolicyOps
     wrapping: WrappingOps
     imports: ImportOps
+    regions: ReplicationOps
     audit: AuditLog | None  # None in a worker process, which forwards ListAuditEvents
 
 
@@ -102,6 +112,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
         self._aliases = ops.aliases
         self._policies = ops.policies
         self._wrapping = ops.wrapping
+        self._regions = ops.regions
         self._imports = ops.imports
         self._audit = ops.audit
 
@@ -120,6 +131,7 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             from_proto(KeyOrigin, resources_pb2.KeyOrigin, request.origin, "origin")
             or KeyOrigin.GENERATED,
             _client_request(request),
+            request.multi_region,
         )
         return service_pb2.CreateKeyResponse(key_metadata=self._key_metadata(key))
 
@@ -629,6 +641,27 @@ class KeyManagementServicer(service_pb2_grpc.KeyManagementServiceServicer):
             key_id=version.key_id, key_version=version.version
         )
 
+    def ReplicateKey(
+        self, request: service_pb2.ReplicateKeyRequest, context: grpc.ServicerContext
+    ) -> service_pb2.ReplicateKeyResponse:
+        replica = self._regions.replicate(
+            current_request(),
+            request.key_id,
+            request.replica_region,
+            request.description or None,
+            convert.key_policy_from(request.policy) if request.HasField("policy") else None,
+            request.tags,
+        )
+        return service_pb2.ReplicateKeyResponse(replica_key_metadata=self._key_metadata(replica))
+
+    def UpdatePrimaryRegion(
+        self, request: service_pb2.UpdatePrimaryRegionRequest, context: grpc.ServicerContext
+    ) -> service_pb2.UpdatePrimaryRegionResponse:
+        key = self._regions.update_primary_region(
+            current_request(), request.key_id, request.primary_region
+        )
+        return service_pb2.UpdatePrimaryRegionResponse(key_metadata=self._key_metadata(key))
+
     def ListKeyRotations(
         self, request: service_pb2.ListKeyRotationsRequest, context: grpc.ServicerContext
     ) -> service_pb2.ListKeyRotationsResponse:
@@ -689,6 +722,47 @@ def _audit_page(
         events=[convert.audit_event(record) for record in records],
         next_page_token=paging.encode_token(cursor),
     )
+
+
+class RegionServicer(region_pb2_grpc.RegionServiceServicer):
+    """What peer regions call (hsmd.ops.regions): the caller is the region its certificate
+    names."""
+
+    def __init__(self, regions: ReplicationOps, region: str, tenancy: TenancyMode) -> None:
+        self._regions = regions
+        self._region = region
+        self._key_metadata = functools.partial(convert.key_metadata, tenancy=tenancy)
+
+    def GetTransportKey(
+        self, request: region_pb2.GetTransportKeyRequest, context: grpc.ServicerContext
+    ) -> region_pb2.GetTransportKeyResponse:
+        public_key = self._regions.transport_key(current_request().principal, request.tenant)
+        return region_pb2.GetTransportKeyResponse(public_key=public_key)
+
+    def PutReplica(
+        self, request: region_pb2.PutReplicaRequest, context: grpc.ServicerContext
+    ) -> region_pb2.PutReplicaResponse:
+        package = ReplicaPackage(
+            convert.replica_key_from(request.key, self._region),
+            tuple(convert.replica_version_from(v) for v in request.versions),
+        )
+        replica = self._regions.receive(current_request().principal, package)
+        return region_pb2.PutReplicaResponse(key_metadata=self._key_metadata(replica))
+
+    def PromoteReplica(
+        self, request: region_pb2.PromoteReplicaRequest, context: grpc.ServicerContext
+    ) -> region_pb2.PromoteReplicaResponse:
+        key = convert.replica_key_from(request.key, self._region)
+        primary = self._regions.promote(current_request().principal, key)
+        return region_pb2.PromoteReplicaResponse(key_metadata=self._key_metadata(primary))
+
+    def ForgetReplica(
+        self, request: region_pb2.ForgetReplicaRequest, context: grpc.ServicerContext
+    ) -> region_pb2.ForgetReplicaResponse:
+        primary = self._regions.forget_replica(
+            current_request().principal, request.tenant, parse_key_id(request.key_id)
+        )
+        return region_pb2.ForgetReplicaResponse(key_metadata=self._key_metadata(primary))
 
 
 def _rotation_status(status: RotationStatus) -> service_pb2.GetKeyRotationStatusResponse:

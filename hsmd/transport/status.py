@@ -31,6 +31,7 @@ _CODES: dict[type[errors.HsmdError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.RegionUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

@@ -144,7 +144,10 @@ def test_restamping_changes_only_the_time() -> None:
 
 
 def test_a_line_holds_exactly_the_declared_fields(audit: AuditLog) -> None:
-    assert tuple(f.name for f in dataclasses.fields(AuditEvent)) == events.EVENT_FIELDS
+    assert tuple(f.name for f in dataclasses.fields(AuditEvent)) == (
+        *events.EVENT_FIELDS,
+        *events.OPTIONAL_EVENT_FIELDS,
+    )
     assert [f.name for f in dataclasses.fields(RecordedEvent)] == [
         "sequence",
         "event",

@@ -72,6 +72,8 @@ KEY = KeyMetadata(
     exportable=False,
     valid_to=None,
     tenancy_mode="SHARED",
+    multi_region=False,
+    multi_region_configuration=None,
 )
 POLICY = KeyPolicy(("admin", "ops-*"), ("app",))
 IMPORTED = replace(KEY, origin="EXTERNAL", valid_to=LATER)
@@ -344,7 +346,7 @@ def b64(data: bytes) -> str:
 def test_create_key_prints_aws_key_metadata(fake, capsys) -> None:
     output = run_json(capsys, "create-key", "--description", "payroll")
     assert fake.calls == [
-        ("create_key", ("AES_256", None, "payroll", None, None, False, "GENERATED", None))
+        ("create_key", ("AES_256", None, "payroll", None, None, False, "GENERATED", None, False))
     ]
     # AWS's fields in AWS's spellings (the tenant is the account), and hsmd's Exportable and
     # PrimaryVersion besides.
@@ -396,7 +398,7 @@ def test_create_key_takes_aws_and_hsmd_spellings(fake, capsys, given: str, sent:
 def test_create_key_passes_spec_and_usage(fake, capsys) -> None:
     run_json(capsys, "create-key", "--key-spec", "RSA_2048", "--key-usage", "SIGN_VERIFY")
     assert fake.calls == [
-        ("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None, False, "GENERATED", None))
+        ("create_key", ("RSA_2048", "SIGN_VERIFY", "", None, None, False, "GENERATED", None, False))
     ]
 
 
@@ -1401,7 +1403,7 @@ def test_create_key_with_tags_and_a_policy(fake, capsys) -> None:
     policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
     run_json(capsys, "create-key", "--tags", "TagKey=env,TagValue=prod", "--policy", policy)
     assert fake.calls == [
-        ("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED", None))
+        ("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED", None, False))
     ]
 
 
@@ -1761,7 +1763,7 @@ def test_audit_help_says_which_service_answers(capsys, argv: list[str]) -> None:
 
 def test_create_key_for_import_or_export(fake, capsys) -> None:
     run_json(capsys, "create-key", "--origin", "EXTERNAL", "--exportable")
-    assert fake.calls == [("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL", None))]
+    assert fake.calls == [("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL", None, False))]
 
 
 def test_describe_key_shows_the_origin_exportable_and_valid_to(fake, capsys, monkeypatch) -> None:

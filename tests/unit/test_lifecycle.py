@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from hsmd import errors
-from hsmd.domain import Key, KeyOrigin, KeySpec, KeyState, KeyUsage
+from hsmd.domain import Key, KeyOrigin, KeySpec, KeyState, KeyUsage, MultiRegion, Replica
 from hsmd.errors import FailedPrecondition
 from hsmd.keyspecs import SPECS
 from hsmd.lifecycle import STATE_ALLOWS, USAGE_ALLOWS, Operation, check_allowed
@@ -17,6 +18,7 @@ from hsmd.lifecycle import STATE_ALLOWS, USAGE_ALLOWS, Operation, check_allowed
 READS = {"DescribeKey", "GetKeyRotationStatus", "ListKeyRotations", "GetKeyPolicy"}
 UPKEEP = {"UpdateKeyDescription", "TagKey", "UntagKey", "PutKeyPolicy", "DeleteAlias"}
 IMPORT = {"GetParametersForImport", "ImportKeyMaterial"}
+MULTI_REGION = {"ReplicateKey", "UpdatePrimaryRegion"}
 STATES = {
     KeyState.CREATING: {"DescribeKey"},
     KeyState.ENABLED: {op.value for op in Operation} - {"CancelKeyDeletion"} - IMPORT,
@@ -31,6 +33,7 @@ STATES = {
         "CreateAlias",
         "UpdateAlias",
         "DeleteImportedKeyMaterial",
+        *MULTI_REGION,
     },
     KeyState.PENDING_IMPORT: READS | UPKEEP | IMPORT | {"ScheduleKeyDeletion", "CreateAlias"},
     KeyState.PENDING_DELETION: READS | {"CancelKeyDeletion", "DeleteAlias"},
@@ -102,7 +105,7 @@ def test_every_state_spec_usage_and_operation(
 def _reason(state: KeyState, operation: Operation, fits: bool) -> str | None:
     """What a refusal tells a client besides its status (AWS: DisabledException, ...)."""
     if not fits:
-        kind_lacks = operation.value in ROTATE or operation.value in EXTERNAL_ONLY
+        kind_lacks = operation.value in ROTATE | EXTERNAL_ONLY | MULTI_REGION
         return errors.REASON_UNSUPPORTED_OPERATION if kind_lacks else errors.REASON_KEY_USAGE
     return errors.REASON_KEY_DISABLED if state is KeyState.DISABLED else None
 
@@ -119,3 +122,29 @@ def test_keys_of_origin_external_take_imports_and_do_not_rotate(
         return
     with pytest.raises(FailedPrecondition):
         check_allowed(key, operation)
+
+
+# Multi-region keys: only they replicate, and only their primary replicates, moves the primary
+# role or rotates; a primary with replicas is not deleted.
+PRIMARY = MultiRegion("eu-1", "eu-1", (Replica("us-1", 1),))
+REPLICA = MultiRegion("us-1", "eu-1", (Replica("us-1", 1),))
+PRIMARY_ONLY = MULTI_REGION | ROTATE | {"DisableKeyRotation"}
+
+
+@pytest.mark.parametrize("operation", sorted(PRIMARY_ONLY))
+def test_only_a_multi_region_primary_replicates_and_rotates(operation: str) -> None:
+    key = _key(KeyState.ENABLED, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT)
+    check_allowed(replace(key, multi_region=PRIMARY), Operation(operation))
+    with pytest.raises(FailedPrecondition, match="replica of the primary in eu-1") as refused:
+        check_allowed(replace(key, multi_region=REPLICA), Operation(operation))
+    assert refused.value.reason == errors.REASON_UNSUPPORTED_OPERATION
+
+
+def test_a_primary_with_replicas_is_not_deleted_and_a_replica_is() -> None:
+    key = _key(KeyState.ENABLED, KeySpec.EC_P256, KeyUsage.SIGN_VERIFY)
+    with pytest.raises(FailedPrecondition, match="primary of replicas in us-1"):
+        check_allowed(replace(key, multi_region=PRIMARY), Operation.SCHEDULE_DELETION)
+    check_allowed(
+        replace(key, multi_region=replace(PRIMARY, replicas=())), Operation.SCHEDULE_DELETION
+    )
+    check_allowed(replace(key, multi_region=REPLICA), Operation.SCHEDULE_DELETION)

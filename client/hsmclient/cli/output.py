@@ -141,9 +141,16 @@ def key_metadata(key: KeyMetadata) -> Result:
             "SigningAlgorithms?",
             "MacAlgorithms?",
         ),
-        "MultiRegion": False,
+        "MultiRegion": key.multi_region,
         **aws_fields(key, "Exportable", "PrimaryVersion"),
     }
+    regions = key.multi_region_configuration
+    if regions is not None:  # AWS's shape; a region's key is named by the same Arn
+        metadata["MultiRegionConfiguration"] = {
+            "MultiRegionKeyType": regions.multi_region_key_type,
+            "PrimaryKey": {"Arn": key.name, "Region": regions.primary_region},
+            "ReplicaKeys": [{"Arn": key.name, "Region": r} for r in regions.replica_regions],
+        }
     if key.origin == "EXTERNAL":
         metadata["ExpirationModel"] = (
             "KEY_MATERIAL_EXPIRES" if key.valid_to else "KEY_MATERIAL_DOES_NOT_EXPIRE"
