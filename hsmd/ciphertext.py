@@ -3,8 +3,9 @@
 Blob, format 1 (integers big-endian; docs/formats.md is the public description)::
 
     offset  size  field
-    0       1     format, 0x01
-    1       16    key id (the UUID's 16 bytes)
+    0       1     format, 0x01, or 0x02 for a multi-region key
+    1       16    key id: the UUID's 16 bytes; for format 0x02, the 16 bytes whose hex
+                  follows "mrk-" in the key's id
     17      4     key version
     21      12    IV, random, chosen by the daemon
     33      n     AES-256-GCM ciphertext, n = plaintext length (1-4,096)
@@ -29,9 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hsmd import limits
+from hsmd.domain import MULTI_REGION_KEY_PREFIX
 from hsmd.errors import DecryptionFailed, InvalidArgument
 
 FORMAT_V1 = 0x01
+FORMAT_MULTI_REGION = 0x02  # the same layout; the key id is "mrk-" and 32 hex digits
 IV_SIZE = 12
 TAG_SIZE = 16
 HEADER_SIZE = 1 + 16 + 4
@@ -55,6 +58,9 @@ class ParsedBlob:
 
 
 def encode_header(key_id: str, version: int) -> bytes:
+    if key_id.startswith(MULTI_REGION_KEY_PREFIX):
+        key_bytes = bytes.fromhex(key_id.removeprefix(MULTI_REGION_KEY_PREFIX))
+        return _HEADER.pack(FORMAT_MULTI_REGION, key_bytes, version)
     return _HEADER.pack(FORMAT_V1, uuid.UUID(key_id).bytes, version)
 
 
@@ -69,10 +75,14 @@ def parse(blob: bytes) -> ParsedBlob:
     if not MIN_BLOB <= len(blob) <= MAX_BLOB:
         raise DecryptionFailed()
     fmt, key_bytes, version = _HEADER.unpack_from(blob)
-    if fmt != FORMAT_V1 or version == 0:
+    if fmt not in (FORMAT_V1, FORMAT_MULTI_REGION) or version == 0:
         raise DecryptionFailed()
+    if fmt == FORMAT_MULTI_REGION:
+        key_id = MULTI_REGION_KEY_PREFIX + key_bytes.hex()
+    else:
+        key_id = str(uuid.UUID(bytes=key_bytes))
     return ParsedBlob(
-        key_id=str(uuid.UUID(bytes=key_bytes)),
+        key_id=key_id,
         version=version,
         header=blob[:HEADER_SIZE],
         iv=blob[HEADER_SIZE:PREFIX_SIZE],

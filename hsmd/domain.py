@@ -175,6 +175,10 @@ class KeyPolicy:
     users: tuple[str, ...]
 
 
+# A multi-region key's id says so, as AWS KMS's do: "mrk-" and 32 hex digits. Every replica
+# of the key has the same id, so a blob or a key id moves between regions unchanged.
+MULTI_REGION_KEY_PREFIX = "mrk-"
+
 # A region's name, spelled as AWS's are (us-east-1), or any short lowercase name.
 _REGION_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from hsmd.domain import MULTI_REGION_KEY_PREFIX
 from hsmd.errors import REASON_INVALID_ALIAS_NAME, InvalidArgument, NotFound
 
 # A tenant name becomes part of a 32-byte token label ("hsmd/" + name), so it is short.
@@ -53,9 +54,6 @@ def parse_key_id(key_id: str) -> str:
         raise NotFound(f"key {key_id!r} not found") from None
 
 
-# A multi-region key's id says so, as AWS KMS's do: "mrk-" and 32 hex digits. Every replica
-# of the key has the same id, so a blob or a key id moves between regions unchanged.
-MULTI_REGION_KEY_PREFIX = "mrk-"
 _MULTI_REGION_KEY_ID = re.compile(r"mrk-[0-9a-f]{32}")
 
 

@@ -824,8 +824,9 @@ class Pkcs11Backend:
     def _make_transport_key(lease: Lease) -> Any:
         object_id = regions.TRANSPORT_ID
         lease.destroy(object_id)  # a half-made pair (one object of two) is made anew
-        public = public_template(object_id, KeyUsage.WRAP_UNWRAP)
-        public[Attribute.WRAP] = False  # peers wrap under their trusted copy, not this one
+        public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
+        # Kept only to be read: peers wrap under their trusted copy of it, not this object.
+        public.update({Attribute.ENCRYPT: False, Attribute.WRAP: False})
         public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
         private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
         public_key, private_key = lease.session.generate_keypair(

@@ -200,7 +200,8 @@ def replica_key(key: Key) -> region_pb2.ReplicaKey:
         rotation_period_days=key.rotation_period_days or 0,
         primary_region=regions.primary_region,
         replicas=[
-            region_pb2.ReplicaRegion(region=r.region, versions=r.versions) for r in regions.replicas
+            region_pb2.ReplicaRegion(region=r.region, version_count=r.versions)
+            for r in regions.replicas
         ],
     )
 
@@ -236,7 +237,7 @@ def replica_key_from(message: region_pb2.ReplicaKey, region: str) -> Key:
         multi_region=MultiRegion(
             region,
             message.primary_region,
-            tuple(Replica(r.region, r.versions) for r in message.replicas),
+            tuple(Replica(r.region, r.version_count) for r in message.replicas),
         ),
     )
 

@@ -218,6 +218,12 @@ KMS_REQUESTS: dict[str, Callable[[Walk], Message]] = {
     "DisableKeyRotation": lambda w: svc.DisableKeyRotationRequest(key_id=w.key_id),
     "GetKeyRotationStatus": lambda w: svc.GetKeyRotationStatusRequest(key_id=w.key_id),
     "RotateKeyOnDemand": lambda w: svc.RotateKeyOnDemandRequest(key_id=w.key_id),
+    # The shared daemon is in no region: refused, with nothing to leak (test_regions.py
+    # proves the replication's material stays in the tokens).
+    "ReplicateKey": lambda w: svc.ReplicateKeyRequest(key_id=w.key_id, replica_region="b"),
+    "UpdatePrimaryRegion": lambda w: svc.UpdatePrimaryRegionRequest(
+        key_id=w.key_id, primary_region="b"
+    ),
     "ListKeyRotations": lambda w: svc.ListKeyRotationsRequest(key_id=w.key_id),
     "CreateAlias": lambda w: svc.CreateAliasRequest(alias_name=w.alias, target_key_id=w.key_id),
     "UpdateAlias": lambda w: svc.UpdateAliasRequest(alias_name=w.alias, target_key_id=w.key_id),

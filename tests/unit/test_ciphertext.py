@@ -29,7 +29,7 @@ def test_parse_recovers_every_field() -> None:
     [
         b"",
         _blob()[: ciphertext.MIN_BLOB - 1],
-        b"\x02" + _blob()[1:],
+        b"\x03" + _blob()[1:],
         _blob(version=0),
         _blob(plaintext_size=ciphertext.MAX_PLAINTEXT + 1),
     ],
@@ -38,6 +38,14 @@ def test_parse_recovers_every_field() -> None:
 def test_malformed_blobs_are_the_opaque_error(blob: bytes) -> None:
     with pytest.raises(DecryptionFailed):
         ciphertext.parse(blob)
+
+
+def test_a_multi_region_key_id_round_trips_in_format_2() -> None:
+    key_id = "mrk-" + "0123456789abcdef" * 2
+    header = ciphertext.encode_header(key_id, 3)
+    assert header[0] == ciphertext.FORMAT_MULTI_REGION
+    blob = ciphertext.assemble(header, b"\x07" * 12, b"\x01" * 21)
+    assert (ciphertext.parse(blob).key_id, ciphertext.parse(blob).version) == (key_id, 3)
 
 
 def test_size_limits_match_the_documented_layout() -> None:

@@ -1403,7 +1403,10 @@ def test_create_key_with_tags_and_a_policy(fake, capsys) -> None:
     policy = '{"Administrators": ["admin", "ops-*"], "Users": ["app"]}'
     run_json(capsys, "create-key", "--tags", "TagKey=env,TagValue=prod", "--policy", policy)
     assert fake.calls == [
-        ("create_key", ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED", None, False))
+        (
+            "create_key",
+            ("AES_256", None, "", POLICY, {"env": "prod"}, False, "GENERATED", None, False),
+        )
     ]
 
 
@@ -1763,7 +1766,9 @@ def test_audit_help_says_which_service_answers(capsys, argv: list[str]) -> None:
 
 def test_create_key_for_import_or_export(fake, capsys) -> None:
     run_json(capsys, "create-key", "--origin", "EXTERNAL", "--exportable")
-    assert fake.calls == [("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL", None, False))]
+    assert fake.calls == [
+        ("create_key", ("AES_256", None, "", None, None, True, "EXTERNAL", None, False))
+    ]
 
 
 def test_describe_key_shows_the_origin_exportable_and_valid_to(fake, capsys, monkeypatch) -> None:
