@@ -24,8 +24,9 @@ from tests.harness import DaemonProcess
 from tests.unit.test_lifecycle import STATES
 
 TENANT = "states"
-# Wrapping and import need keys of their own kinds and origins: the unit table covers them
-# over every state, and tests/integration/test_wrap_import.py through the daemon.
+# Wrapping and import need keys of their own kinds and origins, replication a multi-region key
+# and a peer region: the unit table covers them over every state, and
+# tests/integration/test_wrap_import.py and test_regions.py through the daemon.
 MATRIX = [
     op
     for op in Operation
@@ -37,6 +38,8 @@ MATRIX = [
         Operation.GET_IMPORT_PARAMETERS,
         Operation.IMPORT_MATERIAL,
         Operation.DELETE_MATERIAL,
+        Operation.REPLICATE,
+        Operation.UPDATE_PRIMARY_REGION,
     }
 ]
 STATES_REACHABLE = ("ENABLED", "DISABLED", "PENDING_DELETION", "DESTROYED")
