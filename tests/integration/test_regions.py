@@ -14,14 +14,16 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from hsmclient import HsmClient, HsmError
+from hsmclient import HsmClient, HsmError, cli
 
 from hsmd.backend.pins import PinDeriver
+from tests.aws_model import operation, problems
 from tests.harness import SOFTHSM_LIB, TRUST_DOMAIN, DaemonProcess, TestPki, wait_until
 
 TENANT = "globex"
@@ -232,6 +234,50 @@ def test_tenants_and_operators_cannot_call_the_region_service(regions: dict[str,
         with pytest.raises(grpc.RpcError) as refused:
             stub.GetTransportKey(region_pb2.GetTransportKeyRequest(tenant=TENANT), timeout=30)
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_cli_replicates_as_aws_kms_does(
+    regions: dict[str, Region],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hsm` as `aws kms`: create-key --multi-region, replicate-key and update-primary-region
+    print what botocore's model says they print."""
+    for variable, value in regions["a"].daemon.client_env(TENANT, tmp_path).items():
+        if variable.startswith("HSM_"):
+            monkeypatch.setenv(variable, value)
+
+    def hsm(*argv: str) -> dict[str, object] | None:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        assert (code, err) == (0, "")
+        printed: dict[str, object] | None = json.loads(out) if out else None
+        assert problems(printed, operation(argv[0]).output_shape) == []
+        return printed
+
+    created = hsm("create-key", "--multi-region")
+    assert created is not None
+    metadata: dict[str, Any] = created["KeyMetadata"]  # type: ignore[assignment]
+    assert metadata["MultiRegion"] is True
+    assert metadata["MultiRegionConfiguration"]["MultiRegionKeyType"] == "PRIMARY"
+    key_id = metadata["KeyId"]
+    replicated = hsm(
+        "replicate-key",
+        "--key-id",
+        key_id,
+        "--replica-region",
+        "b",
+        "--tags",
+        "TagKey=t,TagValue=v",
+    )
+    assert replicated is not None
+    replica: dict[str, Any] = replicated["ReplicaKeyMetadata"]  # type: ignore[assignment]
+    assert replica["MultiRegionConfiguration"]["PrimaryKey"]["Region"] == "a"
+    assert replicated["ReplicaTags"] == [{"TagKey": "t", "TagValue": "v"}]
+    assert hsm("update-primary-region", "--key-id", key_id, "--primary-region", "b") is None
+    moved = regions["b"].client().describe_key(key_id).multi_region_configuration
+    assert moved is not None and moved.multi_region_key_type == "PRIMARY"
 
 
 def test_the_material_is_nowhere_but_in_the_two_tokens(regions: dict[str, Region]) -> None:

@@ -61,7 +61,6 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
         (["encrypt", "--key-id", "k", "--plaintext", "eA==", "--dry-run"], "--dry-run", "dry runs"),
         (["decrypt", "--ciphertext-blob", "eA==", "--recipient", "{}"], "--recipient", "Nitro"),
         (["list-keys", "--resource-owners", "OTHER_ACCOUNTS_VIA_RAM"], "--resource-owners", "own"),
-        (["create-key", "--multi-region"], "--multi-region", "multi-Region"),
         (["create-key", "--custom-key-store-id", "cks-1"], "--custom-key-store-id", "key store"),
         (
             [

@@ -138,8 +138,24 @@ def _new_key(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _create_key(client: HsmClient, args: argparse.Namespace) -> output.Result:
-    key = client.create_key(args.key_spec, args.key_usage, origin=args.origin, **_new_key(args))
+    key = client.create_key(
+        args.key_spec,
+        args.key_usage,
+        origin=args.origin,
+        multi_region=args.multi_region,
+        **_new_key(args),
+    )
     return {"KeyMetadata": output.key_metadata(key)}
+
+
+def _replicate_key(client: HsmClient, args: argparse.Namespace) -> output.Result:
+    replica = client.replicate_key(
+        args.key_id, args.replica_region, args.description, args.policy, args.tags
+    )
+    result: dict[str, Any] = {"ReplicaKeyMetadata": output.key_metadata(replica)}
+    if args.tags:
+        result["ReplicaTags"] = [{"TagKey": k, "TagValue": v} for k, v in args.tags.items()]
+    return result
 
 
 def _describe_key(client: HsmClient, args: argparse.Namespace) -> output.Result:
@@ -554,7 +570,6 @@ _DRY_RUN = "hsmd has no dry runs"
 _ENCLAVES = "hsmd has no Nitro Enclaves attestation"
 _KEY_STORES = "hsmd has no custom key stores: each tenant's keys are in a token of its own"
 _ONE_MATERIAL = "hsmd keeps one key material per key, and it has no id"
-_MULTI_REGION = "hsmd has no multi-Region keys yet"
 # The options of AWS KMS that hsmd cannot honour (arguments.Refused), with why, and the values
 # that ask for what hsmd does anyway. A boolean's false form (--no-dry-run) is accepted.
 _REFUSED: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -564,7 +579,6 @@ _REFUSED: dict[str, tuple[str, tuple[str, ...]]] = {
     "--recipient": (_ENCLAVES, ()),
     "--custom-key-store-id": (_KEY_STORES, ()),
     "--xks-key-id": (_KEY_STORES, ()),
-    "--multi-region": (_MULTI_REGION, ()),
     "--bypass-policy-lockout-safety-check": (
         "hsmd always refuses a policy that would lock its author out",
         (),
@@ -577,7 +591,7 @@ _REFUSED: dict[str, tuple[str, tuple[str, ...]]] = {
     "--no-verify-ssl": ("hsm always verifies the daemon's certificate", ()),
 }
 # Those of them that are switches; all but --no-verify-ssl have a false form.
-_REFUSED_SWITCHES = ("--dry-run", "--multi-region", "--bypass-policy-lockout-safety-check")
+_REFUSED_SWITCHES = ("--dry-run", "--bypass-policy-lockout-safety-check")
 # The AWS KMS operations hsmd does not have, and why: each answers UnsupportedOperationException.
 _NOT_IN_HSMD = {
     **dict.fromkeys(
@@ -595,7 +609,6 @@ _NOT_IN_HSMD = {
         ),
         _KEY_STORES,
     ),
-    **dict.fromkeys(("replicate-key", "update-primary-region"), _MULTI_REGION),
     "derive-shared-secret": "hsmd has no key agreement keys",
     **dict.fromkeys(("encapsulate", "decapsulate"), "hsmd has no ML-KEM keys"),
     "get-key-last-usage": "hsmd does not keep a key's last use apart: `hsm audit list --key-id`"
@@ -850,13 +863,37 @@ def build_parser() -> arguments.Parser:
         " starts PendingImport (see import-key)",
     )
     sub.add_argument("--customer-master-key-spec", dest="key_spec", help="as --key-spec")
+    sub.add_argument(
+        "--multi-region",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the primary of a multi-region key in the daemon's region (id mrk-...; see"
+        " replicate-key)",
+    )
     _refuse(
         sub,
         "--custom-key-store-id",
         "--xks-key-id",
-        "--multi-region",
         "--bypass-policy-lockout-safety-check",
     )
+
+    sub = keyed(
+        "replicate-key",
+        _replicate_key,
+        "Make a replica of a multi-region primary key in a peer region (docs/regions.md).",
+    )
+    sub.add_argument("--replica-region", required=True, help="a peer region's name")
+    sub.add_argument("--description", default="", help="default: the primary's")
+    tags(sub)
+    policy(sub)
+    _refuse(sub, "--bypass-policy-lockout-safety-check")
+
+    sub = keyed(
+        "update-primary-region",
+        _silent("update_primary_region", "key_id", "primary_region"),
+        "Make a multi-region key's replica in another region its primary.",
+    )
+    sub.add_argument("--primary-region", required=True, help="the replica's region")
 
     _refuse(keyed("describe-key", _describe_key, "Show a key's metadata."), "--grant-tokens")
 
