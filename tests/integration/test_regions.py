@@ -1,5 +1,5 @@
-"""Multi-region keys across real daemons: regions a and b trust each other, region c trusts
-nobody. Keys made in a are replicated to b with the same id and material; blobs, signatures
+"""Multi-region keys across real daemons: regions a and b trust each other (b with two worker
+processes), region c trusts nobody. Keys made in a are replicated to b with the same id and material; blobs, signatures
 and MACs cross regions; rotations reach the replica; the primary role moves; a replica is
 deleted; and the material is nowhere outside the two tokens (docs/regions.md)."""
 
@@ -41,8 +41,8 @@ class Region:
         return self.daemon.client(TENANT)
 
 
-def _in_region(directory: Path, pki: TestPki, name: str) -> Region:
-    daemon = DaemonProcess(directory, pki)
+def _in_region(directory: Path, pki: TestPki, name: str, processes: int = 1) -> Region:
+    daemon = DaemonProcess(directory, pki, processes=processes)
     cert, key = pki.client(f"region-{name}", [f"spiffe://{TRUST_DOMAIN}/region/{name}"])
     (directory / "region.pem").write_bytes(cert)
     (directory / "region-key.pem").write_bytes(key)
@@ -77,7 +77,9 @@ def regions(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[
     made: dict[str, Region] = {}
     try:
         for name in ("a", "b", "c"):
-            made[name] = _in_region(tmp_path_factory.mktemp(f"region-{name}"), pki, name)
+            # b runs worker processes, which pass region calls to their coordinator
+            processes = 2 if name == "b" else 1
+            made[name] = _in_region(tmp_path_factory.mktemp(f"region-{name}"), pki, name, processes)
         _trust(made["a"], made["b"], made["c"])  # a calls c, which does not trust a
         _trust(made["b"], made["a"])
         yield made
