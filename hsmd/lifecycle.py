@@ -150,10 +150,11 @@ ASYMMETRIC_ONLY = frozenset({Op.GET_PUBLIC_KEY})
 ROTATION = frozenset({Op.ENABLE_ROTATION, Op.ROTATE})
 # Only keys of origin EXTERNAL take imported material.
 IMPORT_ONLY = frozenset({Op.GET_IMPORT_PARAMETERS, Op.IMPORT_MATERIAL, Op.DELETE_MATERIAL})
-# Only multi-region keys replicate; and only the primary replicates, moves the primary role
-# or rotates (its replicas receive its versions), as in AWS KMS.
+# Only multi-region keys replicate; and only the primary replicates or rotates (its replicas
+# receive its versions), as in AWS KMS. UpdatePrimaryRegion is checked by hsmd.ops.regions: a
+# replica may finish a move of the primary role to the region it names as primary.
 MULTI_REGION_ONLY = frozenset({Op.REPLICATE, Op.UPDATE_PRIMARY_REGION})
-PRIMARY_ONLY = MULTI_REGION_ONLY | {Op.ENABLE_ROTATION, Op.DISABLE_ROTATION, Op.ROTATE}
+PRIMARY_ONLY = frozenset({Op.REPLICATE, Op.ENABLE_ROTATION, Op.DISABLE_ROTATION, Op.ROTATE})
 
 
 def _fits(key: Key, operation: Operation) -> bool:
@@ -192,7 +193,7 @@ def check_allowed(key: Key, operation: Operation) -> None:
     if not _fits(key, operation):
         # Rotation and import are what a kind of key lacks (AWS: UnsupportedOperation); the
         # rest, a usage the key was not made for (AWS: InvalidKeyUsage).
-        unsupported = operation in ROTATION | IMPORT_ONLY | PRIMARY_ONLY
+        unsupported = operation in ROTATION | IMPORT_ONLY | MULTI_REGION_ONLY | PRIMARY_ONLY
         raise FailedPrecondition(
             f"key {key.key_id} ({key.spec}, {key.usage}{_role(key)}) cannot be used for"
             f" {operation}",

@@ -37,7 +37,14 @@ from hsmd.domain import (
     RequestContext,
     RotationType,
 )
-from hsmd.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from hsmd.errors import (
+    REASON_UNSUPPORTED_OPERATION,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    RegionUnavailable,
+)
 from hsmd.keyspecs import SPECS
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
@@ -161,14 +168,28 @@ class ReplicationOps(KeyMaker):
         """Makes the key's replica in primary_region its primary; this region's copy becomes
         a replica. Returns this region's copy.
 
+        The move never leaves two primaries, which could each rotate and give one version
+        number two materials: this copy steps down first, then the new primary is told. If
+        that cannot be told (the region down, the answer lost), the copy stays a replica of
+        it and the call fails; calling it again here finishes the move.
+
         Raises:
-            FailedPrecondition: the key is not a multi-region primary, or has no replica in
-                the region.
-            BackendUnavailable: the region cannot be reached; nothing changed.
+            FailedPrecondition: the key is not a multi-region primary (nor a replica whose
+                move to primary_region is unfinished), or has no replica in the region.
+            RegionUnavailable: the region cannot be reached (a move begun is finished by
+                calling again).
         """
         key = usable_key(self._store, ctx, key_id, Operation.UPDATE_PRIMARY_REGION)
         regions = self._regions_of(key)
         peers = self._peer(primary_region)
+        if not regions.is_primary:
+            if regions.primary_region != primary_region:
+                raise FailedPrecondition(
+                    f"key {key.key_id} is a replica of the primary in {regions.primary_region}:"
+                    " call UpdatePrimaryRegion there",
+                    REASON_UNSUPPORTED_OPERATION,
+                )
+            return self._finish_move(key, peers)  # a move this region began
         if regions.replica(primary_region) is None:
             raise FailedPrecondition(f"key {key.key_id} has no replica in region {primary_region}")
         # The new primary has every version before it takes the role.
@@ -177,17 +198,39 @@ class ReplicationOps(KeyMaker):
             [r for r in regions.replicas if r.region != primary_region]
             + [Replica(regions.region, key.primary_version)]
         )
-        peers.promote(
-            primary_region,
-            replace(key, multi_region=MultiRegion(primary_region, primary_region, replicas)),
-        )
-        log.info("key %s: its primary is now in region %s", key.key_id, primary_region)
-        return self._store.update_key(
+        stepped_down = self._store.update_key(
             key.tenant,
             key.key_id,
             multi_region=MultiRegion(regions.region, primary_region, replicas),
             next_rotation_at=None,  # the new primary rotates
         )
+        try:
+            return self._finish_move(stepped_down, peers)
+        except (FailedPrecondition, NotFound):  # refused outright: nothing changed there
+            self._store.update_key(
+                key.tenant,
+                key.key_id,
+                multi_region=regions,
+                next_rotation_at=key.next_rotation_at,
+            )
+            raise
+
+    def _finish_move(self, key: Key, peers: Peers) -> Key:
+        """Tells the primary this copy names that it is the primary, with every other copy,
+        this one included, as its replicas."""
+        regions = self._regions_of(key)
+        primary = regions.primary_region
+        try:
+            peers.promote(primary, replace(key, multi_region=replace(regions, region=primary)))
+        except (FailedPrecondition, NotFound):
+            raise
+        except Exception as exc:
+            raise RegionUnavailable(
+                f"region {primary} was not told it is the primary of {key.key_id} ({exc}): this"
+                " copy is a replica of it already; call UpdatePrimaryRegion again to finish"
+            ) from exc
+        log.info("key %s: its primary is now in region %s", key.key_id, primary)
+        return key
 
     def push_versions(self, key: Key) -> None:
         """After a rotation: sends the primary's new version to each replica now; one not
@@ -290,6 +333,9 @@ class ReplicationOps(KeyMaker):
     def promote(self, caller: Principal, key: Key) -> Key:
         """Makes the replica here the primary (UpdatePrimaryRegion at the old primary)."""
         self._check_caller(caller, key.tenant)
+        local = self._local(key.tenant, key.key_id)
+        if local is not None and local.multi_region and local.multi_region.is_primary:
+            return local  # told again: a move the caller finishes after a lost answer
         local = self._replica_of(caller.name, key.tenant, key.key_id)
         if key.multi_region is None:
             raise FailedPrecondition("the promotion names no regions")

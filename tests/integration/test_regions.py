@@ -1,7 +1,8 @@
 """Multi-region keys across real daemons: regions a and b trust each other (b with two worker
-processes), region c trusts nobody. Keys made in a are replicated to b with the same id and material; blobs, signatures
-and MACs cross regions; rotations reach the replica; the primary role moves; a replica is
-deleted; and the material is nowhere outside the two tokens (docs/regions.md)."""
+processes), region c trusts nobody. Keys made in a are replicated to b with the same id and
+material; blobs, signatures and MACs cross regions; rotations reach the replica; the primary
+role moves; a replica is deleted; and the material is nowhere outside the two tokens
+(docs/regions.md)."""
 
 from __future__ import annotations
 
