@@ -82,7 +82,7 @@ from hsmd.transport import server as grpc_server
 from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.observe import Health, ObservationServer
-from hsmd.transport.peers import GrpcPeers
+from hsmd.transport.peers import GrpcPeers, RegionIdentity
 from hsmd.transport.servicer import (
     AdminServicer,
     KeyManagementServicer,
@@ -138,6 +138,7 @@ class Daemon:
     maintenance: Maintenance
     token_dirs: dict[str, Path]  # token serial -> its directory, for log lines
     peers: GrpcPeers | None  # the other regions ([region]); None in no region
+    certificates: ClientCertificateVerifier  # callers', and peer regions' endorsements
 
     @classmethod
     def build(cls, settings: config.Settings) -> Daemon:
@@ -179,7 +180,8 @@ class Daemon:
         quotas = _quota_ops(store, settings)
         tenants = TenantOps(store, backend, clock, dedicated, forget=quotas.forget)
         region = settings.region
-        peers = GrpcPeers(region, settings.tls.ca_cert) if region.name else None
+        certificates = _certificates(settings, clock)
+        peers = GrpcPeers(region, settings.tls.ca_cert, certificates) if region.name else None
         operations = _operations(store, backend, clock, quotas, audit, tenants, region.name, peers)
         return cls(
             settings=settings,
@@ -204,6 +206,7 @@ class Daemon:
             ),
             token_dirs=tokens.by_serial,
             peers=peers,
+            certificates=certificates,
         )
 
     def start(self) -> None:
@@ -274,7 +277,7 @@ def _operations(
         signing=SigningOps(store, backend),
         mac=MacOps(store, backend),
         states=StateOps(store, backend, clock),
-        rotation=RotationOps(store, backend, clock, regions.push_versions),
+        rotation=RotationOps(store, backend, clock, regions.rotated, regions.exclusive),
         aliases=AliasOps(store, clock, limits),
         policies=PolicyOps(store),
         wrapping=WrappingOps(store, backend, clock, limits),
@@ -390,7 +393,7 @@ def _checkpointing(settings: config.Settings, signer: CheckpointSigner) -> Check
 
 
 def _maintain(maintenance: Maintenance, interval: float, stop: threading.Event) -> None:
-    while not stop.wait(interval):
+    while maintenance.wait(interval, stop):
         maintenance.run_once()
 
 
@@ -398,7 +401,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     daemon = Daemon.build(settings)
     audit = daemon.audit
     processes = settings.server.processes
-    verifier = _certificates(settings, daemon.clock)
+    verifier = daemon.certificates
     tls = TlsFiles(settings.tls, verifier, daemon.clock.system.now)
     guard = RequestGuard(
         verifier,
@@ -414,7 +417,14 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
     kms = KeyManagementServicer(daemon.operations, daemon.tenants.mode)
     region = settings.region.name
     regions = (
-        RegionServicer(daemon.operations.regions, region, daemon.tenants.mode) if region else None
+        RegionServicer(
+            daemon.operations.regions,
+            region,
+            RegionIdentity(settings.region),
+            daemon.tenants.mode,
+        )
+        if region
+        else None
     )
     backups = BackupOps(
         daemon.store,

@@ -443,7 +443,8 @@ class Alias:
 @dataclass(frozen=True)
 class AuditEvent:
     """One entry of the audit trail: the outcome (a gRPC status name) of one call. It holds the
-    encryption-context keys, never their values, and never plaintext or key material."""
+    encryption-context keys, never their values, and never plaintext or key material.
+    `regions` names both regions of a multi-region key's replication (empty otherwise)."""
 
     sequence: int
     time: datetime
@@ -458,6 +459,7 @@ class AuditEvent:
     peer: str
     previous_hash: str
     hash: str
+    regions: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,7 @@ class Pkcs11Backend:
         self._changes = _SharedExclusive()
         self._probed = 0  # tokens the health checks have looked at (health_problem)
         self._probing = threading.Lock()
+        self._transport_keys = threading.Lock()  # transport_key
         self._capabilities: Capabilities | None = None
 
     # Tokens
@@ -811,7 +812,8 @@ class Pkcs11Backend:
     # Multi-region keys (hsmd.backend.regions)
 
     def transport_key(self, tenant: str) -> bytes:
-        with self._changing(tenant) as lease:
+        # One maker at a time: two first calls would each make a pair with the one CKA_ID.
+        with self._transport_keys, self._changing(tenant) as lease:
             try:
                 public_key = lease.object(regions.TRANSPORT_ID, ObjectClass.PUBLIC_KEY)
             except p11.NoSuchKey:

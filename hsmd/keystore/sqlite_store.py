@@ -821,12 +821,11 @@ class SqliteKeyStore:
             return self._keys(db, rows)
 
     def multi_region_keys(self) -> list[Key]:
-        """Every tenant's multi-region keys that are not destroyed (replication's sync pass)."""
+        """Every tenant's keys that name regions (replication's sync pass): multi-region keys,
+        and destroyed replicas whose primary has not been told yet."""
         with self._read() as db:
             rows = db.execute(
-                "SELECT tenant, key_id FROM keys WHERE multi_region IS NOT NULL AND state != ?"
-                " ORDER BY seq",
-                (KeyState.DESTROYED,),
+                "SELECT tenant, key_id FROM keys WHERE multi_region IS NOT NULL ORDER BY seq"
             ).fetchall()
             return self._keys(db, rows)
 

@@ -13,6 +13,8 @@ a deletion window. Every action it takes is audited, as principal "daemon".
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from datetime import datetime
 
@@ -29,6 +31,7 @@ from hsmd.ops.tenants import TenantOps
 log = logging.getLogger(__name__)
 
 DAEMON_PRINCIPAL = "daemon"
+_STOP_CHECK_SECONDS = 0.5
 
 
 class Maintenance:
@@ -44,6 +47,8 @@ class Maintenance:
         regions: ReplicationOps,
     ) -> None:
         self._regions = regions
+        self._woken = threading.Event()
+        regions.wake_with(self.wake)
         self._rotation = rotation
         self._states = states
         self._imports = imports
@@ -52,6 +57,21 @@ class Maintenance:
         self._store = store
         self._audit = audit
         self._clock_reported = False
+
+    def wake(self) -> None:
+        """Makes the next pass start now (a rotation whose replicas wait for it)."""
+        self._woken.set()
+
+    def wait(self, seconds: float, stop: threading.Event) -> bool:
+        """Waits until the next pass is due: `seconds` from now, or sooner when woken. False
+        once stop is set (looked at every half second at most)."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._woken.wait(min(remaining, _STOP_CHECK_SECONDS)):
+                self._woken.clear()
+                return not stop.is_set()
+        return False
 
     def run_once(self) -> None:
         """One pass; a failure is logged and retried on the next pass, never fatal."""
@@ -68,17 +88,16 @@ class Maintenance:
             self._report_clock(*behind)
         for version in self._rotation.rotate_due():
             self._record("RotateKey", version.tenant, version.key_id, version.version)
-        for key, region in self._regions.sync_due():
-            regions = (region, key.multi_region.region if key.multi_region else "")
-            self._record("SyncReplica", key.tenant, key.key_id, key.primary_version, regions)
         if behind is None:
             for key in self._states.destroy_due():
                 self._record("DestroyKey", key.tenant, key.key_id)
-                self._regions.replica_destroyed(key)
             for key in self._imports.expire_due():
                 self._record("ExpireKeyMaterial", key.tenant, key.key_id)
             for tenant in self._tenants.destroy_due():
                 self._record("DestroyTenant", tenant.name, "")
+        for done in self._regions.sync_due():
+            key = done.key
+            self._record(done.operation, key.tenant, key.key_id, key.primary_version, done.regions)
         self.record_clock()
 
     def record_clock(self) -> None:

@@ -6,8 +6,14 @@ peer region a package: the key's shared properties and each version's material, 
 primary's token for the peer token's transport key (hsmd.backend.regions), which the peer
 unwraps in its token. The peer records the key with the same id, spec, usage and version
 numbers, so a blob or a signature of one region is one of every region's. Rotations happen at
-the primary only; each is pushed to the replicas at once, and a replica that was not reached
-is pushed to again by every maintenance pass until it has every version (sync_due).
+the primary only; after each, a maintenance pass runs at once and pushes the new version to
+every replica, and each later pass pushes again to a replica that was not reached (sync_due).
+
+Which copy is the primary is the one thing two regions must never disagree on while both act:
+two primaries could each rotate and give one version number two materials. So a region acts
+as primary only on its own row, the old primary steps down before it tells the new one, a
+replica takes versions only from the primary its row names (or one that primary vouches
+for), and every change of a key's regions or versions here is made under one lock.
 
 The calls between regions go through Peers (hsmd.transport.peers: gRPC over the same mutual
 TLS, each region's certificate naming spiffe://<trust-domain>/region/<name>); a peer accepts
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -36,11 +43,13 @@ from hsmd.domain import (
     Replica,
     RequestContext,
     RotationType,
+    VersionState,
 )
 from hsmd.errors import (
     REASON_UNSUPPORTED_OPERATION,
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     RegionUnavailable,
@@ -53,6 +62,9 @@ from hsmd.ops.resolve import usable_key
 from hsmd.quotas import QuotaLimits, default_limits
 
 log = logging.getLogger(__name__)
+
+# The states in which a replica takes versions, or the primary role.
+_RECEIVING = (KeyState.ENABLED, KeyState.DISABLED)
 
 
 @dataclass(frozen=True)
@@ -77,17 +89,29 @@ class ReplicaPackage:
     versions: tuple[ReplicaVersion, ...]
 
 
+@dataclass(frozen=True)
+class Replicated:
+    """What a maintenance pass did between regions, for its audit event: SyncReplica (a
+    replica brought up to date), DropReplica (the primary learnt its replica is gone) or
+    ForgetReplica (a replica's region told the primary it is gone)."""
+
+    operation: str
+    key: Key
+    regions: tuple[str, str]  # this region, the other
+
+
 class Peers(Protocol):
     """The other regions, as this one reaches them. Each call raises the HsmdError the peer
-    answered with (NotFound, FailedPrecondition, PermissionDenied, ...), or BackendUnavailable
-    when the peer cannot be reached."""
+    answered with (NotFound, FailedPrecondition, ...), or RegionUnavailable when the peer
+    cannot be reached or its answer was lost (then it may have acted)."""
 
     def trusts(self, region: str) -> bool:
         """Whether the region is among this region's peers ([region] peers)."""
         ...
 
     def transport_key(self, region: str, tenant: str) -> bytes:
-        """The SPKI of the tenant token's transport key in the region."""
+        """The SPKI of the tenant token's transport key in the region, as the region's own
+        certificate vouches for it."""
         ...
 
     def put_replica(self, region: str, package: ReplicaPackage) -> Key:
@@ -101,6 +125,10 @@ class Peers(Protocol):
 
     def forget_replica(self, region: str, tenant: str, key_id: str) -> None:
         """Tells the primary in the region that this region's replica is gone."""
+        ...
+
+    def primary_region(self, region: str, tenant: str, key_id: str) -> str:
+        """Which region the region's copy of the key names as its primary."""
         ...
 
 
@@ -121,7 +149,25 @@ class ReplicationOps(KeyMaker):
         self._region = region
         self._peers = peers
         self._admit_tenant = admit_tenant
-        self._receiving = threading.Lock()  # one package at a time: rare, and versions race
+        # Every change of a multi-region key's regions or versions here (rotations too,
+        # through exclusive()): each reads what it changes, and they are rare.
+        self._lock = threading.RLock()
+        self._wake: Callable[[], None] = lambda: None
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        """What rotated() calls: a maintenance pass now (hsmd.ops.maintenance)."""
+        self._wake = wake
+
+    def exclusive(self) -> AbstractContextManager[bool]:
+        """Held by a rotation (hsmd.ops.rotation): no move of the primary role, no package
+        received and no version pushed in the meantime."""
+        return self._lock
+
+    def rotated(self, key: Key) -> None:
+        """After a rotation of a primary with replicas: the maintenance pass that pushes the
+        new version runs now (audited, and retried by later passes if a region is down)."""
+        if key.multi_region is not None and key.multi_region.replicas:
+            self._wake()
 
     # What a tenant's principal asks of the primary
 
@@ -141,11 +187,14 @@ class ReplicationOps(KeyMaker):
             FailedPrecondition: the key is not a multi-region primary, the region is not a
                 peer, or the peer refused.
             AlreadyExists: the key has a replica in the region.
-            BackendUnavailable: the peer cannot be reached; nothing changed.
+            RegionUnavailable: the peer cannot be reached, or its answer was lost (calling
+                again is safe: a replica there is brought up to date).
         """
         key = usable_key(self._store, ctx, key_id, Operation.REPLICATE)
         regions = self._regions_of(key)
         peers = self._peer(replica_region)
+        if replica_region == regions.region:
+            raise InvalidArgument(f"key {key.key_id} is in region {replica_region} already")
         if regions.replica(replica_region) is not None:
             raise AlreadyExists(f"key {key.key_id} has a replica in region {replica_region}")
         description = key.description if description is None else description
@@ -160,7 +209,8 @@ class ReplicationOps(KeyMaker):
             multi_region=replace(regions, replicas=(*regions.replicas, Replica(replica_region, 0))),
         )
         replica = peers.put_replica(replica_region, self._package(created, replica_region))
-        self._record(key, replica_region, replica.primary_version)
+        with self._lock:
+            self._record(key, replica_region, replica.primary_version, adding=True)
         log.info("replicated key %s to region %s", key.key_id, replica_region)
         return replica
 
@@ -168,52 +218,56 @@ class ReplicationOps(KeyMaker):
         """Makes the key's replica in primary_region its primary; this region's copy becomes
         a replica. Returns this region's copy.
 
-        The move never leaves two primaries, which could each rotate and give one version
-        number two materials: this copy steps down first, then the new primary is told. If
-        that cannot be told (the region down, the answer lost), the copy stays a replica of
-        it and the call fails; calling it again here finishes the move.
+        This copy steps down before it tells the new primary, so there are never two. If that
+        cannot be told (the region down, the answer lost), the copy stays a replica of it and
+        the call fails; calling it again here finishes the move.
 
         Raises:
             FailedPrecondition: the key is not a multi-region primary (nor a replica whose
-                move to primary_region is unfinished), or has no replica in the region.
+                move to primary_region is unfinished), has no replica in the region, or the
+                region refused (then nothing changed).
             RegionUnavailable: the region cannot be reached (a move begun is finished by
                 calling again).
         """
         key = usable_key(self._store, ctx, key_id, Operation.UPDATE_PRIMARY_REGION)
-        regions = self._regions_of(key)
         peers = self._peer(primary_region)
-        if not regions.is_primary:
-            if regions.primary_region != primary_region:
+        with self._lock:
+            key = self._store.get_key(key.tenant, key.key_id)  # as it is now, under the lock
+            regions = self._regions_of(key)
+            if not regions.is_primary:
+                if regions.primary_region != primary_region:
+                    raise FailedPrecondition(
+                        f"key {key.key_id} is a replica of the primary in"
+                        f" {regions.primary_region}: call UpdatePrimaryRegion there",
+                        REASON_UNSUPPORTED_OPERATION,
+                    )
+                return self._finish_move(key, peers)  # a move this region began
+            if regions.replica(primary_region) is None:
                 raise FailedPrecondition(
-                    f"key {key.key_id} is a replica of the primary in {regions.primary_region}:"
-                    " call UpdatePrimaryRegion there",
-                    REASON_UNSUPPORTED_OPERATION,
+                    f"key {key.key_id} has no replica in region {primary_region}"
                 )
-            return self._finish_move(key, peers)  # a move this region began
-        if regions.replica(primary_region) is None:
-            raise FailedPrecondition(f"key {key.key_id} has no replica in region {primary_region}")
-        # The new primary has every version before it takes the role.
-        peers.put_replica(primary_region, self._package(key, primary_region))
-        replicas = tuple(
-            [r for r in regions.replicas if r.region != primary_region]
-            + [Replica(regions.region, key.primary_version)]
-        )
-        stepped_down = self._store.update_key(
-            key.tenant,
-            key.key_id,
-            multi_region=MultiRegion(regions.region, primary_region, replicas),
-            next_rotation_at=None,  # the new primary rotates
-        )
-        try:
-            return self._finish_move(stepped_down, peers)
-        except (FailedPrecondition, NotFound):  # refused outright: nothing changed there
-            self._store.update_key(
+            # The new primary has every version before it takes the role.
+            peers.put_replica(primary_region, self._package(key, primary_region))
+            replicas = tuple(
+                [r for r in regions.replicas if r.region != primary_region]
+                + [Replica(regions.region, key.primary_version)]
+            )
+            stepped_down = self._store.update_key(
                 key.tenant,
                 key.key_id,
-                multi_region=regions,
-                next_rotation_at=key.next_rotation_at,
+                multi_region=MultiRegion(regions.region, primary_region, replicas),
+                next_rotation_at=None,  # the new primary rotates
             )
-            raise
+            try:
+                return self._finish_move(stepped_down, peers)
+            except (FailedPrecondition, NotFound):  # refused outright: nothing changed there
+                self._store.update_key(
+                    key.tenant,
+                    key.key_id,
+                    multi_region=regions,
+                    next_rotation_at=key.next_rotation_at,
+                )
+                raise
 
     def _finish_move(self, key: Key, peers: Peers) -> Key:
         """Tells the primary this copy names that it is the primary, with every other copy,
@@ -232,36 +286,32 @@ class ReplicationOps(KeyMaker):
         log.info("key %s: its primary is now in region %s", key.key_id, primary)
         return key
 
-    def push_versions(self, key: Key) -> None:
-        """After a rotation: sends the primary's new version to each replica now; one not
-        reached is sent it by a later maintenance pass (sync_due)."""
-        if key.multi_region is None or not key.multi_region.is_primary:
-            return
-        for replica in key.multi_region.replicas:
-            try:
-                self._sync(key, replica.region)
-            except Exception as exc:  # a region down: the maintenance passes retry
-                log.warning(
-                    "key %s: region %s did not take version %d now (%s); it will be retried",
-                    key.key_id,
-                    replica.region,
-                    key.primary_version,
-                    exc,
-                )
+    # What maintenance does (hsmd.ops.maintenance)
 
-    def sync_due(self) -> Iterator[tuple[Key, str]]:
-        """Sends every replica that lacks versions of its primary here the versions it lacks;
-        yields (key, region) for each replica brought up to date."""
+    def sync_due(self) -> Iterator[Replicated]:
+        """Sends every replica that lacks versions of its primary here the versions it lacks,
+        and tells the primary of every replica here that was destroyed. A region that fails
+        is not called again in the same pass (each call waits up to its timeout)."""
+        if self._peers is None:
+            return
+        failed: set[str] = set()
         for key in self._store.multi_region_keys():
             regions = key.multi_region
-            if regions is None or not regions.is_primary or self._peers is None:
+            if regions is None:
+                continue
+            if key.state is KeyState.DESTROYED:
+                if not regions.is_primary and regions.primary_region not in failed:
+                    yield from self._forget(key, regions.primary_region, failed)
+                continue
+            if not regions.is_primary:
                 continue
             for replica in regions.replicas:
-                if replica.versions >= key.primary_version:
+                if replica.versions >= key.primary_version or replica.region in failed:
                     continue
                 try:
-                    self._sync(key, replica.region)
+                    yield from self._sync(key, replica.region)
                 except Exception as exc:
+                    failed.add(replica.region)
                     log.warning(
                         "key %s: region %s is behind (version %d of %d) and could not be"
                         " brought up to date: %s",
@@ -271,25 +321,38 @@ class ReplicationOps(KeyMaker):
                         key.primary_version,
                         exc,
                     )
-                    continue
-                yield key, replica.region
 
-    def replica_destroyed(self, key: Key) -> None:
-        """A replica here was destroyed: tells its primary, which stops sending it versions
-        (if it cannot be told now, it learns at its next push, answered NOT_FOUND)."""
-        regions = key.multi_region
-        if regions is None or regions.is_primary or self._peers is None:
-            return
+    def _sync(self, key: Key, region: str) -> Iterator[Replicated]:
         try:
-            self._peers.forget_replica(regions.primary_region, key.tenant, key.key_id)
+            replica = self._peer(region).put_replica(region, self._package(key, region))
+        except NotFound:
+            log.warning("key %s: its replica in region %s was destroyed", key.key_id, region)
+            with self._lock:
+                yield Replicated("DropReplica", self._drop(key, region), (self._here(), region))
+            return
+        with self._lock:
+            synced = self._record(key, region, replica.primary_version)
+        if synced is not None:
+            yield Replicated("SyncReplica", synced, (self._here(), region))
+
+    def _forget(self, key: Key, primary: str, failed: set[str]) -> Iterator[Replicated]:
+        try:
+            self._peer(primary).forget_replica(primary, key.tenant, key.key_id)
+        except NotFound:
+            pass  # the primary had dropped it already
         except Exception as exc:
+            failed.add(primary)
             log.warning(
-                "key %s: region %s was not told its replica here is destroyed (%s); it learns"
-                " at its next push",
+                "key %s: region %s was not told its replica here is destroyed (%s); the next"
+                " pass tells it",
                 key.key_id,
-                regions.primary_region,
+                primary,
                 exc,
             )
+            return
+        # Told: the destroyed row no longer names regions, so no pass tells it again.
+        self._store.update_key(key.tenant, key.key_id, multi_region=None)
+        yield Replicated("ForgetReplica", key, (self._here(), primary))
 
     # What a peer region asks of this one (hsmd.transport.servicer.RegionServicer)
 
@@ -297,64 +360,89 @@ class ReplicationOps(KeyMaker):
         self._check_caller(caller, tenant)
         return self._backend.transport_key(tenant)
 
+    def primary_of(self, caller: Principal, tenant: str, key_id: str) -> str:
+        """The primary region this region's copy of the key names."""
+        self._check_caller(caller, tenant)
+        local = self._local(tenant, key_id)
+        if local is None or local.multi_region is None:
+            raise NotFound(f"key {key_id} is not a multi-region key here")
+        return local.multi_region.primary_region
+
     def receive(self, caller: Principal, package: ReplicaPackage) -> Key:
         """Makes the replica the package describes, or adds the versions it lacks.
 
         Raises:
             PermissionDenied: the caller is not a peer, or the tenant is not served here.
-            FailedPrecondition: the caller is not the key's primary, or the key here is.
+            FailedPrecondition: the caller is not the key's primary, the key here is not a
+                replica, or it is PENDING_DELETION.
             NotFound: the replica here was destroyed (a package that makes it anew excepted).
-            InvalidArgument: a version's material does not unwrap in this token.
+            InvalidArgument: no versions, or one's material does not unwrap in this token.
         """
         sent = package.key
         self._check_caller(caller, sent.tenant)
         regions = sent.multi_region
         if regions is None or regions.primary_region != caller.name:
-            raise FailedPrecondition(f"region {caller.name} is not the primary of this key")
+            raise FailedPrecondition(f"region {caller.name} sent a key it is not the primary of")
         entry = regions.replica(self._here())
         if entry is None:
             raise FailedPrecondition(f"region {self._here()} is not a replica of {sent.key_id}")
-        with self._receiving:
+        if not package.versions:
+            raise InvalidArgument("a replica needs at least one version")
+        with self._lock:
             local = self._local(sent.tenant, sent.key_id)
-            if local is not None and (local.multi_region is None or local.multi_region.is_primary):
-                raise FailedPrecondition(f"key {sent.key_id} is not a replica in this region")
             if local is not None and local.state is KeyState.DESTROYED:
                 if entry.versions:  # the primary is catching up a replica that is gone
                     raise NotFound(f"the replica of key {sent.key_id} here was destroyed")
-                self._store.remove_key(local.tenant, local.key_id)  # replicated anew
+                self._discard(local)  # replicated anew
                 local = None
             here = MultiRegion(self._here(), regions.primary_region, regions.replicas)
             if local is None:
                 local = self._create(sent, here)
             else:
+                self._check_sender(local, caller.name)
                 local = self._store.update_key(local.tenant, local.key_id, multi_region=here)
             return self._add_versions(local, package.versions)
 
     def promote(self, caller: Principal, key: Key) -> Key:
-        """Makes the replica here the primary (UpdatePrimaryRegion at the old primary)."""
+        """Makes the replica here the primary (UpdatePrimaryRegion at the old primary); told
+        again, answers the same.
+
+        Raises:
+            FailedPrecondition: the caller is not this replica's primary, the replica is not
+                ENABLED or DISABLED, or lacks versions the caller has.
+        """
         self._check_caller(caller, key.tenant)
-        local = self._local(key.tenant, key.key_id)
-        if local is not None and local.multi_region and local.multi_region.is_primary:
-            return local  # told again: a move the caller finishes after a lost answer
-        local = self._replica_of(caller.name, key.tenant, key.key_id)
         if key.multi_region is None:
             raise FailedPrecondition("the promotion names no regions")
-        period = key.rotation_period_days
-        return self._store.update_key(
-            local.tenant,
-            local.key_id,
-            multi_region=MultiRegion(self._here(), self._here(), key.multi_region.replicas),
-            rotation_period_days=period,
-            next_rotation_at=self._clock.now() + timedelta(days=period) if period else None,
-        )
+        with self._lock:
+            local = self._local(key.tenant, key.key_id)
+            if local is not None and local.multi_region and local.multi_region.is_primary:
+                return local  # a move the caller finishes after a lost answer
+            local = self._replica_of(caller.name, key.tenant, key.key_id)
+            if local.state not in _RECEIVING:
+                raise FailedPrecondition(f"the replica here is {local.state}")
+            if local.primary_version < key.primary_version:
+                raise FailedPrecondition(
+                    f"the replica here has {local.primary_version} versions of"
+                    f" {key.primary_version}"
+                )
+            period = key.rotation_period_days
+            return self._store.update_key(
+                local.tenant,
+                local.key_id,
+                multi_region=MultiRegion(self._here(), self._here(), key.multi_region.replicas),
+                rotation_period_days=period,
+                next_rotation_at=self._clock.now() + timedelta(days=period) if period else None,
+            )
 
     def forget_replica(self, caller: Principal, tenant: str, key_id: str) -> Key:
         """The caller's replica of the primary here is gone."""
         self._check_caller(caller, tenant)
-        local = self._local(tenant, key_id)
-        if local is None or local.multi_region is None or not local.multi_region.is_primary:
-            raise NotFound(f"key {key_id} has no primary here")
-        return self._drop(local, caller.name)
+        with self._lock:
+            local = self._local(tenant, key_id)
+            if local is None or local.multi_region is None or not local.multi_region.is_primary:
+                raise NotFound(f"key {key_id} has no primary here")
+            return self._drop(local, caller.name)
 
     # Helpers
 
@@ -381,6 +469,25 @@ class ReplicationOps(KeyMaker):
             )
         self._admit_tenant(tenant)
 
+    def _check_sender(self, local: Key, sender: str) -> None:
+        """The sender may push to this replica: it is the primary the replica's row names, or
+        that primary says the sender is the primary now (the role moved since)."""
+        regions = local.multi_region
+        if regions is None or regions.is_primary:
+            raise FailedPrecondition(f"key {local.key_id} is not a replica in this region")
+        if local.state not in _RECEIVING:
+            raise FailedPrecondition(f"the replica of {local.key_id} here is {local.state}")
+        if regions.primary_region == sender:
+            return
+        vouched = self._peer(regions.primary_region).primary_region(
+            regions.primary_region, local.tenant, local.key_id
+        )
+        if vouched != sender:
+            raise FailedPrecondition(
+                f"region {sender} is not the primary of {local.key_id}: its primary here is"
+                f" {regions.primary_region}, which names {vouched}"
+            )
+
     def _regions_of(self, key: Key) -> MultiRegion:
         if key.multi_region is None:  # lifecycle.check_allowed refused it already
             raise FailedPrecondition(f"key {key.key_id} is not a multi-region key")
@@ -402,7 +509,8 @@ class ReplicationOps(KeyMaker):
         return local
 
     def _package(self, key: Key, region: str) -> ReplicaPackage:
-        """Every version of the key, wrapped in this token for the region's token."""
+        """Every enabled version of the key, wrapped in this token for the region's token (a
+        CREATING version is a rotation that may still be rolled back)."""
         peers = self._peer(region)
         self._backend.trust_peer(key.tenant, region, peers.transport_key(region, key.tenant))
         asymmetric = SPECS[key.spec].family.asymmetric
@@ -417,23 +525,19 @@ class ReplicationOps(KeyMaker):
                 else b"",
             )
             for version in self._store.versions(key.tenant, key.key_id)
+            if version.state is VersionState.ENABLED
         )
         return ReplicaPackage(key, versions)
 
-    def _sync(self, key: Key, region: str) -> None:
-        try:
-            replica = self._peer(region).put_replica(region, self._package(key, region))
-        except NotFound:
-            log.warning("key %s: its replica in region %s was destroyed", key.key_id, region)
-            self._drop(key, region)
-            return
-        self._record(key, region, replica.primary_version)
-
-    def _record(self, key: Key, region: str, versions: int) -> None:
+    def _record(self, key: Key, region: str, versions: int, *, adding: bool = False) -> Key | None:
+        """Notes how many versions the region's replica holds, in the primary's row as it is
+        now; None if the replica was dropped meanwhile (and not `adding` it)."""
         current = self._store.get_key(key.tenant, key.key_id)
         regions = self._regions_of(current)
+        if not regions.is_primary or (regions.replica(region) is None and not adding):
+            return None
         replicas = [r for r in regions.replicas if r.region != region]
-        self._store.update_key(
+        return self._store.update_key(
             key.tenant,
             key.key_id,
             multi_region=replace(regions, replicas=(*replicas, Replica(region, versions))),
@@ -446,6 +550,13 @@ class ReplicationOps(KeyMaker):
         return self._store.update_key(
             key.tenant, key.key_id, multi_region=replace(regions, replicas=replicas)
         )
+
+    def _discard(self, destroyed: Key) -> None:
+        """Removes a destroyed replica's rows, its objects first (destruction destroys them
+        unless the token was away; then this does), so a new replica can take the id."""
+        for version in self._store.versions(destroyed.tenant, destroyed.key_id):
+            self._backend.destroy(destroyed.tenant, version.object_id)
+        self._store.remove_key(destroyed.tenant, destroyed.key_id)
 
     def _create(self, sent: Key, here: MultiRegion) -> Key:
         key = replace(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +22,7 @@ from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Key, KeyState, KeyVersion, RequestContext, RotationType
 from hsmd.errors import InvalidArgument
 from hsmd.keystore.store import KeyStore
-from hsmd.lifecycle import Operation
+from hsmd.lifecycle import Operation, check_allowed
 from hsmd.ops import paging
 from hsmd.ops.keys import new_object_id
 from hsmd.ops.resolve import usable_key
@@ -52,13 +53,16 @@ class RotationOps:
         backend: CryptoBackend,
         clock: Clock,
         rotated: Callable[[Key], None] | None = None,
+        exclusive: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
-        """rotated: told of each key rotated, as it is now (a multi-region primary sends
-        the new version to its replicas, hsmd.ops.regions)."""
+        """rotated: told of each key rotated, as it is now; exclusive: held while a
+        multi-region key rotates (hsmd.ops.regions: its primary role cannot move meanwhile,
+        and its replicas are sent the new version)."""
         self._store = store
         self._backend = backend
         self._clock = clock
         self._rotated = rotated
+        self._exclusive = exclusive
 
     def enable(self, ctx: RequestContext, key_id: str, period_days: int) -> RotationStatus:
         """Raises InvalidArgument unless the period is 90-2,560 days (0 means 365)."""
@@ -115,6 +119,15 @@ class RotationOps:
             yield version
 
     def _rotate(self, key: Key, how: RotationType) -> KeyVersion:
+        if key.multi_region is None:
+            return self._rotate_now(key, how)
+        with self._exclusive():
+            # As it is now: its primary role may have moved since it was read.
+            key = self._store.get_key(key.tenant, key.key_id)
+            check_allowed(key, Operation.ROTATE)
+            return self._rotate_now(key, how)
+
+    def _rotate_now(self, key: Key, how: RotationType) -> KeyVersion:
         now = self._clock.now()
         version = self._store.add_version(key.tenant, key.key_id, new_object_id(), now, how)
         try:

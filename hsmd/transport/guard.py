@@ -391,7 +391,7 @@ class RequestGuard(grpc.ServerInterceptor):
         code: grpc.StatusCode,
     ) -> AuditEvent:
         """The audit event of one outcome: key and version, context keys, never a value."""
-        metadata = _field(response, "key_metadata")
+        metadata = _field(response, "key_metadata") or _field(response, "replica_key_metadata")
         key_id = (
             _field(response, "key_id") or (metadata.key_id if metadata else "")
         ) or _request_key(request)
@@ -856,13 +856,17 @@ class _RateLimitedLog:
 
 
 def _request_key(request: Any) -> str:
-    """The key a request names, as the caller wrote it (an id or an alias)."""
+    """The key a request names, as the caller wrote it (an id or an alias); a peer region's
+    request names it inside the key it sends."""
     for name in _KEY_FIELDS:
         value = _field(request, name)
         if value:
             return str(value)
     alias = _field(request, "alias_name")
-    return str(alias) if alias else ""
+    if alias:
+        return str(alias)
+    sent = _field(request, "key")
+    return str(_field(sent, "key_id") or "") if sent is not None else ""
 
 
 def _context_keys(request: Any) -> set[str]:

@@ -2,10 +2,16 @@
 
 This region presents [region] client_cert, whose URI SAN names
 spiffe://<trust-domain>/region/<this region>, and trusts the peer's server certificate as the
-deployment's CA issued it for the address [region] peers names. A peer's answer comes back as
-the HsmdError a caller of this region should see: a refusal by the peer is this region's
-FAILED_PRECONDITION naming the peer (the caller is not the one refused), a peer that cannot
-be reached is UNAVAILABLE, NOT_FOUND stays NOT_FOUND (a replica that is gone).
+deployment's CA issued it for the address [region] peers names. That alone would let anyone
+with a server certificate of the CA for that address pose as the peer, so the one answer that
+decides where material goes, a tenant token's transport key, must also be signed with the
+peer's region certificate (RegionIdentity.endorse), which this region verifies as it verifies
+any client certificate and which must name the region called.
+
+A peer's answer comes back as the HsmdError a caller of this region should see: a refusal by
+the peer is this region's FAILED_PRECONDITION naming the peer (the caller is not the one
+refused), a peer that cannot be reached is UNAVAILABLE, NOT_FOUND stays NOT_FOUND (a replica
+that is gone).
 """
 
 from __future__ import annotations
@@ -17,15 +23,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.config import RegionSettings
-from hsmd.domain import Key
+from hsmd.domain import Key, Principal, PrincipalKind
 from hsmd.errors import (
     BackendError,
+    ConfigError,
     FailedPrecondition,
     HsmdError,
     NotFound,
     RegionUnavailable,
+    Unauthenticated,
 )
 from hsmd.ops.regions import ReplicaPackage
 from hsmd.transport import convert
@@ -49,28 +62,112 @@ _REFUSALS = frozenset(
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
+_ENDORSED = b"hsmd region transport key v1\n"
+
+
+def _endorsed(tenant: str, public_key: bytes) -> bytes:
+    """What a region signs to vouch for a tenant token's transport key (region.proto)."""
+    return _ENDORSED + tenant.encode() + b"\n" + public_key
+
+
+class RegionIdentity:
+    """This region's certificate and key ([region] client_cert, client_key), read once."""
+
+    def __init__(self, settings: RegionSettings) -> None:
+        assert settings.client_cert is not None and settings.client_key is not None
+        self._chain = settings.client_cert.read_bytes()
+        key = serialization.load_pem_private_key(settings.client_key.read_bytes(), None)
+        if not isinstance(
+            key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+        ):
+            raise ConfigError("region.client_key must be an EC, Ed25519 or RSA private key")
+        self._key = key
+
+    def endorse(self, tenant: str, public_key: bytes) -> tuple[bytes, bytes]:
+        """(signature, certificate chain PEM) vouching for the tenant's transport key."""
+        data = _endorsed(tenant, public_key)
+        key = self._key
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(data, ec.ECDSA(hashes.SHA256())), self._chain
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(data), self._chain
+        return key.sign(data, _PSS, hashes.SHA256()), self._chain
+
+
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+
+
+def _check_endorsement(
+    verifier: ClientCertificateVerifier,
+    region: str,
+    tenant: str,
+    answer: region_pb2.GetTransportKeyResponse,
+) -> bytes:
+    """The transport key of the answer, if the region's own certificate vouches for it.
+
+    Raises:
+        FailedPrecondition: it does not (another identity, a bad signature, no certificate).
+    """
+    try:
+        certificates = x509.load_pem_x509_certificates(answer.certificate_chain)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise FailedPrecondition(f"region {region} sent its transport key without a certificate")
+    leaf = certificates[0].public_bytes(serialization.Encoding.PEM)
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates[1:])
+    try:
+        signer = verifier.identify(leaf, chain)
+    except Unauthenticated as exc:
+        raise FailedPrecondition(f"region {region}'s certificate is refused: {exc}") from None
+    if signer != Principal(PrincipalKind.REGION, region):
+        raise FailedPrecondition(f"a transport key said to be region {region}'s is {signer}'s")
+    public_key, data = certificates[0].public_key(), _endorsed(tenant, answer.public_key)
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(answer.signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(answer.signature, data)
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(answer.signature, data, _PSS, hashes.SHA256())
+        else:
+            raise InvalidSignature()
+    except InvalidSignature:
+        raise FailedPrecondition(
+            f"region {region}'s transport key is not signed by its region certificate"
+        ) from None
+    return bytes(answer.public_key)
+
+
 class GrpcPeers:
     """The peers of [region], one channel each, made on first use. reconfigure() takes a
     reloaded [region] (SIGHUP): a peer added or removed by an operator counts from then."""
 
-    def __init__(self, settings: RegionSettings, ca_cert: Path) -> None:
+    def __init__(
+        self, settings: RegionSettings, ca_cert: Path, verifier: ClientCertificateVerifier
+    ) -> None:
         self._lock = threading.Lock()
         self._ca_cert = ca_cert
+        self._verifier = verifier
         self._settings = settings
         self._stubs: dict[str, tuple[grpc.Channel, region_pb2_grpc.RegionServiceStub]] = {}
 
     def reconfigure(self, settings: RegionSettings) -> None:
+        if self._replace(settings):
+            log.warning("region peers are now: %s", ", ".join(sorted(settings.peers)) or "none")
+
+    def close(self) -> None:
+        self._replace(RegionSettings())
+
+    def _replace(self, settings: RegionSettings) -> bool:
         with self._lock:
             if settings == self._settings:
-                return
+                return False
             self._settings = settings
             stale, self._stubs = self._stubs, {}
         for channel, _ in stale.values():
             channel.close()
-        log.warning("region peers are now: %s", ", ".join(sorted(settings.peers)) or "none")
-
-    def close(self) -> None:
-        self.reconfigure(RegionSettings())
+        return True
 
     def trusts(self, region: str) -> bool:
         return region in self._settings.peers
@@ -82,7 +179,14 @@ class GrpcPeers:
                 region_pb2.GetTransportKeyRequest(tenant=tenant), **options
             ),
         )
-        return bytes(answer.public_key)
+        return _check_endorsement(self._verifier, region, tenant, answer)
+
+    def primary_region(self, region: str, tenant: str, key_id: str) -> str:
+        request = region_pb2.GetPrimaryRegionRequest(tenant=tenant, key_id=key_id)
+        answer = self._call(
+            region, lambda stub, **options: stub.GetPrimaryRegion(request, **options)
+        )
+        return str(answer.primary_region)
 
     def put_replica(self, region: str, package: ReplicaPackage) -> Key:
         request = region_pb2.PutReplicaRequest(

@@ -182,8 +182,9 @@ def _server(
     services = [
         service_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-        region_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name,
     ]
+    if settings.region.name is not None:  # served here, or forwarded by a worker
+        services.append(region_pb2.DESCRIPTOR.services_by_name["RegionService"].full_name)
     names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME, _REFLECTION_V1]
     reflection.enable_server_reflection(names, server)
     server.add_generic_rpc_handlers((_reflection_v1(names),))

@@ -46,6 +46,7 @@ from hsmd.ops.wrapping import WrappingOps
 from hsmd.transport import batch, convert
 from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
 from hsmd.transport.guard import current_batch, current_request
+from hsmd.transport.peers import RegionIdentity
 from hsmd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -728,16 +729,34 @@ class RegionServicer(region_pb2_grpc.RegionServiceServicer):
     """What peer regions call (hsmd.ops.regions): the caller is the region its certificate
     names."""
 
-    def __init__(self, regions: ReplicationOps, region: str, tenancy: TenancyMode) -> None:
+    def __init__(
+        self,
+        regions: ReplicationOps,
+        region: str,
+        identity: RegionIdentity,
+        tenancy: TenancyMode,
+    ) -> None:
         self._regions = regions
         self._region = region
+        self._identity = identity
         self._key_metadata = functools.partial(convert.key_metadata, tenancy=tenancy)
 
     def GetTransportKey(
         self, request: region_pb2.GetTransportKeyRequest, context: grpc.ServicerContext
     ) -> region_pb2.GetTransportKeyResponse:
         public_key = self._regions.transport_key(current_request().principal, request.tenant)
-        return region_pb2.GetTransportKeyResponse(public_key=public_key)
+        signature, chain = self._identity.endorse(request.tenant, public_key)
+        return region_pb2.GetTransportKeyResponse(
+            public_key=public_key, signature=signature, certificate_chain=chain
+        )
+
+    def GetPrimaryRegion(
+        self, request: region_pb2.GetPrimaryRegionRequest, context: grpc.ServicerContext
+    ) -> region_pb2.GetPrimaryRegionResponse:
+        primary = self._regions.primary_of(
+            current_request().principal, request.tenant, parse_key_id(request.key_id)
+        )
+        return region_pb2.GetPrimaryRegionResponse(primary_region=primary)
 
     def PutReplica(
         self, request: region_pb2.PutReplicaRequest, context: grpc.ServicerContext

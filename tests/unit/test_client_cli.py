@@ -95,6 +95,7 @@ EVENTS = [
         peer="ipv4:10.0.0.1:4000",
         previous_hash="00" * 32,
         hash="11" * 32,
+        regions=(),
     )
     for n in range(1, 4)
 ]

@@ -1565,6 +1565,7 @@ def test_list_audit_events_gives_every_field(client: HsmClient, kms: FakeKms) ->
             peer="ipv4:127.0.0.1:5000",
             previous_hash=f"{0:064x}",
             hash=f"{1:064x}",
+            regions=(),
         )
     ]
 

@@ -631,7 +631,7 @@ def test_a_tenant_with_rows_in_an_unknown_table_is_not_moved(sqlite_store: Sqlit
         sqlite_store.tenant_records(A)
 
 
-def test_a_multi_region_keys_regions_are_kept_and_listed(store: KeyStore) -> None:
+def test_a_keys_regions_are_kept_and_listed_until_cleared(store: KeyStore) -> None:
     regions = MultiRegion("eu-1", "eu-1", (Replica("us-1", 2), Replica("ap-1", 0)))
     key = _key(key_id="mrk-" + "0f" * 16, multi_region=regions)
     _add(store, key)
@@ -640,6 +640,5 @@ def test_a_multi_region_keys_regions_are_kept_and_listed(store: KeyStore) -> Non
     moved = MultiRegion("eu-1", "us-1", (Replica("eu-1", 2),))
     assert store.update_key(A, key.key_id, multi_region=moved).multi_region == moved
     assert [k.key_id for k in store.multi_region_keys()] == [key.key_id]
-    store.update_key(A, key.key_id, state=KeyState.PENDING_DELETION)
-    assert store.mark_destroyed(A, key.key_id)
+    store.update_key(A, key.key_id, multi_region=None)
     assert store.multi_region_keys() == []

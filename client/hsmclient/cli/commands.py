@@ -259,6 +259,7 @@ _AUDIT_EVENT_FIELDS = (
     "Peer",
     "PreviousHash",
     "Hash",
+    "Regions?",
 )
 
 
