@@ -97,7 +97,7 @@ class RegionIdentity:
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
 
 
-def _check_endorsement(
+def verify_endorsement(
     verifier: ClientCertificateVerifier,
     region: str,
     tenant: str,
@@ -179,7 +179,7 @@ class GrpcPeers:
                 region_pb2.GetTransportKeyRequest(tenant=tenant), **options
             ),
         )
-        return _check_endorsement(self._verifier, region, tenant, answer)
+        return verify_endorsement(self._verifier, region, tenant, answer)
 
     def primary_region(self, region: str, tenant: str, key_id: str) -> str:
         request = region_pb2.GetPrimaryRegionRequest(tenant=tenant, key_id=key_id)

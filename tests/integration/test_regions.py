@@ -210,33 +210,46 @@ def test_deleting_a_replica_leaves_the_primary(regions: dict[str, Region]) -> No
 
 
 def test_each_region_audits_replication_naming_both(regions: dict[str, Region]) -> None:
-    a = regions["a"].client()
+    a, b = regions["a"].client(), regions["b"].client()
     key = a.create_key(multi_region=True)
     a.replicate_key(key.key_id, "b")
+    a.rotate_key_on_demand(key.key_id)  # pushed by the maintenance pass it wakes
 
-    def events(region: Region) -> list[dict[str, object]]:
+    def events(region: Region, operation: str) -> list[dict[str, object]]:
         lines = region.daemon.audit_log.read_text().splitlines()
-        return [json.loads(line) for line in lines if key.key_id in line]
+        found = [json.loads(line) for line in lines if key.key_id in line]
+        return [event for event in found if event["operation"] == operation]
 
-    replicated = [e for e in events(regions["a"]) if e["operation"] == "ReplicateKey"]
-    assert [(e["regions"], e["outcome"]) for e in replicated] == [(["a", "b"], "OK")]
-    received = [e for e in events(regions["b"]) if e["operation"] == "PutReplica"]
+    wait_until(lambda: events(regions["a"], "SyncReplica"), "a audits the push of version 2")
+    assert [
+        (e["principal"], e["regions"], e["key_version"])
+        for e in events(regions["a"], "SyncReplica")
+    ] == [("daemon", ["a", "b"], 2)]
+    replicated = events(regions["a"], "ReplicateKey")
+    assert [(e["regions"], e["outcome"], e["key_id"]) for e in replicated] == [
+        (["a", "b"], "OK", key.key_id)
+    ]
+    received = events(regions["b"], "PutReplica")
     assert [(e["principal"], e["regions"], e["tenant"]) for e in received] == [
         ("region/a", ["a", "b"], TENANT)
-    ]
+    ] * 2
+    assert b.describe_key(key.key_id).primary_version == 2
+    for region in (regions["a"], regions["b"]):
+        with region.daemon.admin() as admin:
+            assert admin.verify_audit_log().valid
 
 
 def test_tenants_and_operators_cannot_call_the_region_service(regions: dict[str, Region]) -> None:
     from hsmd.v1 import region_pb2, region_pb2_grpc
 
     daemon = regions["b"].daemon
-    cert, key = daemon.pki.tenant_client(TENANT, "app")
-    credentials = grpc.ssl_channel_credentials(daemon.pki.ca_cert.read_bytes(), key, cert)
-    with grpc.secure_channel(daemon.endpoint, credentials) as channel:
-        stub = region_pb2_grpc.RegionServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.GetTransportKey(region_pb2.GetTransportKeyRequest(tenant=TENANT), timeout=30)
-    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    for cert, key in (daemon.pki.tenant_client(TENANT, "app"), daemon.pki.operator_client()):
+        credentials = grpc.ssl_channel_credentials(daemon.pki.ca_cert.read_bytes(), key, cert)
+        with grpc.secure_channel(daemon.endpoint, credentials) as channel:
+            stub = region_pb2_grpc.RegionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetTransportKey(region_pb2.GetTransportKeyRequest(tenant=TENANT), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_the_cli_replicates_as_aws_kms_does(

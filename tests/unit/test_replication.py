@@ -1,6 +1,8 @@
-"""Moving a multi-region key's primary role never leaves two primaries, and a move cut short
-is finished by calling again: hsmd.ops.regions over a real store, with the token and the peer
-region replaced by fakes (tests/integration/test_regions.py proves the real thing)."""
+"""The rules of hsmd.ops.regions that decide which region acts as a key's primary: moving the
+role never leaves two primaries, a move cut short is finished by calling again, and a replica
+takes versions only from its primary (or one that primary vouches for). Over a real store,
+with the token and the peer regions replaced by fakes (tests/integration/test_regions.py
+proves the real thing through daemons)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,15 @@ from hsmd.domain import (
     Replica,
     RequestContext,
 )
-from hsmd.errors import FailedPrecondition, RegionUnavailable
+from hsmd.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RegionUnavailable,
+)
 from hsmd.keystore.sqlite_store import SqliteKeyStore
-from hsmd.ops.regions import ReplicaPackage, ReplicationOps
+from hsmd.ops.regions import ReplicaPackage, ReplicationOps, ReplicaVersion
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 TENANT = "acme"
@@ -36,6 +44,12 @@ CTX = RequestContext("r", Principal(PrincipalKind.TENANT, "admin", TENANT))
 
 class FakeToken:
     """What replication asks of the token, answered without one."""
+
+    def unwrap_from_peer(self, tenant: str, wrapped: bytes, target: object) -> str:
+        return ""
+
+    def destroy(self, tenant: str, object_id: bytes) -> None:
+        pass
 
     def trust_peer(self, tenant: str, region: str, public_key: bytes) -> None:
         pass
@@ -48,14 +62,19 @@ class FakeToken:
 
 
 class FakePeer:
-    """Region b: takes packages; its answer to a promotion is `promotion` (None: it agrees)."""
+    """Regions b and c as region a sees them: b takes packages, and its answer to a promotion
+    is `promotion` (None: it agrees); `primaries` is which primary each names."""
 
     def __init__(self) -> None:
         self.promotion: Exception | None = None
         self.promoted: list[Key] = []
+        self.primaries: dict[str, str] = {}
 
     def trusts(self, region: str) -> bool:
-        return region == "b"
+        return region in ("b", "c")
+
+    def primary_region(self, region: str, tenant: str, key_id: str) -> str:
+        return self.primaries[region]
 
     def transport_key(self, region: str, tenant: str) -> bytes:
         return b"spki"
@@ -155,3 +174,82 @@ def test_a_replica_of_another_region_cannot_move_the_role(store: SqliteKeyStore)
     key = _primary(store, MultiRegion("a", "c", (Replica("a", 1), Replica("b", 1))))
     with pytest.raises(FailedPrecondition, match="call UpdatePrimaryRegion there"):
         _ops(store, FakePeer()).update_primary_region(CTX, key.key_id, "b")
+
+
+# The receiving side: region a holds a replica whose primary is b.
+REPLICA = MultiRegion("a", "b", (Replica("a", 1),))
+FROM_B = Principal(PrincipalKind.REGION, "b")
+FROM_C = Principal(PrincipalKind.REGION, "c")
+
+
+def _package(key: Key, primary: str, versions: int = 2) -> ReplicaPackage:
+    sent = replace(key, multi_region=MultiRegion(primary, primary, (Replica("a", 1),)))
+    return ReplicaPackage(
+        sent,
+        tuple(ReplicaVersion(n, T, None, b"wrapped") for n in range(1, versions + 1)),
+    )
+
+
+def test_a_replica_takes_versions_from_its_primary(store: SqliteKeyStore) -> None:
+    key = _primary(store, REPLICA)
+    received = _ops(store, FakePeer()).receive(FROM_B, _package(key, "b"))
+    assert received.primary_version == 2
+
+
+def test_a_replica_refuses_a_region_its_primary_does_not_vouch_for(
+    store: SqliteKeyStore,
+) -> None:
+    key = _primary(store, REPLICA)
+    peer = FakePeer()
+    peer.primaries["b"] = "b"  # b is still the primary: c claims the role falsely
+    with pytest.raises(FailedPrecondition, match="region c is not the primary"):
+        _ops(store, peer).receive(FROM_C, _package(key, "c"))
+    assert store.get_key(TENANT, key.key_id).primary_version == 1
+
+
+def test_a_replica_follows_the_role_to_the_region_its_primary_names(
+    store: SqliteKeyStore,
+) -> None:
+    key = _primary(store, REPLICA)
+    peer = FakePeer()
+    peer.primaries["b"] = "c"  # b moved the role to c
+    received = _ops(store, peer).receive(FROM_C, _package(key, "c"))
+    assert received.multi_region == MultiRegion("a", "c", (Replica("a", 1),))
+
+
+def test_packages_come_only_from_peers_and_name_their_sender_as_primary(
+    store: SqliteKeyStore,
+) -> None:
+    key = _primary(store, REPLICA)
+    ops = _ops(store, FakePeer())
+    with pytest.raises(PermissionDenied):
+        ops.receive(Principal(PrincipalKind.REGION, "d"), _package(key, "d"))
+    with pytest.raises(PermissionDenied):
+        ops.receive(Principal(PrincipalKind.TENANT, "app", TENANT), _package(key, "b"))
+    with pytest.raises(FailedPrecondition, match="not the primary of"):
+        ops.receive(FROM_C, _package(key, "b"))
+    with pytest.raises(InvalidArgument, match="at least one version"):
+        ops.receive(FROM_B, _package(key, "b", versions=0))
+
+
+def test_a_replica_pending_deletion_or_destroyed_takes_no_versions(store: SqliteKeyStore) -> None:
+    key = _primary(store, REPLICA)
+    ops = _ops(store, FakePeer())
+    store.update_key(TENANT, key.key_id, state=KeyState.PENDING_DELETION)
+    with pytest.raises(FailedPrecondition, match="PENDING_DELETION"):
+        ops.receive(FROM_B, _package(key, "b"))
+    assert store.mark_destroyed(TENANT, key.key_id)
+    with pytest.raises(NotFound, match="destroyed"):
+        ops.receive(FROM_B, _package(key, "b"))  # b believes the replica holds a version
+
+
+def test_a_primary_is_not_told_it_is_one_by_a_region_that_is_not(store: SqliteKeyStore) -> None:
+    key = _primary(store, REPLICA)
+    ops = _ops(store, FakePeer())
+    promotion = replace(key, multi_region=MultiRegion("a", "a", ()))
+    with pytest.raises(FailedPrecondition, match="region c is not the primary"):
+        ops.promote(FROM_C, promotion)
+    with pytest.raises(FailedPrecondition, match="has 1 versions of 3"):
+        ops.promote(FROM_B, replace(promotion, primary_version=3))
+    assert ops.promote(FROM_B, promotion).multi_region == MultiRegion("a", "a", ())
+    assert ops.promote(FROM_B, promotion).multi_region == MultiRegion("a", "a", ())  # again
