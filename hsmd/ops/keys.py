@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from hsmd import keyspecs, limits, policy
 from hsmd.backend.api import Capabilities, CryptoBackend
@@ -31,6 +32,7 @@ from hsmd.domain import (
     KeyVersion,
     MultiRegion,
     RequestContext,
+    RotationType,
 )
 from hsmd.errors import (
     REASON_INVALID_TAG,
@@ -278,6 +280,28 @@ def _roll_back(store: KeyStore, backend: CryptoBackend, key: Key, version: KeyVe
         )
     store.remove_key(key.tenant, key.key_id)
     log.info("tenant %s: rolled back the failed creation of key %s", key.tenant, key.key_id)
+
+
+@contextmanager
+def new_version(
+    store: KeyStore,
+    backend: CryptoBackend,
+    key: Key,
+    created_at: datetime,
+    how: RotationType | None,
+) -> Iterator[KeyVersion]:
+    """The next version of a key, by the recoverable protocol of creation: its CREATING row
+    is recorded, the block makes its token object, and if the block fails the object (if
+    any) and the row go. The caller enables the row (activate_version) after the block."""
+    version = store.add_version(key.tenant, key.key_id, new_object_id(), created_at, how)
+    try:
+        yield version
+    except BaseException:
+        try:
+            backend.destroy(key.tenant, version.object_id)
+        finally:
+            store.remove_version(key.tenant, key.key_id, version.version)
+        raise
 
 
 def replayed(store: KeyStore, ctx: RequestContext, request: ClientRequest | None) -> Key | None:

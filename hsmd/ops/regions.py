@@ -57,7 +57,7 @@ from hsmd.errors import (
 from hsmd.keyspecs import SPECS
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
-from hsmd.ops.keys import KeyMaker, check_new_key_fields, new_object_id
+from hsmd.ops.keys import KeyMaker, check_new_key_fields, new_version
 from hsmd.ops.resolve import usable_key
 from hsmd.quotas import QuotaLimits, default_limits
 
@@ -582,10 +582,9 @@ class ReplicationOps(KeyMaker):
         for sent in sorted(versions, key=lambda v: v.version):
             if sent.version <= have:
                 continue
-            row = self._store.add_version(
-                local.tenant, local.key_id, new_object_id(), sent.created_at, sent.rotation_type
-            )
-            try:
+            with new_version(
+                self._store, self._backend, local, sent.created_at, sent.rotation_type
+            ) as row:
                 if row.version != sent.version:
                     raise FailedPrecondition(
                         f"key {local.key_id}: version {sent.version} came before {row.version}"
@@ -601,12 +600,6 @@ class ReplicationOps(KeyMaker):
                         replicable=True,
                     ),
                 )
-            except Exception:
-                try:
-                    self._backend.destroy(local.tenant, row.object_id)
-                finally:
-                    self._store.remove_version(local.tenant, local.key_id, row.version)
-                raise
             self._store.activate_version(row, None)
             have = sent.version
         if local.state is KeyState.CREATING:

@@ -24,7 +24,7 @@ from hsmd.errors import InvalidArgument
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation, check_allowed
 from hsmd.ops import paging
-from hsmd.ops.keys import new_object_id
+from hsmd.ops.keys import new_version
 from hsmd.ops.resolve import usable_key
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ class RotationOps:
 
     def _rotate_now(self, key: Key, how: RotationType) -> KeyVersion:
         now = self._clock.now()
-        version = self._store.add_version(key.tenant, key.key_id, new_object_id(), now, how)
-        try:
+        with new_version(self._store, self._backend, key, now, how) as version:
             self._backend.generate_key(
                 key.tenant,
                 version.object_id,
@@ -138,12 +137,6 @@ class RotationOps:
                 key.usage,
                 replicable=key.multi_region is not None,
             )
-        except Exception:
-            try:
-                self._backend.destroy(key.tenant, version.object_id)
-            finally:
-                self._store.remove_version(key.tenant, key.key_id, version.version)
-            raise
         next_rotation = None  # on demand leaves the automatic schedule alone, as in AWS KMS
         if how is RotationType.AUTOMATIC and key.rotation_period_days is not None:
             next_rotation = now + timedelta(days=key.rotation_period_days)
