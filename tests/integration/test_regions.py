@@ -297,15 +297,16 @@ def test_the_cli_replicates_as_aws_kms_does(
 
 
 def test_the_material_is_nowhere_but_in_the_two_tokens(regions: dict[str, Region]) -> None:
-    """White-box, last: with both daemons stopped, recover each multi-region AES and HMAC
-    key's material from a's token (tests/material_probe.py), and search both regions' state
-    files but the tokens (database, its journal, log, audit log) for it."""
+    """White-box, and last in this module (it stops the daemons): recover each multi-region
+    AES, HMAC and EC key's material (the EC private scalar) from a's token
+    (tests/material_probe.py), and search both regions' state files but the tokens (database,
+    its journal, log, audit log) for it."""
     keys = regions["a"].daemon.query(
-        "SELECT v.object_id FROM key_versions v JOIN keys k USING (tenant, key_id)"
-        " WHERE k.multi_region IS NOT NULL AND k.spec IN ('AES_256', 'HMAC_256')"
-        " AND v.state = 'ENABLED' AND json_extract(k.multi_region, '$.region') = 'a'"
+        "SELECT v.object_id, k.spec FROM key_versions v JOIN keys k USING (tenant, key_id)"
+        " WHERE k.multi_region IS NOT NULL AND v.state = 'ENABLED'"
+        " AND json_extract(k.multi_region, '$.region') = 'a'"
     )
-    assert len(keys) >= 3
+    assert {spec for _, spec in keys} == {"AES_256", "HMAC_256", "EC_P256", "EC_P384"}
     for region in regions.values():
         region.daemon.stop()
     daemon = regions["a"].daemon
@@ -326,9 +327,9 @@ def test_the_material_is_nowhere_but_in_the_two_tokens(regions: dict[str, Region
                 text=True,
             ).stdout
         )
-        for (object_id,) in keys
+        for object_id, _ in keys
     ]
-    assert all(len(material) == 32 for material in materials)
+    assert all(len(material) in (32, 48) for material in materials)
     forms = [
         form
         for material in materials
