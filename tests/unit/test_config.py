@@ -23,6 +23,9 @@ def files(tmp_path: Path) -> Path:
     return tmp_path
 
 
+_REGION_FILES = {"region__client_cert": "server.pem", "region__client_key": "server-key.pem"}
+
+
 def _doc(**overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:0"},
@@ -146,6 +149,13 @@ def test_the_checkpoint_files_follow_the_log_unless_named(files: Path) -> None:
         ({"scheduler__capacity": 40, "scheduler__waiting_room": 30}, "scheduler.capacity"),
         ({"scheduler__slow_capacity": 5}, "scheduler.slow_capacity"),
         ({"scheduler__capacity": 4, "scheduler__slow_capacity": 4}, "scheduler.slow_capacity"),
+        ({"region__name": "EU"}, "region.name"),
+        ({"region__name": "eu"}, "region.client_cert"),
+        ({"region__name": "eu", **_REGION_FILES, "region__peers": {"eu": "h:1"}}, "region.peers"),
+        ({"region__name": "eu", **_REGION_FILES, "region__peers": {"us": "h"}}, "region.peers.us"),
+        ({"region__name": "eu", **_REGION_FILES, "region__peers": "us"}, "region.peers"),
+        ({"region__name": "eu", **_REGION_FILES, "region__call_timeout_seconds": 0}, "region.call"),
+        ({"region__peers": {"us": "h:1"}}, "peers"),
     ],
 )
 def test_errors_name_the_field(files: Path, overrides: dict[str, Any], field: str) -> None:
@@ -171,3 +181,14 @@ def test_tenancy_is_multi_unless_a_single_tenant_is_named(files: Path) -> None:
     assert (shared.mode, shared.dedicated_tenant) == ("multi", None)
     dedicated = config.parse(_doc(tenancy__mode="single", tenancy__tenant="acme"), files).tenancy
     assert (dedicated.mode, dedicated.dedicated_tenant) == ("single", "acme")
+
+
+def test_a_region_names_itself_its_certificate_and_its_peers(files: Path) -> None:
+    assert config.parse(_doc(), files).region == config.RegionSettings()  # in no region
+    region = config.parse(
+        _doc(region__name="eu-west-1", **_REGION_FILES, region__peers={"us-east-1": "h:8443"}),
+        files,
+    ).region
+    assert region == config.RegionSettings(
+        "eu-west-1", files / "server.pem", files / "server-key.pem", {"us-east-1": "h:8443"}
+    )

@@ -7,6 +7,8 @@ only its own connection."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import socket
 import threading
 import time
@@ -111,6 +113,14 @@ def test_events_of_many_worker_threads_join_the_one_chain_and_their_tenants_volu
     checked = coordinator.log.verify()
     assert checked.valid and checked.events_checked == 8 * 27
     assert coordinator.meters.audit_bytes("acme") == sum(sizes)
+
+
+def test_a_replication_events_regions_cross_the_relay(coordinator: Coordinator) -> None:
+    event = dataclasses.replace(_event(1), operation="PutReplica", regions=("b", "a"))
+    RelayedAudit(RelayClient(coordinator.path)).append(event)
+    assert coordinator.log.verify().valid
+    (line,) = coordinator.log.path.read_text().splitlines()
+    assert json.loads(line)["regions"] == ["a", "b"]
 
 
 def test_a_failed_log_fails_the_workers_calls_closed(coordinator: Coordinator) -> None:
