@@ -13,7 +13,7 @@ Which copy is the primary is the one thing two regions must never disagree on wh
 two primaries could each rotate and give one version number two materials. So a region acts
 as primary only on its own row, the old primary steps down before it tells the new one, a
 replica takes versions only from the primary its row names (or one that primary vouches
-for), and every change of a key's regions or versions here is made under one lock.
+for), and every change of a key's regions or versions here is made under that key's lock.
 
 The calls between regions go through Peers (hsmd.transport.peers: gRPC over the same mutual
 TLS, each region's certificate naming spiffe://<trust-domain>/region/<name>); a peer accepts
@@ -149,19 +149,25 @@ class ReplicationOps(KeyMaker):
         self._region = region
         self._peers = peers
         self._admit_tenant = admit_tenant
-        # Every change of a multi-region key's regions or versions here (rotations too,
-        # through exclusive()): each reads what it changes, and they are rare.
-        self._lock = threading.RLock()
+        # One lock per key, held by every change of its regions or versions here (rotations
+        # too, through exclusive()): each reads what it changes. Per key, so that two regions
+        # moving the roles of different keys towards each other do not wait on each other.
+        self._locks: dict[tuple[str, str], threading.RLock] = {}
+        self._locks_lock = threading.Lock()
         self._wake: Callable[[], None] = lambda: None
 
     def wake_with(self, wake: Callable[[], None]) -> None:
         """What rotated() calls: a maintenance pass now (hsmd.ops.maintenance)."""
         self._wake = wake
 
-    def exclusive(self) -> AbstractContextManager[bool]:
-        """Held by a rotation (hsmd.ops.rotation): no move of the primary role, no package
-        received and no version pushed in the meantime."""
-        return self._lock
+    def exclusive(self, key: Key) -> AbstractContextManager[bool]:
+        """Held by a rotation of the key (hsmd.ops.rotation): no move of its primary role,
+        no package received and no version recorded in the meantime."""
+        return self._locked(key.tenant, key.key_id)
+
+    def _locked(self, tenant: str, key_id: str) -> threading.RLock:
+        with self._locks_lock:
+            return self._locks.setdefault((tenant, key_id), threading.RLock())
 
     def rotated(self, key: Key) -> None:
         """After a rotation of a primary with replicas: the maintenance pass that pushes the
@@ -209,7 +215,7 @@ class ReplicationOps(KeyMaker):
             multi_region=replace(regions, replicas=(*regions.replicas, Replica(replica_region, 0))),
         )
         replica = peers.put_replica(replica_region, self._package(created, replica_region))
-        with self._lock:
+        with self._locked(key.tenant, key.key_id):
             self._record(key, replica_region, replica.primary_version, adding=True)
         log.info("replicated key %s to region %s", key.key_id, replica_region)
         return replica
@@ -231,7 +237,7 @@ class ReplicationOps(KeyMaker):
         """
         key = usable_key(self._store, ctx, key_id, Operation.UPDATE_PRIMARY_REGION)
         peers = self._peer(primary_region)
-        with self._lock:
+        with self._locked(key.tenant, key.key_id):
             key = self._store.get_key(key.tenant, key.key_id)  # as it is now, under the lock
             regions = self._regions_of(key)
             if not regions.is_primary:
@@ -327,10 +333,11 @@ class ReplicationOps(KeyMaker):
             replica = self._peer(region).put_replica(region, self._package(key, region))
         except NotFound:
             log.warning("key %s: its replica in region %s was destroyed", key.key_id, region)
-            with self._lock:
-                yield Replicated("DropReplica", self._drop(key, region), (self._here(), region))
+            with self._locked(key.tenant, key.key_id):
+                dropped = self._drop(key, region)
+            yield Replicated("DropReplica", dropped, (self._here(), region))
             return
-        with self._lock:
+        with self._locked(key.tenant, key.key_id):
             synced = self._record(key, region, replica.primary_version)
         if synced is not None:
             yield Replicated("SyncReplica", synced, (self._here(), region))
@@ -388,7 +395,7 @@ class ReplicationOps(KeyMaker):
             raise FailedPrecondition(f"region {self._here()} is not a replica of {sent.key_id}")
         if not package.versions:
             raise InvalidArgument("a replica needs at least one version")
-        with self._lock:
+        with self._locked(sent.tenant, sent.key_id):
             local = self._local(sent.tenant, sent.key_id)
             if local is not None and local.state is KeyState.DESTROYED:
                 if entry.versions:  # the primary is catching up a replica that is gone
@@ -414,7 +421,7 @@ class ReplicationOps(KeyMaker):
         self._check_caller(caller, key.tenant)
         if key.multi_region is None:
             raise FailedPrecondition("the promotion names no regions")
-        with self._lock:
+        with self._locked(key.tenant, key.key_id):
             local = self._local(key.tenant, key.key_id)
             if local is not None and local.multi_region and local.multi_region.is_primary:
                 return local  # a move the caller finishes after a lost answer
@@ -438,7 +445,7 @@ class ReplicationOps(KeyMaker):
     def forget_replica(self, caller: Principal, tenant: str, key_id: str) -> Key:
         """The caller's replica of the primary here is gone."""
         self._check_caller(caller, tenant)
-        with self._lock:
+        with self._locked(tenant, key_id):
             local = self._local(tenant, key_id)
             if local is None or local.multi_region is None or not local.multi_region.is_primary:
                 raise NotFound(f"key {key_id} has no primary here")

@@ -53,7 +53,7 @@ class RotationOps:
         backend: CryptoBackend,
         clock: Clock,
         rotated: Callable[[Key], None] | None = None,
-        exclusive: Callable[[], AbstractContextManager[object]] = nullcontext,
+        exclusive: Callable[[Key], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         """rotated: told of each key rotated, as it is now; exclusive: held while a
         multi-region key rotates (hsmd.ops.regions: its primary role cannot move meanwhile,
@@ -121,7 +121,7 @@ class RotationOps:
     def _rotate(self, key: Key, how: RotationType) -> KeyVersion:
         if key.multi_region is None:
             return self._rotate_now(key, how)
-        with self._exclusive():
+        with self._exclusive(key):
             # As it is now: its primary role may have moved since it was read.
             key = self._store.get_key(key.tenant, key.key_id)
             check_allowed(key, Operation.ROTATE)
