@@ -420,7 +420,7 @@ def serve(settings: config.Settings, config_path: Path, client_env: Path | None)
         RegionServicer(
             daemon.operations.regions,
             region,
-            RegionIdentity(settings.region),
+            RegionIdentity(settings.region, daemon.certificates),
             daemon.tenants.mode,
         )
         if region

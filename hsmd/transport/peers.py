@@ -73,9 +73,20 @@ def _endorsed(tenant: str, public_key: bytes) -> bytes:
 class RegionIdentity:
     """This region's certificate and key ([region] client_cert, client_key), read once."""
 
-    def __init__(self, settings: RegionSettings) -> None:
+    def __init__(self, settings: RegionSettings, verifier: ClientCertificateVerifier) -> None:
+        """Raises ConfigError unless the certificate is one the peers accept as this region
+        (verified as a client's, naming spiffe://<trust-domain>/region/<name>)."""
         assert settings.client_cert is not None and settings.client_key is not None
         self._chain = settings.client_cert.read_bytes()
+        try:
+            leaf, chain = _leaf_and_chain(self._chain)
+            named = verifier.identify(leaf, chain)
+        except (ValueError, Unauthenticated) as exc:
+            raise ConfigError(
+                f"region.client_cert is not a usable region certificate: {exc}"
+            ) from None
+        if named != Principal(PrincipalKind.REGION, str(settings.name)):
+            raise ConfigError(f"region.client_cert names {named}, not region/{settings.name}")
         key = serialization.load_pem_private_key(settings.client_key.read_bytes(), None)
         if not isinstance(
             key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -94,6 +105,13 @@ class RegionIdentity:
         return key.sign(data, _PSS, hashes.SHA256()), self._chain
 
 
+def _leaf_and_chain(pem: bytes) -> tuple[bytes, bytes]:
+    """A PEM bundle's first certificate, and the rest. Raises ValueError if it holds none."""
+    certificates = x509.load_pem_x509_certificates(pem)
+    encoded = [c.public_bytes(serialization.Encoding.PEM) for c in certificates]
+    return encoded[0], b"".join(encoded[1:])
+
+
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
 
 
@@ -109,20 +127,19 @@ def verify_endorsement(
         FailedPrecondition: it does not (another identity, a bad signature, no certificate).
     """
     try:
-        certificates = x509.load_pem_x509_certificates(answer.certificate_chain)
+        leaf, chain = _leaf_and_chain(answer.certificate_chain)
     except ValueError:
-        certificates = []
-    if not certificates:
-        raise FailedPrecondition(f"region {region} sent its transport key without a certificate")
-    leaf = certificates[0].public_bytes(serialization.Encoding.PEM)
-    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates[1:])
+        raise FailedPrecondition(
+            f"region {region} sent its transport key without a certificate"
+        ) from None
     try:
         signer = verifier.identify(leaf, chain)
     except Unauthenticated as exc:
         raise FailedPrecondition(f"region {region}'s certificate is refused: {exc}") from None
     if signer != Principal(PrincipalKind.REGION, region):
         raise FailedPrecondition(f"a transport key said to be region {region}'s is {signer}'s")
-    public_key, data = certificates[0].public_key(), _endorsed(tenant, answer.public_key)
+    certificate = x509.load_pem_x509_certificate(leaf)
+    public_key, data = certificate.public_key(), _endorsed(tenant, answer.public_key)
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(answer.signature, data, ec.ECDSA(hashes.SHA256()))

