@@ -110,8 +110,8 @@ class TenantMove:
         tenant stays here, untouched.
 
         Raises:
-            MoveRefused: the tenant is not served, its token is not in the token directory,
-                or out, secret_file or an unfinished out.partial exists.
+            MoveRefused: the tenant is not served, has multi-region keys, its token is not in
+                the token directory, or out, secret_file or an unfinished out.partial exists.
             NotFound: there is no such tenant.
             FailedPrecondition: the tenant has rows this hsmd cannot move.
         """
@@ -119,6 +119,15 @@ class TenantMove:
         records = self._store.tenant_records(tenant)  # NotFound for a missing tenant
         if row is None or row.state is not TenantState.ACTIVE:
             raise MoveRefused(f"tenant {tenant!r} is not active: finish its creation first")
+        regional = [k.key_id for k in self._store.multi_region_keys() if k.tenant == tenant]
+        if regional:
+            # A copy of a region's key elsewhere would be a copy its primary and replicas do
+            # not know of, named as this region's.
+            raise MoveRefused(
+                f"tenant {tenant!r} has multi-region keys ({', '.join(regional[:3])}): a tenant"
+                " moves without them (docs/regions.md); delete them, or replicate them to the"
+                " destination's region instead"
+            )
         token = self._token_of(row.token_serial)
         if token is None:
             raise MoveRefused(

@@ -25,7 +25,14 @@ from hsmclient import HsmClient, HsmError, cli
 
 from hsmd.backend.pins import PinDeriver
 from tests.aws_model import operation, problems
-from tests.harness import SOFTHSM_LIB, TRUST_DOMAIN, DaemonProcess, TestPki, wait_until
+from tests.harness import (
+    SOFTHSM_LIB,
+    TRUST_DOMAIN,
+    DaemonProcess,
+    TestPki,
+    run_hsmd,
+    wait_until,
+)
 
 TENANT = "globex"
 _PROBE = Path(__file__).parents[1] / "material_probe.py"
@@ -349,3 +356,19 @@ def test_the_material_is_nowhere_but_in_the_two_tokens(regions: dict[str, Region
                 scanned += 1
                 assert not any(form in content for form in forms), path
     assert scanned >= 9
+
+
+def test_a_tenant_with_multi_region_keys_does_not_move(
+    regions: dict[str, Region], tmp_path: Path
+) -> None:
+    """After the scan (the daemons are stopped): a tenant bundle would carry a region's copy
+    of its keys to an instance that no primary or replica knows of."""
+    daemon = regions["a"].daemon
+    assert daemon.process is None or daemon.process.poll() is not None
+    refused = run_hsmd(
+        "tenant", "export", "--config", str(daemon.config), "--tenant", TENANT,
+        "--out", str(tmp_path / "bundle"), "--transfer-secret", str(tmp_path / "secret"),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "has multi-region keys" in refused.stderr
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "secret").exists()
