@@ -915,6 +915,11 @@ class Pkcs11Backend:
                 transfer.destroy()
 
     def unwrap_from_peer(self, tenant: str, wrapped: bytes, target: UnwrapTarget) -> str:
+        with self._tokens.lease(tenant, Lane.SLOW) as lease:
+            try:
+                lease.object(regions.TRANSPORT_ID, ObjectClass.PRIVATE_KEY)
+            except p11.NoSuchKey:  # never made here: it was wrapped for another token
+                raise UnwrapFailed() from None
         one_step = not SPECS[target.spec].family.asymmetric
         algorithm = (
             WrappingAlgorithm.RSAES_OAEP_SHA_1
