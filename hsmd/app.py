@@ -79,10 +79,11 @@ from hsmd.quotas import FIELD_BOUNDS
 from hsmd.relay import RelayClient, RelayedAudit, RelayedMeters, RelayServer, keep_lifeline
 from hsmd.scheduler import Scheduler
 from hsmd.transport import server as grpc_server
+from hsmd.transport.endorsement import RegionIdentity
 from hsmd.transport.forward import ForwardedCaller, Forwarder
 from hsmd.transport.guard import Admission, RequestGuard
 from hsmd.transport.observe import Health, ObservationServer
-from hsmd.transport.peers import GrpcPeers, RegionIdentity
+from hsmd.transport.peers import GrpcPeers
 from hsmd.transport.servicer import (
     AdminServicer,
     KeyManagementServicer,

@@ -200,11 +200,13 @@ class Replica:
 class MultiRegion:
     """Where a multi-region key lives: this copy's region, the primary's, and the replicas.
     Each region's row says which copy it is; the primary's list is the one kept up to date,
-    a replica's is what the primary last told it."""
+    a replica's is what the primary last told it. moving: this copy was the primary and
+    stepped down for primary_region, which may not know yet (UpdatePrimaryRegion unfinished)."""
 
     region: str
     primary_region: str
     replicas: tuple[Replica, ...] = ()
+    moving: bool = False
 
     @property
     def is_primary(self) -> bool:

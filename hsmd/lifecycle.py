@@ -199,6 +199,11 @@ def check_allowed(key: Key, operation: Operation) -> None:
             f" {operation}",
             REASON_UNSUPPORTED_OPERATION if unsupported else REASON_KEY_USAGE,
         )
+    if operation is Op.SCHEDULE_DELETION and key.multi_region and key.multi_region.moving:
+        raise FailedPrecondition(
+            f"key {key.key_id} is handing its primary role to {key.multi_region.primary_region}:"
+            " call UpdatePrimaryRegion again to finish, then delete it"
+        )
     if operation is Op.SCHEDULE_DELETION and key.multi_region and key.multi_region.replicas:
         if key.multi_region.is_primary:
             raise FailedPrecondition(

@@ -32,6 +32,8 @@ MAX_REGION_NAME_CHARS = 32
 # Between regions (multi-region keys): the regions a key lives in, and the versions one
 # package brings (every version of the key, each a wrapped key of at most 8 KiB).
 MAX_KEY_REGIONS = 32
+MAX_CHECK_VALUE_CHARS = 128  # a version's check value, hex
+MAX_NONCE_BYTES = 64
 MAX_REPLICA_VERSIONS = 2000  # AES versions (~420 bytes each); asymmetric keys do not rotate
 MAX_PAGE_TOKEN_CHARS = 64
 MAX_OBJECT_ID_CHARS = 128  # a CKA_ID in hex

@@ -115,6 +115,12 @@ class CryptoBackend(Protocol):
         the peer's unwrap_from_peer."""
         ...
 
+    def check_value(self, tenant: str, object_id: bytes, spec: KeySpec) -> str:
+        """A value that tells whether two tokens hold the same material for a key version,
+        without revealing it: for a secret key a function of it computed in the token (as
+        import's fingerprint), for a key pair the SHA-256 of its public key."""
+        ...
+
     def unwrap_from_peer(self, tenant: str, wrapped: bytes, target: UnwrapTarget) -> str:
         """Unwraps what a peer's wrap_for_peer made for this token's transport key into a new
         replicable token key; returns its fingerprint (as import_material).

@@ -862,7 +862,9 @@ class Pkcs11Backend:
         # updates between two processes that write one token).
         with self._changes.exclusive():
             installed = subprocess.run(
-                [sys.executable, "-m", "hsmd.backend.regions"],
+                # -I: nothing from the environment or the working directory is imported into
+                # the process that is given the SO PIN.
+                [sys.executable, "-I", "-m", "hsmd.backend.regions"],
                 input=regions.request(
                     str(self._library), token.label, token.so_pin(), object_id, modulus, exponent
                 ),
@@ -913,6 +915,12 @@ class Pkcs11Backend:
                 )
             finally:
                 transfer.destroy()
+
+    def check_value(self, tenant: str, object_id: bytes, spec: KeySpec) -> str:
+        if SPECS[spec].family.asymmetric:
+            return hashlib.sha256(self.public_key(tenant, object_id, spec)).hexdigest()
+        with self._tokens.lease(tenant, Lane.FAST) as lease:
+            return _fingerprint(lease.object(object_id, ObjectClass.SECRET_KEY), spec)
 
     def unwrap_from_peer(self, tenant: str, wrapped: bytes, target: UnwrapTarget) -> str:
         with self._tokens.lease(tenant, Lane.SLOW) as lease:

@@ -1400,6 +1400,7 @@ def _multi_region_json(regions: MultiRegion) -> str:
             "region": regions.region,
             "primary_region": regions.primary_region,
             "replicas": [[r.region, r.versions] for r in regions.replicas],
+            "moving": regions.moving,
         },
         sort_keys=True,
     )
@@ -1411,6 +1412,7 @@ def _multi_region(text: str) -> MultiRegion:
         value["region"],
         value["primary_region"],
         tuple(Replica(region, int(versions)) for region, versions in value["replicas"]),
+        bool(value.get("moving", False)),
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -65,18 +66,22 @@ log = logging.getLogger(__name__)
 
 # The states in which a replica takes versions, or the primary role.
 _RECEIVING = (KeyState.ENABLED, KeyState.DISABLED)
+# How long a replica that refused a push (pending deletion, other material) is left alone.
+REFUSAL_BACKOFF_SECONDS = 300
 
 
 @dataclass(frozen=True)
 class ReplicaVersion:
-    """One version's material, wrapped for the receiving token's transport key, and for an
-    asymmetric key its public key (SPKI)."""
+    """One version's material, wrapped for the receiving token's transport key, for an
+    asymmetric key its public key (SPKI), and a value that tells whether two tokens hold the
+    same material for it (CryptoBackend.check_value)."""
 
     version: int
     created_at: datetime
     rotation_type: RotationType | None
     wrapped: bytes
     public_key: bytes = b""
+    check_value: str = ""  # the backend's check_value of the version (hex)
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,8 @@ class ReplicationOps(KeyMaker):
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._locks_lock = threading.Lock()
         self._wake: Callable[[], None] = lambda: None
+        # (tenant, key id, region) -> when that replica last refused a push (monotonic).
+        self._refused: dict[tuple[str, str, str], float] = {}
 
     def wake_with(self, wake: Callable[[], None]) -> None:
         """What rotated() calls: a maintenance pass now (hsmd.ops.maintenance)."""
@@ -214,8 +221,10 @@ class ReplicationOps(KeyMaker):
             tags=tuple(sorted(tags.items())),
             multi_region=replace(regions, replicas=(*regions.replicas, Replica(replica_region, 0))),
         )
-        replica = peers.put_replica(replica_region, self._package(created, replica_region))
         with self._locked(key.tenant, key.key_id):
+            if not self._regions_of(self._store.get_key(key.tenant, key.key_id)).is_primary:
+                raise FailedPrecondition(f"key {key.key_id} handed its primary role away")
+            replica = peers.put_replica(replica_region, self._package(created, replica_region))
             self._record(key, replica_region, replica.primary_version, adding=True)
         log.info("replicated key %s to region %s", key.key_id, replica_region)
         return replica
@@ -241,7 +250,7 @@ class ReplicationOps(KeyMaker):
             key = self._store.get_key(key.tenant, key.key_id)  # as it is now, under the lock
             regions = self._regions_of(key)
             if not regions.is_primary:
-                if regions.primary_region != primary_region:
+                if not regions.moving or regions.primary_region != primary_region:
                     raise FailedPrecondition(
                         f"key {key.key_id} is a replica of the primary in"
                         f" {regions.primary_region}: call UpdatePrimaryRegion there",
@@ -261,7 +270,7 @@ class ReplicationOps(KeyMaker):
             stepped_down = self._store.update_key(
                 key.tenant,
                 key.key_id,
-                multi_region=MultiRegion(regions.region, primary_region, replicas),
+                multi_region=MultiRegion(regions.region, primary_region, replicas, moving=True),
                 next_rotation_at=None,  # the new primary rotates
             )
             try:
@@ -281,7 +290,9 @@ class ReplicationOps(KeyMaker):
         regions = self._regions_of(key)
         primary = regions.primary_region
         try:
-            peers.promote(primary, replace(key, multi_region=replace(regions, region=primary)))
+            peers.promote(
+                primary, replace(key, multi_region=replace(regions, region=primary, moving=False))
+            )
         except (FailedPrecondition, NotFound):
             raise
         except Exception as exc:
@@ -290,7 +301,9 @@ class ReplicationOps(KeyMaker):
                 " copy is a replica of it already; call UpdatePrimaryRegion again to finish"
             ) from exc
         log.info("key %s: its primary is now in region %s", key.key_id, primary)
-        return key
+        return self._store.update_key(
+            key.tenant, key.key_id, multi_region=replace(regions, moving=False)
+        )
 
     # What maintenance does (hsmd.ops.maintenance)
 
@@ -314,19 +327,38 @@ class ReplicationOps(KeyMaker):
             for replica in regions.replicas:
                 if replica.versions >= key.primary_version or replica.region in failed:
                     continue
+                refused = (key.tenant, key.key_id, replica.region)
+                if self._refused.get(refused, -REFUSAL_BACKOFF_SECONDS) > (
+                    time.monotonic() - REFUSAL_BACKOFF_SECONDS
+                ):
+                    continue
                 try:
                     yield from self._sync(key, replica.region)
+                except (FailedPrecondition, InvalidArgument) as exc:
+                    # That replica's own trouble (pending deletion, other material): it is
+                    # tried again later, the region's other replicas now.
+                    self._refused[refused] = time.monotonic()
+                    log.warning(
+                        "key %s: region %s refused version %d (%s); tried again in %d s",
+                        key.key_id,
+                        replica.region,
+                        key.primary_version,
+                        exc,
+                        REFUSAL_BACKOFF_SECONDS,
+                    )
                 except Exception as exc:
                     failed.add(replica.region)
                     log.warning(
                         "key %s: region %s is behind (version %d of %d) and could not be"
-                        " brought up to date: %s",
+                        " reached: %s",
                         key.key_id,
                         replica.region,
                         replica.versions,
                         key.primary_version,
                         exc,
                     )
+                else:
+                    self._refused.pop(refused, None)
 
     def _sync(self, key: Key, region: str) -> Iterator[Replicated]:
         try:
@@ -357,8 +389,13 @@ class ReplicationOps(KeyMaker):
                 exc,
             )
             return
-        # Told: the destroyed row no longer names regions, so no pass tells it again.
-        self._store.update_key(key.tenant, key.key_id, multi_region=None)
+        # Told: the destroyed row no longer names regions, so no pass tells it again (unless
+        # it was replicated anew meanwhile).
+        with self._locked(key.tenant, key.key_id):
+            current = self._local(key.tenant, key.key_id)
+            if current is None or current.multi_region != key.multi_region:
+                return
+            self._store.update_key(key.tenant, key.key_id, multi_region=None)
         yield Replicated("ForgetReplica", key, (self._here(), primary))
 
     # What a peer region asks of this one (hsmd.transport.servicer.RegionServicer)
@@ -403,12 +440,16 @@ class ReplicationOps(KeyMaker):
                 self._discard(local)  # replicated anew
                 local = None
             here = MultiRegion(self._here(), regions.primary_region, regions.replicas)
-            if local is None:
-                local = self._create(sent, here)
-            else:
+            if local is not None:
                 self._check_sender(local, caller.name)
                 local = self._store.update_key(local.tenant, local.key_id, multi_region=here)
-            return self._add_versions(local, package.versions)
+                return self._add_versions(local, package.versions)
+            created = self._create(sent, here)
+            try:
+                return self._add_versions(created, package.versions)
+            except BaseException:
+                self._discard(created)  # a replica that never was: the next push makes it
+                raise
 
     def promote(self, caller: Principal, key: Key) -> Key:
         """Makes the replica here the primary (UpdatePrimaryRegion at the old primary); told
@@ -434,13 +475,21 @@ class ReplicationOps(KeyMaker):
                     f" {key.primary_version}"
                 )
             period = key.rotation_period_days
-            return self._store.update_key(
+            # Every other replica still names the old primary: counting none of its versions,
+            # the next pass pushes to each, and each follows once the old primary vouches.
+            replicas = tuple(
+                r if r.region == caller.name else Replica(r.region, 0)
+                for r in key.multi_region.replicas
+            )
+            promoted = self._store.update_key(
                 local.tenant,
                 local.key_id,
-                multi_region=MultiRegion(self._here(), self._here(), key.multi_region.replicas),
+                multi_region=MultiRegion(self._here(), self._here(), replicas),
                 rotation_period_days=period,
                 next_rotation_at=self._clock.now() + timedelta(days=period) if period else None,
             )
+        self._wake()
+        return promoted
 
     def forget_replica(self, caller: Principal, tenant: str, key_id: str) -> Key:
         """The caller's replica of the primary here is gone."""
@@ -486,9 +535,15 @@ class ReplicationOps(KeyMaker):
             raise FailedPrecondition(f"the replica of {local.key_id} here is {local.state}")
         if regions.primary_region == sender:
             return
-        vouched = self._peer(regions.primary_region).primary_region(
-            regions.primary_region, local.tenant, local.key_id
-        )
+        try:
+            vouched = self._peer(regions.primary_region).primary_region(
+                regions.primary_region, local.tenant, local.key_id
+            )
+        except Exception as exc:  # never NOT_FOUND to the sender: the replica is here
+            raise FailedPrecondition(
+                f"region {sender} says it is the primary of {local.key_id}, and the primary"
+                f" here, {regions.primary_region}, could not confirm it ({exc})"
+            ) from None
         if vouched != sender:
             raise FailedPrecondition(
                 f"region {sender} is not the primary of {local.key_id}: its primary here is"
@@ -530,6 +585,7 @@ class ReplicationOps(KeyMaker):
                 self._backend.public_key(key.tenant, version.object_id, key.spec)
                 if asymmetric
                 else b"",
+                self._backend.check_value(key.tenant, version.object_id, key.spec),
             )
             for version in self._store.versions(key.tenant, key.key_id)
             if version.state is VersionState.ENABLED
@@ -565,6 +621,14 @@ class ReplicationOps(KeyMaker):
             self._backend.destroy(destroyed.tenant, version.object_id)
         self._store.remove_key(destroyed.tenant, destroyed.key_id)
 
+    def _check_same(self, local: Key, sent: ReplicaVersion, object_id: bytes) -> None:
+        here = self._backend.check_value(local.tenant, object_id, local.spec)
+        if not sent.check_value or here != sent.check_value:
+            raise FailedPrecondition(
+                f"version {sent.version} of key {local.key_id} here is other material than the"
+                " sender's"
+            )
+
     def _create(self, sent: Key, here: MultiRegion) -> Key:
         key = replace(
             sent,
@@ -582,12 +646,19 @@ class ReplicationOps(KeyMaker):
         return key
 
     def _add_versions(self, local: Key, versions: tuple[ReplicaVersion, ...]) -> Key:
-        """Unwraps the versions the replica lacks, in order, each by the recoverable protocol
-        of a rotation (a CREATING row, the object, then the row enabled); the replica is
-        ENABLED once its first versions are in."""
-        have = max((v.version for v in self._store.versions(local.tenant, local.key_id)), default=0)
+        """Checks the versions the replica holds are the sender's material, then unwraps those
+        it lacks, in order, each by the recoverable protocol of a rotation (a CREATING row,
+        the object, then the row enabled); the replica is ENABLED once its first are in.
+
+        Raises:
+            FailedPrecondition: a version here is other material than the sender's (a region
+                that made the replica before the primary did, or a primary's lost history).
+        """
+        held = {v.version: v for v in self._store.versions(local.tenant, local.key_id)}
         for sent in sorted(versions, key=lambda v: v.version):
-            if sent.version <= have:
+            version = held.get(sent.version)
+            if version is not None:
+                self._check_same(local, sent, version.object_id)
                 continue
             with new_version(
                 self._store, self._backend, local, sent.created_at, sent.rotation_type
@@ -607,8 +678,8 @@ class ReplicationOps(KeyMaker):
                         replicable=True,
                     ),
                 )
+                self._check_same(local, sent, row.object_id)
             self._store.activate_version(row, None)
-            have = sent.version
         if local.state is KeyState.CREATING:
             return self._store.update_key(local.tenant, local.key_id, state=KeyState.ENABLED)
         return self._store.get_key(local.tenant, local.key_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -72,20 +72,34 @@ class RotationOps:
                 f"rotation_period_in_days must be {MIN_PERIOD_DAYS} to {MAX_PERIOD_DAYS}"
             )
         key = usable_key(self._store, ctx, key_id, Operation.ENABLE_ROTATION)
-        key = self._store.update_key(
-            key.tenant,
-            key.key_id,
-            rotation_period_days=period_days,
-            next_rotation_at=self._clock.now() + timedelta(days=period_days),
-        )
+        with self._as_now(key, Operation.ENABLE_ROTATION) as key:
+            key = self._store.update_key(
+                key.tenant,
+                key.key_id,
+                rotation_period_days=period_days,
+                next_rotation_at=self._clock.now() + timedelta(days=period_days),
+            )
         return self._status(key)
 
     def disable(self, ctx: RequestContext, key_id: str) -> RotationStatus:
         key = usable_key(self._store, ctx, key_id, Operation.DISABLE_ROTATION)
-        key = self._store.update_key(
-            key.tenant, key.key_id, rotation_period_days=None, next_rotation_at=None
-        )
+        with self._as_now(key, Operation.DISABLE_ROTATION) as key:
+            key = self._store.update_key(
+                key.tenant, key.key_id, rotation_period_days=None, next_rotation_at=None
+            )
         return self._status(key)
+
+    @contextmanager
+    def _as_now(self, key: Key, operation: Operation) -> Iterator[Key]:
+        """A multi-region key as it is now, under its lock (its primary role may have moved
+        since it was read), if it still allows the operation; any other key as it is."""
+        if key.multi_region is None:
+            yield key
+            return
+        with self._exclusive(key):
+            current = self._store.get_key(key.tenant, key.key_id)
+            check_allowed(current, operation)
+            yield current
 
     def status(self, ctx: RequestContext, key_id: str) -> RotationStatus:
         return self._status(usable_key(self._store, ctx, key_id, Operation.GET_ROTATION_STATUS))
@@ -119,12 +133,7 @@ class RotationOps:
             yield version
 
     def _rotate(self, key: Key, how: RotationType) -> KeyVersion:
-        if key.multi_region is None:
-            return self._rotate_now(key, how)
-        with self._exclusive(key):
-            # As it is now: its primary role may have moved since it was read.
-            key = self._store.get_key(key.tenant, key.key_id)
-            check_allowed(key, Operation.ROTATE)
+        with self._as_now(key, Operation.ROTATE) as key:
             return self._rotate_now(key, how)
 
     def _rotate_now(self, key: Key, how: RotationType) -> KeyVersion:

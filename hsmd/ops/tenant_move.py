@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hsmd.backend import softhsm_files
 from hsmd.backend.pins import PinDeriver
 from hsmd.backend.token_transfer import TokenPins
-from hsmd.domain import Clock, TenantState
+from hsmd.domain import Clock, KeyState, TenantState
 from hsmd.errors import HsmdError
 from hsmd.keystore.store import KeyStore, TableRows, TenantRecords
 from hsmd.names import validate_tenant_name
@@ -119,7 +119,11 @@ class TenantMove:
         records = self._store.tenant_records(tenant)  # NotFound for a missing tenant
         if row is None or row.state is not TenantState.ACTIVE:
             raise MoveRefused(f"tenant {tenant!r} is not active: finish its creation first")
-        regional = [k.key_id for k in self._store.multi_region_keys() if k.tenant == tenant]
+        regional = [
+            k.key_id
+            for k in self._store.multi_region_keys()
+            if k.tenant == tenant and k.state is not KeyState.DESTROYED
+        ]
         if regional:
             # A copy of a region's key elsewhere would be a copy its primary and replicas do
             # not know of, named as this region's.

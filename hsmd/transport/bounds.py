@@ -139,6 +139,8 @@ RULES: dict[str, Rule] = {
     "replicas": _messages(limits.MAX_KEY_REGIONS),
     "versions": _messages(limits.MAX_REPLICA_VERSIONS),
     "creation_time": _time,
+    "check_value": _chars(limits.MAX_CHECK_VALUE_CHARS),
+    "nonce": _bytes(limits.MAX_NONCE_BYTES),
     "requests": _batch_items,
 }
 

@@ -281,6 +281,7 @@ def replica_version(version: ReplicaVersion) -> region_pb2.ReplicaKeyVersion:
         creation_time=timestamp(version.created_at),
         wrapped_key=version.wrapped,
         public_key=version.public_key,
+        check_value=version.check_value,
     )
     if version.rotation_type is not None:
         message.rotation_type = to_proto(resources_pb2.RotationType, version.rotation_type)
@@ -298,6 +299,7 @@ def replica_version_from(message: region_pb2.ReplicaKeyVersion) -> ReplicaVersio
         ),
         message.wrapped_key,
         message.public_key,
+        message.check_value,
     )
 
 

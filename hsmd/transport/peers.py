@@ -3,10 +3,10 @@
 This region presents [region] client_cert, whose URI SAN names
 spiffe://<trust-domain>/region/<this region>, and trusts the peer's server certificate as the
 deployment's CA issued it for the address [region] peers names. That alone would let anyone
-with a server certificate of the CA for that address pose as the peer, so the one answer that
-decides where material goes, a tenant token's transport key, must also be signed with the
-peer's region certificate (RegionIdentity.endorse), which this region verifies as it verifies
-any client certificate and which must name the region called.
+with a server certificate of the CA for that address pose as the peer, so the answers that
+decide where material goes or whom a replica follows (a tenant token's transport key, a
+key's primary region) must also be signed with the peer's region certificate
+(hsmd.transport.endorsement).
 
 A peer's answer comes back as the HsmdError a caller of this region should see: a refusal by
 the peer is this region's FAILED_PRECONDITION naming the peer (the caller is not the one
@@ -17,31 +17,26 @@ that is gone).
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from hsmd.auth.certificates import ClientCertificateVerifier
 from hsmd.config import RegionSettings
-from hsmd.domain import Key, Principal, PrincipalKind
+from hsmd.domain import Key
 from hsmd.errors import (
     BackendError,
-    ConfigError,
     FailedPrecondition,
     HsmdError,
     NotFound,
     RegionUnavailable,
-    Unauthenticated,
 )
 from hsmd.ops.regions import ReplicaPackage
-from hsmd.transport import convert
+from hsmd.transport import convert, endorsement
 from hsmd.transport.forward import MAX_MESSAGE
 from hsmd.v1 import region_pb2, region_pb2_grpc
 
@@ -60,100 +55,6 @@ _REFUSALS = frozenset(
     }
 )
 _UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-
-_ENDORSED = b"hsmd region transport key v1\n"
-
-
-def _endorsed(tenant: str, public_key: bytes) -> bytes:
-    """What a region signs to vouch for a tenant token's transport key (region.proto)."""
-    return _ENDORSED + tenant.encode() + b"\n" + public_key
-
-
-class RegionIdentity:
-    """This region's certificate and key ([region] client_cert, client_key), read once."""
-
-    def __init__(self, settings: RegionSettings, verifier: ClientCertificateVerifier) -> None:
-        """Raises ConfigError unless the certificate is one the peers accept as this region
-        (verified as a client's, naming spiffe://<trust-domain>/region/<name>)."""
-        assert settings.client_cert is not None and settings.client_key is not None
-        self._chain = settings.client_cert.read_bytes()
-        try:
-            leaf, chain = _leaf_and_chain(self._chain)
-            named = verifier.identify(leaf, chain)
-        except (ValueError, Unauthenticated) as exc:
-            raise ConfigError(
-                f"region.client_cert is not a usable region certificate: {exc}"
-            ) from None
-        if named != Principal(PrincipalKind.REGION, str(settings.name)):
-            raise ConfigError(f"region.client_cert names {named}, not region/{settings.name}")
-        key = serialization.load_pem_private_key(settings.client_key.read_bytes(), None)
-        if not isinstance(
-            key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-        ):
-            raise ConfigError("region.client_key must be an EC, Ed25519 or RSA private key")
-        self._key = key
-
-    def endorse(self, tenant: str, public_key: bytes) -> tuple[bytes, bytes]:
-        """(signature, certificate chain PEM) vouching for the tenant's transport key."""
-        data = _endorsed(tenant, public_key)
-        key = self._key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(data, ec.ECDSA(hashes.SHA256())), self._chain
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            return key.sign(data), self._chain
-        return key.sign(data, _PSS, hashes.SHA256()), self._chain
-
-
-def _leaf_and_chain(pem: bytes) -> tuple[bytes, bytes]:
-    """A PEM bundle's first certificate, and the rest. Raises ValueError if it holds none."""
-    certificates = x509.load_pem_x509_certificates(pem)
-    encoded = [c.public_bytes(serialization.Encoding.PEM) for c in certificates]
-    return encoded[0], b"".join(encoded[1:])
-
-
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
-
-
-def verify_endorsement(
-    verifier: ClientCertificateVerifier,
-    region: str,
-    tenant: str,
-    answer: region_pb2.GetTransportKeyResponse,
-) -> bytes:
-    """The transport key of the answer, if the region's own certificate vouches for it.
-
-    Raises:
-        FailedPrecondition: it does not (another identity, a bad signature, no certificate).
-    """
-    try:
-        leaf, chain = _leaf_and_chain(answer.certificate_chain)
-    except ValueError:
-        raise FailedPrecondition(
-            f"region {region} sent its transport key without a certificate"
-        ) from None
-    try:
-        signer = verifier.identify(leaf, chain)
-    except Unauthenticated as exc:
-        raise FailedPrecondition(f"region {region}'s certificate is refused: {exc}") from None
-    if signer != Principal(PrincipalKind.REGION, region):
-        raise FailedPrecondition(f"a transport key said to be region {region}'s is {signer}'s")
-    certificate = x509.load_pem_x509_certificate(leaf)
-    public_key, data = certificate.public_key(), _endorsed(tenant, answer.public_key)
-    try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(answer.signature, data, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(answer.signature, data)
-        elif isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(answer.signature, data, _PSS, hashes.SHA256())
-        else:
-            raise InvalidSignature()
-    except InvalidSignature:
-        raise FailedPrecondition(
-            f"region {region}'s transport key is not signed by its region certificate"
-        ) from None
-    return bytes(answer.public_key)
 
 
 class GrpcPeers:
@@ -196,14 +97,25 @@ class GrpcPeers:
                 region_pb2.GetTransportKeyRequest(tenant=tenant), **options
             ),
         )
-        return verify_endorsement(self._verifier, region, tenant, answer)
+        statement = endorsement.transport_key(tenant, answer.public_key)
+        self._check(region, statement, answer.signature, answer.certificate_chain)
+        return bytes(answer.public_key)
 
     def primary_region(self, region: str, tenant: str, key_id: str) -> str:
-        request = region_pb2.GetPrimaryRegionRequest(tenant=tenant, key_id=key_id)
+        nonce = secrets.token_bytes(endorsement.NONCE_SIZE)
+        request = region_pb2.GetPrimaryRegionRequest(tenant=tenant, key_id=key_id, nonce=nonce)
         answer = self._call(
             region, lambda stub, **options: stub.GetPrimaryRegion(request, **options)
         )
+        statement = endorsement.primary(tenant, key_id, answer.primary_region, nonce)
+        self._check(region, statement, answer.signature, answer.certificate_chain)
         return str(answer.primary_region)
+
+    def _check(self, region: str, statement: bytes, signature: bytes, chain: bytes) -> None:
+        try:
+            endorsement.verify(self._verifier, region, statement, signature, chain)
+        except endorsement.NotEndorsed as exc:
+            raise FailedPrecondition(f"region {region}'s answer is refused: {exc}") from None
 
     def put_replica(self, region: str, package: ReplicaPackage) -> Key:
         request = region_pb2.PutReplicaRequest(

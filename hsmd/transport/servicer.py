@@ -43,10 +43,10 @@ from hsmd.ops.signing import SigningOps
 from hsmd.ops.states import StateOps
 from hsmd.ops.tenants import TenantOps
 from hsmd.ops.wrapping import WrappingOps
-from hsmd.transport import batch, convert
+from hsmd.transport import batch, convert, endorsement
 from hsmd.transport.convert import from_proto, required, to_proto, to_proto_list
+from hsmd.transport.endorsement import RegionIdentity
 from hsmd.transport.guard import current_batch, current_request
-from hsmd.transport.peers import RegionIdentity
 from hsmd.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -745,7 +745,8 @@ class RegionServicer(region_pb2_grpc.RegionServiceServicer):
         self, request: region_pb2.GetTransportKeyRequest, context: grpc.ServicerContext
     ) -> region_pb2.GetTransportKeyResponse:
         public_key = self._regions.transport_key(current_request().principal, request.tenant)
-        signature, chain = self._identity.endorse(request.tenant, public_key)
+        statement = endorsement.transport_key(request.tenant, public_key)
+        signature, chain = self._identity.sign(statement)
         return region_pb2.GetTransportKeyResponse(
             public_key=public_key, signature=signature, certificate_chain=chain
         )
@@ -753,10 +754,15 @@ class RegionServicer(region_pb2_grpc.RegionServiceServicer):
     def GetPrimaryRegion(
         self, request: region_pb2.GetPrimaryRegionRequest, context: grpc.ServicerContext
     ) -> region_pb2.GetPrimaryRegionResponse:
-        primary = self._regions.primary_of(
-            current_request().principal, request.tenant, parse_key_id(request.key_id)
+        if not endorsement.NONCE_SIZE <= len(request.nonce):
+            raise InvalidArgument(f"nonce must be at least {endorsement.NONCE_SIZE} bytes")
+        key_id = parse_key_id(request.key_id)
+        primary = self._regions.primary_of(current_request().principal, request.tenant, key_id)
+        statement = endorsement.primary(request.tenant, key_id, primary, request.nonce)
+        signature, chain = self._identity.sign(statement)
+        return region_pb2.GetPrimaryRegionResponse(
+            primary_region=primary, signature=signature, certificate_chain=chain
         )
-        return region_pb2.GetPrimaryRegionResponse(primary_region=primary)
 
     def PutReplica(
         self, request: region_pb2.PutReplicaRequest, context: grpc.ServicerContext

@@ -49,6 +49,11 @@ def test_an_aes_key_moves_to_the_other_token_and_encrypts_the_same(
     backend.unwrap_from_peer(region_b, wrapped, target)
     iv, sealed = backend.encrypt(tenant, key, b"across", b"aad")
     assert backend.decrypt(region_b, replica, iv, sealed, b"aad") == b"across"
+    check = backend.check_value(tenant, key, KeySpec.AES_256)
+    assert backend.check_value(region_b, replica, KeySpec.AES_256) == check
+    other = _object_id()
+    backend.generate_key(tenant, other, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT)
+    assert backend.check_value(tenant, other, KeySpec.AES_256) != check
 
 
 def test_an_ec_key_moves_and_signs_for_the_same_public_key(

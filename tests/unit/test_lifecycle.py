@@ -149,3 +149,10 @@ def test_a_primary_with_replicas_is_not_deleted_and_a_replica_is() -> None:
         replace(key, multi_region=replace(PRIMARY, replicas=())), Operation.SCHEDULE_DELETION
     )
     check_allowed(replace(key, multi_region=REPLICA), Operation.SCHEDULE_DELETION)
+
+
+def test_a_copy_handing_its_primary_role_over_is_not_deleted() -> None:
+    key = _key(KeyState.ENABLED, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT)
+    moving = MultiRegion("eu-1", "us-1", (Replica("eu-1", 1),), moving=True)
+    with pytest.raises(FailedPrecondition, match="call UpdatePrimaryRegion again"):
+        check_allowed(replace(key, multi_region=moving), Operation.SCHEDULE_DELETION)
