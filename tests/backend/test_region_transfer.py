@@ -8,6 +8,8 @@ Two tenant tokens of one backend stand for two regions' tokens: the backend cann
 from __future__ import annotations
 
 import secrets
+import subprocess
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -185,3 +187,26 @@ def test_softhsm2_wraps_a_trusted_only_private_key_under_nothing(
         )
         with pytest.raises(p11.KeyNotWrappable):
             transfer.wrap_key(ec_private, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+
+
+def test_the_so_login_happens_in_an_isolated_child_given_the_pin_on_stdin(
+    backend: Pkcs11Backend, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing from the environment or the working directory is imported into the process
+    that holds the SO PIN (python -I), and the PIN is on no command line."""
+    real_run = subprocess.run
+    calls: list[tuple[list[str], bytes]] = []
+
+    def recording_run(argv: list[str], **options: Any) -> Any:
+        calls.append((argv, options.get("input", b"")))
+        return real_run(argv, **options)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    backend.trust_peer(tenant, "isolated", spki)
+    ((argv, stdin),) = calls
+    assert argv[1:] == ["-I", "-m", "hsmd.backend.regions"]
+    assert b"so_pin" in stdin and not any("pin" in part.lower() for part in argv)
