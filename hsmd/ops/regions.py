@@ -88,10 +88,13 @@ class ReplicaVersion:
 class ReplicaPackage:
     """What a primary sends a replica. key: as the primary holds it, with multi_region as the
     replica should record it, and the description, policy and tags a new replica starts with
-    (a replica's own are its own afterwards, as in AWS KMS)."""
+    (a replica's own are its own afterwards, as in AWS KMS). Only a package of ReplicateKey
+    (new) makes a replica where one was destroyed: a push that catches a replica up never
+    brings back one its region deleted."""
 
     key: Key
     versions: tuple[ReplicaVersion, ...]
+    new: bool = False  # ReplicateKey's: may make anew a replica destroyed here before
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,8 @@ class ReplicationOps(KeyMaker):
         with self._locked(key.tenant, key.key_id):
             if not self._regions_of(self._store.get_key(key.tenant, key.key_id)).is_primary:
                 raise FailedPrecondition(f"key {key.key_id} handed its primary role away")
-            replica = peers.put_replica(replica_region, self._package(created, replica_region))
+            package = replace(self._package(created, replica_region), new=True)
+            replica = peers.put_replica(replica_region, package)
             self._record(key, replica_region, replica.primary_version, adding=True)
         log.info("replicated key %s to region %s", key.key_id, replica_region)
         return replica
@@ -427,15 +431,14 @@ class ReplicationOps(KeyMaker):
         regions = sent.multi_region
         if regions is None or regions.primary_region != caller.name:
             raise FailedPrecondition(f"region {caller.name} sent a key it is not the primary of")
-        entry = regions.replica(self._here())
-        if entry is None:
+        if regions.replica(self._here()) is None:
             raise FailedPrecondition(f"region {self._here()} is not a replica of {sent.key_id}")
         if not package.versions:
             raise InvalidArgument("a replica needs at least one version")
         with self._locked(sent.tenant, sent.key_id):
             local = self._local(sent.tenant, sent.key_id)
             if local is not None and local.state is KeyState.DESTROYED:
-                if entry.versions:  # the primary is catching up a replica that is gone
+                if not package.new:  # the primary is catching up a replica that is gone
                     raise NotFound(f"the replica of key {sent.key_id} here was destroyed")
                 self._discard(local)  # replicated anew
                 local = None

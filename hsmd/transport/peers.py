@@ -121,6 +121,7 @@ class GrpcPeers:
         request = region_pb2.PutReplicaRequest(
             key=convert.replica_key(package.key),
             versions=[convert.replica_version(version) for version in package.versions],
+            new_replica=package.new,
         )
         answer = self._call(region, lambda stub, **options: stub.PutReplica(request, **options))
         return convert.key_from_metadata(answer.key_metadata)

@@ -770,6 +770,7 @@ class RegionServicer(region_pb2_grpc.RegionServiceServicer):
         package = ReplicaPackage(
             convert.replica_key_from(request.key, self._region),
             tuple(convert.replica_version_from(v) for v in request.versions),
+            request.new_replica,
         )
         replica = self._regions.receive(current_request().principal, package)
         return region_pb2.PutReplicaResponse(key_metadata=self._key_metadata(replica))
