@@ -39,13 +39,30 @@ def region_b(backend: Pkcs11Backend) -> str:
     return name
 
 
+def _sent_to_b(
+    backend: Pkcs11Backend, tenant: str, region_b: str, spec: KeySpec, usage: KeyUsage
+) -> tuple[bytes, bytes]:
+    """A new replicable key of the tenant's (its CKA_ID), wrapped for region b's token."""
+    key = _object_id()
+    backend.generate_key(tenant, key, spec, usage, replicable=True)
+    backend.trust_peer(tenant, "b", backend.transport_key(region_b))
+    return key, backend.wrap_for_peer(tenant, "b", key, spec)
+
+
+def _peer_key(backend: Pkcs11Backend, tenant: str, region: str) -> rsa.RSAPrivateKey:
+    """An RSA key of the test's, whose public half the tenant's token trusts for `region`."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    backend.trust_peer(tenant, region, spki)
+    return private
+
+
 def test_an_aes_key_moves_to_the_other_token_and_encrypts_the_same(
     backend: Pkcs11Backend, tenant: str, region_b: str
 ) -> None:
-    key = _object_id()
-    backend.generate_key(tenant, key, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT, replicable=True)
-    backend.trust_peer(tenant, "b", backend.transport_key(region_b))
-    wrapped = backend.wrap_for_peer(tenant, "b", key, KeySpec.AES_256)
+    key, wrapped = _sent_to_b(backend, tenant, region_b, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT)
     replica = _object_id()
     target = UnwrapTarget(replica, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT, replicable=True)
     backend.unwrap_from_peer(region_b, wrapped, target)
@@ -61,14 +78,12 @@ def test_an_aes_key_moves_to_the_other_token_and_encrypts_the_same(
 def test_an_ec_key_moves_and_signs_for_the_same_public_key(
     backend: Pkcs11Backend, tenant: str, region_b: str
 ) -> None:
-    key = _object_id()
-    backend.generate_key(tenant, key, KeySpec.EC_P256, KeyUsage.SIGN_VERIFY, replicable=True)
-    backend.trust_peer(tenant, "b", backend.transport_key(region_b))
+    key, wrapped = _sent_to_b(backend, tenant, region_b, KeySpec.EC_P256, KeyUsage.SIGN_VERIFY)
     public = backend.public_key(tenant, key, KeySpec.EC_P256)
     replica = _object_id()
     backend.unwrap_from_peer(
         region_b,
-        backend.wrap_for_peer(tenant, "b", key, KeySpec.EC_P256),
+        wrapped,
         UnwrapTarget(
             replica, KeySpec.EC_P256, KeyUsage.SIGN_VERIFY, public_key=public, replicable=True
         ),
@@ -86,10 +101,7 @@ def test_an_ec_key_moves_and_signs_for_the_same_public_key(
 def test_material_wrapped_for_one_token_does_not_unwrap_in_another(
     backend: Pkcs11Backend, tenant: str, region_b: str
 ) -> None:
-    key = _object_id()
-    backend.generate_key(tenant, key, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT, replicable=True)
-    backend.trust_peer(tenant, "b", backend.transport_key(region_b))
-    wrapped = backend.wrap_for_peer(tenant, "b", key, KeySpec.AES_256)
+    _, wrapped = _sent_to_b(backend, tenant, region_b, KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT)
     target = UnwrapTarget(_object_id(), KeySpec.AES_256, KeyUsage.ENCRYPT_DECRYPT, replicable=True)
     with pytest.raises(UnwrapFailed):
         backend.unwrap_from_peer(tenant, wrapped, target)  # a has no transport key yet
@@ -115,11 +127,7 @@ def test_softhsm2_lets_only_the_so_trust_a_key(backend: Pkcs11Backend, tenant: s
     backend.generate_key(
         tenant, key, KeySpec.HMAC_256, KeyUsage.GENERATE_VERIFY_MAC, replicable=True
     )
-    private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    spki = private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    backend.trust_peer(tenant, "probe", spki)
+    private = _peer_key(backend, tenant, "probe")
     with backend._tokens.lease(tenant, Lane.SLOW) as lease:
         session = lease.session
         with pytest.raises(p11.AttributeReadOnly):
@@ -153,11 +161,7 @@ def test_softhsm2_wraps_a_trusted_only_private_key_under_nothing(
 ) -> None:
     """Why an EC or RSA multi-region key is not CKA_WRAP_WITH_TRUSTED: RSA-OAEP wraps secret
     keys only, and no AES key can be trusted, so such a key could never be replicated."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    spki = private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    backend.trust_peer(tenant, "probe", spki)
+    _peer_key(backend, tenant, "probe")
     key = _object_id()
     with backend._tokens.lease(tenant, Lane.SLOW) as lease:
         session = lease.session
@@ -202,11 +206,7 @@ def test_the_so_login_happens_in_an_isolated_child_given_the_pin_on_stdin(
         return real_run(argv, **options)
 
     monkeypatch.setattr(subprocess, "run", recording_run)
-    private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    spki = private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    backend.trust_peer(tenant, "isolated", spki)
+    _peer_key(backend, tenant, "isolated")
     ((argv, stdin),) = calls
     assert argv[1:] == ["-I", "-m", "hsmd.backend.regions"]
     assert b"so_pin" in stdin and not any("pin" in part.lower() for part in argv)

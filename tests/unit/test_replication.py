@@ -151,9 +151,8 @@ def ops(store: SqliteKeyStore, peer: FakePeer, token: FakeToken) -> ReplicationO
     return made
 
 
-def _key(store: SqliteKeyStore, regions: MultiRegion, versions: int = 1) -> Key:
-    """Key KEY_ID here with these regions and `versions` versions (the first's object HELD)."""
-    key = Key(
+def _aes_key(regions: MultiRegion, primary_version: int = 1) -> Key:
+    return Key(
         TENANT,
         KEY_ID,
         "",
@@ -162,11 +161,15 @@ def _key(store: SqliteKeyStore, regions: MultiRegion, versions: int = 1) -> Key:
         KeyOrigin.GENERATED,
         KeyState.ENABLED,
         T,
-        1,
+        primary_version,
         KeyPolicy(("admin",), ("app",)),
         multi_region=regions,
     )
-    store.add_key(key, KeyVersion(TENANT, KEY_ID, 1, HELD, T))
+
+
+def _key(store: SqliteKeyStore, regions: MultiRegion, versions: int = 1) -> Key:
+    """Key KEY_ID here with these regions and `versions` versions (the first's object HELD)."""
+    store.add_key(_aes_key(regions), KeyVersion(TENANT, KEY_ID, 1, HELD, T))
     for n in range(2, versions + 1):
         store.activate_version(store.add_version(TENANT, KEY_ID, bytes([n]) * 16, T, None), None)
     return store.get_key(TENANT, KEY_ID)
@@ -230,19 +233,7 @@ FROM_C = Principal(PrincipalKind.REGION, "c")
 
 def _package(primary: str, versions: int = 2, *, held: bytes = HELD) -> ReplicaPackage:
     """What `primary` sends: `versions` versions, the first of material `held`."""
-    sent = Key(
-        TENANT,
-        KEY_ID,
-        "",
-        KeySpec.AES_256,
-        KeyUsage.ENCRYPT_DECRYPT,
-        KeyOrigin.GENERATED,
-        KeyState.ENABLED,
-        T,
-        versions,
-        KeyPolicy(("admin",), ("app",)),
-        multi_region=MultiRegion(primary, primary, (Replica("a", 1),)),
-    )
+    sent = _aes_key(MultiRegion(primary, primary, (Replica("a", 1),)), versions)
     materials = [held] + [f"material {n}".encode() for n in range(2, versions + 1)]
     return ReplicaPackage(
         sent,
