@@ -277,7 +277,7 @@ def _operations(
         datakeys=DataKeyOps(store, backend, crypto),
         signing=SigningOps(store, backend),
         mac=MacOps(store, backend),
-        states=StateOps(store, backend, clock),
+        states=StateOps(store, backend, clock, regions.exclusive),
         rotation=RotationOps(store, backend, clock, regions.rotated, regions.exclusive),
         aliases=AliasOps(store, clock, limits),
         policies=PolicyOps(store),

@@ -59,7 +59,7 @@ from hsmd.keyspecs import SPECS
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import Operation
 from hsmd.ops.keys import KeyMaker, check_new_key_fields, new_version
-from hsmd.ops.resolve import usable_key
+from hsmd.ops.resolve import as_now, usable_key
 from hsmd.quotas import QuotaLimits, default_limits
 
 log = logging.getLogger(__name__)
@@ -224,9 +224,8 @@ class ReplicationOps(KeyMaker):
             tags=tuple(sorted(tags.items())),
             multi_region=replace(regions, replicas=(*regions.replicas, Replica(replica_region, 0))),
         )
-        with self._locked(key.tenant, key.key_id):
-            if not self._regions_of(self._store.get_key(key.tenant, key.key_id)).is_primary:
-                raise FailedPrecondition(f"key {key.key_id} handed its primary role away")
+        # As it is now, under its lock: a deletion or a move of the role cannot come between.
+        with as_now(self._store, self.exclusive, key, Operation.REPLICATE):
             package = replace(self._package(created, replica_region), new=True)
             replica = peers.put_replica(replica_region, package)
             self._record(key, replica_region, replica.primary_version, adding=True)

@@ -4,6 +4,9 @@ principal without the right learns nothing about the key's state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
 from hsmd import policy
 from hsmd.domain import Key, RequestContext
 from hsmd.keystore.store import KeyStore
@@ -37,3 +40,25 @@ def usable_key(store: KeyStore, ctx: RequestContext, key_id: str, operation: Ope
     policy.check_permitted(key.policy, ctx.principal, operation)
     check_allowed(key, operation)
     return key
+
+
+# What a multi-region key's changes hold (hsmd.ops.regions.ReplicationOps.exclusive).
+KeyLock = Callable[[Key], AbstractContextManager[object]]
+
+
+@contextmanager
+def as_now(store: KeyStore, lock: KeyLock, key: Key, operation: Operation) -> Iterator[Key]:
+    """A multi-region key as it is now, under its lock, if it still allows the operation (its
+    primary role or replicas may have changed since it was read, hsmd.ops.regions); any
+    other key as it was read.
+
+    Raises:
+        FailedPrecondition: the key as it is now does not allow the operation.
+    """
+    if key.multi_region is None:
+        yield key
+        return
+    with lock(key):
+        current = store.get_key(key.tenant, key.key_id)
+        check_allowed(current, operation)
+        yield current

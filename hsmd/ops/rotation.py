@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,10 +22,10 @@ from hsmd.backend.api import CryptoBackend
 from hsmd.domain import Clock, Key, KeyState, KeyVersion, RequestContext, RotationType
 from hsmd.errors import InvalidArgument
 from hsmd.keystore.store import KeyStore
-from hsmd.lifecycle import Operation, check_allowed
+from hsmd.lifecycle import Operation
 from hsmd.ops import paging
 from hsmd.ops.keys import new_version
-from hsmd.ops.resolve import usable_key
+from hsmd.ops.resolve import KeyLock, as_now, usable_key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RotationOps:
         backend: CryptoBackend,
         clock: Clock,
         rotated: Callable[[Key], None] | None = None,
-        exclusive: Callable[[Key], AbstractContextManager[object]] = nullcontext,
+        exclusive: KeyLock = nullcontext,
     ) -> None:
         """rotated: told of each key rotated, as it is now; exclusive: held while a
         multi-region key rotates (hsmd.ops.regions: its primary role cannot move meanwhile,
@@ -72,7 +72,7 @@ class RotationOps:
                 f"rotation_period_in_days must be {MIN_PERIOD_DAYS} to {MAX_PERIOD_DAYS}"
             )
         key = usable_key(self._store, ctx, key_id, Operation.ENABLE_ROTATION)
-        with self._as_now(key, Operation.ENABLE_ROTATION) as key:
+        with as_now(self._store, self._exclusive, key, Operation.ENABLE_ROTATION) as key:
             key = self._store.update_key(
                 key.tenant,
                 key.key_id,
@@ -83,23 +83,11 @@ class RotationOps:
 
     def disable(self, ctx: RequestContext, key_id: str) -> RotationStatus:
         key = usable_key(self._store, ctx, key_id, Operation.DISABLE_ROTATION)
-        with self._as_now(key, Operation.DISABLE_ROTATION) as key:
+        with as_now(self._store, self._exclusive, key, Operation.DISABLE_ROTATION) as key:
             key = self._store.update_key(
                 key.tenant, key.key_id, rotation_period_days=None, next_rotation_at=None
             )
         return self._status(key)
-
-    @contextmanager
-    def _as_now(self, key: Key, operation: Operation) -> Iterator[Key]:
-        """A multi-region key as it is now, under its lock (its primary role may have moved
-        since it was read), if it still allows the operation; any other key as it is."""
-        if key.multi_region is None:
-            yield key
-            return
-        with self._exclusive(key):
-            current = self._store.get_key(key.tenant, key.key_id)
-            check_allowed(current, operation)
-            yield current
 
     def status(self, ctx: RequestContext, key_id: str) -> RotationStatus:
         return self._status(usable_key(self._store, ctx, key_id, Operation.GET_ROTATION_STATUS))
@@ -133,7 +121,7 @@ class RotationOps:
             yield version
 
     def _rotate(self, key: Key, how: RotationType) -> KeyVersion:
-        with self._as_now(key, Operation.ROTATE) as key:
+        with as_now(self._store, self._exclusive, key, Operation.ROTATE) as key:
             return self._rotate_now(key, how)
 
     def _rotate_now(self, key: Key, how: RotationType) -> KeyVersion:

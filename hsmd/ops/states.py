@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 
 from hsmd.backend.api import CryptoBackend
@@ -17,7 +18,7 @@ from hsmd.domain import Clock, Key, KeyOrigin, KeyState, RequestContext, Version
 from hsmd.errors import FailedPrecondition, InvalidArgument
 from hsmd.keystore.store import KeyStore
 from hsmd.lifecycle import TRANSITIONS, Operation
-from hsmd.ops.resolve import usable_key
+from hsmd.ops.resolve import KeyLock, as_now, usable_key
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,19 @@ def deletion_date(clock: Clock, window_days: int) -> datetime:
 
 
 class StateOps:
-    def __init__(self, store: KeyStore, backend: CryptoBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        backend: CryptoBackend,
+        clock: Clock,
+        exclusive: KeyLock = nullcontext,
+    ) -> None:
+        """exclusive: held while a multi-region key's state changes (hsmd.ops.regions: a
+        primary gets no replica while its deletion is being scheduled)."""
         self._store = store
         self._backend = backend
         self._clock = clock
+        self._exclusive = exclusive
 
     def enable(self, ctx: RequestContext, key_id: str) -> Key:
         """Raises FailedPrecondition (and marks the key UNAVAILABLE) if its objects are gone."""
@@ -86,7 +96,10 @@ class StateOps:
 
     def _move(self, ctx: RequestContext, key_id: str, operation: Operation, **also: object) -> Key:
         key = usable_key(self._store, ctx, key_id, operation)
-        moved = self._store.update_key(key.tenant, key.key_id, state=TRANSITIONS[operation], **also)
+        with as_now(self._store, self._exclusive, key, operation) as key:
+            moved = self._store.update_key(
+                key.tenant, key.key_id, state=TRANSITIONS[operation], **also
+            )
         log.info("key %s: %s -> %s", key.key_id, key.state, moved.state)
         return moved
 

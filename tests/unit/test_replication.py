@@ -39,6 +39,7 @@ from hsmd.errors import (
     UnwrapFailed,
 )
 from hsmd.keystore.sqlite_store import SqliteKeyStore
+from hsmd.ops import regions
 from hsmd.ops.regions import ReplicaPackage, ReplicationOps, ReplicaVersion
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
@@ -355,3 +356,15 @@ def test_a_refusing_replica_holds_up_no_other_and_an_unreachable_region_is_left_
     store.activate_version(store.add_version(TENANT, KEY_ID, b"3" * 16, T, None), None)
     assert list(ops.sync_due()) == []
     assert peer.pushes == ["b", "c", "c"]  # b rests after refusing; c is tried each pass
+
+
+def test_a_replica_is_not_made_for_a_primary_whose_deletion_was_scheduled_meanwhile(
+    store: SqliteKeyStore, peer: FakePeer, ops: ReplicationOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ReplicateKey looks at the key again under its lock, as ScheduleKeyDeletion does."""
+    key = _key(store, MultiRegion("a", "a"))
+    monkeypatch.setattr(regions, "usable_key", lambda *args: key)  # as it was read, before:
+    store.update_key(TENANT, KEY_ID, state=KeyState.PENDING_DELETION)
+    with pytest.raises(FailedPrecondition, match="PENDING_DELETION"):
+        ops.replicate(CTX, key.key_id, "b", None, None, {})
+    assert peer.pushes == []
