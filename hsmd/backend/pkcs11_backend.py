@@ -590,20 +590,8 @@ class Pkcs11Backend:
 
     def create_import_key(self, tenant: str, object_id: bytes, spec: KeySpec) -> bytes:
         """An RSA key pair that can only unwrap, for one import; returns its public SPKI."""
-        info = SPECS[spec]
-        public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
-        public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
-        private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
         with self._changing(tenant) as lease:
-            public_key, private_key = lease.session.generate_keypair(
-                KEY_TYPES[Family.RSA],
-                info.bits,
-                store=True,
-                mechanism=GENERATION[Family.RSA],
-                public_template=public,
-                private_template=private,
-            )
-            lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
+            public_key = _unwrap_only_rsa_pair(lease, object_id, SPECS[spec].bits)
             modulus = public_key[Attribute.MODULUS]
             exponent = public_key[Attribute.PUBLIC_EXPONENT]
             public_key.destroy()  # only its SPKI is needed, and that is returned
@@ -826,20 +814,8 @@ class Pkcs11Backend:
     def _make_transport_key(lease: Lease) -> Any:
         object_id = regions.TRANSPORT_ID
         lease.destroy(object_id)  # a half-made pair (one object of two) is made anew
-        public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
-        # Kept only to be read: peers wrap under their trusted copy of it, not this object.
-        public.update({Attribute.ENCRYPT: False, Attribute.WRAP: False})
-        public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
-        private = key_template(object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES)
-        public_key, private_key = lease.session.generate_keypair(
-            KEY_TYPES[Family.RSA],
-            regions.TRANSPORT_BITS,
-            store=True,
-            mechanism=GENERATION[Family.RSA],
-            public_template=public,
-            private_template=private,
-        )
-        lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
+        # The public half is kept only to be read: peers wrap under their trusted copy of it.
+        public_key = _unwrap_only_rsa_pair(lease, object_id, regions.TRANSPORT_BITS)
         lease.remember(object_id, ObjectClass.PUBLIC_KEY, public_key)
         return public_key
 
@@ -1180,6 +1156,27 @@ class Pkcs11Backend:
 # tenant's RSA-2048 signing to one core (0.2x the raw two-process rate). RSA-3072 takes ~2 ms
 # and RSA-4096 ~20 ms; EC and Ed25519 ~80 us.
 _FAST_RSA_BITS = 2048
+
+
+def _unwrap_only_rsa_pair(lease: Lease, object_id: bytes, bits: int) -> Any:
+    """A token RSA key pair whose private half can only unwrap (import, and a region's
+    transport key) and whose public half can do nothing; returns the public half, the
+    private one is cached on the lease's token."""
+    public = public_template(object_id, KeyUsage.ENCRYPT_DECRYPT)
+    public.update({Attribute.ENCRYPT: False, Attribute.WRAP: False})
+    public[Attribute.PUBLIC_EXPONENT] = _RSA_PUBLIC_EXPONENT
+    public_key, private_key = lease.session.generate_keypair(
+        KEY_TYPES[Family.RSA],
+        bits,
+        store=True,
+        mechanism=GENERATION[Family.RSA],
+        public_template=public,
+        private_template=key_template(
+            object_id, frozenset({Attribute.UNWRAP}), _PRIVATE_CAPABILITIES
+        ),
+    )
+    lease.remember(object_id, ObjectClass.PRIVATE_KEY, private_key)
+    return public_key
 
 
 def _signing_lane(spec: KeySpec) -> Lane:
